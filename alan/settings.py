@@ -1,0 +1,111 @@
+"""aLAN's settings, read from the environment and a `.env` file.
+
+Every setting has one environment variable (listed in `.env.example`). A wrong value is reported by its
+variable name at start-up (see `load_settings`), never as a traceback, and tokens are held as `SecretStr` so
+they never show up in logs, reprs or error messages.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+
+
+class SettingsError(Exception):
+    """A setting is missing or wrong; the message names the variable and says what is expected."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(Path("./data"), validation_alias="ALAN_DATA_DIR")
+    database_url: str | None = Field(None, validation_alias="ALAN_DATABASE_URL")
+
+    stt_model: str = Field("small", validation_alias="ALAN_STT_MODEL")
+    tts_model: str = Field("sesame/csm-1b", validation_alias="ALAN_TTS_MODEL")
+    llm_model: str = Field("llama3.2:3b", validation_alias="ALAN_LLM_MODEL")
+    ollama_host: str = Field(
+        "http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "ALAN_OLLAMA_HOST")
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="ALAN_DEVICE")
+
+    max_audio_seconds: float = Field(120.0, gt=0, validation_alias="ALAN_MAX_AUDIO_SECONDS")
+    max_audio_bytes: int = Field(20 * 1024 * 1024, gt=0, validation_alias="ALAN_MAX_AUDIO_BYTES")
+
+    discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    telegram_token: SecretStr | None = Field(None, validation_alias="TELEGRAM_TOKEN")
+    telegram_api_url: str = Field(DEFAULT_TELEGRAM_API_URL, validation_alias="TELEGRAM_API_URL")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias="ALAN_LOG_LEVEL")
+
+    @field_validator("ollama_host", "telegram_api_url")
+    @classmethod
+    def _must_be_http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("discord_token", "telegram_token", mode="before")
+    @classmethod
+    def _blank_token_is_unset(cls, value: object) -> object:
+        # `.env.example` ships `DISCORD_TOKEN=`: an empty value means "platform not configured".
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'alan.db').resolve()}"
+
+    @property
+    def configured_platforms(self) -> list[str]:
+        platforms = []
+        if self.telegram_token is not None:
+            platforms.append("telegram")
+        if self.discord_token is not None:
+            platforms.append("discord")
+        return platforms
+
+
+def _variable_name(field_name: str) -> str:
+    field = Settings.model_fields.get(field_name)
+    alias = field.validation_alias if field else None
+    if isinstance(alias, str):
+        return alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field_name.upper()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's validation report into one readable `SettingsError`.
+
+    The message names each bad variable and what was expected, never the value (it could be a token).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            location = item["loc"][0] if item["loc"] else "?"
+            problems.append(f"{_variable_name(str(location))}: {item['msg']}")
+        raise SettingsError("Invalid settings:\n  " + "\n  ".join(problems)) from None
