@@ -1,0 +1,48 @@
+"""Wiring: builds the engine from the settings and runs the configured chat platforms side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from alan.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Each platform is one module in `bot/` with `async def serve(settings, conversation) -> None`.
+PLATFORM_MODULES = {"telegram": "bot.telegram", "discord": "bot.discord"}
+
+
+class PlatformUnavailable(Exception):
+    pass
+
+
+def _platform_server(name: str) -> Callable[..., Awaitable[None]]:
+    try:
+        module = importlib.import_module(PLATFORM_MODULES[name])
+    except ModuleNotFoundError as error:
+        raise PlatformUnavailable(
+            f"The {name} adapter is not part of this version of aLAN yet; unset its token to run the others."
+        ) from error
+    return module.serve
+
+
+def run_platforms(settings: Settings) -> None:
+    servers = {name: _platform_server(name) for name in settings.configured_platforms}
+    from alan.engine_factory import build_conversation
+
+    conversation = build_conversation(settings)
+    asyncio.run(_serve_all(settings, conversation, servers))
+
+
+async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, Callable[..., Awaitable[None]]]) -> None:
+    # One platform failing to start (a revoked token, say) must not take the others down.
+    results = await asyncio.gather(
+        *(server(settings, conversation) for server in servers.values()), return_exceptions=True
+    )
+    for name, result in zip(servers, results, strict=True):
+        if isinstance(result, BaseException):
+            log.error("%s stopped: %s", name, result)

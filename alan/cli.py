@@ -1,0 +1,98 @@
+"""The `alan` command line."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from alan.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(
+    help="aLAN, your everyday companion: a self-hosted voice companion for Discord and Telegram.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Manage aLAN's database.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console()
+errors = Console(stderr=True)
+log = logging.getLogger("alan")
+
+
+def settings_or_exit() -> Settings:
+    """Load the settings; a bad value ends the command with its variable named, never a traceback."""
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        errors.print(f"[red]{error}[/red]\nSee .env.example for every setting.", highlight=False)
+        raise typer.Exit(2) from None
+    from alan.logs import configure_logging
+
+    secrets = [token.get_secret_value() for token in (settings.discord_token, settings.telegram_token) if token]
+    configure_logging(settings.log_level, secrets)
+    return settings
+
+
+@app.command()
+def run() -> None:
+    """Start aLAN on every configured chat platform."""
+    settings = settings_or_exit()
+    if not settings.configured_platforms:
+        errors.print(
+            "No chat platform is configured. Set TELEGRAM_TOKEN (from @BotFather) and/or DISCORD_TOKEN "
+            "(from the Discord developer portal) in the environment or in .env, then run `alan run` again.",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    from alan.app import PlatformUnavailable, run_platforms
+
+    try:
+        run_platforms(settings)
+    except PlatformUnavailable as error:
+        errors.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations (aLAN also does this on start)."""
+    settings = settings_or_exit()
+    from engine.store.database import create_db_engine, current_revision, upgrade
+
+    url = settings.resolved_database_url
+    upgrade(url)
+    console.print(f"Database at revision {current_revision(create_db_engine(url))}.")
+
+
+@app.command()
+def doctor(
+    skip: Annotated[
+        list[str] | None, typer.Option(help="Skip a check by name (e.g. --skip ollama); repeatable.")
+    ] = None,
+) -> None:
+    """Show what is ready and what is missing, with the fix for each."""
+    from alan.doctor import Status, run_checks
+
+    settings = settings_or_exit()
+    checks = run_checks(settings, skip=set(skip or ()))
+    table = Table(title="aLAN doctor")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("detail")
+    table.add_column("fix")
+    colours = {Status.OK: "green", Status.MISSING: "yellow", Status.FAILED: "red"}
+    for check in checks:
+        colour = colours[check.status]
+        table.add_row(check.name, f"[{colour}]{check.status.value}[/{colour}]", check.detail, check.fix)
+    console.print(table)
+    if any(check.status is Status.FAILED for check in checks):
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

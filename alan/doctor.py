@@ -1,0 +1,182 @@
+"""`alan doctor`: what is ready, what is missing, and the fix for each."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from alan.settings import Settings
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    MISSING = "missing"  # not ready yet, but aLAN can still start (e.g. a model that downloads on first use)
+    FAILED = "failed"  # aLAN can't work until this is fixed
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+
+def check_database(settings: Settings) -> Check:
+    from engine.store.database import create_db_engine, current_revision, head_revision, upgrade
+
+    url = settings.resolved_database_url
+    try:
+        upgrade(url)
+        revision = current_revision(create_db_engine(url))
+    except Exception as error:  # any driver or filesystem error is reported, not raised
+        return Check(
+            "database",
+            Status.FAILED,
+            f"cannot open or migrate: {type(error).__name__}: {error}",
+            "Check ALAN_DATABASE_URL, and that ALAN_DATA_DIR is writable.",
+        )
+    return Check("database", Status.OK, f"schema at revision {revision} (head {head_revision()})")
+
+
+def check_llm(settings: Settings) -> Check:
+    import ollama
+
+    client = ollama.Client(host=settings.ollama_host, timeout=5)
+    try:
+        listed = client.list()
+    except Exception as error:  # connection refused, DNS, timeouts, HTTP errors: all mean "not usable"
+        return Check(
+            "ollama",
+            Status.FAILED,
+            f"not reachable at {settings.ollama_host} ({type(error).__name__})",
+            "Install Ollama and start it with `ollama serve`, or set OLLAMA_HOST.",
+        )
+    names = {model.model for model in listed.models if model.model}
+    wanted = settings.llm_model if ":" in settings.llm_model else f"{settings.llm_model}:latest"
+    if wanted in names or settings.llm_model in names:
+        return Check("ollama", Status.OK, f"{settings.ollama_host}, model {settings.llm_model} present")
+    return Check(
+        "ollama",
+        Status.FAILED,
+        f"model {settings.llm_model} is not pulled ({len(names)} other models present)",
+        f"Run `ollama pull {settings.llm_model}`, or set ALAN_LLM_MODEL to one you have.",
+    )
+
+
+def check_stt_model(settings: Settings) -> Check:
+    from faster_whisper import download_model
+
+    model = settings.stt_model
+    if Path(model).is_dir():
+        if (Path(model) / "model.bin").is_file():
+            return Check("speech recognition", Status.OK, f"local CTranslate2 model in {model}")
+        return Check(
+            "speech recognition",
+            Status.FAILED,
+            f"{model} has no model.bin",
+            "Point ALAN_STT_MODEL at a faster-whisper (CTranslate2) model folder, or use a size name like `small`.",
+        )
+    try:
+        path = download_model(model, local_files_only=True)
+    except Exception:  # not in the local cache (or an unknown name): it will be fetched on first use
+        return Check(
+            "speech recognition",
+            Status.MISSING,
+            f"Whisper `{model}` is not downloaded yet",
+            "It downloads on first use (needs internet once); or set ALAN_STT_MODEL to a local folder.",
+        )
+    return Check("speech recognition", Status.OK, f"Whisper `{model}` cached in {path}")
+
+
+def check_tts_model(settings: Settings) -> Check:
+    from huggingface_hub import try_to_load_from_cache
+
+    model = settings.tts_model
+    if Path(model).is_dir():
+        if (Path(model) / "config.json").is_file():
+            return Check("speech synthesis", Status.OK, f"local CSM model in {model}")
+        return Check(
+            "speech synthesis",
+            Status.FAILED,
+            f"{model} has no config.json",
+            "Point ALAN_TTS_MODEL at a folder saved with save_pretrained (CSM-1B in transformers format).",
+        )
+    cached = try_to_load_from_cache(model, "config.json")
+    if isinstance(cached, str):
+        return Check("speech synthesis", Status.OK, f"`{model}` cached")
+    return Check(
+        "speech synthesis",
+        Status.MISSING,
+        f"`{model}` is not downloaded yet",
+        "It downloads on first use. sesame/csm-1b is gated: accept its licence on Hugging Face and run "
+        "`hf auth login` first, or download it to a folder and set ALAN_TTS_MODEL.",
+    )
+
+
+def check_opus(settings: Settings) -> Check:
+    import av
+
+    if "libopus" not in av.codecs_available:
+        return Check(
+            "opus",
+            Status.FAILED,
+            "PyAV was built without libopus: voice notes can't be encoded",
+            "Reinstall PyAV from PyPI wheels: `pip install --force-reinstall av`.",
+        )
+    if settings.discord_token is None:
+        return Check("opus", Status.OK, "libopus available for voice notes")
+    import discord.opus
+
+    if discord.opus.is_loaded() or discord.opus._load_default():
+        return Check("opus", Status.OK, "libopus available for voice notes and Discord voice")
+    return Check(
+        "opus",
+        Status.FAILED,
+        "discord.py can't load the system libopus for voice channels",
+        "Install it: `sudo apt-get install libopus0` (Debian/Ubuntu) or `brew install opus` (macOS).",
+    )
+
+
+def check_platforms(settings: Settings) -> Check:
+    platforms = settings.configured_platforms
+    if platforms:
+        return Check("platforms", Status.OK, "configured: " + ", ".join(platforms))
+    return Check(
+        "platforms",
+        Status.FAILED,
+        "no chat platform configured",
+        "Set TELEGRAM_TOKEN (from @BotFather) and/or DISCORD_TOKEN (Discord developer portal) in .env.",
+    )
+
+
+def check_device(settings: Settings) -> Check:
+    import torch
+
+    if torch.cuda.is_available():
+        return Check("device", Status.OK, f"CUDA: {torch.cuda.get_device_name(0)}")
+    if settings.device == "cuda":
+        return Check(
+            "device",
+            Status.FAILED,
+            "ALAN_DEVICE=cuda but no CUDA GPU is visible to PyTorch",
+            "Install a CUDA build of PyTorch and the NVIDIA driver, or set ALAN_DEVICE=auto.",
+        )
+    return Check("device", Status.MISSING, "CPU only: speech synthesis will be far slower than real time", "")
+
+
+ALL_CHECKS: dict[str, Callable[[Settings], Check]] = {
+    "platforms": check_platforms,
+    "database": check_database,
+    "ollama": check_llm,
+    "stt": check_stt_model,
+    "tts": check_tts_model,
+    "opus": check_opus,
+    "device": check_device,
+}
+
+
+def run_checks(settings: Settings, skip: set[str] | None = None) -> list[Check]:
+    return [check(settings) for name, check in ALL_CHECKS.items() if name not in (skip or set())]

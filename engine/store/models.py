@@ -1,0 +1,127 @@
+"""aLAN's tables, as SQLAlchemy 2 typed ORM classes.
+
+The Alembic revisions in `migrations/` build exactly this schema (a test checks there is no drift).
+Every row that belongs to a user hangs off `users` with ON DELETE CASCADE, so deleting the user row (what
+`/forget` does) deletes their voices, their conversation and their voice choices with it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints so that Alembic can alter them later (SQLite batch mode needs names).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    """A person on one platform (the same human on Discord and Telegram is two users)."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("platform", "platform_user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    platform_user_id: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    # Whether replies also come as text (the reply and the transcript of what was heard): `/text on|off`.
+    reply_with_text: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    voices: Mapped[list[Voice]] = relationship(
+        back_populates="owner", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Voice(Base):
+    """A cloned voice: a reference clip of the target voice and its exact transcript.
+
+    `owner_id` is NULL for a scope's house voice, the bot's own first reply in a scope that has no cloned
+    voice yet, kept so that the bot keeps sounding like one person there.
+    """
+
+    __tablename__ = "voices"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    reference_audio: Mapped[bytes] = mapped_column(LargeBinary)  # OGG/Opus
+    reference_seconds: Mapped[float]
+    transcript: Mapped[str] = mapped_column(Text)
+    language: Mapped[str | None] = mapped_column(String(16))
+    # Mimi codes of the reference clip, int16 [frames, codebooks], computed once and reused every turn.
+    codes: Mapped[bytes | None] = mapped_column(LargeBinary)
+    codes_codebooks: Mapped[int | None] = mapped_column(Integer)
+    codes_model: Mapped[str | None] = mapped_column(String(200))  # which TTS model made the codes
+    consent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    consent_statement: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    owner: Mapped[User | None] = relationship(back_populates="voices")
+
+
+class Turn(Base):
+    """One utterance in a conversation: what the user said, or what aLAN answered."""
+
+    __tablename__ = "turns"
+    __table_args__ = (Index("ix_turns_user_scope_created", "user_id", "scope", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # Where the conversation happens: a Telegram chat, a Discord channel. Opaque to the engine.
+    scope: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))  # "user" or "assistant"
+    text: Mapped[str] = mapped_column(Text)
+    language: Mapped[str | None] = mapped_column(String(16))
+    audio: Mapped[bytes | None] = mapped_column(LargeBinary)  # OGG/Opus of what was said, if spoken
+    codes: Mapped[bytes | None] = mapped_column(LargeBinary)  # its Mimi codes, int16 [frames, codebooks]
+    codes_codebooks: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class UserVoiceChoice(Base):
+    """The voice a user chose, for one scope or ("" scope) everywhere."""
+
+    __tablename__ = "user_voice_choices"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(128), primary_key=True)
+    voice_id: Mapped[int] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"))
+
+
+class ScopeVoice(Base):
+    """A scope's default voice: set by a server manager, or the house voice made from the first reply."""
+
+    __tablename__ = "scope_voices"
+
+    scope: Mapped[str] = mapped_column(String(128), primary_key=True)
+    voice_id: Mapped[int] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"))
+    set_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))

@@ -1,0 +1,211 @@
+"""Everything the engine and the bots read or write in the database, as small named operations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
+
+# A user's choice of voice for every scope where they made no narrower choice.
+EVERYWHERE = ""
+
+
+class VoiceNameTaken(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"You already have a voice called “{name}”.")
+
+
+class Store:
+    """The database, opened through a session factory. Each method is one short transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    # Users ---------------------------------------------------------------------------------------------
+
+    def user(self, platform: str, platform_user_id: str, display_name: str | None = None) -> User:
+        """The user, created on first contact; the display name follows what the platform says now."""
+        with self.sessions.begin() as session:
+            user = session.scalar(
+                select(User).where(User.platform == platform, User.platform_user_id == platform_user_id)
+            )
+            if user is None:
+                user = User(platform=platform, platform_user_id=platform_user_id, display_name=display_name)
+                session.add(user)
+            elif display_name and user.display_name != display_name:
+                user.display_name = display_name
+            session.flush()
+            session.expunge(user)
+            return user
+
+    def find_user(self, platform: str, platform_user_id: str) -> User | None:
+        with self.sessions() as session:
+            return session.scalar(
+                select(User).where(User.platform == platform, User.platform_user_id == platform_user_id)
+            )
+
+    def set_reply_with_text(self, user_id: int, enabled: bool) -> None:
+        with self.sessions.begin() as session:
+            user = session.get_one(User, user_id)
+            user.reply_with_text = enabled
+
+    def forget_user(self, user_id: int) -> None:
+        """Delete the user and, through ON DELETE CASCADE, every voice, turn and choice of theirs."""
+        with self.sessions.begin() as session:
+            session.execute(delete(User).where(User.id == user_id))
+
+    # Conversation --------------------------------------------------------------------------------------
+
+    def add_turn(
+        self,
+        user_id: int,
+        scope: str,
+        role: str,
+        text: str,
+        *,
+        language: str | None = None,
+        audio: bytes | None = None,
+        codes: bytes | None = None,
+        codes_codebooks: int | None = None,
+    ) -> Turn:
+        if role not in ("user", "assistant"):
+            raise ValueError(f"unknown role {role!r}")
+        with self.sessions.begin() as session:
+            turn = Turn(
+                user_id=user_id,
+                scope=scope,
+                role=role,
+                text=text,
+                language=language,
+                audio=audio,
+                codes=codes,
+                codes_codebooks=codes_codebooks,
+            )
+            session.add(turn)
+            session.flush()
+            session.expunge(turn)
+            return turn
+
+    def update_turn(self, turn_id: int, **values: object) -> None:
+        """Fill in what became known after the turn was first stored (its codes, a truncated text)."""
+        with self.sessions.begin() as session:
+            turn = session.get_one(Turn, turn_id)
+            for name, value in values.items():
+                if not hasattr(Turn, name):
+                    raise AttributeError(name)
+                setattr(turn, name, value)
+
+    def recent_turns(self, user_id: int, scope: str, limit: int = 50) -> list[Turn]:
+        """The newest `limit` turns of this user in this scope, oldest first."""
+        with self.sessions() as session:
+            newest = session.scalars(
+                select(Turn)
+                .where(Turn.user_id == user_id, Turn.scope == scope)
+                .order_by(Turn.created_at.desc(), Turn.id.desc())
+                .limit(limit)
+            ).all()
+            return list(reversed(newest))
+
+    def clear_conversation(self, user_id: int, scope: str | None = None) -> int:
+        """Delete this user's turns (in one scope, or everywhere); voices stay. Returns how many."""
+        with self.sessions.begin() as session:
+            statement = delete(Turn).where(Turn.user_id == user_id)
+            if scope is not None:
+                statement = statement.where(Turn.scope == scope)
+            return session.execute(statement).rowcount or 0
+
+    # Voices --------------------------------------------------------------------------------------------
+
+    def add_voice(
+        self,
+        owner_id: int | None,
+        name: str,
+        *,
+        reference_audio: bytes,
+        reference_seconds: float,
+        transcript: str,
+        language: str | None = None,
+        codes: bytes | None = None,
+        codes_codebooks: int | None = None,
+        codes_model: str | None = None,
+        consent_statement: str | None = None,
+        consent_at: datetime | None = None,
+    ) -> Voice:
+        if owner_id is not None and self.voice_by_name(owner_id, name) is not None:
+            raise VoiceNameTaken(name)
+        with self.sessions.begin() as session:
+            voice = Voice(
+                owner_id=owner_id,
+                name=name,
+                reference_audio=reference_audio,
+                reference_seconds=reference_seconds,
+                transcript=transcript,
+                language=language,
+                codes=codes,
+                codes_codebooks=codes_codebooks,
+                codes_model=codes_model,
+                consent_statement=consent_statement,
+                consent_at=consent_at or (utcnow() if consent_statement else None),
+            )
+            session.add(voice)
+            session.flush()
+            session.expunge(voice)
+            return voice
+
+    def voice(self, voice_id: int) -> Voice | None:
+        with self.sessions() as session:
+            return session.get(Voice, voice_id)
+
+    def voice_by_name(self, owner_id: int, name: str) -> Voice | None:
+        with self.sessions() as session:
+            return session.scalar(select(Voice).where(Voice.owner_id == owner_id, Voice.name == name))
+
+    def voices_of(self, owner_id: int) -> Sequence[Voice]:
+        with self.sessions() as session:
+            return session.scalars(select(Voice).where(Voice.owner_id == owner_id).order_by(Voice.name)).all()
+
+    def set_voice_codes(self, voice_id: int, codes: bytes, codebooks: int, model: str) -> None:
+        with self.sessions.begin() as session:
+            voice = session.get_one(Voice, voice_id)
+            voice.codes, voice.codes_codebooks, voice.codes_model = codes, codebooks, model
+
+    def rename_voice(self, voice_id: int, new_name: str) -> None:
+        with self.sessions.begin() as session:
+            voice = session.get_one(Voice, voice_id)
+            if voice.owner_id is not None and session.scalar(
+                select(Voice).where(Voice.owner_id == voice.owner_id, Voice.name == new_name)
+            ):
+                raise VoiceNameTaken(new_name)
+            voice.name = new_name
+
+    def delete_voice(self, voice_id: int) -> None:
+        with self.sessions.begin() as session:
+            session.execute(delete(Voice).where(Voice.id == voice_id))
+
+    # Which voice speaks --------------------------------------------------------------------------------
+
+    def choose_voice(self, user_id: int, voice_id: int, scope: str = EVERYWHERE) -> None:
+        with self.sessions.begin() as session:
+            session.merge(UserVoiceChoice(user_id=user_id, scope=scope, voice_id=voice_id))
+
+    def set_scope_voice(self, scope: str, voice_id: int, set_by_user_id: int | None = None) -> None:
+        with self.sessions.begin() as session:
+            session.merge(ScopeVoice(scope=scope, voice_id=voice_id, set_by_user_id=set_by_user_id))
+
+    def active_voice(self, user_id: int, scope: str) -> Voice | None:
+        """The voice aLAN speaks in to this user here.
+
+        The user's choice for this scope wins, then their choice for everywhere, then the scope's default
+        (a manager's choice, or the house voice made from the bot's first reply there).
+        """
+        with self.sessions() as session:
+            for chosen_scope in (scope, EVERYWHERE):
+                choice = session.get(UserVoiceChoice, (user_id, chosen_scope))
+                if choice is not None:
+                    return session.get(Voice, choice.voice_id)
+            default = session.get(ScopeVoice, scope)
+            return session.get(Voice, default.voice_id) if default is not None else None

@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests never touch the network: hub access is switched off before anything imports it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+SETTING_VARIABLES = (
+    "ALAN_DATA_DIR",
+    "ALAN_DATABASE_URL",
+    "ALAN_STT_MODEL",
+    "ALAN_TTS_MODEL",
+    "ALAN_LLM_MODEL",
+    "OLLAMA_HOST",
+    "ALAN_OLLAMA_HOST",
+    "ALAN_DEVICE",
+    "ALAN_MAX_AUDIO_SECONDS",
+    "ALAN_MAX_AUDIO_BYTES",
+    "ALAN_LOG_LEVEL",
+    "DISCORD_TOKEN",
+    "TELEGRAM_TOKEN",
+    "TELEGRAM_API_URL",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No aLAN variable set and a working directory without a `.env`: settings start from their defaults."""
+    for name in SETTING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def espeak(text: str, path: Path, *, voice: str = "en", words_per_minute: int = 160) -> Path:
+    """Real synthetic speech as a WAV file, made by espeak-ng."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: `apt-get install espeak-ng` (the CI script does this)")
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(path), text],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About three seconds of English speech."""
+    return espeak(
+        "Hello there, this is a test of the audio pipeline.",
+        tmp_path_factory.mktemp("speech") / "hello.wav",
+    )
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'alan.db'}"

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from alan.settings import DEFAULT_TELEGRAM_API_URL, SettingsError, load_settings
+
+
+def test_defaults_point_at_local_services(clean_env: Path) -> None:
+    settings = load_settings()
+    assert settings.data_dir == Path("data")
+    assert settings.resolved_database_url == f"sqlite:///{(clean_env / 'data' / 'alan.db').resolve()}"
+    assert settings.tts_model == "sesame/csm-1b"
+    assert settings.ollama_host == "http://127.0.0.1:11434"
+    assert settings.device == "auto"
+    assert settings.telegram_api_url == DEFAULT_TELEGRAM_API_URL
+    assert settings.configured_platforms == []
+
+
+def test_reads_dotenv_and_environment_overrides_it(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / ".env").write_text("ALAN_LLM_MODEL=qwen3:4b\nALAN_DEVICE=cpu\nTELEGRAM_TOKEN=123:abc\n")
+    monkeypatch.setenv("ALAN_DEVICE", "cuda")
+    settings = load_settings()
+    assert settings.llm_model == "qwen3:4b"
+    assert settings.device == "cuda"
+    assert settings.configured_platforms == ["telegram"]
+
+
+def test_bad_values_are_reported_by_variable_name(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALAN_DEVICE", "gpu")
+    monkeypatch.setenv("OLLAMA_HOST", "localhost:11434")
+    monkeypatch.setenv("ALAN_MAX_AUDIO_SECONDS", "-3")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "ALAN_DEVICE" in message
+    assert "OLLAMA_HOST" in message
+    assert "ALAN_MAX_AUDIO_SECONDS" in message
+
+
+def test_tokens_never_show_in_reprs_or_errors(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEGRAM_TOKEN", "123456:very-secret-token")
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-secret-token")
+    settings = load_settings()
+    assert "very-secret-token" not in repr(settings) and "discord-secret-token" not in str(settings)
+    assert settings.telegram_token is not None
+    assert settings.telegram_token.get_secret_value() == "123456:very-secret-token"
+    monkeypatch.setenv("TELEGRAM_API_URL", "ftp://example")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "very-secret-token" not in str(raised.value)
+    assert "TELEGRAM_API_URL" in str(raised.value)
+
+
+def test_blank_tokens_mean_unconfigured(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", "  ")
+    monkeypatch.setenv("TELEGRAM_TOKEN", "")
+    assert load_settings().configured_platforms == []
+
+
+def test_env_example_documents_every_setting() -> None:
+    from alan.settings import Settings, _variable_name
+
+    example = (Path(__file__).parents[1] / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"\n{_variable_name(name)}=" in example, f"{_variable_name(name)} missing from .env.example"

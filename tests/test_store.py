@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.store.codes import codes_from_bytes, codes_to_bytes
+from engine.store.database import create_db_engine, current_revision, downgrade, head_revision, open_database, upgrade
+from engine.store.models import Base, ScopeVoice, Turn, User, UserVoiceChoice, Voice
+from engine.store.repository import EVERYWHERE, Store, VoiceNameTaken
+
+APP_TABLES = {"users", "voices", "turns", "user_voice_choices", "scope_voices"}
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    return Store(open_database(database_url))
+
+
+def add_voice(store: Store, owner_id: int | None, name: str) -> Voice:
+    return store.add_voice(
+        owner_id,
+        name,
+        reference_audio=b"OggS...",
+        reference_seconds=4.0,
+        transcript="hello there",
+        consent_statement="This is my voice.",
+    )
+
+
+def test_upgrade_from_empty_and_downgrade_to_base(database_url: str) -> None:
+    engine = create_db_engine(database_url)
+    upgrade(database_url)
+    assert current_revision(engine) == head_revision()
+    assert set(inspect(engine).get_table_names()) >= APP_TABLES
+    downgrade(database_url, "base")
+    assert current_revision(engine) is None
+    assert not APP_TABLES & set(inspect(engine).get_table_names())
+    upgrade(database_url)  # and back up again
+    assert current_revision(engine) == head_revision()
+
+
+def test_migrated_schema_matches_the_orm(database_url: str) -> None:
+    upgrade(database_url)
+    with create_db_engine(database_url).connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "render_as_batch": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(database_url: str) -> None:
+    upgrade(database_url)
+    with create_db_engine(database_url).connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_user_is_unique_per_platform_and_keeps_its_name_current(store: Store) -> None:
+    first = store.user("telegram", "42", "Ann")
+    again = store.user("telegram", "42", "Annie")
+    other_platform = store.user("discord", "42")
+    assert first.id == again.id != other_platform.id
+    found = store.find_user("telegram", "42")
+    assert found is not None and found.display_name == "Annie"
+    with pytest.raises(IntegrityError), store.sessions.begin() as session:
+        session.add(User(platform="telegram", platform_user_id="42"))
+
+
+def test_forget_deletes_every_row_of_the_user_and_nothing_else(store: Store) -> None:
+    ann = store.user("telegram", "1", "Ann")
+    bob = store.user("telegram", "2", "Bob")
+    for user in (ann, bob):
+        voice = add_voice(store, user.id, "me")
+        store.choose_voice(user.id, voice.id)
+        store.set_scope_voice(f"chat-{user.id}", voice.id, set_by_user_id=user.id)
+        store.add_turn(user.id, "chat", "user", "hi", audio=b"OggS", codes=b"\x00\x00", codes_codebooks=1)
+        store.add_turn(user.id, "chat", "assistant", "hello")
+    store.forget_user(ann.id)
+
+    sessions: sessionmaker[Session] = store.sessions
+    with sessions() as session:
+        assert session.get(User, ann.id) is None
+        for model, column in (
+            (Voice, Voice.owner_id),
+            (Turn, Turn.user_id),
+            (UserVoiceChoice, UserVoiceChoice.user_id),
+        ):
+            assert session.scalar(select(func.count()).select_from(model).where(column == ann.id)) == 0
+            assert session.scalar(select(func.count()).select_from(model).where(column == bob.id)) >= 1
+        assert session.scalar(select(func.count()).select_from(ScopeVoice)) == 1  # Bob's scope voice stays
+    assert store.active_voice(bob.id, "chat") is not None
+
+
+def test_active_voice_prefers_scope_choice_then_everywhere_then_scope_default(store: Store) -> None:
+    ann = store.user("discord", "1")
+    manager = store.user("discord", "9")
+    house = add_voice(store, manager.id, "house")
+    general = add_voice(store, ann.id, "general")
+    special = add_voice(store, ann.id, "special")
+    assert store.active_voice(ann.id, "guild-1") is None
+    store.set_scope_voice("guild-1", house.id, set_by_user_id=manager.id)
+    assert store.active_voice(ann.id, "guild-1").id == house.id
+    store.choose_voice(ann.id, general.id, EVERYWHERE)
+    assert store.active_voice(ann.id, "guild-1").id == general.id
+    store.choose_voice(ann.id, special.id, "guild-1")
+    assert store.active_voice(ann.id, "guild-1").id == special.id
+    assert store.active_voice(ann.id, "guild-2").id == general.id
+    store.delete_voice(special.id)  # deleting a chosen voice falls back, it doesn't dangle
+    assert store.active_voice(ann.id, "guild-1").id == general.id
+
+
+def test_voice_names_are_unique_per_owner(store: Store) -> None:
+    ann = store.user("telegram", "1")
+    bob = store.user("telegram", "2")
+    mine = add_voice(store, ann.id, "me")
+    add_voice(store, bob.id, "me")  # another owner may use the same name
+    with pytest.raises(VoiceNameTaken):
+        add_voice(store, ann.id, "me")
+    other = add_voice(store, ann.id, "other")
+    with pytest.raises(VoiceNameTaken):
+        store.rename_voice(other.id, "me")
+    store.rename_voice(mine.id, "old me")
+    assert [voice.name for voice in store.voices_of(ann.id)] == ["old me", "other"]
+    assert store.voice(mine.id).consent_at is not None
+
+
+def test_recent_turns_are_the_newest_in_order_and_reset_clears_them(store: Store) -> None:
+    ann = store.user("telegram", "1")
+    for index in range(5):
+        store.add_turn(ann.id, "chat", "user" if index % 2 == 0 else "assistant", f"turn {index}")
+    store.add_turn(ann.id, "elsewhere", "user", "not here")
+    assert [turn.text for turn in store.recent_turns(ann.id, "chat", limit=3)] == ["turn 2", "turn 3", "turn 4"]
+    assert store.clear_conversation(ann.id, "chat") == 5
+    assert store.recent_turns(ann.id, "chat") == []
+    assert [turn.text for turn in store.recent_turns(ann.id, "elsewhere")] == ["not here"]
+    with pytest.raises(ValueError, match="role"):
+        store.add_turn(ann.id, "chat", "system", "no")
+
+
+def test_codes_survive_storage_exactly() -> None:
+    codes = np.random.default_rng(1).integers(0, 2048, size=(37, 32))
+    data, codebooks = codes_to_bytes(codes)
+    assert len(data) == 37 * 32 * 2
+    np.testing.assert_array_equal(codes_from_bytes(data, codebooks), codes)
+    with pytest.raises(ValueError):
+        codes_to_bytes(np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError):
+        codes_from_bytes(data[:-2], codebooks)
