@@ -35,9 +35,7 @@ class Settings(BaseSettings):
     stt_model: str = Field("small", validation_alias="ALAN_STT_MODEL")
     tts_model: str = Field("sesame/csm-1b", validation_alias="ALAN_TTS_MODEL")
     llm_model: str = Field("llama3.2:3b", validation_alias="ALAN_LLM_MODEL")
-    ollama_host: str = Field(
-        "http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "ALAN_OLLAMA_HOST")
-    )
+    ollama_host: str = Field("http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "ALAN_OLLAMA_HOST"))
     device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="ALAN_DEVICE")
 
     max_audio_seconds: float = Field(120.0, gt=0, validation_alias="ALAN_MAX_AUDIO_SECONDS")

@@ -64,3 +64,35 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def database_url(tmp_path: Path) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'alan.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_csm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CSM-1B-architecture model + processor, saved the way real weights are."""
+    from tests.tiny_models.csm import build_tiny_csm
+
+    return build_tiny_csm(tmp_path_factory.mktemp("tiny-csm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Whisper converted to CTranslate2, loadable by faster-whisper like a real one."""
+    from tests.tiny_models.whisper import build_tiny_whisper
+
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny-whisper"))
+
+
+@pytest.fixture(scope="session")
+def tiny_speech(tiny_csm_dir: Path):  # type: ignore[no-untyped-def]
+    """The tiny CSM loaded once through the production loader."""
+    from engine.tts import CsmSpeech
+
+    return CsmSpeech.load(str(tiny_csm_dir), device="cpu")
+
+
+def espeak_ogg(text: str, tmp_path: Path) -> bytes:
+    """Speech as a Telegram-style OGG/Opus voice note."""
+    from engine.audio import CSM_RATE, decode_audio, encode_ogg_opus
+
+    wav = espeak(text, tmp_path / "speech.wav")
+    return encode_ogg_opus(decode_audio(wav, CSM_RATE), CSM_RATE)

@@ -23,9 +23,7 @@ def test_run_without_platforms_names_the_variables_and_fails(clean_env: Path) ->
     assert "TELEGRAM_TOKEN" in result.output and "DISCORD_TOKEN" in result.output
 
 
-def test_bad_setting_is_reported_without_traceback_or_secret(
-    clean_env: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bad_setting_is_reported_without_traceback_or_secret(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TELEGRAM_TOKEN", "123:top-secret")
     monkeypatch.setenv("ALAN_DEVICE", "tpu")
     result = runner.invoke(app, ["db", "upgrade"])

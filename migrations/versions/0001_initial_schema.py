@@ -40,9 +40,7 @@ def upgrade() -> None:
         sa.Column("codes", sa.LargeBinary(), nullable=True),
         sa.Column("codes_codebooks", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_turns_user_id_users"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_turns_user_id_users"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_turns")),
     )
     with op.batch_alter_table("turns", schema=None) as batch_op:
@@ -63,9 +61,7 @@ def upgrade() -> None:
         sa.Column("consent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("consent_statement", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["users.id"], name=op.f("fk_voices_owner_id_users"), ondelete="CASCADE"
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["users.id"], name=op.f("fk_voices_owner_id_users"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_voices")),
         sa.UniqueConstraint("owner_id", "name", name=op.f("uq_voices_owner_id")),
     )

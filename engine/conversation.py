@@ -1,0 +1,342 @@
+"""One conversation turn: the user's audio or text in, the reply's sentences and speech out, all stored.
+
+    async for event in conversation.turn(participant, audio=voice_note_bytes):
+        ...  # Heard, ReplySentence, SpeechChunk, SentenceSpoken, SpeechUnavailable, TurnFinished
+
+The bots call only this. A turn stores the user's words as soon as they are known, so nothing they said is
+lost if the LLM or the voice model fails afterwards; the reply is stored with the audio that was actually made
+(all of it, or, if the listener interrupted, what was made until then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from engine.audio import CSM_RATE, WHISPER_RATE, AudioError, decode_audio, encode_ogg_opus, resample
+from engine.errors import LlmUnavailable
+from engine.events import (
+    BadInput,
+    Heard,
+    NoSpeech,
+    ReplySentence,
+    SentenceSpoken,
+    ServiceUnavailable,
+    SpeechChunk,
+    SpeechUnavailable,
+    TurnEvent,
+    TurnFinished,
+)
+from engine.llm import ChatMessage, OllamaChat
+from engine.speech_models import SpeechModels
+from engine.speech_text import speakable_sentences
+from engine.store.codes import codes_from_bytes, codes_to_bytes
+from engine.store.models import Turn, User
+from engine.store.repository import Store
+from engine.tts import Segment
+from engine.voices import BOT_SPEAKER, VoiceLibrary
+
+log = logging.getLogger(__name__)
+
+USER_SPEAKER = 1
+LLM_HISTORY_TURNS = 40
+# The newest spoken turns offered to CSM as context; the budget planner keeps as many of them as fit.
+CSM_HISTORY_TURNS = 8
+# The first reply in a scope without any voice becomes that scope's voice if it is at least this long.
+MIN_HOUSE_VOICE_SECONDS = 1.5
+MAX_TEXT_CHARS = 4000
+
+LLM_DOWN = "I can't think right now: my language model isn't answering. I kept your message; please try again soon."
+SPEECH_FAILED = "Something went wrong while I was speaking, so the rest of my answer comes as text."
+
+
+@dataclass(frozen=True)
+class Participant:
+    """Who is talking, and where. `scope` is opaque to the engine: a chat, a channel."""
+
+    platform: str
+    user_id: str
+    scope: str
+    display_name: str | None = None
+
+
+@dataclass
+class _Reply:
+    """What has been said of the reply so far."""
+
+    sentences: list[str] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)  # spoken sentences, as CSM context for the next
+    audio: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.sentences)
+
+
+class Conversation:
+    def __init__(self, store: Store, models: SpeechModels, llm: OllamaChat, voices: VoiceLibrary, *,
+                 max_audio_seconds: float, max_audio_bytes: int) -> None:  # fmt: skip
+        self.store = store
+        self.models = models
+        self.llm = llm
+        self.voices = voices
+        self.max_audio_seconds = max_audio_seconds
+        self.max_audio_bytes = max_audio_bytes
+
+    async def user(self, who: Participant) -> User:
+        return await asyncio.to_thread(self.store.user, who.platform, who.user_id, who.display_name)
+
+    async def turn(
+        self, who: Participant, *, audio: bytes | None = None, text: str | None = None, speak: bool = True
+    ) -> AsyncIterator[TurnEvent]:
+        """Run one turn. Raises `TurnError` (message for the user) when there is nothing to answer or no LLM."""
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        user = await self.user(who)
+        if audio is not None:
+            said, language, heard_audio = await self._hear(audio, timings)
+            yield Heard(said, language)
+        else:
+            said, language, heard_audio = self._read(text), None, None
+        history = await asyncio.to_thread(self.store.recent_turns, user.id, who.scope, LLM_HISTORY_TURNS)
+        user_turn = await asyncio.to_thread(
+            self.store.add_turn,
+            user.id,
+            who.scope,
+            "user",
+            said,
+            language=language,
+            audio=encode_ogg_opus(heard_audio, CSM_RATE) if heard_audio is not None else None,
+        )
+        # Mimi-encode what the user said while the LLM thinks, so it is ready as CSM context.
+        user_codes = (
+            asyncio.ensure_future(self._store_user_codes(user_turn, heard_audio))
+            if heard_audio is not None and speak
+            else None
+        )
+        answer = self._answer(user, who, history, said, user_codes, speak, timings, started)
+        try:
+            # aclosing: an interrupted turn must close the answer too, which stores what was said of it.
+            async with contextlib.aclosing(answer):
+                async for event in answer:
+                    yield event
+        finally:
+            if user_codes is not None and not user_codes.done():
+                user_codes.cancel()
+
+    def _read(self, text: str | None) -> str:
+        text = " ".join((text or "").split())
+        if not text:
+            raise BadInput("There's nothing to answer: send me a voice message or some text.")
+        if len(text) > MAX_TEXT_CHARS:
+            raise BadInput(f"That message is too long for me: please keep it under {MAX_TEXT_CHARS} characters.")
+        return text
+
+    async def _hear(self, audio: bytes, timings: dict[str, float]) -> tuple[str, str | None, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            wave = await asyncio.to_thread(
+                decode_audio, audio, CSM_RATE, max_seconds=self.max_audio_seconds, max_bytes=self.max_audio_bytes
+            )
+        except AudioError as error:
+            log.info("rejected audio: %s", error)
+            raise BadInput(str(error)) from error
+        transcript = await self.models.transcribe(resample(wave, CSM_RATE, WHISPER_RATE))
+        timings["stt_s"] = time.perf_counter() - start
+        if transcript.no_speech or not transcript.text.strip():
+            log.info("no speech in %.1f s of audio %s", transcript.duration, transcript.rejected)
+            raise NoSpeech()
+        return transcript.text.strip(), transcript.language, wave
+
+    async def _store_user_codes(self, turn: Turn, audio: np.ndarray) -> Segment | None:
+        try:
+            codes = await self.models.encode(audio)
+        except ServiceUnavailable:
+            return None  # no voice model: the reply says so once, in _answer
+        data, codebooks = codes_to_bytes(codes.numpy())
+        await asyncio.to_thread(self.store.update_turn, turn.id, codes=data, codes_codebooks=codebooks)
+        return Segment(USER_SPEAKER, turn.text, codes)
+
+    async def _answer(
+        self,
+        user: User,
+        who: Participant,
+        history: list[Turn],
+        said: str,
+        user_codes: asyncio.Future[Segment | None] | None,
+        speak: bool,
+        timings: dict[str, float],
+        started: float,
+    ) -> AsyncIterator[TurnEvent]:
+        reply = _Reply()
+        speaking = speak
+        context: list[Segment] = [] if not speak else self._spoken_context(history)
+        voice_segment: Segment | None = None
+        voice_key: str | None = None
+        if speak:
+            try:
+                voice_segment, voice_key = await self._voice(user, who)
+            except ServiceUnavailable as error:
+                log.error("no voice: %s", error.detail)
+                speaking = False
+                yield SpeechUnavailable(str(error))
+        messages = [ChatMessage(turn.role, turn.text) for turn in history]  # type: ignore[arg-type]
+        finished = False
+        try:
+            try:
+                deltas = self.llm.stream_reply(messages, said)
+                sentences = speakable_sentences(deltas)
+                # Closing both on the way out (an interruption, say) closes the HTTP stream: Ollama stops.
+                async with contextlib.aclosing(deltas), contextlib.aclosing(sentences):
+                    async for sentence in sentences:
+                        index = len(reply.sentences)
+                        reply.sentences.append(sentence)
+                        timings.setdefault("first_sentence_s", time.perf_counter() - started)
+                        yield ReplySentence(index, sentence)
+                        if not speaking:
+                            continue
+                        try:
+                            if user_codes is not None:
+                                if (segment := await user_codes) is not None:
+                                    context.append(segment)
+                                user_codes = None
+                            speech = self._speak(sentence, index, voice_segment, voice_key, context, reply)
+                            async with contextlib.aclosing(speech):
+                                async for chunk in speech:
+                                    timings.setdefault("first_audio_s", time.perf_counter() - started)
+                                    yield chunk
+                            yield SentenceSpoken(index)
+                        except Exception as error:  # any model failure: the answer goes on as text
+                            log.exception("speech failed for user %s: %s", user.id, error)
+                            speaking = False
+                            yield SpeechUnavailable(
+                                str(error) if isinstance(error, ServiceUnavailable) else SPEECH_FAILED
+                            )
+            except LlmUnavailable as error:
+                log.error("LLM unavailable: %s", error)
+                raise ServiceUnavailable(LLM_DOWN, str(error)) from error
+            if not reply.sentences:
+                log.warning("the LLM returned no speakable text for user %s", user.id)
+                raise ServiceUnavailable(LLM_DOWN, "the model's reply was empty")
+            if voice_segment is None and speaking and reply.segments:
+                await self._make_house_voice(who.scope, reply)
+            finished = True
+        finally:
+            turn_id = await self._store_reply(user, who, reply, complete=finished)
+        if finished and turn_id is not None:
+            timings["total_s"] = time.perf_counter() - started
+            yield TurnFinished(reply.text, turn_id, timings)
+
+    def _spoken_context(self, history: list[Turn]) -> list[Segment]:
+        spoken = [turn for turn in history if turn.codes is not None and turn.codes_codebooks][-CSM_HISTORY_TURNS:]
+        return [
+            Segment(
+                BOT_SPEAKER if turn.role == "assistant" else USER_SPEAKER,
+                turn.text,
+                torch.from_numpy(codes_from_bytes(turn.codes, turn.codes_codebooks)),  # type: ignore[arg-type]
+            )
+            for turn in spoken
+        ]
+
+    async def _voice(self, user: User, who: Participant) -> tuple[Segment | None, str | None]:
+        voice = await asyncio.to_thread(self.store.active_voice, user.id, who.scope)
+        if voice is None:
+            await self.models.tts()  # fail early and clearly if there is no voice model at all
+            return None, None
+        return await self.voices.prompt_segment(voice), f"voice-{voice.id}"
+
+    async def _speak(
+        self,
+        sentence: str,
+        index: int,
+        voice: Segment | None,
+        voice_key: str | None,
+        context: list[Segment],
+        reply: _Reply,
+    ) -> AsyncIterator[SpeechChunk]:
+        tts = await self.models.tts()
+        history = [*context, *reply.segments]
+        streams: list = []
+
+        def start():  # type: ignore[no-untyped-def]
+            stream = tts.stream(voice, history, sentence, BOT_SPEAKER, voice_cache_key=voice_key)
+            streams.append(stream)
+            return stream
+
+        made: list[np.ndarray] = []
+        try:
+            async with contextlib.aclosing(self.models.worker.stream(start)) as chunks:
+                async for chunk in chunks:
+                    made.append(chunk)
+                    yield SpeechChunk(index, chunk, tts.sample_rate)
+        finally:
+            # Interrupted or not, what was made is what was said: keep it for the history.
+            if streams and streams[0].done:
+                reply.segments.append(streams[0].result.segment(BOT_SPEAKER, sentence))
+                reply.audio.extend(made)
+
+    async def _make_house_voice(self, scope: str, reply: _Reply) -> None:
+        first = reply.segments[0]
+        if first.seconds < MIN_HOUSE_VOICE_SECONDS:
+            return
+        tts = await self.models.tts()
+        audio = await self.models.worker.call(tts.decode_codes, first.codes)
+        data, codebooks = codes_to_bytes(first.codes.numpy())  # type: ignore[union-attr]
+        voice = await asyncio.to_thread(
+            self.store.add_voice,
+            None,
+            f"house voice of {scope}",
+            reference_audio=encode_ogg_opus(audio, CSM_RATE),
+            reference_seconds=first.seconds,
+            transcript=first.text,
+            codes=data,
+            codes_codebooks=codebooks,
+            codes_model=self.models.tts_model_name,
+        )
+        await asyncio.to_thread(self.store.set_scope_voice, scope, voice.id)
+        log.info("scope %s now speaks with house voice %s", scope, voice.id)
+
+    async def _store_reply(self, user: User, who: Participant, reply: _Reply, *, complete: bool) -> int | None:
+        if not reply.sentences:
+            return None
+        codes = [segment.codes for segment in reply.segments if segment.codes is not None]
+        all_codes = torch.cat(codes) if codes else None
+        data, codebooks = (
+            codes_to_bytes(all_codes.numpy()) if all_codes is not None and len(all_codes) else (None, None)
+        )
+        audio = np.concatenate(reply.audio) if reply.audio else None
+        # A reply cut short keeps only the sentences that were spoken, so the LLM later knows what was heard.
+        interrupted = not complete and reply.segments
+        spoken_text = " ".join(segment.text for segment in reply.segments) if interrupted else reply.text
+        turn = await asyncio.to_thread(
+            self.store.add_turn,
+            user.id,
+            who.scope,
+            "assistant",
+            spoken_text,
+            audio=encode_ogg_opus(audio, CSM_RATE) if audio is not None and audio.size else None,
+            codes=data,
+            codes_codebooks=codebooks,
+        )
+        return turn.id
+
+    # Commands --------------------------------------------------------------------------------------------
+
+    async def reset(self, who: Participant) -> int:
+        """Forget this conversation (here), keep the user's voices. Returns how many turns were deleted."""
+        user = await self.user(who)
+        return await asyncio.to_thread(self.store.clear_conversation, user.id, who.scope)
+
+    async def forget(self, who: Participant) -> None:
+        """Delete everything stored about this user: voices, conversations, settings."""
+        user = await asyncio.to_thread(self.store.find_user, who.platform, who.user_id)
+        if user is not None:
+            await asyncio.to_thread(self.store.forget_user, user.id)
+            log.info("forgot user %s on request", user.id)

@@ -1,0 +1,19 @@
+"""Errors the engine reports when a dependency (a model, a server) is missing or broken.
+
+Each message is written for the person running aLAN: it says what is wrong *and* how to fix it, so the bots
+and `alan doctor` can show it as it is, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EngineUnavailable(Exception):
+    """A part of the engine cannot work until the operator fixes something; the message says what."""
+
+
+class SttUnavailable(EngineUnavailable):
+    """The speech-to-text model cannot be found or loaded (or the requested device is missing)."""
+
+
+class LlmUnavailable(EngineUnavailable):
+    """The language model cannot answer: Ollama is down, the model is not pulled, or it timed out."""

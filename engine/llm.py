@@ -1,0 +1,270 @@
+"""aLAN's words, from a local model served by Ollama, streamed so speech can start on the first sentence.
+
+`OllamaChat.stream_reply` yields text deltas as Ollama produces them; the pipeline feeds them to
+`engine.speech_text.SentenceSplitter` so the TTS can speak sentence one while sentence two is generated.
+Every way Ollama can fail — not running, model not pulled, too slow, connection lost — surfaces as one
+`LlmUnavailable` whose message tells the operator the fix. `check()` is the same diagnosis for `alan doctor`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import ollama
+
+from engine.errors import LlmUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+
+SYSTEM_PROMPT = """\
+You are aLAN, a warm and friendly companion who talks with people by voice. Everything you write is read \
+aloud by a text-to-speech voice, so write the way people speak.
+
+- Keep it brief: one to three short sentences, unless the person asks for more.
+- Plain sentences only: no markdown, no lists or bullet points, no headings, no code, no emoji, no links.
+- Say numbers, symbols and abbreviations the way you would say them out loud.
+- Be warm, curious and natural, like a good friend; a short follow-up question is welcome when it helps.
+- What the person says comes from speech recognition: if it seems garbled or cut off, ask them to repeat it.
+- If you don't know something, say so plainly."""
+
+# Ollama's speed for a voice chat: a cold start loads the model into memory before the first token, so the
+# first wait may be long; after that a gap between tokens this long means the runner is stuck.
+FIRST_TOKEN_TIMEOUT = 60.0
+TOKEN_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0
+# About 4 characters per token: ~2,000 tokens of history leaves room for the system prompt and the reply
+# in a 4,096-token context (Ollama's default for most models).
+HISTORY_CHARS = 8_000
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "temperature": 0.7,
+    "num_predict": 300,  # a spoken answer is short; this stops a rambling one before it eats the turn
+}
+# Keep the model in memory between turns: reloading it costs seconds of silence before the first word.
+KEEP_ALIVE = "30m"
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class LlmStatus:
+    """What `alan doctor` reports about the language model."""
+
+    host: str
+    model: str
+    reachable: bool
+    model_present: bool
+    message: str  # the diagnosis, with the fix when something is wrong
+    available_models: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.model_present
+
+
+def canonical_model(name: str) -> str:
+    """Ollama's naming rule: no tag means `:latest` ("llama3.2" is "llama3.2:latest")."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def trim_history(history: Sequence[ChatMessage], budget_chars: int) -> list[ChatMessage]:
+    """The newest messages whose contents fit in `budget_chars`, oldest first; whole messages only.
+
+    Trimming stops at the first message that does not fit, so the kept part is an unbroken tail of the
+    conversation (a hole in the middle would confuse the model more than a shorter memory).
+    """
+    kept: list[ChatMessage] = []
+    used = 0
+    for message in reversed(history):
+        if not message.content.strip():
+            continue
+        used += len(message.content)
+        if used > budget_chars:
+            break
+        kept.append(message)
+    kept.reverse()
+    return kept
+
+
+class OllamaChat:
+    """Streaming chat with one Ollama model. Cheap to create; the HTTP connection is made on first use."""
+
+    def __init__(
+        self,
+        model: str,
+        host: str = DEFAULT_HOST,
+        *,
+        system_prompt: str = SYSTEM_PROMPT,
+        history_chars: int = HISTORY_CHARS,
+        first_token_timeout: float = FIRST_TOKEN_TIMEOUT,
+        token_timeout: float = TOKEN_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        check_timeout: float = 5.0,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = KEEP_ALIVE,
+    ) -> None:
+        self.model = model
+        self.host = host.rstrip("/")
+        self.system_prompt = system_prompt
+        self.history_chars = history_chars
+        self.first_token_timeout = first_token_timeout
+        self.token_timeout = token_timeout
+        self.connect_timeout = connect_timeout
+        self.check_timeout = check_timeout
+        self.options = dict(DEFAULT_OPTIONS if options is None else options)
+        self.keep_alive = keep_alive
+        # Reading has no httpx timeout: a slow first token is judged by `first_token_timeout` instead, which
+        # can give a clearer message than a bare ReadTimeout.
+        self._client = ollama.AsyncClient(host=self.host, timeout=httpx.Timeout(None, connect=connect_timeout))
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> OllamaChat:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def build_messages(
+        self, history: Sequence[ChatMessage], user_text: str, *, context: str | None = None
+    ) -> list[dict[str, str]]:
+        """What is sent: the system prompt (always), the trimmed history, then the new user turn."""
+        system = self.system_prompt
+        if context:
+            system = f"{system}\n\nWhat you know about this conversation:\n{context.strip()}"
+        budget = max(0, self.history_chars - len(user_text))
+        messages = [{"role": "system", "content": system}]
+        messages += [{"role": m.role, "content": m.content} for m in trim_history(history, budget)]
+        messages.append({"role": "user", "content": user_text})
+        return messages
+
+    async def stream_reply(
+        self, history: Sequence[ChatMessage], user_text: str, *, context: str | None = None
+    ) -> AsyncIterator[str]:
+        """Yield the reply's text deltas as they arrive. Raises `LlmUnavailable` (with the fix) on failure.
+
+        Closing the iterator early (the user interrupted) closes the HTTP stream, which makes Ollama stop
+        generating.
+        """
+        messages = self.build_messages(history, user_text, context=context)
+        # With stream=True this only builds the request; connecting happens on the first `anext`.
+        stream = await self._client.chat(
+            model=self.model,
+            messages=messages,
+            stream=True,
+            options=self.options or None,
+            keep_alive=self.keep_alive,
+        )
+        received_any = False
+        try:
+            while True:
+                limit_s = self.token_timeout if received_any else self.first_token_timeout
+                part = await self._next_part(stream, limit_s, first=not received_any)
+                if part is None:
+                    return
+                received_any = True
+                content = part.message.content or ""
+                if content:
+                    yield content
+                if part.done:
+                    if part.done_reason == "length":
+                        log.info("Reply cut at num_predict=%s tokens", self.options.get("num_predict"))
+                    return
+        finally:
+            await stream.aclose()
+
+    async def _next_part(
+        self, stream: AsyncIterator[ollama.ChatResponse], limit_s: float, *, first: bool
+    ) -> ollama.ChatResponse | None:
+        try:
+            async with asyncio.timeout(limit_s):
+                return await anext(stream)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as error:
+            if first:
+                raise LlmUnavailable(
+                    f"Ollama did not start answering within {limit_s:g} s with model {self.model!r}. It may "
+                    "still be loading the model, or the model is too big for this machine: check `ollama ps`, "
+                    "try a smaller ALAN_LLM_MODEL, or give the first answer more time."
+                ) from error
+            raise LlmUnavailable(
+                f"Ollama stopped sending text for {limit_s:g} s in the middle of a reply from {self.model!r}; "
+                "check the Ollama server's log."
+            ) from error
+        except Exception as error:
+            raise self._unavailable(error) from error
+
+    async def reply(self, history: Sequence[ChatMessage], user_text: str, *, context: str | None = None) -> str:
+        """The whole reply as one string (for callers that don't stream, e.g. text chats)."""
+        return "".join([delta async for delta in self.stream_reply(history, user_text, context=context)])
+
+    async def check(self) -> LlmStatus:
+        """Is the server reachable, and does it have the model? Never raises for Ollama's failures."""
+
+        def status(reachable: bool, present: bool, message: str, names: tuple[str, ...] = ()) -> LlmStatus:
+            return LlmStatus(self.host, self.model, reachable, present, message, names)
+
+        try:
+            async with asyncio.timeout(self.check_timeout):
+                listing = await self._client.list()
+        except TimeoutError:
+            return status(False, False, f"Ollama at {self.host} did not answer within {self.check_timeout:g} s.")
+        except Exception as error:
+            return status(False, False, str(self._unavailable(error)))
+        names = tuple(entry.model for entry in listing.models if entry.model)
+        wanted = canonical_model(self.model)
+        present = wanted in {canonical_model(name) for name in names}
+        if not present:
+            # `list()` shows local models only; `show()` also resolves names the listing spells differently.
+            try:
+                async with asyncio.timeout(self.check_timeout):
+                    await self._client.show(self.model)
+                present = True
+            except Exception as error:
+                if not (isinstance(error, ollama.ResponseError) and error.status_code == 404):
+                    return status(True, False, str(self._unavailable(error)), names)
+        if not present:
+            return status(True, False, self._missing_model_message(), names)
+        return status(True, True, f"Ollama at {self.host} is up and has {self.model}.", names)
+
+    # --- errors ---
+
+    def _missing_model_message(self) -> str:
+        return (
+            f"Ollama at {self.host} has no model {self.model!r}. Run `ollama pull {self.model}`, or set "
+            "ALAN_LLM_MODEL to one that `ollama list` shows."
+        )
+
+    def _unavailable(self, error: BaseException) -> LlmUnavailable:
+        """Translate what the ollama client / httpx raised into one error that says the fix."""
+        if isinstance(error, LlmUnavailable):
+            return error
+        if isinstance(error, ConnectionError | httpx.ConnectError | httpx.ConnectTimeout):
+            return LlmUnavailable(
+                f"Cannot reach Ollama at {self.host}. Start it with `ollama serve` (or the Ollama app), or "
+                "set OLLAMA_HOST to where it runs."
+            )
+        if isinstance(error, ollama.ResponseError):
+            if error.status_code == 404:
+                return LlmUnavailable(self._missing_model_message())
+            return LlmUnavailable(
+                f"Ollama at {self.host} failed to answer with {self.model!r} "
+                f"(status {error.status_code}): {error.error}"
+            )
+        if isinstance(error, httpx.HTTPError):
+            return LlmUnavailable(
+                f"Lost the connection to Ollama at {self.host} ({type(error).__name__}); is it restarting?"
+            )
+        return LlmUnavailable(f"Ollama call failed: {type(error).__name__}: {error}")

@@ -1,0 +1,363 @@
+"""Speech to text with faster-whisper (CTranslate2), with silence and hallucinations kept out of the chat.
+
+Whisper always writes *something*: given silence, noise or a cough it tends to produce its stock phrases
+("Thank you.", "Thanks for watching!", " you", "Subtitles by …"). In a voice chat each of those would become
+a turn that aLAN answers, so every transcript goes through three gates:
+
+1. Silero VAD (the copy shipped inside faster-whisper) on the whole clip: no speech → the model never runs.
+2. faster-whisper's own VAD filter (`vad_filter=True`) so only the speech parts reach the model, and
+   Whisper's own "silent segment" rule.
+3. A per-segment filter (`rejection_reason`): segments Whisper itself is unsure of, repetition loops,
+   non-speech annotations and the stock hallucination phrases are dropped.
+
+What is left is the turn; if nothing is left the result says `no_speech=True` with empty text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
+
+import numpy as np
+
+from engine.errors import SttUnavailable
+
+if TYPE_CHECKING:  # faster-whisper pulls in ctranslate2 and onnxruntime: import them only when needed
+    from faster_whisper import WhisperModel
+    from faster_whisper.transcribe import Segment
+    from faster_whisper.vad import VadOptions
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000  # Whisper's only input rate
+Device = Literal["auto", "cpu", "cuda"]
+
+# Best first; the first one CTranslate2 supports on the device is used (an old GPU may lack float16).
+_COMPUTE_PREFERENCES: dict[str, tuple[str, ...]] = {
+    "cuda": ("float16", "int8_float16", "int8_float32", "float32"),
+    "cpu": ("int8", "int8_float32", "float32"),
+}
+
+# --- Hallucination filter thresholds (Whisper's own defaults where it has one) ---
+NO_SPEECH_PROB = 0.6  # Whisper: a segment is silence if no_speech_prob > 0.6 ...
+LOW_LOGPROB = -1.0  # ... and its average log-probability < -1.0
+GARBAGE_LOGPROB = -1.5  # still this unsure after temperature fallback: noise decoded as words
+MAX_COMPRESSION_RATIO = 2.4  # gzip ratio above this = a repetition loop ("the the the …")
+# A stock phrase is kept only when Whisper is clearly confident it was said (people do say "thank you").
+CONFIDENT_NO_SPEECH_PROB = 0.2
+CONFIDENT_LOGPROB = -0.5
+
+# Phrases no one says to a voice companion: YouTube outros and subtitle credits from Whisper's training data.
+_ALWAYS_HALLUCINATION = re.compile(
+    r"^(you|thanks? (you )?(so much |very much )?for watching.*|please (like and )?subscribe.*"
+    r"|(don t forget to )?like and subscribe.*|see you (in the )?next (video|time|one).*"
+    r"|(subtitles?|captions?|captioning|transcri(bed|ption)|translat(ed|ion)|sub(bed|titled)) by.*"
+    r"|(www )?\S+\.(com|org|net|tv))$"
+)
+# The same credits in other languages (Whisper's training subtitles), matched anywhere in a segment.
+_FOREIGN_CREDITS = re.compile(r"amara\.org|untertitel|sous titres|ご視聴|字幕|продолжение следует|napisy")
+# Short phrases Whisper produces for breaths, clicks and room noise — but that are also real answers.
+_AMBIGUOUS_HALLUCINATION = frozenset(
+    {
+        "thank you", "thank you so much", "thank you very much", "thanks", "thanks a lot", "bye", "bye bye",
+        "goodbye", "okay", "ok", "so", "oh", "uh", "um", "hmm", "mm", "ah", "yeah", "the end", "i m sorry",
+    }
+)  # fmt: skip
+# Bracketed sound descriptions and music symbols: "[Music]", "(upbeat music)", "♪♪".
+_ANNOTATION = re.compile(r"^(\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬\s])+$")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One utterance. `no_speech` is True when nothing in it should become a turn (then `text` is "")."""
+
+    text: str
+    language: str | None
+    language_probability: float
+    duration: float  # seconds of audio given
+    speech_duration: float  # seconds VAD judged to be speech
+    no_speech: bool
+    rejected: tuple[str, ...] = field(default=())  # dropped segment texts, with the reason, for the logs
+
+    @classmethod
+    def nothing(cls, duration: float, language: str | None = None, rejected: tuple[str, ...] = ()) -> Transcript:
+        return cls("", language, 0.0, duration, 0.0, True, rejected)
+
+
+class SpeechToText(Protocol):
+    """What the rest of aLAN needs from an STT engine (lets the pipeline tests use a fake)."""
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript: ...
+
+    async def transcribe_async(self, audio: np.ndarray, language: str | None = None) -> Transcript: ...
+
+
+def resolve_device(device: Device | str) -> tuple[str, str]:
+    """Pick `(device, compute_type)`: CUDA in float16 when a GPU is there (or asked for), else CPU int8."""
+    import ctranslate2
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise SttUnavailable(f"Unknown device {device!r}: set ALAN_DEVICE to auto, cpu or cuda.")
+    gpus = ctranslate2.get_cuda_device_count()
+    if device == "auto":
+        device = "cuda" if gpus > 0 else "cpu"
+    elif device == "cuda" and gpus == 0:
+        raise SttUnavailable(
+            "ALAN_DEVICE=cuda but CTranslate2 sees no CUDA GPU (check the NVIDIA driver and CUDA 12 / cuDNN 9 "
+            "libraries), or set ALAN_DEVICE=auto or cpu."
+        )
+    supported = ctranslate2.get_supported_compute_types(device)
+    for compute_type in _COMPUTE_PREFERENCES[device]:
+        if compute_type in supported:
+            return device, compute_type
+    return device, "default"
+
+
+def _normalise(text: str) -> str:
+    """Lowercase, punctuation to spaces, single-spaced: "Thanks for watching!" → "thanks for watching"."""
+    text = text.lower().replace("’", "'").replace("'", " ")
+    text = re.sub(r"[^\w\s.]", " ", text)
+    text = re.sub(r"(?<!\w)\.|\.(?!\w)", " ", text)  # keep dots inside words (amara.org), drop the rest
+    return " ".join(text.split())
+
+
+def rejection_reason(segment: Segment) -> str | None:
+    """Why a decoded segment must not count as speech, or None if it is fine.
+
+    Works on the numbers faster-whisper reports for each segment; thresholds are the module constants.
+    """
+    text = segment.text.strip()
+    if not text or not re.search(r"\w", text):
+        return "empty"
+    if _ANNOTATION.match(text):
+        return "sound annotation"
+    if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOW_LOGPROB:
+        return "silence"
+    if segment.avg_logprob < GARBAGE_LOGPROB:
+        return "low confidence"
+    if segment.compression_ratio > MAX_COMPRESSION_RATIO:
+        return "repetition"
+    normalised = _normalise(text)
+    if _ALWAYS_HALLUCINATION.match(normalised) or _FOREIGN_CREDITS.search(normalised):
+        return "stock hallucination"
+    confident = segment.no_speech_prob < CONFIDENT_NO_SPEECH_PROB and segment.avg_logprob > CONFIDENT_LOGPROB
+    if normalised in _AMBIGUOUS_HALLUCINATION and not confident:
+        return "unsure stock phrase"
+    return None
+
+
+class WhisperTranscriber:
+    """faster-whisper behind `SpeechToText`. The model loads on first use (or `load()`), once.
+
+    `model` is a size ("small", "large-v3", …) or hub id of a CTranslate2 conversion (downloaded on first
+    use into `download_root` or the Hugging Face cache), or a local folder holding a converted model.
+    """
+
+    def __init__(
+        self,
+        model: str = "small",
+        device: Device | str = "auto",
+        *,
+        download_root: str | Path | None = None,
+        local_files_only: bool = False,
+        cpu_threads: int | None = None,
+        beam_size: int | None = None,
+        temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        vad_options: VadOptions | None = None,
+        segment_filter: Callable[[Segment], str | None] | None = None,
+    ) -> None:
+        self.model_name = model
+        self.requested_device = device
+        self.download_root = str(download_root) if download_root is not None else None
+        self.local_files_only = local_files_only
+        # CTranslate2 defaults to 4 threads; on a small box that oversubscribes the cores the TTS needs too.
+        self.cpu_threads = cpu_threads if cpu_threads is not None else min(os.cpu_count() or 4, 8)
+        self._beam_size = beam_size
+        self.temperatures = temperatures
+        self._vad_options = vad_options
+        # Why a segment is not speech (None: keep it). Tests with random weights relax it: such a model is
+        # never confident, yet its output must still flow through the pipeline.
+        self.segment_filter = segment_filter or rejection_reason
+        self._model: WhisperModel | None = None
+        self._device: str | None = None
+        self._compute_type: str | None = None
+        self._load_lock = threading.Lock()
+
+    # --- loading ---
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def device(self) -> str:
+        """The device actually used ("cpu" or "cuda"); resolves "auto" without loading the model."""
+        if self._device is None:
+            self._device, self._compute_type = resolve_device(self.requested_device)
+        return self._device
+
+    @property
+    def compute_type(self) -> str:
+        if self._compute_type is None:
+            self._device, self._compute_type = resolve_device(self.requested_device)
+        return self._compute_type
+
+    @property
+    def beam_size(self) -> int:
+        # Greedy on CPU keeps a short turn's latency down; beam search is nearly free on a GPU.
+        if self._beam_size is not None:
+            return self._beam_size
+        return 5 if self.device == "cuda" else 1
+
+    def load(self) -> WhisperModel:
+        """Load the model now (idempotent, thread-safe); raises `SttUnavailable` with the fix on failure."""
+        with self._load_lock:
+            if self._model is None:
+                self._model = self._load()
+        return self._model
+
+    async def load_async(self) -> None:
+        await asyncio.to_thread(self.load)
+
+    def _load(self) -> WhisperModel:
+        from faster_whisper import WhisperModel
+
+        source = self.model_name
+        local = Path(source).expanduser()
+        if local.is_dir():
+            missing = [name for name in ("model.bin", "config.json", "tokenizer.json") if not (local / name).is_file()]
+            if missing:
+                raise SttUnavailable(
+                    f"Whisper model folder {local} lacks {', '.join(missing)}: it must be a CTranslate2 "
+                    "conversion with its tokenizer, e.g. `ct2-transformers-converter --model openai/whisper-small "
+                    "--output_dir DIR --copy_files tokenizer.json preprocessor_config.json`, or a download of "
+                    "Systran/faster-whisper-small."
+                )
+            source = str(local)
+        elif _looks_like_path(source):
+            raise SttUnavailable(
+                f"Whisper model folder {local} does not exist. Set ALAN_STT_MODEL to a size such as 'small' "
+                "(downloaded on first start) or to a folder with a CTranslate2 Whisper model."
+            )
+        try:
+            model = WhisperModel(
+                source,
+                device=self.device,
+                compute_type=self.compute_type,
+                cpu_threads=self.cpu_threads,
+                download_root=self.download_root,
+                local_files_only=self.local_files_only,
+            )
+        except SttUnavailable:
+            raise
+        except Exception as error:  # hub, file and CTranslate2 errors all mean "this model can't be used"
+            raise SttUnavailable(_load_failure_message(self.model_name, error)) from error
+        log.info("Whisper %r loaded on %s (%s)", self.model_name, self.device, self.compute_type)
+        return model
+
+    # --- transcription ---
+
+    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        """Transcribe float32 mono 16 kHz audio. Blocking: use `transcribe_async` from the event loop."""
+        from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+        samples = _as_mono_float32(audio)
+        duration = len(samples) / SAMPLE_RATE
+        if len(samples) == 0:
+            return Transcript.nothing(0.0, language)
+        vad = self._vad_options or VadOptions()
+        # VAD first: Silero costs a few ms per second of audio, the model far more, and faster-whisper would
+        # still run language detection (and often hallucinate) on an all-silent clip.
+        if not get_speech_timestamps(samples, vad):
+            return Transcript.nothing(duration, language)
+
+        model = self.load()
+        kept: list[str] = []
+        rejected: list[str] = []
+        try:
+            segments, info = model.transcribe(
+                samples,
+                language=language,
+                vad_filter=True,
+                vad_parameters=vad,
+                beam_size=self.beam_size,
+                temperature=list(self.temperatures),
+                # Each turn stands alone: conditioning on earlier text lets one hallucination breed more.
+                condition_on_previous_text=False,
+            )
+            for segment in segments:  # a generator: decoding happens while iterating
+                reason = self.segment_filter(segment)
+                if reason is None:
+                    kept.append(segment.text.strip())
+                else:
+                    rejected.append(f"{reason}: {segment.text.strip()!r}")
+        except RuntimeError as error:
+            # CTranslate2 loads cuBLAS/cuDNN on the first GPU run, so a missing CUDA library shows up here.
+            if _is_cuda_library_error(error):
+                raise SttUnavailable(_CUDA_LIBRARY_HINT.format(error=error)) from error
+            raise
+        if rejected:
+            log.debug("Dropped Whisper segments: %s", "; ".join(rejected))
+        text = " ".join(" ".join(kept).split())
+        return Transcript(
+            text=text,
+            language=info.language,
+            language_probability=float(info.language_probability),
+            duration=duration,
+            speech_duration=float(info.duration_after_vad),
+            no_speech=not text,
+            rejected=tuple(rejected),
+        )
+
+    async def transcribe_async(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+        """`transcribe` in a worker thread, so the bots' event loop keeps serving while Whisper runs."""
+        return await asyncio.to_thread(self.transcribe, audio, language)
+
+
+def _looks_like_path(name: str) -> bool:
+    # "small" and "Systran/faster-whisper-small" are hub names; "./models/x", "/opt/x", "~/x", "C:\x" are not.
+    return name.startswith((".", "/", "~", "\\")) or os.sep in name.replace("/", "", 1) or ":" in name
+
+
+_CUDA_LIBRARY_HINT = (
+    "Whisper could not use the GPU ({error}). faster-whisper needs CUDA 12 cuBLAS and cuDNN 9: install them "
+    "(e.g. `pip install nvidia-cublas-cu12 nvidia-cudnn-cu12` and put their lib folders on LD_LIBRARY_PATH), "
+    "or set ALAN_DEVICE=cpu."
+)
+
+
+def _is_cuda_library_error(error: BaseException) -> bool:
+    text = str(error).lower()
+    return any(name in text for name in ("libcublas", "libcudnn", "cublas", "cudnn", "cuda driver"))
+
+
+def _load_failure_message(model: str, error: BaseException) -> str:
+    if _is_cuda_library_error(error):
+        return _CUDA_LIBRARY_HINT.format(error=error)
+    cause = f"{type(error).__name__}: {error}".strip()
+    return (
+        f"Could not load the Whisper model {model!r} ({cause}). A size such as 'small' or a hub id of a "
+        "CTranslate2 conversion (e.g. Systran/faster-whisper-small) is downloaded from Hugging Face on first "
+        "use, which needs internet access once. Offline, download or convert the model elsewhere, copy the "
+        "folder here and set ALAN_STT_MODEL to its path."
+    )
+
+
+def _as_mono_float32(audio: np.ndarray) -> np.ndarray:
+    samples = np.asarray(audio)
+    if samples.ndim == 2 and 1 in samples.shape:  # (n, 1) or (1, n)
+        samples = samples.reshape(-1)
+    if samples.ndim != 1:
+        raise ValueError(f"Expected mono audio (1-D), got shape {samples.shape}; mix it down first.")
+    if np.issubdtype(samples.dtype, np.integer):  # PCM integers: scale to [-1, 1) as Whisper expects
+        samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max + 1)
+    elif samples.dtype != np.float32:
+        samples = samples.astype(np.float32)
+    return samples

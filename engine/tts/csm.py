@@ -1,0 +1,386 @@
+"""CSM-1B speech synthesis with our own generation loop: prefix-cached voice, exact budget, streaming audio.
+
+    speech = CsmSpeech.load("sesame/csm-1b", device="auto")
+    voice = Segment(0, "exact transcript of the clip", speech.encode_audio(clip_24k))
+    stream = speech.stream(voice, history, "Hello there!", speaker=0, voice_cache_key="voice-42")
+    for chunk in stream:          # float32, 24 kHz mono, first chunk after a few frames
+        play(chunk)
+    history.append(stream.result.segment(0, "Hello there!"))
+
+The prompt follows transformers' CSM chat template: each context segment is `<bos>[speaker]text<eos>` followed
+by its Mimi frames and one all-zero end frame; then the target `<bos>[speaker]text<eos>`; generation continues
+with audio frames until the all-zero end frame. The API is synchronous; callers run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoProcessor, CsmForConditionalGeneration, DynamicCache
+
+from .budget import (
+    MAX_CSM_POSITIONS,
+    ContextPlan,
+    estimate_reply_frames,
+    frames_to_seconds,
+    max_reference_frames,
+    plan_positions,
+    segment_positions,
+)
+from .frame_loop import CsmFrameLoop
+from .prefix_cache import PrefixCache, content_key, restore, snapshot
+from .sampling import SamplingConfig, make_generator
+from .streaming_decode import ChunkAssembler, RepeatGuard, StreamConfig, WindowedDecoder, is_end_frame
+from .types import SAMPLE_RATE, GenerationStats, Segment, SpeechResult
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but CUDA is not available")
+    return torch.device(device)
+
+
+class SpeechStream(Iterator[np.ndarray]):
+    """Audio chunks (float32, 24 kHz mono) as they are generated; `result` once exhausted or closed.
+
+    Closing it early (barge-in) stops generation at the next frame; the result then holds the codes of the
+    audio emitted so far with `stop_reason == "cancelled"`.
+    """
+
+    def __init__(self, run: Iterator[np.ndarray], plan: ContextPlan, kept_history: list[Segment]):
+        self._run = run
+        self.plan = plan
+        self.kept_history = kept_history
+        self._result: SpeechResult | None = None
+
+    def _finish(self, result: SpeechResult) -> None:
+        self._result = result
+
+    def __next__(self) -> np.ndarray:
+        return next(self._run)
+
+    def close(self) -> None:
+        self._run.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> SpeechStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> SpeechResult:
+        if self._result is None:
+            raise RuntimeError("the stream is still running: exhaust or close it first")
+        return self._result
+
+
+class CsmSpeech:
+    """CSM text-to-speech engine bound to one loaded model (thread-safe for one call at a time per instance)."""
+
+    def __init__(self, model: CsmForConditionalGeneration, processor, *, prefix_cache_size: int = 8):
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.config = model.config
+        self.loop = CsmFrameLoop(model)
+        self.prefix_cache = PrefixCache(prefix_cache_size)
+        self.max_positions = min(int(self.config.max_position_embeddings), MAX_CSM_POSITIONS)
+        self._codec_device = next(model.codec_model.parameters()).device
+        self._text_ids: OrderedDict[tuple[int, str], tuple[int, ...]] = OrderedDict()
+        self._text_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str | Path, device: str = "auto", *, prefix_cache_size: int = 8) -> CsmSpeech:
+        """Load model + processor from a Hub id or a local folder; bf16 on CUDA, fp32 on CPU.
+
+        The Mimi codec stays in fp32 on every device: it is small, and decoding in bf16 audibly degrades audio.
+        """
+        dev = resolve_device(device)
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        processor = AutoProcessor.from_pretrained(model)
+        csm = CsmForConditionalGeneration.from_pretrained(model, dtype=dtype)
+        csm.to(dev).eval()
+        csm.codec_model.float()
+        return cls(csm, processor, prefix_cache_size=prefix_cache_size)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return self.loop.device
+
+    @property
+    def num_codebooks(self) -> int:
+        return self.loop.num_codebooks
+
+    @property
+    def sample_rate(self) -> int:
+        return SAMPLE_RATE
+
+    # ------------------------------------------------------------------ audio <-> codes
+    def encode_audio(self, audio: np.ndarray) -> torch.Tensor:
+        """Mimi codes `[frames, num_codebooks]` (int64, CPU) of 24 kHz mono float32 audio. Encode a voice
+        reference once and keep its codes: calls take codes, never audio."""
+        wave = np.asarray(audio, dtype=np.float32)
+        if wave.ndim != 1:
+            raise ValueError(f"expected mono audio of shape [samples], got {wave.shape}")
+        if wave.size == 0:
+            return torch.zeros(0, self.num_codebooks, dtype=torch.long)
+        with torch.inference_mode():
+            values = torch.from_numpy(wave).to(self._codec_device).view(1, 1, -1)
+            codes = self.model.codec_model.encode(values).audio_codes  # [1, num_codebooks, frames]
+        return codes[0, : self.num_codebooks].T.to("cpu", torch.long).contiguous()
+
+    def _decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
+        values = codes.to(self._codec_device).T.unsqueeze(0)  # [1, num_codebooks, frames]
+        return self.model.codec_model.decode(values).audio_values[0, 0]
+
+    def decode_codes(self, codes: torch.Tensor) -> np.ndarray:
+        """One-shot Mimi decode of `[frames, num_codebooks]` codes to float32 24 kHz audio."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        with torch.inference_mode():
+            return self._decode_tensor(codes).float().cpu().numpy()
+
+    # ------------------------------------------------------------------ tokens and budget
+    def segment_token_ids(self, text: str, speaker: int) -> tuple[int, ...]:
+        """Token ids of `<bos>[speaker]text<eos>` exactly as the processor's chat template renders a turn."""
+        key = (speaker, text)
+        with self._text_lock:
+            ids = self._text_ids.get(key)
+            if ids is not None:
+                self._text_ids.move_to_end(key)
+                return ids
+        if getattr(self.processor, "chat_template", None):
+            message = {"role": str(speaker), "content": [{"type": "text", "text": text}]}
+            rendered = self.processor.apply_chat_template([message], tokenize=False)
+        else:
+            rendered = f"{self.tokenizer.bos_token}[{speaker}]{text}{self.tokenizer.eos_token}"
+        ids = tuple(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        with self._text_lock:
+            self._text_ids[key] = ids
+            while len(self._text_ids) > 1024:
+                self._text_ids.popitem(last=False)
+        return ids
+
+    def count_text_tokens(self, text: str, speaker: int = 0) -> int:
+        return len(self.segment_token_ids(text, speaker))
+
+    def segment_positions(self, segment: Segment) -> int:
+        return segment_positions(self.count_text_tokens(segment.text, segment.speaker), segment.frames)
+
+    def plan_context(
+        self, voice: Segment | None, history: Sequence[Segment], text: str, speaker: int = 0
+    ) -> tuple[list[Segment], ContextPlan]:
+        """Which history fits (newest kept) and the position accounting; raises `VoiceTooLongError` when the
+        voice segment alone leaves no room for the text and its reply, `TextTooLongError` if the text can't fit."""
+        plan = plan_positions(
+            voice_positions=self.segment_positions(voice) if voice is not None else 0,
+            history_positions=[self.segment_positions(seg) for seg in history],
+            text_positions=self.count_text_tokens(text, speaker),
+            reply_frames=estimate_reply_frames(text),
+            max_positions=self.max_positions,
+        )
+        kept = list(history[len(history) - plan.kept_history :]) if plan.kept_history else []
+        return kept, plan
+
+    def max_reference_seconds(self, transcript: str, speaker: int = 0, reply_chars: int = 300) -> float:
+        """Longest reference clip (seconds) whose segment still leaves room for a `reply_chars`-character reply
+        (its text, counted as at most one token per character, plus its reserved frames)."""
+        reply_text_positions = self.count_text_tokens("", speaker) + reply_chars
+        reserved = reply_text_positions + estimate_reply_frames("x" * reply_chars)
+        frames = max_reference_frames(self.count_text_tokens(transcript, speaker), reserved, self.max_positions)
+        return frames_to_seconds(frames)
+
+    def prompt_token_ids(
+        self, voice: Segment | None, history: Sequence[Segment], text: str, speaker: int = 0
+    ) -> list[int]:
+        """The prompt as the processor would tokenize it (audio frames as `<|AUDIO|>`, end frames as
+        `<|audio_eos|>`); for checking our prompt against the chat template."""
+        ids: list[int] = []
+        for seg in [*([voice] if voice is not None else []), *history]:
+            ids += self.segment_token_ids(seg.text, seg.speaker)
+            if seg.codes is not None:
+                ids += [self.processor.audio_token_id] * seg.codes.shape[0] + [self.processor.audio_eos_token_id]
+        return ids + list(self.segment_token_ids(text, speaker))
+
+    # ------------------------------------------------------------------ prompt embedding
+    def _embed_segments(self, segments: Sequence[Segment], text: str | None, speaker: int) -> torch.Tensor:
+        parts: list[torch.Tensor] = []
+        for seg in segments:
+            parts.append(self.loop.embed_text(torch.tensor(self.segment_token_ids(seg.text, seg.speaker))))
+            if seg.codes is not None:
+                end_frame = torch.zeros(1, self.num_codebooks, dtype=torch.long)
+                parts.append(self.loop.embed_frames(torch.cat([seg.codes.to("cpu", torch.long), end_frame])))
+        if text is not None:
+            parts.append(self.loop.embed_text(torch.tensor(self.segment_token_ids(text, speaker))))
+        return torch.cat(parts, dim=1)
+
+    def _prefill(
+        self,
+        voice: Segment | None,
+        history: Sequence[Segment],
+        text: str,
+        speaker: int,
+        key: str | None,
+        stats: GenerationStats,
+    ) -> tuple[torch.Tensor, DynamicCache]:
+        """Backbone KV cache for the whole prompt and the last hidden state. With a cache key, the voice
+        segment's KV comes from (or goes into) the prefix cache and only history + text are prefilled here."""
+        start = time.perf_counter()
+        if voice is not None and key is not None:
+            codes = voice.codes if voice.codes is not None else torch.zeros(0, 0, dtype=torch.long)
+            full_key = f"{key}:{content_key(voice.speaker, voice.text, codes)}"
+            entry = self.prefix_cache.get(full_key)
+            if entry is not None:
+                cache = restore(entry, self.config)
+                stats.prefix_cache_hit = True
+            else:
+                cache = self.loop.new_cache()
+                self.loop.prefill(self._embed_segments([voice], None, speaker), cache)
+                self.prefix_cache.put(full_key, snapshot(cache))
+            cached = cache.get_seq_length()
+            embeds = self._embed_segments(history, text, speaker)
+        else:
+            cache = self.loop.new_cache()
+            cached = 0
+            embeds = self._embed_segments([*([voice] if voice is not None else []), *history], text, speaker)
+        last_hidden = self.loop.prefill(embeds, cache)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats.prefill_positions = cache.get_seq_length() - (cached if stats.prefix_cache_hit else 0)
+        stats.prefill_s = time.perf_counter() - start
+        return last_hidden, cache
+
+    # ------------------------------------------------------------------ generation
+    def stream(
+        self,
+        voice: Segment | None,
+        history: Sequence[Segment],
+        text: str,
+        speaker: int = 0,
+        voice_cache_key: str | None = None,
+        sampling: SamplingConfig | None = None,
+        streaming: StreamConfig | None = None,
+        max_frames: int | None = None,
+    ) -> SpeechStream:
+        """Speak `text` as `speaker`, conditioned on the voice segment and as much history as fits.
+
+        Budget errors raise here, before anything runs. `voice_cache_key` (e.g. the voice id) enables the
+        prefix cache for the voice segment; the key is combined with a hash of its codes and text. `max_frames`
+        can only lower the cap derived from the text length.
+        """
+        if not text.strip():
+            raise ValueError("nothing to say")
+        kept, plan = self.plan_context(voice, history, text, speaker)
+        limit = plan.reply_frames if max_frames is None else max(1, min(max_frames, plan.reply_frames))
+        stream_cfg = streaming or StreamConfig()
+        sampling_cfg = sampling or SamplingConfig()
+        holder: list[SpeechStream] = []
+        run = self._run(voice, kept, text, speaker, voice_cache_key, sampling_cfg, stream_cfg, limit, plan, holder)
+        stream = SpeechStream(run, plan, kept)
+        holder.append(stream)
+        return stream
+
+    def synthesize(
+        self, voice: Segment | None, history: Sequence[Segment], text: str, speaker: int = 0, **kwargs
+    ) -> SpeechResult:
+        """Non-streaming convenience: the whole reply's audio in `result.audio`."""
+        stream = self.stream(voice, history, text, speaker, **kwargs)
+        chunks = list(stream)
+        result = stream.result
+        result.audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return result
+
+    def _run(
+        self,
+        voice: Segment | None,
+        history: list[Segment],
+        text: str,
+        speaker: int,
+        key: str | None,
+        sampling: SamplingConfig,
+        cfg: StreamConfig,
+        max_frames: int,
+        plan: ContextPlan,
+        holder: list[SpeechStream],
+    ) -> Iterator[np.ndarray]:
+        stats = GenerationStats()
+        t0 = time.perf_counter()
+        # inference_mode is entered per step, never across a `yield`: grad mode is thread-local and the
+        # consumer's code runs between our yields.
+        with torch.inference_mode():
+            last_hidden, cache = self._prefill(voice, history, text, speaker, key, stats)
+            generator = make_generator(sampling.seed, self.device)
+            pick0, pick_depth = sampling.backbone_picker(generator), sampling.depth_picker(generator)
+            codes = torch.zeros(max_frames, self.num_codebooks, dtype=torch.long, device=self.device)
+        decoder = WindowedDecoder(self._decode_tensor, cfg.left_context_frames)
+        assembler = ChunkAssembler(cfg)
+        repeats = RepeatGuard(cfg.repeat_frames)
+        generated = 0  # frames kept in `codes`
+        produced = 0  # frames the model produced (a dropped repeat run included)
+        stop: str | None = None
+
+        def finish(reason: str) -> None:
+            stats.total_s = time.perf_counter() - t0
+            kept_codes = codes[: assembler.emitted_frames].to("cpu").clone()
+            holder[0]._finish(SpeechResult(kept_codes, reason, produced, plan, stats))
+
+        try:
+            while stop is None:
+                with torch.inference_mode():
+                    first = decoder.decoded_frames == 0
+                    target = cfg.first_chunk_frames if first else decoder.decoded_frames + cfg.chunk_frames
+                    while generated < target:
+                        t_frame = time.perf_counter()
+                        frame = self.loop.sample_frame(last_hidden, pick0, pick_depth)
+                        values = frame.tolist()  # the one host sync per frame: needed to decide stopping
+                        if is_end_frame(values, int(self.config.codebook_eos_token_id or 0)):
+                            stop = "eos"
+                        else:
+                            codes[generated] = frame
+                            generated += 1
+                            produced += 1
+                            if repeats.push(values):
+                                stop = "repeat"
+                                # drop the stuck run (but never frames already decoded)
+                                generated = max(decoder.decoded_frames, generated - repeats.run + 1)
+                            elif generated >= max_frames:
+                                stop = "max_frames"
+                            else:
+                                last_hidden = self.loop.step(frame, cache)
+                        stats.frame_s.append(time.perf_counter() - t_frame)
+                        if stop is not None:
+                            break
+                    t_dec = time.perf_counter()
+                    assembler.add(decoder.decode_until(codes, generated))
+                    stats.decode_s += time.perf_counter() - t_dec
+                    if (
+                        stop is None
+                        and cfg.silence_dbfs is not None
+                        and (assembler.trailing_silence_frames >= cfg.max_silence_frames)
+                    ):
+                        stop = "silence"
+                chunk = assembler.take(force=first and stop is None)
+                if chunk is not None:
+                    if stats.first_audio_s is None:
+                        stats.first_audio_s = time.perf_counter() - t0
+                    yield chunk
+        except GeneratorExit:
+            finish("cancelled")
+            raise
+        finish(stop or "max_frames")

@@ -1,0 +1,243 @@
+"""A local fake of the Ollama server, speaking its real HTTP API, for testing the real `ollama` client.
+
+Endpoints (as documented in Ollama's docs/api.md): `GET /`, `GET /api/version`, `GET /api/tags`,
+`POST /api/show` and `POST /api/chat`, streaming (NDJSON: one `done: false` line per chunk, then a final
+`done: true` line with `done_reason`, durations in nanoseconds and token counts) or not. An unknown model
+gets a 404 with Ollama's own error text. Replies are scripted, can be delayed (first chunk and between
+chunks) or fail mid-stream, and every request is recorded so tests can assert what the client sent.
+
+Usage::
+
+    async with FakeOllama(models=["llama3.2:3b"]) as server:
+        server.script("Hello", " there.")
+        client = ollama.AsyncClient(host=server.host)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+DEFAULT_MODELS = ("llama3.2:3b",)
+
+
+def canonical_model(name: str) -> str:
+    """Ollama's own rule: a name without a tag means `:latest`."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+@dataclass
+class ScriptedReply:
+    chunks: list[str]
+    first_delay: float = 0.0  # seconds before the first chunk (a cold model load, a slow prefill)
+    chunk_delay: float = 0.0  # seconds between chunks
+    error: str | None = None  # sent as an `{"error": ...}` line after the chunks, like a runner crash
+    done_reason: str = "stop"
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    body: dict[str, Any] | None
+
+
+@dataclass
+class FakeOllama:
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    default_reply: str = "Okay."
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _replies: deque[ScriptedReply] = field(default_factory=deque)
+    _runner: web.AppRunner | None = None
+    _port: int | None = None
+
+    # --- scripting and inspection ---
+
+    def script(
+        self,
+        *chunks: str,
+        first_delay: float = 0.0,
+        chunk_delay: float = 0.0,
+        error: str | None = None,
+        done_reason: str = "stop",
+    ) -> None:
+        """Queue the next chat reply (replies are used in order; then `default_reply` is sent whole)."""
+        self._replies.append(ScriptedReply(list(chunks), first_delay, chunk_delay, error, done_reason))
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [request.body or {} for request in self.requests if request.path == "/api/chat"]
+
+    @property
+    def host(self) -> str:
+        if self._port is None:
+            raise RuntimeError("FakeOllama is not started")
+        return f"http://127.0.0.1:{self._port}"
+
+    # --- lifecycle ---
+
+    async def start(self) -> FakeOllama:
+        app = web.Application()
+        app.router.add_get("/", self._root)
+        app.router.add_get("/api/version", self._version)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_post("/api/chat", self._chat)
+        # Cancel handlers whose client went away (a timed-out stream) and don't wait long for them on close.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server  # aiohttp keeps the listening socket here; port 0 means "any free port"
+        assert server is not None and server.sockets
+        self._port = server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> FakeOllama:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # --- handlers ---
+
+    async def _record(self, request: web.Request) -> dict[str, Any] | None:
+        body: dict[str, Any] | None = None
+        if request.can_read_body:
+            body = await request.json()
+        self.requests.append(RecordedRequest(request.method, request.path, body))
+        return body
+
+    def _find(self, name: str) -> str | None:
+        wanted = canonical_model(name)
+        return next((model for model in self.models if canonical_model(model) == wanted), None)
+
+    async def _root(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(text="Ollama is running")
+
+    async def _version(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"version": "0.12.6"})
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.json_response({"models": [_model_entry(model) for model in self.models]})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await self._record(request) or {}
+        name = body.get("model") or body.get("name") or ""
+        model = self._find(name)
+        if model is None:
+            return web.json_response({"error": f"model '{name}' not found"}, status=404)
+        return web.json_response(
+            {
+                "license": "LLAMA 3.2 COMMUNITY LICENSE AGREEMENT",
+                "modelfile": f'# Modelfile generated by "ollama show"\nFROM {model}\n',
+                "parameters": 'stop "<|eot_id|>"',
+                "template": "{{ .Prompt }}",
+                "details": _model_entry(model)["details"],
+                "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
+                "capabilities": ["completion", "tools"],
+                "modified_at": _now(),
+            }
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request) or {}
+        name = body.get("model", "")
+        if not name:
+            return web.json_response({"error": "model is required"}, status=400)
+        model = self._find(name)
+        if model is None:
+            return web.json_response({"error": f'model "{name}" not found, try pulling it first'}, status=404)
+        if not isinstance(body.get("messages", []), list):
+            return web.json_response({"error": "messages must be a list"}, status=400)
+
+        reply = self._replies.popleft() if self._replies else ScriptedReply([self.default_reply])
+        started = time.monotonic_ns()
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+        if not body.get("stream", True):  # Ollama streams unless told not to
+            await asyncio.sleep(reply.first_delay + reply.chunk_delay * max(len(reply.chunks) - 1, 0))
+            if reply.error:
+                return web.json_response({"error": reply.error}, status=500)
+            content = "".join(reply.chunks)
+            final = _final_line(name, content, reply, started, prompt_tokens)
+            return web.json_response(final)
+
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for index, chunk in enumerate(reply.chunks):
+            await asyncio.sleep(reply.first_delay if index == 0 else reply.chunk_delay)
+            line = {
+                "model": name,
+                "created_at": _now(),
+                "message": {"role": "assistant", "content": chunk},
+                "done": False,
+            }
+            await response.write(json.dumps(line).encode() + b"\n")
+        if reply.error:
+            await response.write(json.dumps({"error": reply.error}).encode() + b"\n")
+        else:
+            final = _final_line(name, "", reply, started, prompt_tokens, eval_count=len(reply.chunks))
+            await response.write(json.dumps(final).encode() + b"\n")
+        await response.write_eof()
+        return response
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _model_entry(model: str) -> dict[str, Any]:
+    return {
+        "name": model,
+        "model": model,
+        "modified_at": _now(),
+        "size": 2_019_393_189,
+        "digest": "a80c4f17acd55265feec403c7aef86be0c25983ab279d83f3bcd3abbcb5b8b72",
+        "details": {
+            "parent_model": "",
+            "format": "gguf",
+            "family": "llama",
+            "families": ["llama"],
+            "parameter_size": "3.2B",
+            "quantization_level": "Q4_K_M",
+        },
+    }
+
+
+def _final_line(
+    model: str,
+    content: str,
+    reply: ScriptedReply,
+    started_ns: int,
+    prompt_tokens: int,
+    eval_count: int | None = None,
+) -> dict[str, Any]:
+    total = time.monotonic_ns() - started_ns
+    return {
+        "model": model,
+        "created_at": _now(),
+        "message": {"role": "assistant", "content": content},
+        "done": True,
+        "done_reason": reply.done_reason,
+        "total_duration": total,
+        "load_duration": 1_000_000,
+        "prompt_eval_count": prompt_tokens,
+        "prompt_eval_duration": total // 4,
+        "eval_count": eval_count if eval_count is not None else len(reply.chunks),
+        "eval_duration": total // 2,
+    }
