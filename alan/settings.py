@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
     telegram_token: SecretStr | None = Field(None, validation_alias="TELEGRAM_TOKEN")
     telegram_api_url: str = Field(DEFAULT_TELEGRAM_API_URL, validation_alias="TELEGRAM_API_URL")
+    # Comma-separated Telegram user ids allowed to talk to the bot; empty means everyone.
+    telegram_allowed_users: str = Field("", validation_alias="ALAN_TELEGRAM_ALLOWED_USERS")
+    # Public HTTPS URL Telegram should post updates to; empty means long polling.
+    telegram_webhook_url: str = Field("", validation_alias="ALAN_TELEGRAM_WEBHOOK_URL")
+    telegram_webhook_port: int = Field(8443, gt=0, lt=65536, validation_alias="ALAN_TELEGRAM_WEBHOOK_PORT")
+    telegram_webhook_secret: SecretStr | None = Field(None, validation_alias="ALAN_TELEGRAM_WEBHOOK_SECRET")
+    # Comma-separated Discord server ids to sync slash commands to at once (global sync takes up to an hour).
+    discord_guild_ids: str = Field("", validation_alias="ALAN_DISCORD_GUILD_IDS")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias="ALAN_LOG_LEVEL")
 
@@ -55,7 +63,23 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
-    @field_validator("discord_token", "telegram_token", mode="before")
+    @field_validator("telegram_allowed_users", "discord_guild_ids")
+    @classmethod
+    def _comma_separated_ids(cls, value: str) -> str:
+        ids = [part.strip() for part in value.split(",") if part.strip()]
+        if not all(part.isdigit() for part in ids):
+            raise ValueError("must be a comma-separated list of numeric ids")
+        return ",".join(ids)
+
+    @field_validator("telegram_webhook_url")
+    @classmethod
+    def _https_or_empty(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith("https://"):
+            raise ValueError("must be an https:// URL (Telegram only posts to HTTPS), or empty for polling")
+        return value
+
+    @field_validator("discord_token", "telegram_token", "telegram_webhook_secret", mode="before")
     @classmethod
     def _blank_token_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`: an empty value means "platform not configured".
@@ -73,6 +97,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'alan.db').resolve()}"
+
+    @property
+    def telegram_allowed_user_ids(self) -> frozenset[int]:
+        return frozenset(int(part) for part in self.telegram_allowed_users.split(",") if part)
+
+    @property
+    def discord_guild_id_list(self) -> list[int]:
+        return [int(part) for part in self.discord_guild_ids.split(",") if part]
 
     @property
     def configured_platforms(self) -> list[str]:

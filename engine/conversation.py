@@ -329,6 +329,11 @@ class Conversation:
 
     # Commands --------------------------------------------------------------------------------------------
 
+    async def set_reply_with_text(self, who: Participant, enabled: bool) -> None:
+        """Whether this user also gets the reply (and what was heard) as text."""
+        user = await self.user(who)
+        await asyncio.to_thread(self.store.set_reply_with_text, user.id, enabled)
+
     async def reset(self, who: Participant) -> int:
         """Forget this conversation (here), keep the user's voices. Returns how many turns were deleted."""
         user = await self.user(who)

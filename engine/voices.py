@@ -134,3 +134,30 @@ class VoiceLibrary:
             data, codebooks = codes_to_bytes(codes.numpy())
             await asyncio.to_thread(self.store.set_voice_codes, voice.id, data, codebooks, self.models.tts_model_name)
         return Segment(BOT_SPEAKER, voice.transcript, codes)
+
+    # Choosing and managing voices ----------------------------------------------------------------------
+
+    def listing(self, owner_id: int, scope: str) -> list[tuple[str, bool]]:
+        """The owner's voices by name, each with whether it is the one speaking to them in `scope`."""
+        active = self.store.active_voice(owner_id, scope)
+        return [(voice.name, active is not None and voice.id == active.id) for voice in self.store.voices_of(owner_id)]
+
+    def use(self, owner_id: int, name: str, scope: str = EVERYWHERE) -> Voice:
+        """Speak to this user with their voice `name` (everywhere, or only in `scope`)."""
+        voice = self.find(owner_id, name)
+        self.store.choose_voice(owner_id, voice.id, scope)
+        return voice
+
+    def use_as_scope_default(self, owner_id: int, name: str, scope: str) -> Voice:
+        """Make the owner's voice `name` the default for everyone in `scope` (a server manager's choice)."""
+        voice = self.find(owner_id, name)
+        self.store.set_scope_voice(scope, voice.id, set_by_user_id=owner_id)
+        return voice
+
+    def rename(self, owner_id: int, name: str, new_name: str) -> Voice:
+        voice = self.find(owner_id, name)
+        self.store.rename_voice(voice.id, check_voice_name(new_name))
+        return voice
+
+    def delete(self, owner_id: int, name: str) -> None:
+        self.store.delete_voice(self.find(owner_id, name).id)

@@ -1,0 +1,66 @@
+"""Fair scheduling of conversation turns: in order within a chat, chats in parallel, a bounded queue.
+
+The engine speaks one reply at a time (one TTS model), so turns wait their go here. Within one chat (a key)
+turns run strictly in arrival order; different chats interleave, at most `concurrency` at once. Past
+`max_waiting` queued turns new ones are refused at once (`QueueFull`) rather than piling up for minutes,
+and whoever has to wait is told so through `on_wait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class QueueFull(Exception):
+    def __init__(self) -> None:
+        super().__init__("I'm talking with a lot of people right now. Please try again in a minute.")
+
+
+class TurnQueue:
+    def __init__(self, *, concurrency: int = 1, max_waiting: int = 20) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self.max_waiting = max_waiting
+        self._admitted = 0  # turns accepted and not finished, running ones included
+        self._running = 0
+        self._chat_locks: dict[str, asyncio.Lock] = {}
+        self._chat_users: dict[str, int] = {}
+
+    @property
+    def waiting(self) -> int:
+        return self._admitted - self._running
+
+    async def run(
+        self,
+        chat: str,
+        job: Callable[[], Awaitable[T]],
+        *,
+        on_wait: Callable[[int], Awaitable[None]] | None = None,
+    ) -> T:
+        """Run `job` when it is this chat's turn and a slot is free. Raises `QueueFull` at once if full."""
+        if self.waiting >= self.max_waiting:
+            log.warning("turn queue full (%d waiting): refusing a turn for chat %s", self.waiting, chat)
+            raise QueueFull()
+        self._admitted += 1
+        lock = self._chat_locks.setdefault(chat, asyncio.Lock())
+        self._chat_users[chat] = self._chat_users.get(chat, 0) + 1
+        try:
+            if on_wait is not None and (lock.locked() or self._slots.locked()):
+                await on_wait(self.waiting)
+            async with lock, self._slots:  # asyncio locks wake waiters in FIFO order
+                self._running += 1
+                try:
+                    return await job()
+                finally:
+                    self._running -= 1
+        finally:
+            self._admitted -= 1
+            self._chat_users[chat] -= 1
+            if not self._chat_users[chat]:  # forget idle chats so the maps don't grow forever
+                del self._chat_users[chat], self._chat_locks[chat]

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.turn_queue import QueueFull, TurnQueue
+
+
+async def test_turns_of_one_chat_run_in_order_and_chats_run_in_parallel() -> None:
+    queue = TurnQueue(concurrency=2, max_waiting=10)
+    log: list[str] = []
+    both_running = asyncio.Event()
+    running: set[str] = set()
+
+    async def turn(name: str, chat: str) -> str:
+        running.add(chat)
+        if len(running) == 2:
+            both_running.set()
+        log.append(f"start {name}")
+        await asyncio.sleep(0.01)
+        log.append(f"end {name}")
+        running.discard(chat)
+        return name
+
+    results = await asyncio.gather(
+        queue.run("a", lambda: turn("a1", "a")),
+        queue.run("a", lambda: turn("a2", "a")),
+        queue.run("b", lambda: turn("b1", "b")),
+    )
+    assert results == ["a1", "a2", "b1"]
+    assert log.index("end a1") < log.index("start a2")  # in order within chat a
+    assert both_running.is_set()  # chat b ran alongside chat a
+
+
+async def test_a_full_queue_refuses_at_once_and_waiters_are_told() -> None:
+    queue = TurnQueue(concurrency=1, max_waiting=2)
+    release = asyncio.Event()
+    told: list[int] = []
+
+    async def slow() -> None:
+        await release.wait()
+
+    async def on_wait(position: int) -> None:
+        told.append(position)
+
+    first = asyncio.create_task(queue.run("a", slow))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(queue.run("b", slow, on_wait=on_wait))
+    third = asyncio.create_task(queue.run("c", slow, on_wait=on_wait))
+    await asyncio.sleep(0)
+    assert queue.waiting == 2 and told == [1, 2]
+    with pytest.raises(QueueFull, match="try again"):
+        await queue.run("d", slow)
+    release.set()
+    await asyncio.gather(first, second, third)
+    assert queue.waiting == 0
+
+
+async def test_a_failing_turn_frees_its_place() -> None:
+    queue = TurnQueue(concurrency=1, max_waiting=1)
+
+    async def broken() -> None:
+        raise RuntimeError("model crashed")
+
+    with pytest.raises(RuntimeError):
+        await queue.run("a", broken)
+
+    async def fine() -> str:
+        return "ok"
+
+    assert await queue.run("a", fine) == "ok"
+    assert queue.waiting == 0
