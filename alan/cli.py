@@ -94,5 +94,8 @@ def doctor(
         raise typer.Exit(1)
 
 
+# The engine commands (talk, say, voice) live in their own module; importing it registers them.
+import alan.cli_engine  # noqa: E402, F401
+
 if __name__ == "__main__":
     app()

@@ -94,12 +94,23 @@ class Conversation:
         return await asyncio.to_thread(self.store.user, who.platform, who.user_id, who.display_name)
 
     async def turn(
-        self, who: Participant, *, audio: bytes | None = None, text: str | None = None, speak: bool = True
+        self,
+        who: Participant,
+        *,
+        audio: bytes | None = None,
+        text: str | None = None,
+        speak: bool = True,
+        voice_name: str | None = None,
     ) -> AsyncIterator[TurnEvent]:
-        """Run one turn. Raises `TurnError` (message for the user) when there is nothing to answer or no LLM."""
+        """Run one turn. Raises `TurnError` (message for the user) when there is nothing to answer or no LLM.
+
+        `voice_name` speaks this reply with one of the user's voices instead of their active one.
+        """
         started = time.perf_counter()
         timings: dict[str, float] = {}
         user = await self.user(who)
+        if voice_name is not None:
+            await asyncio.to_thread(self.voices.find, user.id, voice_name)  # unknown name: fail before anything
         if audio is not None:
             said, language, heard_audio = await self._hear(audio, timings)
             yield Heard(said, language)
@@ -121,7 +132,7 @@ class Conversation:
             if heard_audio is not None and speak
             else None
         )
-        answer = self._answer(user, who, history, said, user_codes, speak, timings, started)
+        answer = self._answer(user, who, history, said, user_codes, speak, voice_name, timings, started)
         try:
             # aclosing: an interrupted turn must close the answer too, which stores what was said of it.
             async with contextlib.aclosing(answer):
@@ -172,6 +183,7 @@ class Conversation:
         said: str,
         user_codes: asyncio.Future[Segment | None] | None,
         speak: bool,
+        voice_name: str | None,
         timings: dict[str, float],
         started: float,
     ) -> AsyncIterator[TurnEvent]:
@@ -182,7 +194,7 @@ class Conversation:
         voice_key: str | None = None
         if speak:
             try:
-                voice_segment, voice_key = await self._voice(user, who)
+                voice_segment, voice_key = await self._voice(user, who, voice_name)
             except ServiceUnavailable as error:
                 log.error("no voice: %s", error.detail)
                 speaking = False
@@ -245,8 +257,13 @@ class Conversation:
             for turn in spoken
         ]
 
-    async def _voice(self, user: User, who: Participant) -> tuple[Segment | None, str | None]:
-        voice = await asyncio.to_thread(self.store.active_voice, user.id, who.scope)
+    async def _voice(
+        self, user: User, who: Participant, voice_name: str | None = None
+    ) -> tuple[Segment | None, str | None]:
+        if voice_name is not None:
+            voice = await asyncio.to_thread(self.voices.find, user.id, voice_name)
+        else:
+            voice = await asyncio.to_thread(self.store.active_voice, user.id, who.scope)
         if voice is None:
             await self.models.tts()  # fail early and clearly if there is no voice model at all
             return None, None
@@ -329,6 +346,23 @@ class Conversation:
 
     # Commands --------------------------------------------------------------------------------------------
 
+    async def say(self, who: Participant, text: str, *, voice_name: str | None = None) -> AsyncIterator[SpeechChunk]:
+        """Speak `text` as it is (no LLM, nothing stored), sentence by sentence, in the user's voice."""
+        user = await self.user(who)
+        text = self._read(text)
+        voice_segment, voice_key = await self._voice(user, who, voice_name)
+        reply = _Reply()
+
+        async def as_stream() -> AsyncIterator[str]:
+            yield text
+
+        async for index, sentence in _enumerate(speakable_sentences(as_stream())):
+            reply.sentences.append(sentence)
+            speech = self._speak(sentence, index, voice_segment, voice_key, [], reply)
+            async with contextlib.aclosing(speech):
+                async for chunk in speech:
+                    yield chunk
+
     async def set_reply_with_text(self, who: Participant, enabled: bool) -> None:
         """Whether this user also gets the reply (and what was heard) as text."""
         user = await self.user(who)
@@ -345,3 +379,10 @@ class Conversation:
         if user is not None:
             await asyncio.to_thread(self.store.forget_user, user.id)
             log.info("forgot user %s on request", user.id)
+
+
+async def _enumerate(items: AsyncIterator[str]) -> AsyncIterator[tuple[int, str]]:
+    index = 0
+    async for item in items:
+        yield index, item
+        index += 1

@@ -247,6 +247,8 @@ class WhisperTranscriber:
                 "(downloaded on first start) or to a folder with a CTranslate2 Whisper model."
             )
         try:
+            if not local.is_dir() and not self.local_files_only:
+                source = self._download_with_progress(source)
             model = WhisperModel(
                 source,
                 device=self.device,
@@ -261,6 +263,26 @@ class WhisperTranscriber:
             raise SttUnavailable(_load_failure_message(self.model_name, error)) from error
         log.info("Whisper %r loaded on %s (%s)", self.model_name, self.device, self.compute_type)
         return model
+
+    def _download_with_progress(self, size_or_id: str) -> str:
+        """Fetch a hub model showing progress bars (faster-whisper's own download hides them).
+
+        The first start downloads hundreds of MB; a silent minute looks like a hang.
+        """
+        from faster_whisper.utils import _MODELS
+        from huggingface_hub import snapshot_download
+
+        repo_id = size_or_id if "/" in size_or_id else _MODELS.get(size_or_id)
+        if repo_id is None:
+            raise SttUnavailable(
+                f"Unknown Whisper model {size_or_id!r}: use one of {', '.join(_MODELS)}, a hub id of a "
+                "CTranslate2 conversion, or a local folder."
+            )
+        return snapshot_download(
+            repo_id,
+            allow_patterns=["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"],
+            cache_dir=self.download_root,
+        )
 
     # --- transcription ---
 

@@ -59,8 +59,11 @@ class VoiceLibrary:
         self.models = models
         self.max_upload_bytes = max_upload_bytes
 
-    async def prepare(self, clip: bytes) -> CloneDraft:
-        """Decode, trim, normalise, length-check and transcribe a clip. Raises `TurnError`s for the user."""
+    async def prepare(self, clip: bytes, transcript: str | None = None) -> CloneDraft:
+        """Decode, trim, normalise, length-check and (unless given) transcribe a clip.
+
+        Raises `TurnError`s for the user. A given transcript is trusted as exact and skips Whisper.
+        """
         try:
             raw = await asyncio.to_thread(
                 decode_audio, clip, CSM_RATE, max_seconds=MAX_UPLOAD_SECONDS, max_bytes=self.max_upload_bytes
@@ -76,11 +79,15 @@ class VoiceLibrary:
                 f"That clip has only {seconds:.1f} s of speech: I need at least {MIN_CLONE_SECONDS:g} seconds "
                 f"(10–{MAX_CLONE_SECONDS:g} s works best) of one person talking clearly."
             )
-        transcript = await self.models.transcribe(resample(audio, CSM_RATE, WHISPER_RATE))
-        if transcript.no_speech:
-            raise NoSpeech()
-        await self._check_fits(transcript.text, seconds)
-        return CloneDraft(audio, seconds, transcript.text, transcript.language)
+        if transcript is not None and transcript.strip():
+            text, language = " ".join(transcript.split()), None
+        else:
+            heard = await self.models.transcribe(resample(audio, CSM_RATE, WHISPER_RATE))
+            if heard.no_speech:
+                raise NoSpeech()
+            text, language = heard.text, heard.language
+        await self._check_fits(text, seconds)
+        return CloneDraft(audio, seconds, text, language)
 
     async def _check_fits(self, transcript: str, seconds: float) -> None:
         tts = await self.models.tts()

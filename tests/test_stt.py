@@ -302,3 +302,14 @@ def test_default_beam_size_follows_the_device(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(stt, "resolve_device", lambda device: ("cuda", "float16"))
     assert WhisperTranscriber("small", device="auto").beam_size == 5
     assert WhisperTranscriber("small", device="auto", beam_size=2).beam_size == 2
+
+
+def test_a_size_name_that_cannot_be_downloaded_says_how_to_get_it(tmp_path: Path) -> None:
+    # HF_HUB_OFFLINE is set for the tests, standing in for a machine with no internet.
+    with pytest.raises(SttUnavailable, match="internet"):
+        WhisperTranscriber("tiny", device="cpu", download_root=tmp_path).load()
+
+
+def test_an_unknown_size_name_lists_the_known_ones() -> None:
+    with pytest.raises(SttUnavailable, match=r"Unknown Whisper model 'huge-v9'.*large-v3"):
+        WhisperTranscriber("huge-v9", device="cpu").load()

@@ -1,0 +1,123 @@
+"""`alan talk`, `alan say` and `alan voice` through the real CLI, on tiny models and a local Ollama server."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from alan.cli import app
+from engine.audio import CSM_RATE, decode_audio, encode_wav
+from tests.conftest import espeak
+from tests.fakes.ollama_server import FakeOllama
+
+MODEL = "llama3.2:3b"
+runner = CliRunner()
+
+
+@pytest.fixture
+def ollama() -> Iterator[FakeOllama]:
+    """The fake Ollama on its own event loop thread: the CLI runs `asyncio.run` in the test's thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FakeOllama(models=[MODEL])
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    yield server
+    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+@pytest.fixture
+def env(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, tiny_csm_dir: Path, tiny_whisper_dir: Path, ollama: FakeOllama
+) -> Path:
+    monkeypatch.setenv("ALAN_TTS_MODEL", str(tiny_csm_dir))
+    monkeypatch.setenv("ALAN_STT_MODEL", str(tiny_whisper_dir))
+    monkeypatch.setenv("ALAN_LLM_MODEL", MODEL)
+    monkeypatch.setenv("OLLAMA_HOST", ollama.host)
+    monkeypatch.setenv("ALAN_DEVICE", "cpu")
+    monkeypatch.setenv("COLUMNS", "200")
+    return clean_env
+
+
+def test_talk_with_text_writes_the_spoken_reply_and_remembers(env: Path, ollama: FakeOllama) -> None:
+    ollama.script("Hello there. Nice to meet you.")
+    result = runner.invoke(app, ["talk", "--text", "hello", "-o", "reply.ogg"])
+    assert result.exit_code == 0, result.output
+    assert "aLAN: Hello there." in result.output and "Nice to meet you." in result.output
+    assert "Timings:" in result.output and "first_audio_s" in result.output
+    reply = decode_audio(env / "reply.ogg", CSM_RATE)
+    assert len(reply) > 0
+
+    ollama.script("You said hello.")
+    result = runner.invoke(app, ["talk", "--text", "what did I say", "-o", "second.wav"])
+    assert result.exit_code == 0, result.output
+    assert (env / "second.wav").read_bytes()[:4] == b"RIFF"
+    history = [(m["role"], m["content"]) for m in ollama.chat_requests[-1]["messages"][1:]]
+    assert history[:2] == [("user", "hello"), ("assistant", "Hello there. Nice to meet you.")]
+
+
+def test_talk_with_silent_audio_says_it_heard_nothing(env: Path) -> None:
+    (env / "silence.wav").write_bytes(encode_wav(np.zeros(2 * CSM_RATE, dtype=np.float32), CSM_RATE))
+    result = runner.invoke(app, ["talk", "silence.wav"])
+    assert result.exit_code == 1
+    assert "didn't catch that" in result.output
+
+
+def test_talk_refuses_bad_arguments(env: Path) -> None:
+    assert runner.invoke(app, ["talk"]).exit_code == 2
+    assert runner.invoke(app, ["talk", "--text", "hi", "-o", "reply.mp3"]).exit_code == 2
+    result = runner.invoke(app, ["talk", "missing.ogg"])
+    assert result.exit_code == 2 and "No such file" in result.output
+
+
+def test_say_speaks_the_text_as_is(env: Path, ollama: FakeOllama) -> None:
+    result = runner.invoke(app, ["say", "Good morning. How did you sleep?", "-o", "out.wav"])
+    assert result.exit_code == 0, result.output
+    assert len(decode_audio(env / "out.wav", CSM_RATE)) > 0
+    assert ollama.chat_requests == []  # no LLM involved
+
+
+def test_voice_clone_list_use_and_delete(env: Path) -> None:
+    espeak("This is my voice. I am reading a few sentences so that you can learn how I sound.", env / "me.wav")
+    result = runner.invoke(
+        app, ["voice", "clone", "me.wav", "--name", "me", "--transcript", "This is my voice.", "--yes"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "saved and active" in result.output
+    listed = runner.invoke(app, ["voice", "list"])
+    assert "* me" in listed.output
+
+    said = runner.invoke(app, ["say", "Hello.", "--voice", "me", "-o", "hello.ogg"])
+    assert said.exit_code == 0, said.output
+    unknown = runner.invoke(app, ["say", "Hello.", "--voice", "nobody", "-o", "hello.ogg"])
+    assert unknown.exit_code == 1 and "no voice called" in unknown.output
+
+    again = runner.invoke(app, ["voice", "clone", "me.wav", "--name", "me", "--transcript", "Again.", "--yes"])
+    assert again.exit_code == 1 and "already have a voice" in again.output
+
+    assert runner.invoke(app, ["voice", "delete", "me"]).exit_code == 0
+    assert "No voices yet" in runner.invoke(app, ["voice", "list"]).output
+
+
+def test_voice_clone_without_consent_is_refused(env: Path) -> None:
+    espeak("This is my voice. I am reading a few sentences so that you can learn how I sound.", env / "me.wav")
+    result = runner.invoke(
+        app, ["voice", "clone", "me.wav", "--name", "me", "--transcript", "This is my voice."], input="n\n"
+    )
+    assert result.exit_code == 1 and "consent" in result.output
+    assert "No voices yet" in runner.invoke(app, ["voice", "list"]).output
+
+
+def test_missing_tts_model_says_how_to_get_it(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALAN_TTS_MODEL", str(env / "no-such-model"))
+    result = runner.invoke(app, ["say", "Hello.", "-o", "out.ogg"])
+    assert result.exit_code == 1
+    assert "ALAN_TTS_MODEL" in result.output
