@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alan.settings import Settings
+from engine.llm import LlmStatus
 
 
 class Status(enum.Enum):
@@ -42,28 +43,19 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_llm(settings: Settings) -> Check:
-    import ollama
+    import asyncio
 
-    client = ollama.Client(host=settings.ollama_host, timeout=5)
-    try:
-        listed = client.list()
-    except Exception as error:  # connection refused, DNS, timeouts, HTTP errors: all mean "not usable"
-        return Check(
-            "ollama",
-            Status.FAILED,
-            f"not reachable at {settings.ollama_host} ({type(error).__name__})",
-            "Install Ollama and start it with `ollama serve`, or set OLLAMA_HOST.",
-        )
-    names = {model.model for model in listed.models if model.model}
-    wanted = settings.llm_model if ":" in settings.llm_model else f"{settings.llm_model}:latest"
-    if wanted in names or settings.llm_model in names:
-        return Check("ollama", Status.OK, f"{settings.ollama_host}, model {settings.llm_model} present")
-    return Check(
-        "ollama",
-        Status.FAILED,
-        f"model {settings.llm_model} is not pulled ({len(names)} other models present)",
-        f"Run `ollama pull {settings.llm_model}`, or set ALAN_LLM_MODEL to one you have.",
-    )
+    from engine.llm import OllamaChat
+
+    async def ask() -> LlmStatus:
+        async with OllamaChat(settings.llm_model, settings.ollama_host) as chat:
+            return await chat.check()
+
+    status = asyncio.run(ask())
+    if status.ok:
+        return Check("ollama", Status.OK, status.message)
+    # The message already says what is wrong and how to fix it.
+    return Check("ollama", Status.FAILED, "not reachable" if not status.reachable else "model missing", status.message)
 
 
 def check_stt_model(settings: Settings) -> Check:

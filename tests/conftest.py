@@ -7,8 +7,12 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.fakes.ollama_server import FakeOllama
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -96,3 +100,23 @@ def espeak_ogg(text: str, tmp_path: Path) -> bytes:
 
     wav = espeak(text, tmp_path / "speech.wav")
     return encode_ogg_opus(decode_audio(wav, CSM_RATE), CSM_RATE)
+
+
+def fake_ollama_in_thread(models: list[str]) -> Iterator[FakeOllama]:
+    """A fake Ollama on its own event-loop thread, for code that runs `asyncio.run` in the test's thread."""
+    import asyncio
+    import threading
+
+    from tests.fakes.ollama_server import FakeOllama
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = FakeOllama(models=models)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

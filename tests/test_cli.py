@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alan.cli import app
+from tests.conftest import fake_ollama_in_thread
 
 runner = CliRunner()
 
@@ -60,3 +61,15 @@ def test_doctor_passes_platforms_when_a_token_is_set(clean_env: Path, monkeypatc
     assert result.exit_code == 0, result.output
     assert "configured: telegram" in result.output
     assert "123:abc" not in result.output
+
+
+@pytest.mark.parametrize(("models", "expected"), [(["llama3.2:3b"], "has llama3.2:3b"), (["other:1b"], "ollama pull")])
+def test_doctor_checks_the_llm_model_on_a_live_server(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, models: list[str], expected: str
+) -> None:
+    for server in fake_ollama_in_thread(models):
+        monkeypatch.setenv("OLLAMA_HOST", server.host)
+        monkeypatch.setenv("ALAN_LLM_MODEL", "llama3.2:3b")
+        monkeypatch.setenv("COLUMNS", "300")
+        result = runner.invoke(app, ["doctor", "--skip", "stt", "--skip", "tts", "--skip", "platforms"])
+        assert expected in " ".join(result.output.split())

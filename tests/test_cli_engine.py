@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ from typer.testing import CliRunner
 
 from alan.cli import app
 from engine.audio import CSM_RATE, decode_audio, encode_wav
-from tests.conftest import espeak
+from tests.conftest import espeak, fake_ollama_in_thread
 from tests.fakes.ollama_server import FakeOllama
 
 MODEL = "llama3.2:3b"
@@ -22,16 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture
 def ollama() -> Iterator[FakeOllama]:
-    """The fake Ollama on its own event loop thread: the CLI runs `asyncio.run` in the test's thread."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = FakeOllama(models=[MODEL])
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-    yield server
-    asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
+    yield from fake_ollama_in_thread([MODEL])
 
 
 @pytest.fixture
