@@ -65,6 +65,8 @@ class Participant:
     user_id: str
     scope: str
     display_name: str | None = None
+    # A wider scope whose default voice applies where `scope` has none (a Discord server around its channels).
+    parent_scope: str | None = None
 
 
 @dataclass
@@ -241,7 +243,7 @@ class Conversation:
                 await self._make_house_voice(who.scope, reply)
             finished = True
         finally:
-            turn_id = await self._store_reply(user, who, reply, complete=finished)
+            turn_id = await self._store_reply(user, who, reply, complete=finished, spoken=speaking)
         if finished and turn_id is not None:
             timings["total_s"] = time.perf_counter() - started
             yield TurnFinished(reply.text, turn_id, timings)
@@ -263,7 +265,7 @@ class Conversation:
         if voice_name is not None:
             voice = await asyncio.to_thread(self.voices.find, user.id, voice_name)
         else:
-            voice = await asyncio.to_thread(self.store.active_voice, user.id, who.scope)
+            voice = await asyncio.to_thread(self.store.active_voice, user.id, who.scope, who.parent_scope)
         if voice is None:
             await self.models.tts()  # fail early and clearly if there is no voice model at all
             return None, None
@@ -320,9 +322,11 @@ class Conversation:
         await asyncio.to_thread(self.store.set_scope_voice, scope, voice.id)
         log.info("scope %s now speaks with house voice %s", scope, voice.id)
 
-    async def _store_reply(self, user: User, who: Participant, reply: _Reply, *, complete: bool) -> int | None:
-        if not reply.sentences:
-            return None
+    async def _store_reply(
+        self, user: User, who: Participant, reply: _Reply, *, complete: bool, spoken: bool
+    ) -> int | None:
+        if not reply.sentences or (spoken and not complete and not reply.segments):
+            return None  # nothing was said; an interrupted spoken reply nobody heard isn't part of the conversation
         codes = [segment.codes for segment in reply.segments if segment.codes is not None]
         all_codes = torch.cat(codes) if codes else None
         data, codebooks = (

@@ -313,6 +313,19 @@ async def test_interrupted_reply_keeps_only_what_was_spoken(
     assert reply.codes is not None
 
 
+async def test_a_spoken_reply_interrupted_before_any_audio_is_not_stored(
+    build: Callable[..., Conversation], ollama: FakeOllama, store: Store
+) -> None:
+    ollama.script("You will never hear this. Nor this.")
+    turn = build(ollama.host).turn(ANN, text="talk to me")
+    async for event in turn:
+        if isinstance(event, ReplySentence):
+            break  # interrupted as soon as the text was known, before any of it was spoken
+    await turn.aclose()
+    user = store.find_user("telegram", "1001")
+    assert [turn.role for turn in store.recent_turns(user.id, "chat-1")] == ["user"]
+
+
 async def test_one_users_failure_does_not_break_anothers_turn(
     build: Callable[..., Conversation], ollama: FakeOllama, store: Store
 ) -> None:

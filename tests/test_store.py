@@ -112,6 +112,18 @@ def test_active_voice_prefers_scope_choice_then_everywhere_then_scope_default(st
     assert store.active_voice(ann.id, "guild-1").id == general.id
 
 
+def test_a_parent_scopes_default_applies_where_the_scope_has_none(store: Store) -> None:
+    manager = store.user("discord", "9")
+    bob = store.user("discord", "2")
+    server_voice = add_voice(store, manager.id, "server")
+    channel_voice = add_voice(store, manager.id, "channel")
+    store.set_scope_voice("guild-1", server_voice.id, set_by_user_id=manager.id)
+    assert store.active_voice(bob.id, "channel-7") is None
+    assert store.active_voice(bob.id, "channel-7", parent_scope="guild-1").id == server_voice.id
+    store.set_scope_voice("channel-7", channel_voice.id)
+    assert store.active_voice(bob.id, "channel-7", parent_scope="guild-1").id == channel_voice.id
+
+
 def test_voice_names_are_unique_per_owner(store: Store) -> None:
     ann = store.user("telegram", "1")
     bob = store.user("telegram", "2")

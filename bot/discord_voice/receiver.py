@@ -224,9 +224,12 @@ class ReceivingVoiceClient(discord.VoiceClient):
     The receiver exists before the voice websocket opens, so no SPEAKING event can slip past it.
     """
 
+    # The rate the receiver decodes to; a subclass hearing for speech recognition sets 16 kHz.
+    receive_sample_rate: int = RTP_CLOCK_RATE
+
     def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
         super().__init__(client, channel)
-        self.receiver = VoiceReceiver(self)
+        self.receiver = VoiceReceiver(self, sample_rate=self.receive_sample_rate)
 
     def cleanup(self) -> None:
         self.receiver.close()

@@ -196,16 +196,20 @@ class Store:
         with self.sessions.begin() as session:
             session.merge(ScopeVoice(scope=scope, voice_id=voice_id, set_by_user_id=set_by_user_id))
 
-    def active_voice(self, user_id: int, scope: str) -> Voice | None:
+    def active_voice(self, user_id: int, scope: str, parent_scope: str | None = None) -> Voice | None:
         """The voice aLAN speaks in to this user here.
 
         The user's choice for this scope wins, then their choice for everywhere, then the scope's default
-        (a manager's choice, or the house voice made from the bot's first reply there).
+        (a manager's choice, or the house voice made from the bot's first reply there), then the parent
+        scope's default (a Discord server's voice, for a conversation in one of its voice channels).
         """
         with self.sessions() as session:
             for chosen_scope in (scope, EVERYWHERE):
                 choice = session.get(UserVoiceChoice, (user_id, chosen_scope))
                 if choice is not None:
                     return session.get(Voice, choice.voice_id)
-            default = session.get(ScopeVoice, scope)
-            return session.get(Voice, default.voice_id) if default is not None else None
+            for default_scope in (scope, parent_scope):
+                default = session.get(ScopeVoice, default_scope) if default_scope is not None else None
+                if default is not None:
+                    return session.get(Voice, default.voice_id)
+            return None

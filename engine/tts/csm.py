@@ -17,7 +17,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ from .budget import (
 from .frame_loop import CsmFrameLoop
 from .prefix_cache import PrefixCache, content_key, restore, snapshot
 from .sampling import SamplingConfig, make_generator
+from .stream import SpeechStream
 from .streaming_decode import ChunkAssembler, RepeatGuard, StreamConfig, WindowedDecoder, is_end_frame
 from .types import SAMPLE_RATE, GenerationStats, Segment, SpeechResult
 
@@ -50,43 +52,18 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-class SpeechStream(Iterator[np.ndarray]):
-    """Audio chunks (float32, 24 kHz mono) as they are generated; `result` once exhausted or closed.
-
-    Closing it early (barge-in) stops generation at the next frame; the result then holds the codes of the
-    audio emitted so far with `stop_reason == "cancelled"`.
-    """
-
-    def __init__(self, run: Iterator[np.ndarray], plan: ContextPlan, kept_history: list[Segment]):
-        self._run = run
-        self.plan = plan
-        self.kept_history = kept_history
-        self._result: SpeechResult | None = None
-
-    def _finish(self, result: SpeechResult) -> None:
-        self._result = result
-
-    def __next__(self) -> np.ndarray:
-        return next(self._run)
-
-    def close(self) -> None:
-        self._run.close()  # type: ignore[attr-defined]
-
-    def __enter__(self) -> SpeechStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    @property
-    def done(self) -> bool:
-        return self._result is not None
-
-    @property
-    def result(self) -> SpeechResult:
-        if self._result is None:
-            raise RuntimeError("the stream is still running: exhaust or close it first")
-        return self._result
+@dataclass(frozen=True)
+class _Request:
+    voice: Segment | None
+    history: list[Segment]
+    text: str
+    speaker: int
+    key: str | None
+    sampling: SamplingConfig
+    streaming: StreamConfig
+    max_frames: int
+    plan: ContextPlan
+    t0: float  # when stream() was called: time to first audio counts from here
 
 
 class CsmSpeech:
@@ -108,7 +85,8 @@ class CsmSpeech:
     def load(cls, model: str | Path, device: str = "auto", *, prefix_cache_size: int = 8) -> CsmSpeech:
         """Load model + processor from a Hub id or a local folder; bf16 on CUDA, fp32 on CPU.
 
-        The Mimi codec stays in fp32 on every device: it is small, and decoding in bf16 audibly degrades audio.
+        The Mimi codec stays in fp32 on every device: it is small, and fp32 keeps the streamed decode within
+        float rounding of a one-shot decode.
         """
         dev = resolve_device(device)
         dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -143,7 +121,8 @@ class CsmSpeech:
         with torch.inference_mode():
             values = torch.from_numpy(wave).to(self._codec_device).view(1, 1, -1)
             codes = self.model.codec_model.encode(values).audio_codes  # [1, num_codebooks, frames]
-        return codes[0, : self.num_codebooks].T.to("cpu", torch.long).contiguous()
+        # cloned outside inference mode: callers may edit or save the codes like any tensor
+        return codes[0, : self.num_codebooks].T.to("cpu", torch.long).clone()
 
     def _decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
         values = codes.to(self._codec_device).T.unsqueeze(0)  # [1, num_codebooks, frames]
@@ -288,12 +267,20 @@ class CsmSpeech:
             raise ValueError("nothing to say")
         kept, plan = self.plan_context(voice, history, text, speaker)
         limit = plan.reply_frames if max_frames is None else max(1, min(max_frames, plan.reply_frames))
-        stream_cfg = streaming or StreamConfig()
-        sampling_cfg = sampling or SamplingConfig()
-        holder: list[SpeechStream] = []
-        run = self._run(voice, kept, text, speaker, voice_cache_key, sampling_cfg, stream_cfg, limit, plan, holder)
-        stream = SpeechStream(run, plan, kept)
-        holder.append(stream)
+        request = _Request(
+            voice,
+            kept,
+            text,
+            speaker,
+            voice_cache_key,
+            sampling or SamplingConfig(),
+            streaming or StreamConfig(),
+            limit,
+            plan,
+            time.perf_counter(),
+        )
+        stream = SpeechStream(plan, kept, self.num_codebooks)
+        stream._attach(self._run(stream, request))
         return stream
 
     def synthesize(
@@ -306,27 +293,15 @@ class CsmSpeech:
         result.audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         return result
 
-    def _run(
-        self,
-        voice: Segment | None,
-        history: list[Segment],
-        text: str,
-        speaker: int,
-        key: str | None,
-        sampling: SamplingConfig,
-        cfg: StreamConfig,
-        max_frames: int,
-        plan: ContextPlan,
-        holder: list[SpeechStream],
-    ) -> Iterator[np.ndarray]:
+    def _run(self, stream: SpeechStream, req: _Request) -> Generator[np.ndarray, None, None]:
+        cfg, max_frames, t0 = req.streaming, req.max_frames, req.t0
         stats = GenerationStats()
-        t0 = time.perf_counter()
         # inference_mode is entered per step, never across a `yield`: grad mode is thread-local and the
         # consumer's code runs between our yields.
         with torch.inference_mode():
-            last_hidden, cache = self._prefill(voice, history, text, speaker, key, stats)
-            generator = make_generator(sampling.seed, self.device)
-            pick0, pick_depth = sampling.backbone_picker(generator), sampling.depth_picker(generator)
+            last_hidden, cache = self._prefill(req.voice, req.history, req.text, req.speaker, req.key, stats)
+            generator = make_generator(req.sampling.seed, self.device)
+            pick0, pick_depth = req.sampling.backbone_picker(generator), req.sampling.depth_picker(generator)
             codes = torch.zeros(max_frames, self.num_codebooks, dtype=torch.long, device=self.device)
         decoder = WindowedDecoder(self._decode_tensor, cfg.left_context_frames)
         assembler = ChunkAssembler(cfg)
@@ -338,7 +313,7 @@ class CsmSpeech:
         def finish(reason: str) -> None:
             stats.total_s = time.perf_counter() - t0
             kept_codes = codes[: assembler.emitted_frames].to("cpu").clone()
-            holder[0]._finish(SpeechResult(kept_codes, reason, produced, plan, stats))
+            stream._finish(SpeechResult(kept_codes, reason, produced, req.plan, stats))
 
         try:
             while stop is None:

@@ -42,6 +42,10 @@ class CsmFrameLoop:
         self.depth_config = model.depth_decoder.config
         # [num_codebooks - 1, depth_hidden, vocab]: one output head per depth position
         self.depth_heads = model.depth_decoder.codebooks_head.weight
+        # CSM's heads have 2051 outputs but Mimi decodes only codebook_size (2048) codes: never pick the others
+        # (a trained model puts ~no mass there, but a runaway pick would crash the codec with an IndexError)
+        self.valid_codes = min(self.vocab_size, int(model.config.codec_config.codebook_size))
+        self.depth_vocab_size: int = model.depth_decoder.config.vocab_size  # offsets in the depth embedding
         self.device = model.lm_head.weight.device
         self.dtype = model.lm_head.weight.dtype
         probe = torch.zeros(1, 1, 1, device=self.device, dtype=self.dtype)
@@ -94,7 +98,7 @@ class CsmFrameLoop:
     def sample_frame(self, last_hidden: torch.Tensor, pick0: TokenPicker, pick_depth: TokenPicker) -> torch.Tensor:
         """Codebook 0 from the backbone's last hidden state [1, 1, hidden], then the depth decoder's
         codebooks; returns the frame as [num_codebooks] int64 on the model's device."""
-        logits0 = self.model.lm_head(last_hidden)[:, -1, :]
+        logits0 = self.model.lm_head(last_hidden)[:, -1, : self.valid_codes]
         code = pick0(logits0)  # [1]
         codes = [code]
         cache = DynamicCache(config=self.depth_config)
@@ -103,13 +107,13 @@ class CsmFrameLoop:
         hidden = torch.cat([last_hidden, first], dim=1)
         hidden = self._depth_forward(hidden, cache, start=0, mask=self._first_mask(hidden, cache))
         for k in range(1, self.num_codebooks):
-            logits = nn.functional.linear(hidden[:, -1, :], self.depth_heads[k - 1].T)
+            logits = nn.functional.linear(hidden[:, -1, :], self.depth_heads[k - 1].T)[:, : self.valid_codes]
             code = pick_depth(logits)
             codes.append(code)
             if k == self.num_codebooks - 1:
                 break
             # codebook k's embedding lives at offset k * vocab in the shared embedding table
-            embeds = self.depth.embed_tokens((code + k * self.vocab_size).view(1, 1))
+            embeds = self.depth.embed_tokens((code + k * self.depth_vocab_size).view(1, 1))
             hidden = self._depth_forward(embeds, cache, start=k + 1, mask=None)
         return torch.cat(codes)
 

@@ -1,0 +1,229 @@
+"""aLAN on Discord: `serve(settings, conversation)` runs the bot until cancelled.
+
+The bot syncs its slash commands on start (to the servers in ALAN_DISCORD_GUILD_IDS at once, else globally,
+which Discord may take up to an hour to show), answers mentions in text channels, and keeps one `VoiceSession`
+per server it has joined. It leaves a voice channel when no person is left in it, and when discord.py gives up
+on a dropped voice connection it connects again, unless it was told to leave or was removed by a member.
+
+Only the default (non-privileged) gateway intents are used: messages that mention a bot carry their content
+even without the message-content intent, and members in voice channels are cached through voice states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from alan.settings import Settings
+from bot.discord_commands import AlanCommands
+from bot.discord_session import VoiceSession
+from bot.discord_text import answer_mention
+from bot.discord_voice import ReceivingVoiceClient
+from bot.turn_queue import TurnQueue
+from engine.audio import WHISPER_RATE
+from engine.conversation import Conversation
+
+log = logging.getLogger(__name__)
+
+REJOIN_DELAYS = (2.0, 5.0, 15.0)
+LOST_CONNECTION = "I lost my voice connection and couldn't get back in. Use /join to bring me back."
+
+
+class AlanVoiceClient(ReceivingVoiceClient):
+    """A receiving voice client that hears at 16 kHz (what the VAD and Whisper want, decoded so by Opus itself),
+    and says when discord.py has torn the connection down for good."""
+
+    receive_sample_rate = WHISPER_RATE
+
+    def __init__(self, client: discord.Client, channel: discord.abc.Connectable) -> None:
+        super().__init__(client, channel)
+        self.on_gone: Any = None
+
+    def cleanup(self) -> None:
+        super().cleanup()
+        if self.on_gone is not None:
+            self.on_gone()
+
+
+def has_people(channel: Any) -> bool:
+    return any(not member.bot for member in getattr(channel, "members", []))
+
+
+class VoiceSessions:
+    """One `VoiceSession` per server: joining, moving, leaving, and coming back after a dropped connection."""
+
+    def __init__(
+        self,
+        conversation: Conversation,
+        queue: TurnQueue,
+        *,
+        rejoin_delays: Sequence[float] = REJOIN_DELAYS,
+        voice_client_class: type = AlanVoiceClient,
+    ) -> None:
+        self.conversation = conversation
+        self.queue = queue
+        self.rejoin_delays = rejoin_delays
+        self.voice_client_class = voice_client_class
+        self._sessions: dict[int, VoiceSession] = {}
+        self._homes: dict[int, Any] = {}  # the channel each session belongs in, for coming back
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def get(self, guild_id: int) -> VoiceSession | None:
+        return self._sessions.get(guild_id)
+
+    async def join(self, channel: Any) -> VoiceSession:
+        guild_id = channel.guild.id
+        session = self._sessions.get(guild_id)
+        if session is not None and session.voice_client.is_connected():
+            if session.channel is None or session.channel.id != channel.id:
+                await session.voice_client.move_to(channel)
+            self._homes[guild_id] = channel
+            return session
+        if session is not None:
+            await self._drop(guild_id)
+        voice_client = await self._connect(channel)
+        session = VoiceSession(self.conversation, voice_client, self.queue)
+        self._sessions[guild_id], self._homes[guild_id] = session, channel
+        session.start()
+        log.info("joined voice channel %s in guild %s", channel.id, guild_id)
+        return session
+
+    async def leave(self, guild_id: int) -> bool:
+        session = self._sessions.get(guild_id)
+        if session is None:
+            return False
+        session.leaving = True
+        await self._drop(guild_id)
+        if session.voice_client.is_connected():
+            await session.voice_client.disconnect(force=True)
+        log.info("left voice in guild %s", guild_id)
+        return True
+
+    async def close(self) -> None:
+        for guild_id in list(self._sessions):
+            await self.leave(guild_id)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def on_voice_state_update(self, member: Any, before: Any, after: Any, bot_id: int) -> None:
+        session = self._sessions.get(member.guild.id)
+        if session is None:
+            return
+        if member.id == bot_id:
+            if after.channel is None and not session.leaving:
+                session.kicked = True  # removed by someone: the clean-up that follows must not bring us back
+            elif after.channel is not None:
+                self._homes[member.guild.id] = after.channel  # moved: this is home now
+            return
+        if before.channel is not None and (after.channel is None or after.channel.id != before.channel.id):
+            session.listener.forget(member.id)
+            home = session.channel or self._homes.get(member.guild.id)
+            if home is not None and before.channel.id == home.id and not has_people(home):
+                log.info("nobody left in voice channel %s: leaving", home.id)
+                await self.leave(member.guild.id)
+
+    async def _connect(self, channel: Any) -> Any:
+        voice_client = await channel.connect(cls=self.voice_client_class, reconnect=True, self_deaf=False)
+        voice_client.on_gone = lambda: self._voice_gone(channel.guild.id, voice_client)
+        return voice_client
+
+    async def _drop(self, guild_id: int) -> None:
+        session = self._sessions.pop(guild_id, None)
+        self._homes.pop(guild_id, None)
+        if session is not None:
+            await session.close()
+
+    def _voice_gone(self, guild_id: int, voice_client: Any) -> None:
+        # Called from VoiceClient.cleanup(): discord.py has stopped trying on its own.
+        session = self._sessions.get(guild_id)
+        if session is None or session.voice_client is not voice_client or session.leaving:
+            return
+        task = asyncio.get_running_loop().create_task(self._rejoin(guild_id, session), name=f"rejoin-{guild_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _rejoin(self, guild_id: int, session: VoiceSession) -> None:
+        home = self._homes.get(guild_id)
+        for delay in self.rejoin_delays:
+            await asyncio.sleep(delay)  # also gives a kick's voice-state event time to arrive
+            if self._sessions.get(guild_id) is not session or session.leaving or session.kicked:
+                break
+            if home is None or not has_people(home):
+                break
+            try:
+                voice_client = await self._connect(home)
+            except Exception as error:  # timeouts, gateway errors: try again after the next delay
+                log.warning("reconnecting to voice channel %s failed: %s", home.id, error)
+                continue
+            session.attach(voice_client)
+            log.info("voice connection to channel %s re-established", home.id)
+            return
+        if self._sessions.get(guild_id) is session:
+            if not (session.leaving or session.kicked) and home is not None and has_people(home):
+                await session.post(LOST_CONNECTION)
+            await self._drop(guild_id)
+
+
+class AlanBot(commands.Bot):
+    def __init__(self, settings: Settings, conversation: Conversation, *, queue: TurnQueue | None = None) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), help_command=None)
+        self.settings = settings
+        self.conversation = conversation
+        # One TTS model serves every server: at most two turns at once, and a bounded wait.
+        self.queue = queue or TurnQueue(concurrency=2, max_waiting=20)
+        self.sessions = VoiceSessions(conversation, self.queue)
+
+    async def setup_hook(self) -> None:
+        await self.add_cog(AlanCommands(self.conversation, self.sessions))
+        guild_ids = self.settings.discord_guild_id_list
+        if not guild_ids:
+            synced = await self.tree.sync()
+            log.info("synced %d slash commands globally (Discord may take a while to show them)", len(synced))
+            return
+        for guild_id in guild_ids:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            try:
+                synced = await self.tree.sync(guild=guild)
+            except discord.HTTPException as error:  # not invited there, or no applications.commands scope
+                log.error("could not sync slash commands to server %s: %s", guild_id, error)
+            else:
+                log.info("synced %d slash commands to server %s", len(synced), guild_id)
+
+    async def on_ready(self) -> None:
+        log.info("logged in to Discord as %s (%s)", self.user, getattr(self.user, "id", "?"))
+
+    async def on_message(self, message: discord.Message) -> None:
+        if self.user is None or message.author.bot:
+            return
+        session = self.sessions.get(message.guild.id) if message.guild is not None else None
+        await answer_mention(
+            message, bot_user=self.user, conversation=self.conversation, queue=self.queue, session=session
+        )
+
+    async def on_voice_state_update(
+        self, member: discord.Member, before: discord.VoiceState, after: discord.VoiceState
+    ) -> None:
+        if self.user is not None:
+            await self.sessions.on_voice_state_update(member, before, after, self.user.id)
+
+    async def close(self) -> None:
+        await self.sessions.close()
+        await super().close()
+
+
+async def serve(settings: Settings, conversation: Conversation) -> None:
+    """Run the Discord bot until cancelled (or until the token is refused)."""
+    if settings.discord_token is None:
+        raise ValueError("DISCORD_TOKEN is not set")
+    bot = AlanBot(settings, conversation)
+    try:
+        await bot.start(settings.discord_token.get_secret_value())
+    finally:
+        if not bot.is_closed():
+            await bot.close()

@@ -1,0 +1,335 @@
+"""aLAN's slash commands: /join, /leave, /clone, /voices, /voice, /reset, /forget — and the buttons and modal
+behind /clone and /forget.
+
+Every reply here is ephemeral: voice cloning and personal data are nobody else's business, and failures should
+not clutter the channel. Anything slow is deferred at once (Discord wants an answer within 3 s); engine errors
+(`TurnError`) are shown as they are, anything unexpected becomes a short apology and a log entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import PurePath
+from typing import Any, Protocol
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.discord_session import APOLOGY, VoiceSession, participant
+from engine.conversation import Conversation, Participant
+from engine.events import TurnError
+from engine.store.repository import VoiceNameTaken
+from engine.voices import CONSENT_STATEMENT, NAME_PATTERN, CloneDraft
+
+log = logging.getLogger(__name__)
+
+# Discord's own upload cap for most servers; the engine's cap applies too, whichever is lower.
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+AUDIO_EXTENSIONS = frozenset(
+    {".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".flac", ".webm", ".mp4", ".mka", ".wma", ".aiff"}
+)
+VIEW_TIMEOUT = 14 * 60  # an interaction's token lives 15 minutes; after that its message can't be edited
+DEFAULT_VOICE_NAME = "my voice"
+
+
+class Sessions(Protocol):
+    def get(self, guild_id: int) -> VoiceSession | None: ...
+    async def join(self, channel: Any) -> VoiceSession: ...
+    async def leave(self, guild_id: int) -> bool: ...
+
+
+def attachment_problem(attachment: discord.Attachment, max_bytes: int) -> str | None:
+    """Why this attachment can't be a voice clip, or None. Checked before downloading anything."""
+    content_type = (attachment.content_type or "").split(";")[0].strip().lower()
+    extension = PurePath(attachment.filename).suffix.lower()
+    # Phones label recordings oddly (video/mp4 for an .m4a, octet-stream for .opus): trust either hint.
+    looks_audio = content_type.startswith(("audio/", "video/")) or extension in AUDIO_EXTENSIONS
+    if not looks_audio:
+        return (
+            f"“{attachment.filename}” isn't an audio file. Attach a recording of the voice to clone "
+            "(OGG, MP3, WAV, M4A…), 10–20 seconds of one person talking clearly."
+        )
+    if attachment.size > max_bytes:
+        return (
+            f"That file is too large ({attachment.size / 1_048_576:.1f} MB): the limit is "
+            f"{max_bytes / 1_048_576:.0f} MB. 10–20 seconds of speech is all I need."
+        )
+    return None
+
+
+def voice_name_for(given: str | None, filename: str) -> str:
+    if given and given.strip():
+        return given.strip()  # the engine checks it and says what's allowed
+    stem = PurePath(filename).stem.replace("_", " ").strip()[:40]
+    return stem if NAME_PATTERN.match(stem) else DEFAULT_VOICE_NAME
+
+
+async def say(interaction: discord.Interaction, text: str, **kwargs: Any) -> None:
+    """Answer ephemerally, whether or not the interaction was already answered or deferred."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, **kwargs)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, **kwargs)
+
+
+def caller(interaction: discord.Interaction) -> Participant:
+    """The caller, scoped where they are talking with aLAN: their voice channel if in one, else this channel."""
+    voice = getattr(interaction.user, "voice", None)
+    scope = voice.channel.id if voice is not None and voice.channel is not None else interaction.channel_id
+    return participant(interaction.user, scope or "dm")
+
+
+class OwnerOnlyView(discord.ui.View):
+    def __init__(self, owner_id: int) -> None:
+        super().__init__(timeout=VIEW_TIMEOUT)
+        self.owner_id = owner_id
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.owner_id:
+            await say(interaction, "These buttons belong to someone else's command.")
+            return False
+        return True
+
+    async def finish(self, interaction: discord.Interaction, text: str) -> None:
+        self.stop()
+        await interaction.edit_original_response(content=text, view=None)
+
+
+class TranscriptModal(discord.ui.Modal, title="Correct the transcript"):
+    def __init__(self, view: CloneView) -> None:
+        super().__init__(timeout=VIEW_TIMEOUT)
+        self.view = view
+        self.text: discord.ui.TextInput[Any] = discord.ui.TextInput(
+            style=discord.TextStyle.paragraph, default=view.transcript, max_length=2000, required=True
+        )
+        self.add_item(discord.ui.Label(text="Exactly what is said in the clip", component=self.text))
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        corrected = " ".join(self.text.value.split())
+        if corrected:
+            self.view.transcript = corrected
+        await interaction.response.edit_message(content=self.view.preview(), view=self.view)
+
+
+class CloneView(OwnerOnlyView):
+    """The /clone preview: Confirm stores the voice (with the consent statement), Edit fixes the transcript."""
+
+    def __init__(self, conversation: Conversation, who: Participant, owner_id: int, draft: CloneDraft,
+                 transcript: str, name: str) -> None:  # fmt: skip
+        super().__init__(owner_id)
+        self.conversation = conversation
+        self.who = who
+        self.draft = draft
+        self.transcript = transcript
+        self.name = name
+        self.saved: Any = None
+
+    def preview(self) -> str:
+        language = f", {self.draft.language}" if self.draft.language else ""
+        return (
+            f"**New voice “{self.name}”** ({self.draft.seconds:.1f} s of speech{language})\n"
+            "I copy a voice best when the transcript matches the clip word for word. I heard:\n"
+            f"> {self.transcript}\n\n"
+            f"By pressing **Confirm** you state: *{CONSENT_STATEMENT}*"
+        )
+
+    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.edit_message(content="Saving your voice…", view=None)
+        try:
+            user = await self.conversation.user(self.who)
+            self.saved = await self.conversation.voices.save(user.id, self.name, self.draft, self.transcript)
+        except (TurnError, VoiceNameTaken) as error:
+            hint = " Run /clone again with another name." if isinstance(error, VoiceNameTaken) else ""
+            await self.finish(interaction, f"{error}{hint}")
+        except Exception:
+            log.exception("saving a cloned voice failed for user %s", self.who.user_id)
+            await self.finish(interaction, APOLOGY)
+        else:
+            await self.finish(interaction, f"Saved “{self.saved.name}”: I'll speak to you with it from now on.")
+
+    @discord.ui.button(label="Edit transcript", style=discord.ButtonStyle.secondary)
+    async def edit(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.send_modal(TranscriptModal(self))
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.danger)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Cancelled: nothing was stored.", view=None)
+
+
+class ForgetView(OwnerOnlyView):
+    def __init__(self, conversation: Conversation, who: Participant, owner_id: int) -> None:
+        super().__init__(owner_id)
+        self.conversation = conversation
+        self.who = who
+        self.forgotten = False
+
+    @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.edit_message(content="Deleting…", view=None)
+        try:
+            await self.conversation.forget(self.who)
+        except Exception:
+            log.exception("forgetting user %s failed", self.who.user_id)
+            await self.finish(interaction, APOLOGY)
+            return
+        self.forgotten = True
+        await self.finish(interaction, "Done: your voices, our conversations and your settings are deleted.")
+
+    @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        self.stop()
+        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+
+
+class AlanCommands(commands.Cog):
+    def __init__(self, conversation: Conversation, sessions: Sessions) -> None:
+        self.conversation = conversation
+        self.sessions = sessions
+
+    async def cog_app_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        # Whatever a command didn't handle itself: the user gets a sentence, the log gets the traceback.
+        original = getattr(error, "original", error)
+        if isinstance(original, TurnError):
+            await say(interaction, str(original))
+            return
+        log.error("/%s failed", getattr(interaction.command, "name", "?"), exc_info=original)
+        with contextlib.suppress(discord.HTTPException):  # the interaction may have expired meanwhile
+            await say(interaction, APOLOGY)
+
+    @property
+    def max_attachment_bytes(self) -> int:
+        return min(MAX_ATTACHMENT_BYTES, self.conversation.voices.max_upload_bytes)
+
+    @app_commands.command(name="join", description="Join your voice channel and talk with everyone there")
+    @app_commands.guild_only()
+    async def join(self, interaction: discord.Interaction) -> None:
+        voice = getattr(interaction.user, "voice", None)
+        channel = voice.channel if voice is not None else None
+        if channel is None or interaction.guild is None:
+            await say(interaction, "Join a voice channel first, then use /join: I'll come to the one you're in.")
+            return
+        permissions = channel.permissions_for(interaction.guild.me)
+        missing = [name for name, ok in (("Connect", permissions.connect), ("Speak", permissions.speak)) if not ok]
+        if missing:
+            await say(
+                interaction,
+                f"I can't talk in {channel.mention}: I need the {' and '.join(missing)} permission there. "
+                "Ask someone who manages the server to grant it.",
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            await self.sessions.join(channel)
+        except (TimeoutError, discord.ClientException, discord.HTTPException) as error:
+            log.warning("could not join voice channel %s: %s", channel.id, error)
+            await say(interaction, f"I couldn't connect to {channel.mention}. Please try /join again in a moment.")
+            return
+        await say(interaction, f"I'm in {channel.mention}. Just talk: I answer when you pause, and you can cut in.")
+
+    @app_commands.command(name="leave", description="Leave the voice channel")
+    @app_commands.guild_only()
+    async def leave(self, interaction: discord.Interaction) -> None:
+        if interaction.guild is None or not await self.sessions.leave(interaction.guild.id):
+            await say(interaction, "I'm not in a voice channel here.")
+            return
+        await say(interaction, "Bye for now!")
+
+    @app_commands.command(name="clone", description="Make a voice for me to speak to you with, from a recording")
+    @app_commands.describe(
+        audio="A recording of one person talking clearly (10–20 s is ideal)",
+        transcript="Exactly what is said in it (I'll transcribe it if you leave this out)",
+        name="A name for the voice",
+    )
+    async def clone(self, interaction: discord.Interaction, audio: discord.Attachment,
+                    transcript: str | None = None, name: str | None = None) -> None:  # fmt: skip
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        problem = attachment_problem(audio, self.max_attachment_bytes)
+        if problem is not None:
+            await say(interaction, problem)
+            return
+        try:
+            clip = await audio.read()
+            draft = await self.conversation.voices.prepare(clip)
+        except TurnError as error:
+            await say(interaction, str(error))
+            return
+        except discord.HTTPException as error:
+            log.warning("downloading attachment %s failed: %s", audio.filename, error)
+            await say(interaction, "I couldn't download that file from Discord. Please try again.")
+            return
+        except Exception:
+            log.exception("preparing a voice clip failed")
+            await say(interaction, APOLOGY)
+            return
+        proposed = " ".join((transcript or "").split()) or draft.transcript
+        view = CloneView(
+            self.conversation, caller(interaction), interaction.user.id, draft, proposed,
+            voice_name_for(name, audio.filename),
+        )  # fmt: skip
+        await say(interaction, view.preview(), view=view)
+
+    @app_commands.command(name="voices", description="List your cloned voices")
+    async def voices(self, interaction: discord.Interaction) -> None:
+        who = caller(interaction)
+        user = await self.conversation.user(who)
+        listing = await asyncio.to_thread(self.conversation.voices.listing, user.id, who.scope)
+        if not listing:
+            await say(interaction, "You have no voices yet. Use /clone with a recording to make one.")
+            return
+        lines = [f"• {name}{' — speaking to you here' if active else ''}" for name, active in listing]
+        await say(interaction, "Your voices:\n" + "\n".join(lines))
+
+    @app_commands.command(name="voice", description="Choose the voice I speak to you with")
+    @app_commands.describe(name="One of your voices (see /voices)", server_default="Make it this server's default")
+    async def voice(self, interaction: discord.Interaction, name: str, server_default: bool = False) -> None:
+        who = caller(interaction)
+        voices = self.conversation.voices
+        try:
+            user = await self.conversation.user(who)
+            if not server_default:
+                chosen = await asyncio.to_thread(voices.use, user.id, name)
+                await say(interaction, f"I'll speak to you with “{chosen.name}” from now on.")
+                return
+            guild = interaction.guild
+            permissions = getattr(interaction.user, "guild_permissions", None)
+            if guild is None or permissions is None or not permissions.manage_guild:
+                await say(interaction, "Only members with the Manage Server permission can set the server's voice.")
+                return
+            # The server is every member's parent scope: its default applies in all its channels, new ones too.
+            chosen = await asyncio.to_thread(voices.use_as_scope_default, user.id, name, str(guild.id))
+            await say(
+                interaction,
+                f"“{chosen.name}” is now this server's voice (anyone who picked their own voice keeps theirs).",
+            )
+        except TurnError as error:
+            await say(interaction, str(error))
+
+    @voice.autocomplete("name")
+    async def _voice_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        who = caller(interaction)
+        user = await self.conversation.user(who)
+        listing = await asyncio.to_thread(self.conversation.voices.listing, user.id, who.scope)
+        return [app_commands.Choice(name=n, value=n) for n, _ in listing if current.lower() in n.lower()][:25]
+
+    @app_commands.command(name="reset", description="Forget our conversation here (your voices are kept)")
+    async def reset(self, interaction: discord.Interaction) -> None:
+        who = caller(interaction)
+        scopes = {who.scope, str(interaction.channel_id)} - {"None"}
+        deleted = 0
+        for scope in scopes:
+            deleted += await self.conversation.reset(Participant(who.platform, who.user_id, scope, who.display_name))
+        await say(interaction, f"Done: I forgot our conversation here ({deleted} messages). Your voices are kept.")
+
+    @app_commands.command(name="forget", description="Delete everything I have stored about you")
+    async def forget(self, interaction: discord.Interaction) -> None:
+        view = ForgetView(self.conversation, caller(interaction), interaction.user.id)
+        await say(
+            interaction,
+            "This deletes your voices, all our conversations and your settings, everywhere. It can't be undone.",
+            view=view,
+        )

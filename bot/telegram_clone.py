@@ -1,0 +1,250 @@
+"""The /clone conversation: a clip, its transcript checked by the user, their consent, a stored voice.
+
+    /clone [NAME] (replying to a voice note, or followed by one)
+      → "I heard: …"      [That's right] [Cancel]   (or the user sends the exact words as text)
+      → consent statement  [I confirm …]  [Cancel]
+      → voice saved under NAME (default "my voice") and made active.
+
+CSM copies a voice best when the transcript is exactly what is said, hence the check. The state lives in
+memory per (chat, user) and expires after `clone_timeout_s`: a restart only means starting again.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.constants import ChatAction
+from telegram.ext import ContextTypes
+
+from bot.telegram_common import TelegramServices, participant
+from bot.telegram_media import NOT_AUDIO, download, find_audio
+from bot.telegram_send import Replier, chat_action
+from engine.events import BadInput, TurnError
+from engine.store.repository import VoiceNameTaken
+from engine.voices import CONSENT_STATEMENT, MAX_UPLOAD_SECONDS, CloneDraft, check_voice_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "my voice"
+MAX_TRANSCRIPT_CHARS = 1000
+ASK_FOR_CLIP = (
+    "Let's clone a voice. Send me a voice note or an audio file of one person speaking clearly for 10–20 "
+    "seconds, with little background noise. Only clone your own voice, or one you have permission to use."
+)
+STILL_WAITING = "I'm waiting for a voice note to clone. Send one, or tap Cancel."
+EXPIRED = "This has expired: start again with /clone."
+NOT_YOURS = "Only the person cloning their voice can press this."
+
+
+@dataclass
+class CloneSession:
+    user_id: int
+    token: str  # in the buttons' callback data, so an old prompt's buttons can't act on a new session
+    name: str | None  # None: "my voice", or the next free "my voice N"
+    expires: float
+    stage: Literal["clip", "transcript", "consent"] = "clip"
+    draft: CloneDraft | None = None
+    transcript: str | None = None
+
+
+def _buttons(*rows: tuple[str, str]) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup([[InlineKeyboardButton(label, callback_data=data)] for label, data in rows])
+
+
+class CloneFlow:
+    def __init__(self, services: TelegramServices) -> None:
+        self.services = services
+        self._sessions: dict[tuple[int, int], CloneSession] = {}
+
+    # --- state ---
+
+    def session(self, chat_id: int, user_id: int) -> CloneSession | None:
+        now = time.monotonic()
+        for key in [key for key, session in self._sessions.items() if session.expires < now]:
+            del self._sessions[key]
+        return self._sessions.get((chat_id, user_id))
+
+    def forget_user(self, user_id: int) -> None:
+        for key in [key for key in self._sessions if key[1] == user_id]:
+            del self._sessions[key]
+
+    def wants(self, message: Message, addressed: bool) -> bool:
+        """Whether this message belongs to the user's clone in progress rather than to the conversation."""
+        if message.from_user is None:
+            return False
+        session = self.session(message.chat_id, message.from_user.id)
+        if session is None:
+            return False
+        if session.stage == "clip":  # the clip; anything else said to the bot gets a reminder
+            is_command = bool(message.text and message.text.startswith("/"))
+            return find_audio(message) is not None or (addressed and not is_command)
+        return session.stage == "transcript" and bool(message.text) and not message.text.startswith("/")
+
+    # --- steps ---
+
+    async def start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/clone [NAME]: on a replied-to clip at once, or wait for the next one."""
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None
+        name = check_voice_name(" ".join(context.args or [])) if context.args else None
+        if name is not None:
+            owner = await self.services.conversation.user(participant(user, message.chat))
+            if self.services.conversation.store.voice_by_name(owner.id, name) is not None:
+                raise BadInput(f"You already have a voice called “{name}”: choose another name, or see /voices.")
+        expires = time.monotonic() + self.services.options.clone_timeout_s
+        session = CloneSession(user.id, secrets.token_hex(4), name, expires)
+        self._sessions[(message.chat_id, user.id)] = session
+        replied = message.reply_to_message
+        if find_audio(replied) is not None:
+            assert replied is not None
+            await self._take_clip(context, message, replied, session)
+            return
+        if replied is not None and replied.document is not None:
+            raise BadInput(NOT_AUDIO)
+        await self.services.replier(context.bot, message).text(ASK_FOR_CLIP, markup=self._cancel_only(session))
+
+    async def cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """/cancel: drop this user's clone in progress."""
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None
+        cancelled = self._sessions.pop((message.chat_id, user.id), None) is not None
+        await self.services.replier(context.bot, message).text(
+            "Cancelled: no voice was saved." if cancelled else "There's nothing to cancel."
+        )
+
+    async def on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None
+        session = self.session(message.chat_id, user.id)
+        if session is None:
+            return
+        replier = self.services.replier(context.bot, message)
+        if session.stage == "clip":
+            if find_audio(message) is None:
+                await replier.text(NOT_AUDIO if message.document else STILL_WAITING, markup=self._cancel_only(session))
+                return
+            await self._take_clip(context, message, message, session)
+        elif session.stage == "transcript" and message.text:
+            transcript = " ".join(message.text.split())
+            if len(transcript) > MAX_TRANSCRIPT_CHARS:
+                raise BadInput("That transcript is too long for a 30-second clip: send just the words in the clip.")
+            session.transcript = transcript
+            await self._ask_consent(replier, session)
+
+    async def _take_clip(
+        self, context: ContextTypes.DEFAULT_TYPE, command: Message, clip: Message, session: CloneSession
+    ) -> None:
+        attachment = find_audio(clip)
+        assert attachment is not None
+        services = self.services
+        replier = services.replier(context.bot, command)
+
+        async def prepare() -> CloneDraft:
+            async with chat_action(
+                context.bot, command.chat_id, services.options.chat_action_every_s, ChatAction.TYPING
+            ):
+                data = await download(
+                    context.bot,
+                    attachment,
+                    max_seconds=MAX_UPLOAD_SECONDS,
+                    max_bytes=services.max_bytes,
+                    policy=services.options.retry,
+                )
+                return await services.conversation.voices.prepare(data)
+
+        try:
+            # Through the turn queue: transcribing and the length check use the speech models.
+            draft = await services.in_turn(command.chat_id, replier, prepare)
+        except TurnError as error:
+            await replier.text(f"{error} Send another clip, or tap Cancel.", markup=self._cancel_only(session))
+            return
+        session.draft, session.stage = draft, "transcript"
+        await replier.text(
+            f"Here's what I heard:\n\n“{draft.transcript.strip()}”\n\nIf that is exactly what is said, tap "
+            "“That's right”. If not, send me the exact words as a message: the closer the transcript, the "
+            "better the voice.",
+            markup=_buttons(
+                ("✅ That's right", f"clone:ok:{session.token}"), ("Cancel", f"clone:cancel:{session.token}")
+            ),
+        )
+
+    async def _ask_consent(self, replier: Replier, session: CloneSession) -> None:
+        session.stage = "consent"
+        await replier.text(
+            f"One last thing. Please confirm:\n\n“{CONSENT_STATEMENT}”",
+            markup=_buttons(
+                ("✅ I confirm: my voice, or I have permission", f"clone:consent:{session.token}"),
+                ("Cancel", f"clone:cancel:{session.token}"),
+            ),
+        )
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE, action: str, token: str) -> None:
+        query = update.callback_query
+        assert query is not None and isinstance(query.message, Message)
+        prompt = query.message
+        session = next((s for s in self._sessions.values() if s.token == token), None)
+        if session is None or self.session(prompt.chat_id, session.user_id) is not session:
+            await query.answer(EXPIRED, show_alert=True)
+            return
+        if query.from_user.id != session.user_id:
+            await query.answer(NOT_YOURS, show_alert=True)
+            return
+        await query.answer()
+        replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
+        if action == "cancel":
+            del self._sessions[(prompt.chat_id, session.user_id)]
+            await replier.edit(prompt, "Cancelled: no voice was saved.")
+        elif action == "ok" and session.stage == "transcript" and session.draft is not None:
+            session.transcript = session.draft.transcript
+            await replier.edit(prompt, f"Transcript confirmed:\n\n“{session.transcript.strip()}”")
+            await self._ask_consent(replier, session)
+        elif action == "consent" and session.stage == "consent":
+            await replier.edit(prompt, f"Consent recorded:\n\n“{CONSENT_STATEMENT}”")
+            await self._save(update, context, replier, session)
+        else:
+            log.debug("ignored clone button %s at stage %s", action, session.stage)
+
+    async def _save(
+        self, update: Update, context: ContextTypes.DEFAULT_TYPE, replier: Replier, session: CloneSession
+    ) -> None:
+        assert update.effective_user is not None and update.effective_chat is not None
+        assert session.draft is not None and session.transcript is not None
+        draft, transcript, services = session.draft, session.transcript, self.services
+        del self._sessions[(replier.chat_id, session.user_id)]  # one save per consent, even if pressed twice
+        who = participant(update.effective_user, update.effective_chat)
+
+        async def save() -> str:
+            async with chat_action(
+                context.bot, replier.chat_id, services.options.chat_action_every_s, ChatAction.TYPING
+            ):
+                owner = await services.conversation.user(who)
+                name = session.name or self._free_name(owner.id)
+                try:
+                    await services.conversation.voices.save(owner.id, name, draft, transcript)
+                except VoiceNameTaken as error:
+                    raise BadInput(f"{error} Start again with /clone and another name.") from error
+                return name
+
+        try:
+            name = await services.in_turn(replier.chat_id, replier, save)
+        except TurnError as error:
+            await replier.text(f"{error} Start again with /clone when you're ready.")
+            return
+        await replier.text(f"Saved “{name}”. From now on I answer you in this voice. Use /voices to switch.")
+
+    def _free_name(self, owner_id: int) -> str:
+        store = self.services.conversation.store
+        for number in range(1, 1000):
+            name = DEFAULT_NAME if number == 1 else f"{DEFAULT_NAME} {number}"
+            if store.voice_by_name(owner_id, name) is None:
+                return name
+        raise BadInput("You have a great many voices already: delete one, or name this one with /clone NAME.")
+
+    @staticmethod
+    def _cancel_only(session: CloneSession) -> InlineKeyboardMarkup:
+        return _buttons(("Cancel", f"clone:cancel:{session.token}"))

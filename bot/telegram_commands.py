@@ -1,0 +1,206 @@
+"""The slash commands other than /clone, and their inline buttons (/voices choices, /forget confirmation)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.ext import ContextTypes
+
+from bot.telegram_clone import CloneFlow
+from bot.telegram_common import TelegramServices, participant
+from bot.telegram_send import Replier
+
+log = logging.getLogger(__name__)
+
+COMMANDS = [
+    BotCommand("start", "What aLAN is and what it stores"),
+    BotCommand("help", "How to talk with aLAN"),
+    BotCommand("clone", "Clone a voice from a voice note: /clone [NAME]"),
+    BotCommand("voices", "List and choose your voices"),
+    BotCommand("voice", "Answer me in one of my voices: /voice NAME"),
+    BotCommand("text", "Also send the answers as text: /text on|off"),
+    BotCommand("reset", "Forget our conversation (keeps your voices)"),
+    BotCommand("forget", "Delete everything stored about you"),
+]
+
+START = """Hi {name}! I'm aLAN, a voice companion. Send me a voice note, or just type, and I'll answer with \
+voice notes, remembering what we talked about.
+
+What I store: what you say to me and my answers (as text and audio), so that I remember our conversation; \
+your /text setting; and any voice you clone with /clone (the clip, its transcript and your consent). It stays \
+on the server that runs me.
+
+/reset clears our conversation here (your voices stay). /forget deletes everything I have stored about you. \
+/help shows all I can do."""
+
+HELP = """Talk to me with voice notes, audio files (MP3, M4A, WAV, OGG), video notes or text: I answer with \
+voice notes.
+
+/clone [NAME] — make a voice from a clip of you speaking (reply to a voice note, or send one after)
+/voices — list your voices and pick one
+/voice NAME — answer me in that voice
+/text on|off — also send my answers (and what I heard) as text
+/reset — forget our conversation here, keep your voices
+/forget — delete everything I have stored about you
+/start — what I am and what I store
+
+In a group, mention me (@{username}) or reply to one of my messages."""
+
+FORGET_QUESTION = (
+    "This deletes everything I have stored about you: our conversations everywhere, your cloned voices and "
+    "your settings. It can't be undone. Are you sure?"
+)
+FORGOTTEN = "Done: I deleted everything I had stored about you. If you talk to me again, I start from scratch."
+
+
+class Commands:
+    def __init__(self, services: TelegramServices, clones: CloneFlow) -> None:
+        self.services = services
+        self.clones = clones
+
+    def _where(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> tuple[Message, Replier]:
+        message = update.effective_message
+        assert message is not None
+        return message, self.services.replier(context.bot, message)
+
+    async def start(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        _, replier = self._where(update, context)
+        user = update.effective_user
+        await replier.text(START.format(name=user.first_name if user else "there"))
+
+    async def help(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        _, replier = self._where(update, context)
+        await replier.text(HELP.format(username=context.bot.username))
+
+    async def unknown(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, replier = self._where(update, context)
+        command = (message.text or "").split()[0].split("@")[0]
+        await replier.text(f"I don't know {command}. Here's what I can do: /help")
+
+    async def text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, replier = self._where(update, context)
+        assert update.effective_user is not None
+        who = participant(update.effective_user, message.chat)
+        choice = (context.args or [""])[0].lower()
+        if choice in ("on", "off"):
+            await self.services.conversation.set_reply_with_text(who, choice == "on")
+            await replier.text(
+                "I'll send my answers as text too, and what I heard."
+                if choice == "on"
+                else "From now on I answer with voice notes only."
+            )
+            return
+        user = await self.services.conversation.user(who)
+        state = "on" if user.reply_with_text else "off"
+        await replier.text(f"Text with my answers is {state}. Use /text on or /text off to change it.")
+
+    async def reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, replier = self._where(update, context)
+        assert update.effective_user is not None
+        who = participant(update.effective_user, message.chat)
+
+        async def reset() -> int:
+            return await self.services.conversation.reset(who)
+
+        # In the queue, so a turn still being answered is stored before it is cleared.
+        count = await self.services.in_turn(message.chat_id, replier, reset)
+        await replier.text(f"Done: I've forgotten our conversation here ({count} messages). Your voices are kept.")
+
+    async def forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        _, replier = self._where(update, context)
+        assert update.effective_user is not None
+        uid = update.effective_user.id
+        buttons = InlineKeyboardMarkup(
+            [
+                [InlineKeyboardButton("Yes, delete everything", callback_data=f"forget:yes:{uid}")],
+                [InlineKeyboardButton("No, keep it", callback_data=f"forget:no:{uid}")],
+            ]
+        )
+        await replier.text(FORGET_QUESTION, markup=buttons)
+
+    async def voices(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, replier = self._where(update, context)
+        assert update.effective_user is not None
+        text, markup = await self._voice_menu(update, message)
+        await replier.text(text, markup=markup)
+
+    async def voice(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        if not context.args:
+            await self.voices(update, context)
+            return
+        message, replier = self._where(update, context)
+        assert update.effective_user is not None
+        owner = await self.services.conversation.user(participant(update.effective_user, message.chat))
+        voice = await asyncio.to_thread(self.services.conversation.voices.use, owner.id, " ".join(context.args))
+        await replier.text(f"From now on I answer you in the voice “{voice.name}”.")
+
+    async def _voice_menu(self, update: Update, message: Message) -> tuple[str, InlineKeyboardMarkup | None]:
+        assert update.effective_user is not None
+        conversation = self.services.conversation
+        owner = await conversation.user(participant(update.effective_user, message.chat))
+        listing = await asyncio.to_thread(conversation.voices.listing, owner.id, str(message.chat_id))
+        if not listing:
+            return "You have no voices of your own yet. Send /clone to make one from a voice note.", None
+        voices = await asyncio.to_thread(conversation.store.voices_of, owner.id)
+        ids = {voice.name: voice.id for voice in voices}
+        rows = [
+            [InlineKeyboardButton(f"{'✓ ' if active else ''}{name}", callback_data=f"voice:{ids[name]}")]
+            for name, active in listing
+            if name in ids
+        ]
+        return "Your voices (✓ = the one I answer you in here). Tap one to switch:", InlineKeyboardMarkup(rows)
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Inline buttons: `voice:<id>`, `forget:yes|no:<user id>`, `clone:<action>:<token>`."""
+        query = update.callback_query
+        assert query is not None
+        kind, _, rest = (query.data or "").partition(":")
+        if kind == "clone":
+            action, _, token = rest.partition(":")
+            await self.clones.on_button(update, context, action, token)
+        elif kind == "voice" and rest.isdigit() and isinstance(query.message, Message):
+            await self._choose_voice(update, context, query.message, int(rest))
+        elif kind == "forget" and isinstance(query.message, Message):
+            await self._forget(update, context, query.message, rest)
+        else:
+            await query.answer("This button has expired.", show_alert=True)
+
+    async def _choose_voice(
+        self, update: Update, context: ContextTypes.DEFAULT_TYPE, menu: Message, voice_id: int
+    ) -> None:
+        query, user = update.callback_query, update.effective_user
+        assert query is not None and user is not None
+        conversation = self.services.conversation
+        owner = await conversation.user(participant(user, menu.chat))
+        voice = await asyncio.to_thread(conversation.store.voice, voice_id)
+        if voice is None or voice.owner_id != owner.id:
+            await query.answer("That isn't one of your voices (or it was deleted).", show_alert=True)
+            return
+        await asyncio.to_thread(conversation.voices.use, owner.id, voice.name)
+        await query.answer(f"Now speaking as “{voice.name}”")
+        text, markup = await self._voice_menu(update, menu)
+        await Replier(context.bot, menu.chat_id, None, self.services.options.retry).edit(menu, text, markup=markup)
+
+    async def _forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE, prompt: Message, rest: str) -> None:
+        query, user = update.callback_query, update.effective_user
+        assert query is not None and user is not None
+        answer, _, uid = rest.partition(":")
+        if uid != str(user.id):
+            await query.answer("Only the person who asked can answer this.", show_alert=True)
+            return
+        await query.answer()
+        replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
+        if answer != "yes":
+            await replier.edit(prompt, "Nothing was deleted.")
+            return
+        who = participant(user, prompt.chat)
+
+        async def forget() -> None:
+            await self.services.conversation.forget(who)
+
+        # In the queue: a turn of this chat still running would otherwise store its reply after the deletion.
+        await self.services.in_turn(prompt.chat_id, replier, forget)
+        self.clones.forget_user(user.id)
+        await replier.edit(prompt, FORGOTTEN)

@@ -1,0 +1,134 @@
+"""What every Telegram handler shares: the engine, the turn queue, the options, and the safety net.
+
+`TelegramServices.guard` wraps each handler so that no update can crash the bot or end in silence: engine
+errors (`TurnError`) and a full queue are told to the user as they are, Bot API failures that survived the
+retries and unexpected bugs are logged (with a traceback for bugs) and answered with an apology.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any, TypeVar
+
+from telegram import Bot, Chat, Message, Update, User
+from telegram.error import TelegramError
+from telegram.ext import ContextTypes
+
+from alan.settings import Settings
+from bot.telegram_media import download_limit
+from bot.telegram_send import Replier, RetryPolicy
+from bot.turn_queue import QueueFull, TurnQueue
+from engine.conversation import Conversation, Participant
+from engine.events import TurnError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+
+PLATFORM = "telegram"
+APOLOGY = "Sorry, something went wrong on my side while answering that. Please try again in a moment."
+TELEGRAM_TROUBLE = "Sorry, I couldn't get my answer through Telegram. Please try again in a moment."
+WAITING = "I'm still answering an earlier message; yours is in the queue ({count} waiting). I'll get to it soon."
+
+
+@dataclass(frozen=True)
+class TelegramOptions:
+    """Tunables with production defaults; tests shorten the waits."""
+
+    poll_timeout_s: float = 10.0  # getUpdates long-poll length
+    read_timeout_s: float = 15.0  # for every other Bot API call
+    connect_timeout_s: float = 10.0
+    chat_action_every_s: float = 4.0  # a chat action fades after 5 s
+    clone_timeout_s: float = 600.0  # an unfinished /clone is dropped after this
+    turn_concurrency: int = 2  # turns of different chats running at once (the TTS itself is one worker)
+    max_waiting_turns: int = 20
+    # After the first voice note, the next ones gather at least this much audio, so that a long answer is a
+    # few notes rather than one per sentence.
+    follow_up_min_seconds: float = 8.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    stop_grace_s: float = 20.0  # on shutdown, how long answers in progress may take to finish
+
+
+def participant(user: User, chat: Chat) -> Participant:
+    return Participant(PLATFORM, str(user.id), str(chat.id), user.full_name)
+
+
+class TelegramServices:
+    def __init__(self, settings: Settings, conversation: Conversation, options: TelegramOptions) -> None:
+        self.settings = settings
+        self.conversation = conversation
+        self.options = options
+        self.queue = TurnQueue(concurrency=options.turn_concurrency, max_waiting=options.max_waiting_turns)
+        self.max_bytes = download_limit(settings.telegram_api_url, settings.max_audio_bytes)
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def replier(self, bot: Bot, message: Message) -> Replier:
+        """Replies to `message`, in its chat."""
+        return Replier(bot, message.chat_id, message.message_id, self.options.retry)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        """Run in the background, keeping a reference (asyncio holds tasks weakly) until it is done."""
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def in_turn(self, chat_id: int, replier: Replier, job: Callable[[], Awaitable[T]]) -> T:
+        """Run `job` in this chat's place in the turn queue (raises `QueueFull`, a message for the user)."""
+
+        async def on_wait(count: int) -> None:
+            # Told in the background: awaiting the message here would let a later update of the same chat
+            # queue up first, and turns must run in the order they came.
+            self.spawn(say_quietly(replier, WAITING.format(count=count)), name=f"queue-notice-{chat_id}")
+
+        return await self.queue.run(str(chat_id), job, on_wait=on_wait)
+
+    def guard(self, handler: Handler) -> Handler:
+        """Wrap a handler so that every failure is logged and answered, and none escapes."""
+
+        @wraps(handler)
+        async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+            try:
+                await handler(update, context)
+            except (TurnError, QueueFull) as error:
+                await self.tell(update, context, str(error))
+            except TelegramError as error:
+                log.warning("Bot API call failed while handling update %s: %s", update.update_id, error)
+                await self.tell(update, context, TELEGRAM_TROUBLE)
+            except Exception:
+                log.exception("unexpected error while handling update %s", update.update_id)
+                await self.tell(update, context, APOLOGY)
+
+        return guarded
+
+    async def tell(self, update: Update, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
+        """Best effort: say `text` where the update came from; a failure here is only logged."""
+        if update.callback_query is not None:
+            try:
+                await update.callback_query.answer()
+            except Exception as error:
+                log.debug("could not answer callback query: %s", error)
+        message = update.effective_message
+        if message is None:
+            return
+        replier = Replier(
+            context.bot, message.chat_id, None if update.callback_query else message.message_id, self.options.retry
+        )
+        await say_quietly(replier, text)
+
+
+async def say_quietly(replier: Replier, text: str) -> None:
+    """Send a text, logging instead of raising if Telegram can't take it even after retries."""
+    try:
+        await replier.text(text)
+    except Exception as error:
+        log.warning("could not send a message to chat %s: %s", replier.chat_id, error)

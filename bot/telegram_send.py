@@ -1,0 +1,164 @@
+"""Talking back to Telegram reliably.
+
+Every call to the Bot API can meet flood control (429 with `retry_after`) or a network hiccup (a timeout, a
+5xx); both pass, so a call is retried: after the time Telegram asks for, or with a doubling backoff. Errors
+that retrying can't fix (a bad request, a bot blocked by the user) are raised at once. Long texts are split
+to fit Telegram's limits, and the "recording voice…" status, which lasts at most 5 s, is kept alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
+from telegram.constants import ChatAction, MessageLimit
+from telegram.error import BadRequest, NetworkError, RetryAfter
+from telegram.warnings import PTBDeprecationWarning
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    backoff_s: float = 1.0  # the first wait after a network error; it doubles each time
+    # A flood wait longer than this is not worth holding a conversation for: give up and say so.
+    max_retry_after_s: float = 60.0
+
+
+def retry_after_seconds(error: RetryAfter) -> float:
+    # python-telegram-bot 22 returns an int with a deprecation warning, or a timedelta if PTB_TIMEDELTA is set.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = error.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+async def with_retries(action: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str) -> T:
+    """Run one Bot API call, retrying flood control and transient network errors."""
+    for attempt in range(1, policy.attempts + 1):
+        try:
+            return await action()
+        except RetryAfter as error:
+            wait = retry_after_seconds(error)
+            if attempt == policy.attempts or wait > policy.max_retry_after_s:
+                raise
+            log.warning("%s: flood control, retrying in %.0f s", what, wait)
+            await asyncio.sleep(wait)
+        except BadRequest:
+            raise  # a NetworkError subclass, but the same request would fail the same way
+        except NetworkError as error:  # TimedOut included; a 5xx arrives as a NetworkError too
+            if attempt == policy.attempts:
+                raise
+            wait = policy.backoff_s * 2 ** (attempt - 1)
+            log.warning("%s failed (%s), retrying in %.1f s", what, error, wait)
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def split_text(text: str, limit: int = MessageLimit.MAX_TEXT_LENGTH) -> list[str]:
+    """Cut a text into pieces of at most `limit` characters, at line or word ends where possible."""
+    pieces = []
+    text = text.strip()
+    while len(text) > limit:
+        cut = max(text.rfind("\n", 0, limit), text.rfind(" ", 0, limit))
+        cut = cut if cut > limit // 2 else limit
+        pieces.append(text[:cut].strip())
+        text = text[cut:].strip()
+    return [*pieces, text] if text else pieces
+
+
+class Replier:
+    """Sends to one chat, quoting the message it answers (if that was deleted, the answer still goes)."""
+
+    def __init__(self, bot: Bot, chat_id: int, reply_to: int | None, policy: RetryPolicy) -> None:
+        self.bot = bot
+        self.chat_id = chat_id
+        self.reply_to = reply_to
+        self.policy = policy
+
+    def _quote(self) -> ReplyParameters | None:
+        if self.reply_to is None:
+            return None
+        return ReplyParameters(self.reply_to, allow_sending_without_reply=True)
+
+    async def text(self, text: str, *, markup: InlineKeyboardMarkup | None = None) -> Message | None:
+        """Send `text` (split if long; the buttons go with the last piece). Returns the last message sent."""
+        sent = None
+        pieces = split_text(text)
+        for number, piece in enumerate(pieces, 1):
+            buttons = markup if number == len(pieces) else None
+
+            def send(piece: str = piece, buttons: InlineKeyboardMarkup | None = buttons) -> Awaitable[Message]:
+                return self.bot.send_message(self.chat_id, piece, reply_parameters=self._quote(), reply_markup=buttons)
+
+            sent = await with_retries(send, self.policy, "sendMessage")
+        return sent
+
+    async def voice(self, ogg: bytes, seconds: float, caption: str | None) -> None:
+        """Send a voice note; a caption too long for Telegram follows as a message instead."""
+        fits = caption is not None and len(caption) <= MessageLimit.CAPTION_LENGTH
+
+        def send() -> Awaitable[Message]:
+            return self.bot.send_voice(
+                self.chat_id,
+                ogg,
+                duration=max(1, round(seconds)),
+                caption=caption if fits else None,
+                reply_parameters=self._quote(),
+                filename="alan.ogg",
+            )
+
+        await with_retries(send, self.policy, "sendVoice")
+        if caption and not fits:
+            await self.text(caption)
+
+    async def edit(self, message: Message, text: str, *, markup: InlineKeyboardMarkup | None = None) -> None:
+        """Change a message the bot sent (to replace its buttons with the outcome)."""
+
+        def send() -> Awaitable[Message | bool]:
+            return self.bot.edit_message_text(
+                text, chat_id=message.chat_id, message_id=message.message_id, reply_markup=markup
+            )
+
+        try:
+            await with_retries(send, self.policy, "editMessageText")
+        except BadRequest as error:  # too old to edit, deleted, unchanged: say it anew instead
+            log.info("could not edit message %s (%s); sending instead", message.message_id, error)
+            await self.text(text, markup=markup)
+
+
+@contextlib.asynccontextmanager
+async def chat_action(
+    bot: Bot, chat_id: int, interval_s: float, action: ChatAction = ChatAction.RECORD_VOICE
+) -> AsyncIterator[None]:
+    """Show `action` ("recording voice…") in the chat for as long as the block runs.
+
+    Telegram clears a chat action after 5 s or when the bot sends a message, so it is sent again every
+    `interval_s`. It is only decoration: its failures are logged, never raised.
+    """
+
+    async def keep_alive() -> None:
+        while True:
+            try:
+                await bot.send_chat_action(chat_id, action)
+            except Exception as error:
+                log.debug("chat action failed: %s", error)
+            await asyncio.sleep(interval_s)
+
+    task = asyncio.create_task(keep_alive(), name=f"chat-action-{chat_id}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,385 @@
+"""The slash commands, called through their real callbacks with interaction doubles; the engine behind them is the
+real one (tiny models, fake Ollama), so a confirmed /clone really stores a voice and /forget really deletes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+from bot.discord import AlanVoiceClient, VoiceSessions
+from bot.discord_commands import AlanCommands, CloneView, ForgetView, TranscriptModal
+from bot.turn_queue import TurnQueue
+from engine.conversation import Conversation
+from engine.store.database import open_database
+from engine.store.repository import EVERYWHERE, Store
+from engine.stt import WhisperTranscriber
+from engine.tts import CsmSpeech
+from engine.voices import CONSENT_STATEMENT
+from tests.conftest import espeak_ogg
+from tests.fakes.ollama_server import FakeOllama
+from tests.discord_doubles import (
+    MODEL,
+    FakeAttachment,
+    FakeGuild,
+    FakeInteraction,
+    FakeMember,
+    FakeVoiceChannel,
+    make_conversation,
+    make_whisper,
+)
+
+CLIP_TEXT = "This is my voice. I am reading a few sentences so that you can learn how I sound."
+
+
+@pytest.fixture(scope="module")
+def whisper(tiny_whisper_dir: Path) -> WhisperTranscriber:
+    return make_whisper(tiny_whisper_dir)
+
+
+@pytest.fixture
+async def ollama() -> AsyncIterator[FakeOllama]:
+    async with FakeOllama(models=[MODEL]) as server:
+        yield server
+
+
+@pytest.fixture
+def store(database_url: str) -> Store:
+    return Store(open_database(database_url))
+
+
+@pytest.fixture
+def conversation(
+    store: Store, whisper: WhisperTranscriber, tiny_speech: CsmSpeech, tiny_csm_dir: Path, ollama: FakeOllama
+) -> Conversation:
+    return make_conversation(store, whisper, tiny_speech, tiny_csm_dir, ollama.host, max_bytes=20 * 1024 * 1024)
+
+
+@pytest.fixture
+def sessions(conversation: Conversation) -> VoiceSessions:
+    return VoiceSessions(conversation, TurnQueue(), rejoin_delays=())
+
+
+@pytest.fixture
+def cog(conversation: Conversation, sessions: VoiceSessions) -> AlanCommands:
+    return AlanCommands(conversation, sessions)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return espeak_ogg(CLIP_TEXT, tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture
+def guild() -> FakeGuild:
+    return FakeGuild()
+
+
+@pytest.fixture
+def ann(guild: FakeGuild) -> FakeMember:
+    return guild.add(FakeMember("ann"))
+
+
+async def run(command: Any, cog: AlanCommands, interaction: FakeInteraction, **options: Any) -> None:
+    """Invoke a slash command the way discord.py's tree does once it has parsed the options."""
+    await command.callback(cog, interaction, **options)
+
+
+# -- /join and /leave -----------------------------------------------------------------------------------------
+
+
+async def test_join_needs_the_caller_in_a_voice_channel(cog: AlanCommands, guild: FakeGuild, ann: FakeMember) -> None:
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.join, cog, interaction)
+    assert interaction.last.kind == "send_message" and interaction.last.ephemeral
+    assert "Join a voice channel first" in interaction.last.content
+    assert cog.sessions.get(guild.id) is None
+
+
+async def test_join_says_which_permission_is_missing(cog: AlanCommands, guild: FakeGuild, ann: FakeMember) -> None:
+    channel = FakeVoiceChannel(guild, permissions=discord.Permissions(connect=True, speak=False))
+    channel.enter(ann)
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.join, cog, interaction)
+    assert interaction.last.ephemeral and "need the Speak permission" in interaction.last.content
+    assert channel.mention in interaction.last.content
+    channel.permissions = discord.Permissions.none()
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.join, cog, interaction)
+    assert "Connect and Speak" in interaction.last.content
+    assert channel.connects == []
+
+
+async def test_join_connects_listens_and_leave_disconnects(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember
+) -> None:
+    channel = FakeVoiceChannel(guild)
+    channel.enter(ann)
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.join, cog, interaction)
+    assert [sent.kind for sent in interaction.log] == ["defer", "followup"]
+    assert interaction.log[0].ephemeral and channel.mention in interaction.last.content
+    assert channel.connects == [{"cls": AlanVoiceClient, "reconnect": True, "self_deaf": False}]
+    session = cog.sessions.get(guild.id)
+    assert session is not None and session.voice_client.receiver.listening
+
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.leave, cog, interaction)
+    assert cog.sessions.get(guild.id) is None and session.voice_client.disconnects == 1
+    assert "Bye" in interaction.last.content
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.leave, cog, interaction)
+    assert "not in a voice channel" in interaction.last.content
+
+
+async def test_join_reports_a_failed_connection(cog: AlanCommands, guild: FakeGuild, ann: FakeMember) -> None:
+    channel = FakeVoiceChannel(guild)
+    channel.enter(ann)
+    channel.fail_connects = 1
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.join, cog, interaction)
+    assert "couldn't connect" in interaction.last.content and cog.sessions.get(guild.id) is None
+
+
+# -- /clone ------------------------------------------------------------------------------------------------------
+
+
+async def test_clone_refuses_what_is_not_audio_without_downloading_it(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember
+) -> None:
+    picture = FakeAttachment(b"\x89PNG....", "cat.png", "image/png")
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.clone, cog, interaction, audio=picture)
+    assert interaction.log[0].kind == "defer" and interaction.log[0].ephemeral
+    assert interaction.last.ephemeral and "“cat.png” isn't an audio file" in interaction.last.content
+    assert picture.reads == 0
+
+
+async def test_clone_refuses_a_file_over_the_limit_before_downloading_it(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember
+) -> None:
+    huge = FakeAttachment(b"", "speech.ogg", "audio/ogg", size=30 * 1024 * 1024)
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.clone, cog, interaction, audio=huge)
+    assert "too large (30.0 MB)" in interaction.last.content and "limit is 20 MB" in interaction.last.content
+    assert huge.reads == 0
+
+
+async def test_clone_passes_on_what_the_engine_says_about_a_bad_clip(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember
+) -> None:
+    broken = FakeAttachment(b"OggS not really" * 20, "note.ogg", "audio/ogg")
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.clone, cog, interaction, audio=broken)
+    assert broken.reads == 1 and interaction.last.ephemeral
+    assert interaction.last.view is None and "cut off or damaged" in interaction.last.content
+
+
+async def preview(cog: AlanCommands, interaction: FakeInteraction, clip: bytes, **options: Any) -> CloneView:
+    attachment = FakeAttachment(clip, "ann_voice.ogg", "audio/ogg")
+    await run(AlanCommands.clone, cog, interaction, audio=attachment, **options)
+    sent = interaction.last
+    assert sent.kind == "followup" and sent.ephemeral and isinstance(sent.view, CloneView)
+    assert CONSENT_STATEMENT in sent.content and "Confirm" in sent.content
+    return sent.view
+
+
+async def test_clone_preview_then_confirm_stores_the_voice_with_consent(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember, clip: bytes, store: Store
+) -> None:
+    view = await preview(cog, FakeInteraction(ann, guild), clip)
+    assert view.transcript and view.transcript in view.preview()  # Whisper's transcript, shown for checking
+    assert view.name == "ann voice"
+
+    someone_else = FakeInteraction(guild.add(FakeMember("mallory")), guild)
+    assert not await view.interaction_check(someone_else)  # ephemeral anyway, but never someone else's button
+    assert "someone else" in someone_else.last.content
+
+    press = FakeInteraction(ann, guild)
+    await view.confirm.callback(press)
+    assert press.log[0].kind == "edit_message" and press.log[0].view is None
+    assert press.last.kind == "edit_original_response" and "Saved “ann voice”" in press.last.content
+    user = store.find_user("discord", str(ann.id))
+    assert user is not None
+    [voice] = store.voices_of(user.id)
+    assert voice.name == "ann voice" and voice.transcript == view.transcript
+    assert voice.consent_statement == CONSENT_STATEMENT and voice.consent_at is not None
+    assert store.active_voice(user.id, EVERYWHERE).id == voice.id
+
+    # The same name again: a clear message, not a crash.
+    view = await preview(cog, FakeInteraction(ann, guild), clip, name="ann voice")
+    press = FakeInteraction(ann, guild)
+    await view.confirm.callback(press)
+    assert "already have a voice called" in press.last.content and len(store.voices_of(user.id)) == 1
+
+
+async def test_clone_edit_corrects_the_transcript_through_the_modal(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember, clip: bytes, store: Store
+) -> None:
+    view = await preview(cog, FakeInteraction(ann, guild), clip, transcript="This is my voice.", name="Mine")
+    assert view.transcript == "This is my voice."  # the caller's own transcript is proposed over Whisper's
+
+    press = FakeInteraction(ann, guild)
+    await view.edit.callback(press)
+    modal = press.last.modal
+    assert press.last.kind == "send_modal" and isinstance(modal, TranscriptModal)
+    assert modal.text.default == "This is my voice."
+    # What Discord sends back when the user submits the modal, handled by discord.py's own code.
+    submit = FakeInteraction(ann, guild)
+    payload = {"type": 18, "component": {"type": 4, "custom_id": modal.text.custom_id, "value": f"  {CLIP_TEXT} "}}
+    modal._refresh(submit, [payload], {})  # type: ignore[arg-type]
+    await modal.on_submit(submit)
+    assert submit.last.kind == "edit_message" and submit.last.view is view
+    assert view.transcript == CLIP_TEXT and CLIP_TEXT in submit.last.content
+
+    press = FakeInteraction(ann, guild)
+    await view.confirm.callback(press)
+    user = store.find_user("discord", str(ann.id))
+    assert user is not None
+    [voice] = store.voices_of(user.id)
+    assert voice.name == "Mine" and voice.transcript == CLIP_TEXT
+
+
+async def test_clone_cancel_stores_nothing(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember, clip: bytes, store: Store
+) -> None:
+    view = await preview(cog, FakeInteraction(ann, guild), clip)
+    press = FakeInteraction(ann, guild)
+    await view.cancel.callback(press)
+    assert press.last.kind == "edit_message" and "nothing was stored" in press.last.content
+    assert press.last.view is None and view.is_finished()
+    user = store.find_user("discord", str(ann.id))
+    assert user is None or store.voices_of(user.id) == []
+
+
+# -- /voices, /voice, /reset, /forget ------------------------------------------------------------------------
+
+
+async def test_voices_and_choosing_one_and_the_server_default(
+    cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store, clip: bytes
+) -> None:
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.voices, cog, interaction)
+    assert "no voices yet" in interaction.last.content
+
+    view = await preview(cog, FakeInteraction(ann, guild), clip, name="Calm")
+    await view.confirm.callback(FakeInteraction(ann, guild))
+    voice_channel = FakeVoiceChannel(guild)
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.voices, cog, interaction)
+    assert "• Calm — speaking to you here" in interaction.last.content
+
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.voice, cog, interaction, name="Loud")
+    assert "no voice called “Loud”" in interaction.last.content and "Calm" in interaction.last.content
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.voice, cog, interaction, name="Calm")
+    assert "with “Calm”" in interaction.last.content
+
+    # The server default needs Manage Server.
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.voice, cog, interaction, name="Calm", server_default=True)
+    assert "Manage Server" in interaction.last.content
+    bob = guild.add(FakeMember("bob"))
+    user = store.find_user("discord", str(ann.id))
+    assert user is not None
+    assert store.active_voice(store.user("discord", str(bob.id)).id, str(voice_channel.id)) is None
+    ann.guild_permissions = discord.Permissions(manage_guild=True)
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.voice, cog, interaction, name="Calm", server_default=True)
+    assert "this server's voice" in interaction.last.content
+    bob_user = store.user("discord", str(bob.id))
+    calm = store.voices_of(user.id)[0]
+    assert store.active_voice(bob_user.id, str(guild.id)).id == calm.id
+    # Voice turns happen in a channel, with the server as parent scope: the default applies there too,
+    # and in channels made after it was set.
+    assert store.active_voice(bob_user.id, str(voice_channel.id), str(guild.id)).id == calm.id
+    later_channel = FakeVoiceChannel(guild)
+    assert store.active_voice(bob_user.id, str(later_channel.id), str(guild.id)).id == calm.id
+
+    choices = await AlanCommands._voice_names(cog, FakeInteraction(ann, guild), "ca")
+    assert [choice.value for choice in choices] == ["Calm"]
+
+
+async def test_reset_forgets_the_conversation_here_but_keeps_voices(
+    cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
+) -> None:
+    from bot.discord_session import participant
+
+    interaction = FakeInteraction(ann, guild, channel_id=4242)
+    user = await conversation.user(participant(ann, 4242))
+    store.add_turn(user.id, "4242", "user", "hello")
+    store.add_turn(user.id, "elsewhere", "user", "hi")
+    await run(AlanCommands.reset, cog, interaction)
+    assert "(1 messages)" in interaction.last.content and interaction.last.ephemeral
+    assert store.recent_turns(user.id, "4242") == [] and len(store.recent_turns(user.id, "elsewhere")) == 1
+
+
+async def test_forget_asks_first_then_deletes_everything(
+    cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
+) -> None:
+    from bot.discord_session import participant
+
+    user = await conversation.user(participant(ann, 1))
+    store.add_turn(user.id, "1", "user", "remember me")
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.forget, cog, interaction)
+    view = interaction.last.view
+    assert isinstance(view, ForgetView) and interaction.last.ephemeral and "can't be undone" in interaction.last.content
+    assert store.find_user("discord", str(ann.id)) is not None  # nothing happens before the button
+
+    await view.cancel.callback(FakeInteraction(ann, guild))
+    assert store.find_user("discord", str(ann.id)) is not None
+
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.forget, cog, interaction)
+    press = FakeInteraction(ann, guild)
+    await interaction.last.view.confirm.callback(press)
+    assert "deleted" in press.last.content and interaction.last.view.forgotten
+    assert store.find_user("discord", str(ann.id)) is None
+
+
+async def test_unexpected_errors_become_an_apology(cog: AlanCommands, guild: FakeGuild, ann: FakeMember) -> None:
+    interaction = FakeInteraction(ann, guild)
+    error = discord.app_commands.CommandInvokeError(AlanCommands.voices, RuntimeError("database on fire"))
+    await cog.cog_app_command_error(interaction, error)  # type: ignore[arg-type]
+    assert "Sorry, something went wrong" in interaction.last.content and "fire" not in interaction.last.content
+
+
+# -- the bot: command registration and sync ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("guild_ids", "expected"), [("", [None]), ("11,22", [11, 22])])
+async def test_commands_are_synced_to_the_configured_servers_or_globally(
+    conversation: Conversation, clean_env: Path, monkeypatch: pytest.MonkeyPatch, guild_ids: str, expected: list
+) -> None:
+    from alan.settings import load_settings
+    from bot.discord import AlanBot
+
+    settings = load_settings(discord_token="not-a-real-token", discord_guild_ids=guild_ids)
+    bot = AlanBot(settings, conversation)
+    synced: list[int | None] = []
+
+    async def sync(*, guild: discord.abc.Snowflake | None = None) -> list[Any]:  # Discord's HTTP endpoint
+        synced.append(guild.id if guild is not None else None)
+        return bot.tree.get_commands(guild=guild)
+
+    monkeypatch.setattr(bot.tree, "sync", sync)
+    await bot.setup_hook()
+    assert synced == expected
+    for guild_id in expected:
+        target = discord.Object(id=guild_id) if guild_id else None
+        names = {command.name for command in bot.tree.get_commands(guild=target)}
+        assert names == {"join", "leave", "clone", "voices", "voice", "reset", "forget"}
+    clone = bot.tree.get_command("clone")
+    assert isinstance(clone, discord.app_commands.Command)
+    options = {parameter.name: parameter for parameter in clone.parameters}
+    assert options["audio"].type is discord.AppCommandOptionType.attachment and options["audio"].required
+    assert not options["transcript"].required
+    voice = bot.tree.get_command("voice")
+    assert isinstance(voice, discord.app_commands.Command)
+    assert {parameter.name for parameter in voice.parameters} == {"name", "server_default"}
+    await bot.close()
