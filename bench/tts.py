@@ -5,8 +5,9 @@
 
 Same model, same inputs (a 30 s voice prompt + a few history turns + the target text), same sampling settings
 (temperature 0.9, top-k 50), end-of-audio and silence/repeat guards off so both produce exactly `--frames`
-frames. Nothing is downloaded: the default `CsmConfig()` (1B backbone, 100M depth decoder, full Mimi) gets
-random weights and a small local word-level tokenizer.
+frames. Nothing is downloaded: the default `CsmConfig()` (1B backbone, 100M depth decoder, full Mimi; only the
+codebook heads trimmed from 2051 to Mimi's 2048 codes) gets random weights and a small local word-level
+tokenizer.
 
 Measured:
 - prefill: ours cold (voice not cached: whole prompt) vs cached (history + text only);
@@ -71,7 +72,14 @@ def sync(device: torch.device) -> None:
 
 def build(device: torch.device) -> CsmSpeech:
     processor = build_processor()
-    config = CsmConfig(text_vocab_size=128_256, **special_token_ids(processor))
+    # vocab_size 2048 instead of 2051: random heads would otherwise sample codes 2048-2050, which Mimi cannot
+    # decode and generate() crashes on (our engine never picks them); the compute is the same to 0.1 %
+    config = CsmConfig(
+        vocab_size=2048,
+        codebook_pad_token_id=2047,
+        depth_decoder_config={"vocab_size": 2048},
+        **special_token_ids(processor),
+    )
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):

@@ -20,7 +20,6 @@ from engine.stt import WhisperTranscriber
 from engine.tts import CsmSpeech
 from engine.voices import CONSENT_STATEMENT
 from tests.conftest import espeak_ogg
-from tests.fakes.ollama_server import FakeOllama
 from tests.discord_doubles import (
     MODEL,
     FakeAttachment,
@@ -31,6 +30,7 @@ from tests.discord_doubles import (
     make_conversation,
     make_whisper,
 )
+from tests.fakes.ollama_server import FakeOllama
 
 CLIP_TEXT = "This is my voice. I am reading a few sentences so that you can learn how I sound."
 

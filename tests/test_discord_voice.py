@@ -27,8 +27,6 @@ from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from engine.tts import CsmSpeech
 from engine.vad import Utterance
-from tests.discord_packets import XCHACHA20, DiscordSender, Speech
-from tests.fakes.ollama_server import FakeOllama
 from tests.discord_doubles import (
     MODEL,
     FakeClock,
@@ -43,6 +41,8 @@ from tests.discord_doubles import (
     silence,
     speech_16k,
 )
+from tests.discord_packets import XCHACHA20, DiscordSender, Speech
+from tests.fakes.ollama_server import FakeOllama
 
 CHUNK = 320  # 20 ms at 16 kHz: what the receive layer hands over per Opus frame
 

@@ -265,3 +265,13 @@ def test_close_cancels_and_keeps_emitted_codes(speech: CsmSpeech, conversation) 
     stream.close()
     assert stream.result.stop_reason == "cancelled"
     assert stream.result.codes.shape[0] * SAMPLES_PER_FRAME == first.size
+    unstarted = speech.stream(voice, history, "never mind", 0)
+    unstarted.close()
+    assert unstarted.result.stop_reason == "cancelled" and unstarted.result.codes.shape[0] == 0
+
+
+def test_only_decodable_codes_are_picked(speech: CsmSpeech, monkeypatch) -> None:
+    # real CSM heads have 2051 outputs for Mimi's 2048 codes; the loop must never pick beyond valid_codes
+    monkeypatch.setattr(speech.loop, "valid_codes", 4)
+    result = speech.synthesize(None, [], "hello", 0, sampling=SamplingConfig(seed=0), streaming=NO_GUARDS, max_frames=6)
+    assert result.codes.shape[0] > 0 and int(result.codes.max()) < 4
