@@ -163,7 +163,10 @@ class CloneFlow:
         except TurnError as error:
             await replier.text(f"{error} Send another clip, or tap Cancel.", markup=self._cancel_only(session))
             return
+        if self._sessions.get((command.chat_id, session.user_id)) is not session:
+            return  # cancelled, expired or restarted while the clip was being prepared
         session.draft, session.stage = draft, "transcript"
+        self._touch(session)
         await replier.text(
             f"Here's what I heard:\n\n“{draft.transcript.strip()}”\n\nIf that is exactly what is said, tap "
             "“That's right”. If not, send me the exact words as a message: the closer the transcript, the "
@@ -175,6 +178,7 @@ class CloneFlow:
 
     async def _ask_consent(self, replier: Replier, session: CloneSession) -> None:
         session.stage = "consent"
+        self._touch(session)
         await replier.text(
             f"One last thing. Please confirm:\n\n“{CONSENT_STATEMENT}”",
             markup=_buttons(
@@ -244,6 +248,10 @@ class CloneFlow:
             if store.voice_by_name(owner_id, name) is None:
                 return name
         raise BadInput("You have a great many voices already: delete one, or name this one with /clone NAME.")
+
+    def _touch(self, session: CloneSession) -> None:
+        """Each step the user takes gives them the full timeout again for the next."""
+        session.expires = time.monotonic() + self.services.options.clone_timeout_s
 
     @staticmethod
     def _cancel_only(session: CloneSession) -> InlineKeyboardMarkup:

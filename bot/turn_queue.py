@@ -31,6 +31,17 @@ class TurnQueue:
         self._running = 0
         self._chat_locks: dict[str, asyncio.Lock] = {}
         self._chat_users: dict[str, int] = {}
+        self._notifications: set[asyncio.Future[None]] = set()
+
+    def _notify(self, message: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(message)
+        self._notifications.add(task)
+        task.add_done_callback(self._notification_done)
+
+    def _notification_done(self, task: asyncio.Future[None]) -> None:
+        self._notifications.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not tell a waiting user about the queue: %s", task.exception())
 
     @property
     def waiting(self) -> int:
@@ -52,7 +63,9 @@ class TurnQueue:
         self._chat_users[chat] = self._chat_users.get(chat, 0) + 1
         try:
             if on_wait is not None and (lock.locked() or self._slots.locked()):
-                await on_wait(self.waiting)
+                # Told in the background: awaiting the message first would let a later turn of this chat
+                # take the lock ahead of this one.
+                self._notify(on_wait(self.waiting))
             async with lock, self._slots:  # asyncio locks wake waiters in FIFO order
                 self._running += 1
                 try:

@@ -120,3 +120,37 @@ def fake_ollama_in_thread(models: list[str]) -> Iterator[FakeOllama]:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+@pytest.fixture(scope="session")
+def whisper(tiny_whisper_dir: Path):  # type: ignore[no-untyped-def]
+    """The tiny Whisper, loaded once, keeping whatever it decodes (see `accept_any_text`)."""
+    from tests.engine_harness import make_whisper
+
+    return make_whisper(tiny_whisper_dir)
+
+
+@pytest.fixture
+async def ollama():  # type: ignore[no-untyped-def]
+    """A local server speaking Ollama's HTTP API, with the test model pulled."""
+    from tests.engine_harness import LLM_MODEL
+    from tests.fakes.ollama_server import FakeOllama
+
+    async with FakeOllama(models=[LLM_MODEL]) as server:
+        yield server
+
+
+@pytest.fixture
+def store(database_url: str):  # type: ignore[no-untyped-def]
+    from engine.store.database import open_database
+    from engine.store.repository import Store
+
+    return Store(open_database(database_url))
+
+
+@pytest.fixture
+def conversation(store, whisper, tiny_speech, tiny_csm_dir: Path, ollama):  # type: ignore[no-untyped-def]
+    """The real conversation engine on the tiny models, a migrated database and the fake Ollama."""
+    from tests.engine_harness import make_conversation
+
+    return make_conversation(store, whisper, tiny_speech, tiny_csm_dir, ollama.host)

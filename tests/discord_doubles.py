@@ -18,45 +18,9 @@ import discord
 import numpy as np
 
 from engine.audio import WHISPER_RATE, decode_audio
-from engine.conversation import Conversation
-from engine.llm import OllamaChat
-from engine.speech_models import SpeechModels
-from engine.store.repository import Store
-from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
-from engine.voices import VoiceLibrary
 from tests.conftest import espeak
 
-MODEL = "llama3.2:3b"
 _ids = itertools.count(100_000_000_000_000_001)
-
-
-def accept_any_text(segment: Any) -> str | None:
-    # A random Whisper is never confident; keep whatever it decodes so the turn goes on.
-    return None if segment.text.strip() else "empty"
-
-
-def make_whisper(model_dir: Path) -> WhisperTranscriber:
-    transcriber = WhisperTranscriber(
-        str(model_dir), "cpu", cpu_threads=2, temperatures=(0.0,), segment_filter=accept_any_text
-    )
-    transcriber.load()
-    return transcriber
-
-
-def make_conversation(
-    store: Store, whisper: WhisperTranscriber, speech: CsmSpeech, csm_dir: Path, host: str, max_bytes: int = 5_000_000
-) -> Conversation:
-    models = SpeechModels(whisper, lambda: speech, tts_model_name=str(csm_dir))
-    return Conversation(
-        store,
-        models,
-        # Generous timeouts: some tests hold the LLM's second sentence back on purpose.
-        OllamaChat(MODEL, host, first_token_timeout=30, token_timeout=30),
-        VoiceLibrary(store, models, max_upload_bytes=max_bytes),
-        max_audio_seconds=60,
-        max_audio_bytes=max_bytes,
-    )
 
 
 def speech_16k(text: str, path: Path, **kwargs: Any) -> np.ndarray:
@@ -358,3 +322,4 @@ class FakeAttachment:
     async def read(self) -> bytes:
         self.reads += 1
         return self.data
+

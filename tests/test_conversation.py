@@ -28,44 +28,15 @@ from engine.events import (
     TurnEvent,
     TurnFinished,
 )
-from engine.llm import OllamaChat
-from engine.speech_models import SpeechModels
-from engine.store.database import open_database
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from engine.tts import CsmSpeech
-from engine.voices import VoiceLibrary
 from tests.conftest import espeak_ogg
+from tests.engine_harness import make_conversation
 from tests.fakes.ollama_server import FakeOllama
 
-MODEL = "llama3.2:3b"
 ANN = Participant("telegram", "1001", "chat-1", "Ann")
 BOB = Participant("telegram", "2002", "chat-2", "Bob")
-
-
-def accept_any_text(segment) -> str | None:  # type: ignore[no-untyped-def]
-    # A random Whisper is never confident; keep whatever it decodes so the turn goes on.
-    return None if segment.text.strip() else "empty"
-
-
-@pytest.fixture(scope="module")
-def whisper(tiny_whisper_dir: Path) -> WhisperTranscriber:
-    transcriber = WhisperTranscriber(
-        str(tiny_whisper_dir), "cpu", cpu_threads=2, temperatures=(0.0,), segment_filter=accept_any_text
-    )
-    transcriber.load()
-    return transcriber
-
-
-@pytest.fixture
-async def ollama() -> AsyncIterator[FakeOllama]:
-    async with FakeOllama(models=[MODEL]) as server:
-        yield server
-
-
-@pytest.fixture
-def store(database_url: str) -> Store:
-    return Store(open_database(database_url))
 
 
 @pytest.fixture
@@ -73,15 +44,7 @@ def build(
     store: Store, whisper: WhisperTranscriber, tiny_speech: CsmSpeech, tiny_csm_dir: Path
 ) -> Callable[..., Conversation]:
     def make(host: str, load_tts: Callable[[], CsmSpeech] | None = None) -> Conversation:
-        models = SpeechModels(whisper, load_tts or (lambda: tiny_speech), tts_model_name=str(tiny_csm_dir))
-        return Conversation(
-            store,
-            models,
-            OllamaChat(MODEL, host, first_token_timeout=5, token_timeout=5),
-            VoiceLibrary(store, models, max_upload_bytes=5_000_000),
-            max_audio_seconds=60,
-            max_audio_bytes=5_000_000,
-        )
+        return make_conversation(store, whisper, tiny_speech, tiny_csm_dir, host, load_tts=load_tts)
 
     return make
 

@@ -3,7 +3,6 @@ real one (tiny models, fake Ollama), so a confirmed /clone really stores a voice
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,48 +13,18 @@ from bot.discord import AlanVoiceClient, VoiceSessions
 from bot.discord_commands import AlanCommands, CloneView, ForgetView, TranscriptModal
 from bot.turn_queue import TurnQueue
 from engine.conversation import Conversation
-from engine.store.database import open_database
 from engine.store.repository import EVERYWHERE, Store
-from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
 from engine.voices import CONSENT_STATEMENT
 from tests.conftest import espeak_ogg
 from tests.discord_doubles import (
-    MODEL,
     FakeAttachment,
     FakeGuild,
     FakeInteraction,
     FakeMember,
     FakeVoiceChannel,
-    make_conversation,
-    make_whisper,
 )
-from tests.fakes.ollama_server import FakeOllama
 
 CLIP_TEXT = "This is my voice. I am reading a few sentences so that you can learn how I sound."
-
-
-@pytest.fixture(scope="module")
-def whisper(tiny_whisper_dir: Path) -> WhisperTranscriber:
-    return make_whisper(tiny_whisper_dir)
-
-
-@pytest.fixture
-async def ollama() -> AsyncIterator[FakeOllama]:
-    async with FakeOllama(models=[MODEL]) as server:
-        yield server
-
-
-@pytest.fixture
-def store(database_url: str) -> Store:
-    return Store(open_database(database_url))
-
-
-@pytest.fixture
-def conversation(
-    store: Store, whisper: WhisperTranscriber, tiny_speech: CsmSpeech, tiny_csm_dir: Path, ollama: FakeOllama
-) -> Conversation:
-    return make_conversation(store, whisper, tiny_speech, tiny_csm_dir, ollama.host, max_bytes=20 * 1024 * 1024)
 
 
 @pytest.fixture

@@ -49,6 +49,7 @@ async def test_a_full_queue_refuses_at_once_and_waiters_are_told() -> None:
     second = asyncio.create_task(queue.run("b", slow, on_wait=on_wait))
     third = asyncio.create_task(queue.run("c", slow, on_wait=on_wait))
     await asyncio.sleep(0)
+    await asyncio.sleep(0)
     assert queue.waiting == 2 and told == [1, 2]
     with pytest.raises(QueueFull, match="try again"):
         await queue.run("d", slow)
@@ -71,3 +72,27 @@ async def test_a_failing_turn_frees_its_place() -> None:
 
     assert await queue.run("a", fine) == "ok"
     assert queue.waiting == 0
+
+
+async def test_a_slow_wait_message_does_not_let_a_later_turn_overtake() -> None:
+    queue = TurnQueue(concurrency=1, max_waiting=5)
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def job(name: str) -> None:
+        if name == "first":
+            await release.wait()
+        order.append(name)
+
+    async def slow_message(position: int) -> None:
+        await asyncio.sleep(0.05)  # Telegram being slow to deliver "you're in the queue"
+
+    first = asyncio.create_task(queue.run("chat", lambda: job("first")))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(queue.run("chat", lambda: job("second"), on_wait=slow_message))
+    await asyncio.sleep(0)
+    third = asyncio.create_task(queue.run("chat", lambda: job("third")))
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.gather(first, second, third)
+    assert order == ["first", "second", "third"]

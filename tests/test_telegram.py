@@ -1,0 +1,296 @@
+"""The Telegram adapter end to end: the real `serve()` and python-telegram-bot, long-polling a fake Bot API
+server over HTTP, answering with the real conversation engine on tiny models and a fake Ollama.
+
+The fixtures here are shared with `test_telegram_clone.py` and `test_telegram_failures.py`, which bind them
+by assignment (an import would be flagged as shadowed by the test arguments that use them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from telegram import Message
+
+from alan.settings import Settings
+from bot.telegram import serve
+from bot.telegram_common import TelegramOptions
+from bot.telegram_media import CLOUD_DOWNLOAD_LIMIT, download_limit, find_audio
+from bot.telegram_send import RetryPolicy, split_text
+from engine.audio import CSM_RATE, decode_audio
+from engine.conversation import Conversation
+from engine.store.repository import Store
+from tests.conftest import espeak_ogg
+from tests.fakes.ollama_server import FakeOllama
+from tests.fakes.telegram_server import BOT_USERNAME, TOKEN, Call, FakeTelegram
+
+MODEL = "llama3.2:3b"
+ANN = {"id": 1001, "is_bot": False, "first_name": "Ann"}
+BOB = {"id": 2002, "is_bot": False, "first_name": "Bob"}
+FAST = TelegramOptions(
+    poll_timeout_s=2.0,
+    read_timeout_s=5.0,
+    chat_action_every_s=0.3,
+    follow_up_min_seconds=0.0,
+    retry=RetryPolicy(attempts=4, backoff_s=0.05),
+)
+Start = Callable[..., Awaitable[FakeTelegram]]
+
+
+def accept_any_text(segment) -> str | None:  # type: ignore[no-untyped-def]
+    # A random Whisper is never confident; keep whatever it decodes so the turn goes on.
+    return None if segment.text.strip() else "empty"
+
+
+@pytest.fixture
+async def start_bot(conversation: Conversation, database_url: str) -> AsyncIterator[Start]:
+    """Start `serve()` against a fresh fake Bot API; returns the fake once the bot is polling."""
+    running: list[tuple[asyncio.Task[None], FakeTelegram]] = []
+
+    async def start(options: TelegramOptions = FAST, **settings: Any) -> FakeTelegram:
+        telegram = await FakeTelegram().start()
+        # Every Telegram setting explicit, so that nothing in the environment running the tests leaks in.
+        defaults = {"telegram_allowed_users": "", "telegram_webhook_url": "", "telegram_webhook_secret": None}
+        config = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            telegram_token=TOKEN,
+            telegram_api_url=telegram.api_url,
+            database_url=database_url,
+            max_audio_seconds=60,
+            max_audio_bytes=5_000_000,
+            **{**defaults, **settings},
+        )
+        task = asyncio.create_task(serve(config, conversation, options=options))
+        running.append((task, telegram))
+        polling = "setWebhook" if config.telegram_webhook_url else "getUpdates"
+        await telegram.wait_until(lambda: bool(telegram.received(polling)) or task.done(), within=10)
+        if task.done():
+            task.result()  # serve() failed to start: show why
+        return telegram
+
+    yield start
+    for task, telegram in running:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await telegram.close()
+
+
+async def eventually(condition: Callable[[], object], within: float = 10.0) -> None:
+    """Poll a condition that no request signals (a database write after the last reply, say)."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - nothing signals a database write; poll it
+            await asyncio.sleep(0.05)
+
+
+def assert_ogg_opus(call: Call) -> None:
+    note = call.files["voice"]
+    assert note[:4] == b"OggS" and b"OpusHead" in note[:200]
+    assert len(decode_audio(note, CSM_RATE)) > 0
+    assert len(note) <= 1_000_000  # shown as a voice bubble
+
+
+async def test_a_voice_note_is_answered_with_a_captioned_voice_note(
+    start_bot: Start, ollama: FakeOllama, tmp_path: Path
+) -> None:
+    telegram = await start_bot()
+    ollama.script("Nice to hear you.")
+    chat = telegram.private_chat(ANN)
+    note = espeak_ogg("Hello, can you hear me? I would like to talk.", tmp_path)
+    sent = telegram.push_message(chat, ANN, voice=telegram.voice(note, duration=3))
+
+    [answer] = await telegram.wait_for("sendVoice", chat_id=ANN["id"])
+    assert_ogg_opus(answer)
+    assert answer.params["caption"] == "Nice to hear you."
+    assert answer.json("reply_parameters")["message_id"] == sent["message_id"]
+    heard = telegram.sent("sendMessage", ANN["id"])
+    assert heard and heard[0].text.startswith("I heard: “") and heard[0].at < answer.at
+    assert any(call.params.get("action") == "record_voice" for call in telegram.sent("sendChatAction"))
+    assert [call.method for call in telegram.calls].count("getFile") == 1
+    assert TOKEN not in str([call.params for call in telegram.calls])
+
+
+async def test_a_text_message_is_answered_with_a_voice_note_and_text_can_be_switched_off(
+    start_bot: Start, ollama: FakeOllama, store: Store
+) -> None:
+    telegram = await start_bot()
+    chat = telegram.private_chat(BOB)
+    telegram.push_message(chat, BOB, text="/text off")
+    await telegram.wait_for("sendMessage", chat_id=BOB["id"], where=lambda c: "voice notes only" in c.text)
+    user = store.find_user("telegram", str(BOB["id"]))
+    assert user is not None and user.reply_with_text is False
+
+    ollama.script("Hello Bob.")
+    telegram.push_message(chat, BOB, text="hi there")
+    [answer] = await telegram.wait_for("sendVoice", chat_id=BOB["id"])
+    assert_ogg_opus(answer)
+    assert "caption" not in answer.params
+    assert ollama.chat_requests[-1]["messages"][-1]["content"] == "hi there"
+    # The reply is stored once its audio is complete, just after the last note went out.
+    await eventually(lambda: len(store.recent_turns(user.id, str(BOB["id"]))) == 2)
+    turns = store.recent_turns(user.id, str(BOB["id"]))
+    assert [(turn.role, turn.text) for turn in turns] == [("user", "hi there"), ("assistant", "Hello Bob.")]
+
+
+async def test_a_long_answer_comes_as_several_notes_cut_at_sentence_ends_the_first_one_early(
+    start_bot: Start, ollama: FakeOllama
+) -> None:
+    telegram = await start_bot(replace(FAST, follow_up_min_seconds=1000.0))
+    # The third sentence only exists a second after the first: the first note must not wait for it.
+    ollama.script("First sentence here. Second one is", " here.", " Third one too.", chunk_delay=0.5)
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="tell me three things")
+    first, rest = await telegram.wait_for("sendVoice", chat_id=ANN["id"], count=2)
+    assert first.params["caption"] == "First sentence here."
+    assert rest.params["caption"] == "Second one is here. Third one too."
+    assert rest.at - first.at > 0.5
+    # "recording voice…" was kept up while the answer was made (it fades after 5 s otherwise).
+    assert len([call for call in telegram.sent("sendChatAction") if call.params["action"] == "record_voice"]) >= 2
+    assert_ogg_opus(first)
+    assert_ogg_opus(rest)
+
+
+async def test_two_chats_are_answered_at_once_and_a_chat_keeps_its_order(start_bot: Start, ollama: FakeOllama) -> None:
+    telegram = await start_bot()
+    ollama.script("Answer one.")
+    ollama.script("Answer two.")
+    ollama.script("Answer three.")
+    ann, bob = telegram.private_chat(ANN), telegram.private_chat(BOB)
+    telegram.push_message(ann, ANN, text="first from Ann")
+    telegram.push_message(bob, BOB, text="hello from Bob")
+    telegram.push_message(ann, ANN, text="second from Ann")
+
+    ann_notes = await telegram.wait_for("sendVoice", chat_id=ANN["id"], count=2)
+    bob_notes = await telegram.wait_for("sendVoice", chat_id=BOB["id"])
+    asked = [request["messages"][-1]["content"] for request in ollama.chat_requests]
+    assert asked.index("first from Ann") < asked.index("second from Ann")
+    assert set(asked) == {"first from Ann", "hello from Bob", "second from Ann"}
+    # Ann's second message waited for her first: she was told so.
+    assert any("in the queue" in call.text for call in telegram.sent("sendMessage", ANN["id"]))
+    replies = {call.json("reply_parameters")["message_id"] for call in ann_notes}
+    assert len(replies) == 2
+    assert len(bob_notes) == 1
+    for call in [*ann_notes, *bob_notes]:
+        assert_ogg_opus(call)
+
+
+async def test_in_a_group_only_mentions_and_replies_are_answered(start_bot: Start, ollama: FakeOllama) -> None:
+    telegram = await start_bot()
+    group = telegram.group_chat(-100500)
+    ollama.script("Yes, Ann?")
+    ollama.script("Still here.")
+    telegram.push_message(group, ANN, text="lunch at noon, everyone?")  # not for the bot
+    telegram.push_message(group, ANN, text=f"@{BOT_USERNAME} are you there?")
+    [answer] = await telegram.wait_for("sendVoice", chat_id=group["id"])
+    assert [r["messages"][-1]["content"] for r in ollama.chat_requests] == ["are you there?"]
+
+    telegram.push_message(group, BOB, text="what do you think?", reply_to_message=answer.result)
+    await telegram.wait_for("sendVoice", chat_id=group["id"], count=2)
+    assert [r["messages"][-1]["content"] for r in ollama.chat_requests][-1] == "what do you think?"
+    assert all(call.chat_id == group["id"] for call in telegram.sent("sendVoice"))
+
+
+async def test_users_outside_the_allowlist_are_refused_politely(start_bot: Start, ollama: FakeOllama) -> None:
+    telegram = await start_bot(telegram_allowed_users=str(ANN["id"]))
+    telegram.push_message(telegram.group_chat(-1007), BOB, text="just chatting")  # not addressed: no reply
+    telegram.push_message(telegram.private_chat(BOB), BOB, text="hello?")
+    [refusal] = await telegram.wait_for("sendMessage", chat_id=BOB["id"])
+    assert "only talk with people my owner has allowed" in refusal.text and str(BOB["id"]) in refusal.text
+    assert telegram.sent("sendMessage", -1007) == []
+
+    ollama.script("Hi Ann.")
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
+    await telegram.wait_for("sendVoice", chat_id=ANN["id"])
+    assert [r["messages"][-1]["content"] for r in ollama.chat_requests] == ["hello"]
+
+
+async def test_commands_are_registered_and_explained(start_bot: Start) -> None:
+    telegram = await start_bot()
+    [registered] = telegram.sent("setMyCommands")
+    names = [command["command"] for command in registered.json("commands")]
+    assert names == ["start", "help", "clone", "voices", "voice", "text", "reset", "forget"]
+    chat = telegram.private_chat(ANN)
+    telegram.push_message(chat, ANN, text="/start")
+    telegram.push_message(chat, ANN, text="/help")
+    telegram.push_message(chat, ANN, text="/dance now")
+    replies = await telegram.wait_for("sendMessage", chat_id=ANN["id"], count=3)
+    texts = " ".join(call.text for call in replies)
+    assert "What I store" in texts and "/forget deletes everything" in texts
+    assert f"@{BOT_USERNAME}" in texts  # /help explains groups
+    assert "I don't know /dance" in texts
+
+
+async def test_webhook_mode_receives_updates_posted_with_the_secret(start_bot: Start, unused_tcp_port: int) -> None:
+    import aiohttp
+
+    telegram = await start_bot(
+        telegram_webhook_url="https://alan.example.org/telegram/hook",
+        telegram_webhook_port=unused_tcp_port,
+        telegram_webhook_secret="s3cret",
+    )
+    await telegram.wait_for("setWebhook")
+    assert telegram.webhook is not None and telegram.webhook["url"] == "https://alan.example.org/telegram/hook"
+    assert telegram.webhook["secret_token"] == "s3cret"
+    assert not telegram.sent("getUpdates")
+    update = {"update_id": 1, "message": telegram.message(telegram.private_chat(ANN), ANN, text="/help")}
+    telegram.push({"message": update["message"]})  # registers the chat with the fake; not polled in webhook mode
+    url = f"http://127.0.0.1:{unused_tcp_port}/telegram/hook"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, json=update) as response:
+            assert response.status == 403  # no secret: not from Telegram
+        headers = {"X-Telegram-Bot-Api-Secret-Token": "s3cret"}
+        async with http.post(url, json=update, headers=headers) as response:
+            assert response.status == 200
+    [reply] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    assert "/clone" in reply.text
+
+
+async def test_a_refused_token_stops_serve_without_showing_the_token(
+    conversation: Conversation, database_url: str
+) -> None:
+    async with FakeTelegram(token="999:other") as telegram:
+        config = Settings(_env_file=None, telegram_token=TOKEN, telegram_api_url=telegram.api_url)  # type: ignore[call-arg]
+        with pytest.raises(Exception, match="refused TELEGRAM_TOKEN") as raised:
+            await serve(config, conversation, options=FAST)
+        assert TOKEN not in str(raised.value)
+        assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_downloads_are_capped_at_20_mb_on_telegrams_cloud_only() -> None:
+    assert download_limit("https://api.telegram.org", 50 * 1024 * 1024) == CLOUD_DOWNLOAD_LIMIT
+    assert download_limit("https://api.telegram.org", 1024) == 1024
+    assert download_limit("http://localhost:8081", 50 * 1024 * 1024) == 50 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        ({"voice": {"file_id": "v", "file_unique_id": "v", "duration": 4}}, "voice note"),
+        ({"audio": {"file_id": "a", "file_unique_id": "a", "duration": 200}}, "audio file"),
+        ({"video_note": {"file_id": "n", "file_unique_id": "n", "length": 240, "duration": 9}}, "video note"),
+        ({"document": {"file_id": "d", "file_unique_id": "d", "mime_type": "audio/mpeg"}}, "audio file"),
+        ({"document": {"file_id": "d", "file_unique_id": "d", "file_name": "talk.M4A"}}, "audio file"),
+        ({"document": {"file_id": "d", "file_unique_id": "d", "mime_type": "application/pdf"}}, None),
+        ({"text": "hello"}, None),
+    ],
+)
+def test_audio_is_found_in_voice_notes_audio_files_video_notes_and_audio_documents(
+    content: dict[str, Any], kind: str | None
+) -> None:
+    message = Message.de_json(
+        {"message_id": 1, "date": 0, "chat": {"id": 1, "type": "private"}, **content},
+        None,  # type: ignore[arg-type]
+    )
+    found = find_audio(message)
+    assert (found.kind if found else None) == kind
+
+
+def test_long_texts_are_split_within_telegrams_limit_at_word_ends() -> None:
+    text = " ".join(f"word{i}" for i in range(2000))
+    pieces = split_text(text, limit=4096)
+    assert len(pieces) == -(-len(text) // 4096) and all(len(piece) <= 4096 for piece in pieces)
+    assert " ".join(pieces) == text

@@ -1,0 +1,165 @@
+"""Bad input and a misbehaving Bot API: every case gets a clear reply or a retry, and the bot goes on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.telegram_common import APOLOGY, TELEGRAM_TROUBLE
+from bot.telegram_media import NOT_AUDIO, TOO_BIG_FOR_TELEGRAM, UNSUPPORTED
+from engine.audio import CSM_RATE, encode_wav
+from engine.conversation import Conversation
+from engine.speech_models import SpeechModels
+from engine.stt import WhisperTranscriber
+from engine.tts import CsmSpeech
+from tests import test_telegram as harness
+from tests.conftest import espeak_ogg
+from tests.fakes.ollama_server import FakeOllama
+from tests.test_telegram import FAST, Start, assert_ogg_opus
+
+# The shared fixtures (see test_telegram.py).
+start_bot = harness.start_bot
+
+ANN = {"id": 1001, "is_bot": False, "first_name": "Ann"}
+
+
+def person(user_id: int) -> dict[str, object]:
+    return {"id": user_id, "is_bot": False, "first_name": f"User{user_id}"}
+
+
+async def test_each_bad_input_gets_a_clear_reply_and_the_bot_goes_on(
+    start_bot: Start, ollama: FakeOllama, tmp_path: Path
+) -> None:
+    telegram = await start_bot()
+    note = espeak_ogg("Hello there, how are you today?", tmp_path)
+    big_file = telegram.voice(note)
+    del big_file["file_size"]  # Telegram doesn't always say; then getFile refuses files over 20 MB
+    telegram.file_sizes[big_file["file_id"]] = 25 * 1024 * 1024
+    cases = {
+        3001: ({"voice": telegram.voice(b"\x00\x01garbage" * 100)}, "doesn't look like an audio file"),
+        3002: ({"voice": telegram.voice(note[: len(note) // 2])}, "cut off"),
+        3003: ({"voice": telegram.voice(note, duration=7200)}, "2.0 hours long: I can listen to at most 60 seconds"),
+        3004: ({"voice": telegram.voice(note, file_size=6_000_000)}, "too large (5.7 MB): the most I take is 5 MB"),
+        3005: ({"voice": big_file}, TOO_BIG_FOR_TELEGRAM),
+        3006: ({"document": telegram.document(b"%PDF-1.4", file_name="cv.pdf", mime_type="application/pdf")},
+               NOT_AUDIO),
+        3007: ({"sticker": {"file_id": "s1", "file_unique_id": "s1", "type": "regular", "width": 512,
+                            "height": 512, "is_animated": False, "is_video": False}}, UNSUPPORTED),
+        3008: ({"text": "   "}, "nothing to answer"),
+        3009: ({"voice": telegram.voice(encode_wav(np.zeros(3 * CSM_RATE, np.float32), CSM_RATE))}, "didn't catch"),
+    }  # fmt: skip
+    for user_id, (content, _) in cases.items():
+        user = person(user_id)
+        text = content.pop("text", None)
+        telegram.push_message(telegram.private_chat(user), user, text=text, **content)
+    for user_id, (_, expected) in cases.items():
+        # (Some also hear that they are in the queue: the bot answers two chats at a time.)
+        await telegram.wait_for("sendMessage", chat_id=user_id, where=lambda c, e=expected: e in c.text)
+    # Too long and too large were refused from what the update said, without downloading anything.
+    fetched = {call.params["file_id"] for call in telegram.received("getFile")}
+    assert cases[3003][0]["voice"]["file_id"] not in fetched and cases[3004][0]["voice"]["file_id"] not in fetched
+    assert ollama.chat_requests == []
+    assert telegram.sent("sendVoice") == []
+
+    # Still serving: an audio file sent as a document (a WAV) is heard and answered.
+    ollama.script("Got your file.")
+    wav = (tmp_path / "speech.wav").read_bytes()
+    telegram.push_message(telegram.private_chat(ANN), ANN,
+                          document=telegram.document(wav, file_name="hello.wav", mime_type="audio/x-wav"))  # fmt: skip
+    [answer] = await telegram.wait_for("sendVoice", chat_id=ANN["id"])
+    assert_ogg_opus(answer)
+
+
+async def test_flood_control_and_server_errors_on_send_voice_are_retried(start_bot: Start, ollama: FakeOllama) -> None:
+    telegram = await start_bot()
+    telegram.fail("sendVoice", 429, retry_after=1)
+    telegram.fail("sendVoice", 500)
+    ollama.script("Patience pays.")
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
+    [answer] = await telegram.wait_for("sendVoice", chat_id=ANN["id"])
+    flooded, failed, delivered = telegram.received("sendVoice")
+    assert flooded.injected is not None and flooded.injected.startswith("429")
+    assert failed.injected is not None and failed.injected.startswith("500")
+    assert delivered is answer and answer.params["caption"] == "Patience pays."
+    assert failed.at - flooded.at >= 1.0  # waited as long as Telegram asked
+    assert_ogg_opus(answer)
+    assert not [call for call in telegram.sent("sendMessage") if TELEGRAM_TROUBLE in call.text]
+
+
+async def test_a_timed_out_request_is_retried(start_bot: Start) -> None:
+    telegram = await start_bot(replace(FAST, read_timeout_s=0.5))
+    telegram.slow("sendMessage", 1.5)
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="/help")
+    [reply] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    assert "/clone" in reply.text
+    assert len(telegram.received("sendMessage")) == 2
+
+
+async def test_when_telegram_keeps_failing_the_user_is_told_and_the_bot_goes_on(
+    start_bot: Start, ollama: FakeOllama
+) -> None:
+    telegram = await start_bot()
+    telegram.fail("sendVoice", 500, times=FAST.retry.attempts)
+    ollama.script("You won't hear this.")
+    chat = telegram.private_chat(ANN)
+    telegram.push_message(chat, ANN, text="hello")
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: TELEGRAM_TROUBLE in c.text)
+    assert len(telegram.received("sendVoice")) == FAST.retry.attempts
+
+    # Polling survives Bot API trouble too (python-telegram-bot waits a second before polling again).
+    telegram.fail("getUpdates", 502)
+    await telegram.wait_until(lambda: any(call.injected for call in telegram.received("getUpdates")))
+    telegram.push_message(chat, ANN, text="/start")
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: "What I store" in c.text)
+
+
+async def test_engine_errors_are_told_and_bugs_get_an_apology_with_a_logged_traceback(
+    start_bot: Start, ollama: FakeOllama, conversation: Conversation, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    telegram = await start_bot()
+    chat = telegram.private_chat(ANN)
+    ollama.script(error="model runner crashed")
+    telegram.push_message(chat, ANN, text="are you there?")
+    [down] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    assert "my language model isn't answering" in down.text
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(conversation, "turn", broken)
+    with caplog.at_level(logging.ERROR, logger="bot.telegram_common"):
+        telegram.push_message(chat, ANN, text="hello again")
+        await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: c.text == APOLOGY)
+    [record] = [r for r in caplog.records if r.name == "bot.telegram_common" and r.exc_info]
+    assert "a bug" in str(record.exc_info[1])  # type: ignore[index]
+
+
+async def test_a_full_queue_refuses_with_a_message(start_bot: Start, ollama: FakeOllama) -> None:
+    # No room at all: every turn is refused at once, which shows the refusal without slow turns.
+    telegram = await start_bot(replace(FAST, max_waiting_turns=0))
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
+    [refusal] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    assert "talking with a lot of people" in refusal.text
+    assert ollama.chat_requests == []
+
+
+async def test_without_a_voice_model_the_answer_comes_as_text(
+    start_bot: Start, ollama: FakeOllama, conversation: Conversation, whisper: WhisperTranscriber,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    def no_model() -> CsmSpeech:
+        raise OSError("sesame/csm-1b is a gated repository")
+
+    monkeypatch.setattr(conversation, "models", SpeechModels(whisper, no_model, tts_model_name="csm"))
+    telegram = await start_bot()
+    ollama.script("I can only write today.")
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
+    notice, answer = await telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2)
+    assert "voice model" in notice.text
+    assert answer.text == "I can only write today."
+    assert telegram.sent("sendVoice") == []
