@@ -19,6 +19,7 @@ import discord
 
 from bot.discord_listen import Clock, VoiceListener
 from bot.discord_speak import PlaybackResult, ReplyPlayback
+from bot.text_split import split_text
 from bot.turn_queue import QueueFull, TurnQueue
 from engine.audio import WHISPER_RATE, encode_wav
 from engine.conversation import Conversation, Participant
@@ -31,20 +32,6 @@ PLATFORM = "discord"
 APOLOGY = "Sorry, something went wrong on my side while answering. Please try again."
 # Discord's message length limit.
 MAX_MESSAGE = 2000
-
-
-def split_message(text: str, limit: int = MAX_MESSAGE) -> list[str]:
-    """Split text into Discord-sized messages, at line or word boundaries where possible."""
-    parts: list[str] = []
-    text = text.strip()
-    while len(text) > limit:
-        cut = max(text.rfind("\n", 0, limit), text.rfind(" ", 0, limit))
-        cut = cut if cut > limit // 2 else limit
-        parts.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    if text:
-        parts.append(text)
-    return parts
 
 
 def participant(member: discord.abc.User, scope: int | str) -> Participant:
@@ -200,7 +187,7 @@ class VoiceSession:
 
     async def _post_in_channel(self, text: str) -> None:
         channel = self.channel
-        for part in split_message(text):
+        for part in split_text(text, MAX_MESSAGE):
             try:
                 await channel.send(part)
             except (discord.HTTPException, AttributeError) as error:  # no permission to write there: log only

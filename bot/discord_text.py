@@ -12,7 +12,8 @@ from typing import Any
 
 import discord
 
-from bot.discord_session import APOLOGY, VoiceSession, participant, split_message
+from bot.discord_session import APOLOGY, MAX_MESSAGE, VoiceSession, participant
+from bot.text_split import split_text
 from bot.turn_queue import QueueFull, TurnQueue
 from engine.conversation import Conversation
 from engine.events import ReplySentence, TurnError
@@ -66,7 +67,7 @@ async def answer_mention(
         log.exception("answering a mention from user %s failed", author.id)
         await message.reply(APOLOGY, mention_author=False)
         return None
-    parts = split_message(reply) or ["…"]
+    parts = split_text(reply, MAX_MESSAGE) or ["…"]
     await message.reply(parts[0], mention_author=False)
     for part in parts[1:]:
         await message.channel.send(part)

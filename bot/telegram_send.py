@@ -22,6 +22,8 @@ from telegram.constants import ChatAction, MessageLimit
 from telegram.error import BadRequest, NetworkError, RetryAfter
 from telegram.warnings import PTBDeprecationWarning
 
+from bot.text_split import split_text
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -65,18 +67,6 @@ async def with_retries(action: Callable[[], Awaitable[T]], policy: RetryPolicy, 
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def split_text(text: str, limit: int = MessageLimit.MAX_TEXT_LENGTH) -> list[str]:
-    """Cut a text into pieces of at most `limit` characters, at line or word ends where possible."""
-    pieces = []
-    text = text.strip()
-    while len(text) > limit:
-        cut = max(text.rfind("\n", 0, limit), text.rfind(" ", 0, limit))
-        cut = cut if cut > limit // 2 else limit
-        pieces.append(text[:cut].strip())
-        text = text[cut:].strip()
-    return [*pieces, text] if text else pieces
-
-
 class Replier:
     """Sends to one chat, quoting the message it answers (if that was deleted, the answer still goes)."""
 
@@ -94,7 +84,7 @@ class Replier:
     async def text(self, text: str, *, markup: InlineKeyboardMarkup | None = None) -> Message | None:
         """Send `text` (split if long; the buttons go with the last piece). Returns the last message sent."""
         sent = None
-        pieces = split_text(text)
+        pieces = split_text(text, MessageLimit.MAX_TEXT_LENGTH)
         for number, piece in enumerate(pieces, 1):
             buttons = markup if number == len(pieces) else None
 

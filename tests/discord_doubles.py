@@ -322,4 +322,3 @@ class FakeAttachment:
     async def read(self) -> bytes:
         self.reads += 1
         return self.data
-

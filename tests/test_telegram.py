@@ -21,7 +21,8 @@ from alan.settings import Settings
 from bot.telegram import serve
 from bot.telegram_common import TelegramOptions
 from bot.telegram_media import CLOUD_DOWNLOAD_LIMIT, download_limit, find_audio
-from bot.telegram_send import RetryPolicy, split_text
+from bot.telegram_send import RetryPolicy
+from bot.text_split import split_text
 from engine.audio import CSM_RATE, decode_audio
 from engine.conversation import Conversation
 from engine.store.repository import Store

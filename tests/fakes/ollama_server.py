@@ -25,6 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.local_server import LocalServer
+
 DEFAULT_MODELS = ("llama3.2:3b",)
 
 
@@ -50,13 +52,11 @@ class RecordedRequest:
 
 
 @dataclass
-class FakeOllama:
+class FakeOllama(LocalServer):
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     default_reply: str = "Okay."
     requests: list[RecordedRequest] = field(default_factory=list)
     _replies: deque[ScriptedReply] = field(default_factory=deque)
-    _runner: web.AppRunner | None = None
-    _port: int | None = None
 
     # --- scripting and inspection ---
 
@@ -75,41 +75,14 @@ class FakeOllama:
     def chat_requests(self) -> list[dict[str, Any]]:
         return [request.body or {} for request in self.requests if request.path == "/api/chat"]
 
-    @property
-    def host(self) -> str:
-        if self._port is None:
-            raise RuntimeError("FakeOllama is not started")
-        return f"http://127.0.0.1:{self._port}"
-
     # --- lifecycle ---
 
-    async def start(self) -> FakeOllama:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._root)
         app.router.add_get("/api/version", self._version)
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/show", self._show)
         app.router.add_post("/api/chat", self._chat)
-        # Cancel handlers whose client went away (a timed-out stream) and don't wait long for them on close.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server  # aiohttp keeps the listening socket here; port 0 means "any free port"
-        assert server is not None and server.sockets
-        self._port = server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeOllama:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # --- handlers ---
 

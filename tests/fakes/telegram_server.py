@@ -34,6 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.local_server import LocalServer
+
 TOKEN = "123456:TEST-token-for-the-fake-bot-api"
 BOT_ID = 123456
 BOT_USERNAME = "alan_test_bot"
@@ -81,7 +83,9 @@ class _Failure:
     delay: float = 0.0  # a slow answer: wait this long, then answer normally (status 0) or fail
 
 
-class FakeTelegram:
+class FakeTelegram(LocalServer):
+    client_max_size = 64 * 1024 * 1024  # voice notes and documents are uploaded whole
+
     def __init__(self, *, token: str = TOKEN, bot_id: int = BOT_ID, username: str = BOT_USERNAME) -> None:
         self.token = token
         self.bot_user = {"id": bot_id, "is_bot": True, "first_name": "aLAN", "username": username}
@@ -95,41 +99,16 @@ class FakeTelegram:
         self._chats: dict[int, dict[str, Any]] = {}
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._changed = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
 
     # --- lifecycle ---
 
     @property
     def api_url(self) -> str:
-        if self._port is None:
-            raise RuntimeError("FakeTelegram is not started")
-        return f"http://127.0.0.1:{self._port}"
+        return self.host
 
-    async def start(self) -> FakeTelegram:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/bot{token}/{method}", self._api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
-        # Cancel a handler whose client went away (a timed-out request), as a real server stops working on it.
-        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server  # aiohttp keeps the listening socket here; port 0 means "any free port"
-        assert server is not None and server.sockets
-        self._port = server.sockets[0].getsockname()[1]
-        return self
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def __aenter__(self) -> FakeTelegram:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # --- scripting: what Telegram's users do ---
 
