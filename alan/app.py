@@ -30,19 +30,34 @@ def _platform_server(name: str) -> Callable[..., Awaitable[None]]:
     return module.serve
 
 
+class AllPlatformsFailed(Exception):
+    pass
+
+
 def run_platforms(settings: Settings) -> None:
+    """Serve every configured platform until interrupted; raises `AllPlatformsFailed` if none could run."""
     servers = {name: _platform_server(name) for name in settings.configured_platforms}
     from alan.engine_factory import build_conversation
 
     conversation = build_conversation(settings)
-    asyncio.run(_serve_all(settings, conversation, servers))
+    try:
+        asyncio.run(_serve_all(settings, conversation, servers))
+    finally:
+        conversation.models.worker.shutdown()
 
 
 async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, Callable[..., Awaitable[None]]]) -> None:
     # One platform failing to start (a revoked token, say) must not take the others down.
-    results = await asyncio.gather(
-        *(server(settings, conversation) for server in servers.values()), return_exceptions=True
-    )
+    try:
+        results = await asyncio.gather(
+            *(server(settings, conversation) for server in servers.values()), return_exceptions=True
+        )
+    finally:
+        await conversation.llm.aclose()
+    failed = [name for name, result in zip(servers, results, strict=True) if isinstance(result, BaseException)]
     for name, result in zip(servers, results, strict=True):
         if isinstance(result, BaseException):
             log.error("%s stopped: %s", name, result)
+    if failed and len(failed) == len(servers):
+        # Exit non-zero so that a service manager (systemd's Restart=on-failure) notices.
+        raise AllPlatformsFailed("No chat platform could run: " + ", ".join(failed) + ". See the log above.")

@@ -33,8 +33,7 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
     from alan.logs import configure_logging
 
-    secrets = [token.get_secret_value() for token in (settings.discord_token, settings.telegram_token) if token]
-    configure_logging(settings.log_level, secrets)
+    configure_logging(settings.log_level, settings.secret_values())
     return settings
 
 
@@ -49,11 +48,11 @@ def run() -> None:
             highlight=False,
         )
         raise typer.Exit(1)
-    from alan.app import PlatformUnavailable, run_platforms
+    from alan.app import AllPlatformsFailed, PlatformUnavailable, run_platforms
 
     try:
         run_platforms(settings)
-    except PlatformUnavailable as error:
+    except (PlatformUnavailable, AllPlatformsFailed) as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,20 +27,34 @@ class Check:
 
 
 def check_database(settings: Settings) -> Check:
-    from engine.store.database import create_db_engine, current_revision, head_revision, upgrade
+    from sqlalchemy.engine import make_url
+
+    from engine.store.database import create_db_engine, current_revision, head_revision
 
     url = settings.resolved_database_url
+    database = make_url(url).database
+    if make_url(url).get_backend_name() == "sqlite" and database and not Path(database).exists():
+        folder = Path(database).parent
+        while not folder.exists():
+            folder = folder.parent
+        if not os.access(folder, os.W_OK):
+            return Check(
+                "database", Status.FAILED, f"{folder} is not writable", "Set ALAN_DATA_DIR to a writable folder."
+            )
+        return Check("database", Status.MISSING, f"{database} will be created on first start", "")
     try:
-        upgrade(url)
         revision = current_revision(create_db_engine(url))
     except Exception as error:  # any driver or filesystem error is reported, not raised
         return Check(
             "database",
             Status.FAILED,
-            f"cannot open or migrate: {type(error).__name__}: {error}",
+            f"cannot open: {type(error).__name__}: {error}",
             "Check ALAN_DATABASE_URL, and that ALAN_DATA_DIR is writable.",
         )
-    return Check("database", Status.OK, f"schema at revision {revision} (head {head_revision()})")
+    head = head_revision()
+    if revision != head:
+        return Check("database", Status.MISSING, f"schema at {revision}, code expects {head}", "Run `alan db upgrade`.")
+    return Check("database", Status.OK, f"schema at revision {revision} (current)")
 
 
 def check_llm(settings: Settings) -> Check:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +106,16 @@ class Settings(BaseSettings):
     @property
     def discord_guild_id_list(self) -> list[int]:
         return [int(part) for part in self.discord_guild_ids.split(",") if part]
+
+    def secret_values(self) -> list[str]:
+        """Every secret in the settings, for scrubbing from logs: tokens, the webhook secret, a password in a URL."""
+        secrets = [
+            secret.get_secret_value()
+            for secret in (self.discord_token, self.telegram_token, self.telegram_webhook_secret)
+            if secret is not None
+        ]
+        password = urlsplit(self.ollama_host).password
+        return [*secrets, password] if password else secrets
 
     @property
     def configured_platforms(self) -> list[str]:

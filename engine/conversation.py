@@ -15,12 +15,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from engine.audio import CSM_RATE, WHISPER_RATE, AudioError, decode_audio, encode_ogg_opus, resample
+from engine.audio import CSM_RATE, WHISPER_RATE, AudioError, decode_audio, resample
 from engine.errors import LlmUnavailable
 from engine.events import (
     BadInput,
@@ -37,20 +36,15 @@ from engine.events import (
 from engine.llm import ChatMessage, OllamaChat
 from engine.speech_models import SpeechModels
 from engine.speech_text import speakable_sentences
-from engine.store.codes import codes_from_bytes, codes_to_bytes
 from engine.store.models import Turn, User
 from engine.store.repository import Store
-from engine.tts import Segment
+from engine.tts import SAMPLES_PER_FRAME, BudgetError, Segment
+from engine.turn_memory import ReplyDraft, TurnMemory
 from engine.voices import BOT_SPEAKER, VoiceLibrary
 
 log = logging.getLogger(__name__)
 
-USER_SPEAKER = 1
 LLM_HISTORY_TURNS = 40
-# The newest spoken turns offered to CSM as context; the budget planner keeps as many of them as fit.
-CSM_HISTORY_TURNS = 8
-# The first reply in a scope without any voice becomes that scope's voice if it is at least this long.
-MIN_HOUSE_VOICE_SECONDS = 1.5
 MAX_TEXT_CHARS = 4000
 
 LLM_DOWN = "I can't think right now: my language model isn't answering. I kept your message; please try again soon."
@@ -69,19 +63,6 @@ class Participant:
     parent_scope: str | None = None
 
 
-@dataclass
-class _Reply:
-    """What has been said of the reply so far."""
-
-    sentences: list[str] = field(default_factory=list)
-    segments: list[Segment] = field(default_factory=list)  # spoken sentences, as CSM context for the next
-    audio: list[np.ndarray] = field(default_factory=list)
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.sentences)
-
-
 class Conversation:
     def __init__(self, store: Store, models: SpeechModels, llm: OllamaChat, voices: VoiceLibrary, *,
                  max_audio_seconds: float, max_audio_bytes: int) -> None:  # fmt: skip
@@ -89,6 +70,7 @@ class Conversation:
         self.models = models
         self.llm = llm
         self.voices = voices
+        self.memory = TurnMemory(store, models)
         self.max_audio_seconds = max_audio_seconds
         self.max_audio_bytes = max_audio_bytes
 
@@ -115,22 +97,16 @@ class Conversation:
             await asyncio.to_thread(self.voices.find, user.id, voice_name)  # unknown name: fail before anything
         if audio is not None:
             said, language, heard_audio = await self._hear(audio, timings)
-            yield Heard(said, language)
         else:
             said, language, heard_audio = self._read(text), None, None
         history = await asyncio.to_thread(self.store.recent_turns, user.id, who.scope, LLM_HISTORY_TURNS)
-        user_turn = await asyncio.to_thread(
-            self.store.add_turn,
-            user.id,
-            who.scope,
-            "user",
-            said,
-            language=language,
-            audio=encode_ogg_opus(heard_audio, CSM_RATE) if heard_audio is not None else None,
-        )
+        # Stored before anything else can go wrong or be interrupted: what the user said is never lost.
+        user_turn = await self.memory.remember_user_turn(user.id, who.scope, said, language, heard_audio)
+        if audio is not None:
+            yield Heard(said, language)
         # Mimi-encode what the user said while the LLM thinks, so it is ready as CSM context.
         user_codes = (
-            asyncio.ensure_future(self._store_user_codes(user_turn, heard_audio))
+            asyncio.ensure_future(self.memory.add_user_codes(user_turn, heard_audio))
             if heard_audio is not None and speak
             else None
         )
@@ -168,15 +144,6 @@ class Conversation:
             raise NoSpeech()
         return transcript.text.strip(), transcript.language, wave
 
-    async def _store_user_codes(self, turn: Turn, audio: np.ndarray) -> Segment | None:
-        try:
-            codes = await self.models.encode(audio)
-        except ServiceUnavailable:
-            return None  # no voice model: the reply says so once, in _answer
-        data, codebooks = codes_to_bytes(codes.numpy())
-        await asyncio.to_thread(self.store.update_turn, turn.id, codes=data, codes_codebooks=codebooks)
-        return Segment(USER_SPEAKER, turn.text, codes)
-
     async def _answer(
         self,
         user: User,
@@ -189,9 +156,9 @@ class Conversation:
         timings: dict[str, float],
         started: float,
     ) -> AsyncIterator[TurnEvent]:
-        reply = _Reply()
+        reply = ReplyDraft()
         speaking = speak
-        context: list[Segment] = [] if not speak else self._spoken_context(history)
+        context: list[Segment] = [] if not speak else self.memory.spoken_context(history)
         voice_segment: Segment | None = None
         voice_key: str | None = None
         if speak:
@@ -240,24 +207,13 @@ class Conversation:
                 log.warning("the LLM returned no speakable text for user %s", user.id)
                 raise ServiceUnavailable(LLM_DOWN, "the model's reply was empty")
             if voice_segment is None and speaking and reply.segments:
-                await self._make_house_voice(who.scope, reply)
+                await self.memory.make_house_voice(who.scope, reply)
             finished = True
         finally:
-            turn_id = await self._store_reply(user, who, reply, complete=finished, spoken=speaking)
+            turn_id = await self.memory.store_reply(user.id, who.scope, reply, complete=finished, spoken=speaking)
         if finished and turn_id is not None:
             timings["total_s"] = time.perf_counter() - started
             yield TurnFinished(reply.text, turn_id, timings)
-
-    def _spoken_context(self, history: list[Turn]) -> list[Segment]:
-        spoken = [turn for turn in history if turn.codes is not None and turn.codes_codebooks][-CSM_HISTORY_TURNS:]
-        return [
-            Segment(
-                BOT_SPEAKER if turn.role == "assistant" else USER_SPEAKER,
-                turn.text,
-                torch.from_numpy(codes_from_bytes(turn.codes, turn.codes_codebooks)),  # type: ignore[arg-type]
-            )
-            for turn in spoken
-        ]
 
     async def _voice(
         self, user: User, who: Participant, voice_name: str | None = None
@@ -278,7 +234,7 @@ class Conversation:
         voice: Segment | None,
         voice_key: str | None,
         context: list[Segment],
-        reply: _Reply,
+        reply: ReplyDraft,
     ) -> AsyncIterator[SpeechChunk]:
         tts = await self.models.tts()
         history = [*context, *reply.segments]
@@ -296,66 +252,21 @@ class Conversation:
                     made.append(chunk)
                     yield SpeechChunk(index, chunk, tts.sample_rate)
         finally:
-            # Interrupted or not, what was made is what was said: keep it for the history.
+            # Interrupted or not, what reached the listener is what was said: keep exactly that (the model may
+            # have made a little more than was delivered) for the history.
             if streams and streams[0].done:
-                reply.segments.append(streams[0].result.segment(BOT_SPEAKER, sentence))
+                frames = sum(len(chunk) for chunk in made) // SAMPLES_PER_FRAME
+                reply.segments.append(Segment(BOT_SPEAKER, sentence, streams[0].result.codes[:frames]))
                 reply.audio.extend(made)
-
-    async def _make_house_voice(self, scope: str, reply: _Reply) -> None:
-        first = reply.segments[0]
-        if first.seconds < MIN_HOUSE_VOICE_SECONDS:
-            return
-        tts = await self.models.tts()
-        audio = await self.models.worker.call(tts.decode_codes, first.codes)
-        data, codebooks = codes_to_bytes(first.codes.numpy())  # type: ignore[union-attr]
-        voice = await asyncio.to_thread(
-            self.store.add_voice,
-            None,
-            f"house voice of {scope}",
-            reference_audio=encode_ogg_opus(audio, CSM_RATE),
-            reference_seconds=first.seconds,
-            transcript=first.text,
-            codes=data,
-            codes_codebooks=codebooks,
-            codes_model=self.models.tts_model_name,
-        )
-        await asyncio.to_thread(self.store.set_scope_voice, scope, voice.id)
-        log.info("scope %s now speaks with house voice %s", scope, voice.id)
-
-    async def _store_reply(
-        self, user: User, who: Participant, reply: _Reply, *, complete: bool, spoken: bool
-    ) -> int | None:
-        if not reply.sentences or (spoken and not complete and not reply.segments):
-            return None  # nothing was said; an interrupted spoken reply nobody heard isn't part of the conversation
-        codes = [segment.codes for segment in reply.segments if segment.codes is not None]
-        all_codes = torch.cat(codes) if codes else None
-        data, codebooks = (
-            codes_to_bytes(all_codes.numpy()) if all_codes is not None and len(all_codes) else (None, None)
-        )
-        audio = np.concatenate(reply.audio) if reply.audio else None
-        # A reply cut short keeps only the sentences that were spoken, so the LLM later knows what was heard.
-        interrupted = not complete and reply.segments
-        spoken_text = " ".join(segment.text for segment in reply.segments) if interrupted else reply.text
-        turn = await asyncio.to_thread(
-            self.store.add_turn,
-            user.id,
-            who.scope,
-            "assistant",
-            spoken_text,
-            audio=encode_ogg_opus(audio, CSM_RATE) if audio is not None and audio.size else None,
-            codes=data,
-            codes_codebooks=codebooks,
-        )
-        return turn.id
 
     # Commands --------------------------------------------------------------------------------------------
 
     async def say(self, who: Participant, text: str, *, voice_name: str | None = None) -> AsyncIterator[SpeechChunk]:
-        """Speak `text` as it is (no LLM, nothing stored), sentence by sentence, in the user's voice."""
+        """Speak `text` as it is, sentence by sentence, in the user's voice. No LLM, and no turn is stored."""
         user = await self.user(who)
         text = self._read(text)
         voice_segment, voice_key = await self._voice(user, who, voice_name)
-        reply = _Reply()
+        reply = ReplyDraft()
 
         async def as_stream() -> AsyncIterator[str]:
             yield text
@@ -363,9 +274,12 @@ class Conversation:
         async for index, sentence in _enumerate(speakable_sentences(as_stream())):
             reply.sentences.append(sentence)
             speech = self._speak(sentence, index, voice_segment, voice_key, [], reply)
-            async with contextlib.aclosing(speech):
-                async for chunk in speech:
-                    yield chunk
+            try:
+                async with contextlib.aclosing(speech):
+                    async for chunk in speech:
+                        yield chunk
+            except BudgetError as error:
+                raise BadInput(f"I can't say that in one go: {error}") from error
 
     async def set_reply_with_text(self, who: Participant, enabled: bool) -> None:
         """Whether this user also gets the reply (and what was heard) as text."""

@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import ollama
@@ -115,6 +116,8 @@ class OllamaChat:
     ) -> None:
         self.model = model
         self.host = host.rstrip("/")
+        # What messages and logs show: the address without any user:password in it.
+        self.shown_host = _without_credentials(self.host)
         self.system_prompt = system_prompt
         self.history_chars = history_chars
         self.first_token_timeout = first_token_timeout
@@ -214,13 +217,13 @@ class OllamaChat:
         """Is the server reachable, and does it have the model? Never raises for Ollama's failures."""
 
         def status(reachable: bool, present: bool, message: str, names: tuple[str, ...] = ()) -> LlmStatus:
-            return LlmStatus(self.host, self.model, reachable, present, message, names)
+            return LlmStatus(self.shown_host, self.model, reachable, present, message, names)
 
         try:
             async with asyncio.timeout(self.check_timeout):
                 listing = await self._client.list()
         except TimeoutError:
-            return status(False, False, f"Ollama at {self.host} did not answer within {self.check_timeout:g} s.")
+            return status(False, False, f"Ollama at {self.shown_host} did not answer within {self.check_timeout:g} s.")
         except Exception as error:
             return status(False, False, str(self._unavailable(error)))
         names = tuple(entry.model for entry in listing.models if entry.model)
@@ -237,13 +240,13 @@ class OllamaChat:
                     return status(True, False, str(self._unavailable(error)), names)
         if not present:
             return status(True, False, self._missing_model_message(), names)
-        return status(True, True, f"Ollama at {self.host} is up and has {self.model}.", names)
+        return status(True, True, f"Ollama at {self.shown_host} is up and has {self.model}.", names)
 
     # --- errors ---
 
     def _missing_model_message(self) -> str:
         return (
-            f"Ollama at {self.host} has no model {self.model!r}. Run `ollama pull {self.model}`, or set "
+            f"Ollama at {self.shown_host} has no model {self.model!r}. Run `ollama pull {self.model}`, or set "
             "ALAN_LLM_MODEL to one that `ollama list` shows."
         )
 
@@ -253,18 +256,27 @@ class OllamaChat:
             return error
         if isinstance(error, ConnectionError | httpx.ConnectError | httpx.ConnectTimeout):
             return LlmUnavailable(
-                f"Cannot reach Ollama at {self.host}. Start it with `ollama serve` (or the Ollama app), or "
+                f"Cannot reach Ollama at {self.shown_host}. Start it with `ollama serve` (or the Ollama app), or "
                 "set OLLAMA_HOST to where it runs."
             )
         if isinstance(error, ollama.ResponseError):
             if error.status_code == 404:
                 return LlmUnavailable(self._missing_model_message())
             return LlmUnavailable(
-                f"Ollama at {self.host} failed to answer with {self.model!r} "
+                f"Ollama at {self.shown_host} failed to answer with {self.model!r} "
                 f"(status {error.status_code}): {error.error}"
             )
         if isinstance(error, httpx.HTTPError):
             return LlmUnavailable(
-                f"Lost the connection to Ollama at {self.host} ({type(error).__name__}); is it restarting?"
+                f"Lost the connection to Ollama at {self.shown_host} ({type(error).__name__}); is it restarting?"
             )
         return LlmUnavailable(f"Ollama call failed: {type(error).__name__}: {error}")
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -38,19 +38,26 @@ class SpeechModels:
         self.worker = worker or SpeechWorker()
         self._load_tts = load_tts
         self._tts: CsmSpeech | None = None
-        self._tts_lock = asyncio.Lock()
+        self._tts_loading: asyncio.Future[CsmSpeech] | None = None
 
     async def tts(self) -> CsmSpeech:
         """The loaded CSM model; raises `ServiceUnavailable` (with the operator's fix as detail) if it can't load."""
         if self._tts is not None:
             return self._tts
-        async with self._tts_lock:
-            if self._tts is None:
-                try:
-                    self._tts = await self.worker.call(self._load_tts)
-                except Exception as error:  # missing weights, gated repo, out of memory: all "no voice"
-                    log.error("speech synthesis model %s failed to load: %s", self.tts_model_name, error)
-                    raise ServiceUnavailable(TTS_DOWN, _tts_fix(self.tts_model_name, error)) from error
+        # One load shared by every waiting turn, and shielded: a turn cancelled while it waits must not throw
+        # away a load that took minutes (the next turn would start it all over).
+        if self._tts_loading is None:
+            self._tts_loading = asyncio.ensure_future(self.worker.call(self._load_tts))
+        loading = self._tts_loading
+        try:
+            self._tts = await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # missing weights, gated repo, out of memory: all "no voice"
+            if self._tts_loading is loading:
+                self._tts_loading = None  # the next turn tries again: the operator may have fixed it
+            log.error("speech synthesis model %s failed to load: %s", self.tts_model_name, error)
+            raise ServiceUnavailable(TTS_DOWN, _tts_fix(self.tts_model_name, error)) from error
         return self._tts
 
     async def transcribe(self, audio_16k: np.ndarray, language: str | None = None) -> Transcript:

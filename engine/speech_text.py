@@ -69,9 +69,13 @@ class SentenceSplitter:
             self._buffer = ""
         return sentences
 
-    @staticmethod
-    def _emit(sentences: list[str], text: str) -> None:
+    def _emit(self, sentences: list[str], text: str) -> None:
+        """Add a sentence, cut into pieces of at most `max_chars` (each is spoken in one go of the model)."""
         text = text.strip()
+        while len(text) > self.max_chars:
+            cut = self._long_sentence_cut(text)
+            sentences.append(text[:cut].strip())
+            text = text[cut:].strip()
         if text:
             sentences.append(text)
 

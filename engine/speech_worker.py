@@ -47,12 +47,14 @@ class SpeechWorker:
 
         def produce() -> None:
             try:
+                if stop.is_set():  # cancelled while waiting behind another job: don't even start
+                    return
                 stream = start()
                 try:
                     for chunk in stream:
+                        loop.call_soon_threadsafe(queue.put_nowait, chunk)
                         if stop.is_set():
                             break
-                        loop.call_soon_threadsafe(queue.put_nowait, chunk)
                 finally:
                     stream.close()
                 loop.call_soon_threadsafe(queue.put_nowait, _DONE)
@@ -70,7 +72,16 @@ class SpeechWorker:
                 yield item  # type: ignore[misc]
         finally:
             stop.set()
-            await asyncio.shield(job)
+            # Wait for the thread to let go of the stream even if cancelled again meanwhile (a bot shutting down
+            # cancels twice): the caller reads the stream's final state right after this.
+            while not job.done():
+                try:
+                    await asyncio.shield(job)
+                except asyncio.CancelledError:
+                    if job.done():
+                        raise
+                except Exception:
+                    break  # already reported through the queue, or the consumer has gone
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

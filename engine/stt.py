@@ -324,7 +324,11 @@ class WhisperTranscriber:
             # CTranslate2 loads cuBLAS/cuDNN on the first GPU run, so a missing CUDA library shows up here.
             if _is_cuda_library_error(error):
                 raise SttUnavailable(_CUDA_LIBRARY_HINT.format(error=error)) from error
-            raise
+            # Anything else (out of GPU memory, a corrupt model file) is still "can't listen now", not a crash.
+            log.exception("Whisper failed on %.1f s of audio", duration)
+            raise SttUnavailable(
+                f"Speech recognition failed: {error}. Check the log; `alan doctor` checks the model."
+            ) from error
         if rejected:
             log.debug("Dropped Whisper segments: %s", "; ".join(rejected))
         text = " ".join(" ".join(kept).split())

@@ -180,3 +180,11 @@ def test_audio_within_the_cap_is_accepted(speech: np.ndarray) -> None:
     seconds = duration_seconds(speech, CSM_RATE)
     decoded = decode_audio(encode_wav(speech, CSM_RATE), WHISPER_RATE, max_seconds=seconds + 0.5)
     assert duration_seconds(decoded, WHISPER_RATE) == pytest.approx(seconds, abs=0.01)
+
+
+@pytest.mark.parametrize("placeholder", [0, 0xFFFFFFFF, 0x7FFFFFFF])
+def test_wav_streamed_through_a_pipe_without_its_size_is_accepted(speech: np.ndarray, placeholder: int) -> None:
+    wav = bytearray(encode_wav(speech, CSM_RATE))
+    wav[4:8] = placeholder.to_bytes(4, "little")  # what sox/ffmpeg/arecord write when they can't seek back
+    decoded = decode_audio(bytes(wav), CSM_RATE)
+    assert abs(len(decoded) - len(speech)) <= 1

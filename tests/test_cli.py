@@ -47,8 +47,9 @@ def test_doctor_reports_each_part_with_a_fix(clean_env: Path, monkeypatch: pytes
     monkeypatch.setenv("COLUMNS", "250")
     result = runner.invoke(app, ["doctor"])
     assert result.exit_code == 1  # no platform and no Ollama: not ready
-    output = result.output
-    assert "database" in output and "ok" in output
+    output = " ".join(result.output.split())
+    assert "will be created on first start" in output
+    assert not (clean_env / "data" / "alan.db").exists()  # a check doesn't create or migrate anything
     assert "ollama serve" in output
     assert "TELEGRAM_TOKEN" in output
     assert "speech synthesis" in output and "speech recognition" in output
@@ -73,3 +74,37 @@ def test_doctor_checks_the_llm_model_on_a_live_server(
         monkeypatch.setenv("COLUMNS", "300")
         result = runner.invoke(app, ["doctor", "--skip", "stt", "--skip", "tts", "--skip", "platforms"])
         assert expected in " ".join(result.output.split())
+
+
+def test_doctor_says_when_the_schema_is_current(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["doctor", "--skip", "ollama", "--skip", "stt", "--skip", "tts"])
+    assert "schema at revision 0001 (current)" in result.output
+
+
+def test_run_exits_non_zero_when_no_platform_can_run(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, tiny_csm_dir: Path, tiny_whisper_dir: Path
+) -> None:
+    import asyncio
+    import threading
+
+    from tests.fakes.telegram_server import FakeTelegram
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    telegram = asyncio.run_coroutine_threadsafe(FakeTelegram().start(), loop).result(10)
+    try:
+        monkeypatch.setenv("TELEGRAM_TOKEN", "999:revoked-token")  # the server knows another token: 401
+        monkeypatch.setenv("TELEGRAM_API_URL", telegram.api_url)
+        monkeypatch.setenv("ALAN_TTS_MODEL", str(tiny_csm_dir))
+        monkeypatch.setenv("ALAN_STT_MODEL", str(tiny_whisper_dir))
+        result = runner.invoke(app, ["run"])
+    finally:
+        asyncio.run_coroutine_threadsafe(telegram.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert result.exit_code == 1
+    assert "No chat platform could run: telegram" in result.output
+    assert "revoked-token" not in result.output

@@ -30,7 +30,7 @@ from engine.events import (
 )
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
+from engine.tts import SAMPLES_PER_FRAME, CsmSpeech
 from tests.conftest import espeak_ogg
 from tests.engine_harness import make_conversation
 from tests.fakes.ollama_server import FakeOllama
@@ -265,15 +265,21 @@ async def test_interrupted_reply_keeps_only_what_was_spoken(
 ) -> None:
     ollama.script("First sentence here. Second sentence there. Third one too.")
     turn = build(ollama.host).turn(ANN, text="tell me things")
+    heard = 0
     async for event in turn:
         if isinstance(event, SpeechChunk):
+            heard += len(event.audio)
             break  # the listener started talking: stop
     await turn.aclose()
     user = store.find_user("telegram", "1001")
     reply = store.recent_turns(user.id, "chat-1")[-1]
     assert reply.role == "assistant"
     assert reply.text == "First sentence here."
-    assert reply.codes is not None
+    # The stored codes are exactly the frames the listener got, though the model had made more by then.
+    assert reply.codes is not None and reply.codes_codebooks
+    frames = len(reply.codes) // (2 * reply.codes_codebooks)
+    assert frames * SAMPLES_PER_FRAME == heard
+    assert abs(len(decode_audio(reply.audio, CSM_RATE)) - heard) <= 0.02 * CSM_RATE
 
 
 async def test_a_spoken_reply_interrupted_before_any_audio_is_not_stored(
@@ -315,3 +321,48 @@ async def test_forget_and_reset(build: Callable[..., Conversation], ollama: Fake
     assert store.recent_turns(user.id, "chat-1") == []
     await conversation.forget(BOB)
     assert store.find_user("telegram", "2002") is None
+
+
+async def test_a_cancelled_first_load_of_the_voice_model_is_not_thrown_away(
+    store: Store, whisper: WhisperTranscriber, tiny_speech: CsmSpeech, tiny_csm_dir: Path
+) -> None:
+    import threading
+
+    loads = 0
+    release = threading.Event()
+
+    def slow_load() -> CsmSpeech:
+        nonlocal loads
+        loads += 1
+        release.wait(10)  # a first-run download
+        return tiny_speech
+
+    conversation = make_conversation(
+        store, whisper, tiny_speech, tiny_csm_dir, "http://127.0.0.1:9", load_tts=slow_load
+    )
+    first = asyncio.create_task(conversation.models.tts())
+    await asyncio.sleep(0.05)
+    first.cancel()  # the user who triggered the load gave up
+    release.set()
+    assert await conversation.models.tts() is tiny_speech
+    assert loads == 1
+
+
+async def test_whisper_failing_at_run_time_is_a_clear_error_and_nothing_is_stored(
+    build: Callable[..., Conversation], ollama: FakeOllama, store: Store, whisper: WhisperTranscriber, tmp_path: Path
+) -> None:
+    note = espeak_ogg("Hello, can you hear me?", tmp_path)
+    model = whisper.load()
+    real = model.transcribe
+
+    def out_of_memory(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("CUDA failed with error out of memory")
+
+    model.transcribe = out_of_memory  # the real model, failing as a GPU out of memory makes it fail
+    try:
+        with pytest.raises(ServiceUnavailable, match="can't listen"):
+            await collect(build(ollama.host).turn(ANN, audio=note))
+    finally:
+        model.transcribe = real
+    assert store.find_user("telegram", "1001") is not None
+    assert store.recent_turns(store.find_user("telegram", "1001").id, "chat-1") == []

@@ -209,3 +209,12 @@ async def test_fake_server_matches_ollama_wire_format(server: FakeOllama) -> Non
     assert shown.details is not None and shown.details.family == "llama"
     assert missing.value.status_code == 404
     assert missing.value.error == 'model "nope" not found, try pulling it first'
+
+
+async def test_a_password_in_ollama_host_never_shows_in_messages() -> None:
+    async with OllamaChat(MODEL, "http://alan:s3cret-pass@127.0.0.1:9") as chat:
+        status = await chat.check()
+        with pytest.raises(LlmUnavailable) as raised:
+            await chat.reply([], "hello")
+    assert not status.reachable and "s3cret-pass" not in status.message
+    assert "s3cret-pass" not in str(raised.value) and "127.0.0.1:9" in str(raised.value)

@@ -65,3 +65,11 @@ def test_env_example_documents_every_setting() -> None:
     example = (Path(__file__).parents[1] / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"\n{_variable_name(name)}=" in example, f"{_variable_name(name)} missing from .env.example"
+
+
+def test_every_secret_is_listed_for_scrubbing_from_logs(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEGRAM_TOKEN", "123:tg-secret")
+    monkeypatch.setenv("DISCORD_TOKEN", "dc-secret")
+    monkeypatch.setenv("ALAN_TELEGRAM_WEBHOOK_SECRET", "hook-secret")
+    monkeypatch.setenv("OLLAMA_HOST", "https://alan:ollama-pass@llm.example:443")
+    assert set(load_settings().secret_values()) == {"123:tg-secret", "dc-secret", "hook-secret", "ollama-pass"}

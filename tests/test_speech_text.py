@@ -192,3 +192,11 @@ async def test_speakable_sentences_streams_clean_sentences_early() -> None:
     # Each sentence came out while the reply was still streaming, not after it ended.
     assert received[0][1] == 2 and received[1][1] == 4
     assert all(count < len(deltas) or index == len(received) - 1 for index, (_, count) in enumerate(received))
+
+
+def test_a_long_sentence_with_a_full_stop_is_still_cut_to_the_limit() -> None:
+    long_sentence = "word " * 240 + "end."  # 1,200 characters that end in a full stop, arriving at once
+    splitter = SentenceSplitter(max_chars=200)
+    pieces = splitter.feed(long_sentence + " Then more.") + splitter.flush()
+    assert all(len(piece) <= 200 for piece in pieces)
+    assert " ".join(pieces).split() == (long_sentence + " Then more.").split()

@@ -161,3 +161,33 @@ def test_codes_survive_storage_exactly() -> None:
         codes_to_bytes(np.zeros(5, dtype=np.int64))
     with pytest.raises(ValueError):
         codes_from_bytes(data[:-2], codebooks)
+
+
+def test_forget_takes_the_house_voice_of_a_chat_only_they_talked_in(store: Store) -> None:
+    ann = store.user("telegram", "1")
+    bob = store.user("telegram", "2")
+    store.add_turn(ann.id, "ann-private-chat", "user", "hi")
+    store.add_turn(ann.id, "group", "user", "hi all")
+    store.add_turn(bob.id, "group", "user", "hello")
+    for scope in ("ann-private-chat", "group"):
+        house = store.add_voice(
+            None, f"house voice of {scope}", reference_audio=b"OggS", reference_seconds=2, transcript="Hi there.",
+            house_scope=scope,
+        )  # fmt: skip
+        store.set_scope_voice(scope, house.id)
+    store.forget_user(ann.id)
+    assert store.active_voice(bob.id, "ann-private-chat") is None  # made for Ann alone: gone with her
+    assert store.active_voice(bob.id, "group") is not None  # Bob still talks there
+
+
+def test_a_forgotten_users_id_is_never_given_to_someone_else(store: Store) -> None:
+    ann = store.user("telegram", "1")
+    store.forget_user(ann.id)
+    assert store.user("telegram", "2").id != ann.id
+
+
+def test_updating_a_turn_that_was_deleted_meanwhile_is_harmless(store: Store) -> None:
+    ann = store.user("telegram", "1")
+    turn = store.add_turn(ann.id, "chat", "user", "hi")
+    store.clear_conversation(ann.id)
+    assert store.update_turn(turn.id, codes=b"\x00\x00", codes_codebooks=1) is False

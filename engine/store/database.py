@@ -24,6 +24,8 @@ def _set_sqlite_pragmas(dbapi_connection, _record, *, foreign_keys: bool) -> Non
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
     cursor.execute("PRAGMA busy_timeout=5000")
+    # Deleted rows (a forgotten user's voice and words) are overwritten on disk, not merely unlinked.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

@@ -45,7 +45,8 @@ class User(Base):
     """A person on one platform (the same human on Discord and Telegram is two users)."""
 
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("platform", "platform_user_id"),)
+    # AUTOINCREMENT: a deleted user's id is never given to someone else (a reply in flight can't land on them).
+    __table_args__ = (UniqueConstraint("platform", "platform_user_id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     platform: Mapped[str] = mapped_column(String(32))
@@ -68,7 +69,7 @@ class Voice(Base):
     """
 
     __tablename__ = "voices"
-    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+    __table_args__ = (UniqueConstraint("owner_id", "name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -81,6 +82,8 @@ class Voice(Base):
     codes: Mapped[bytes | None] = mapped_column(LargeBinary)
     codes_codebooks: Mapped[int | None] = mapped_column(Integer)
     codes_model: Mapped[str | None] = mapped_column(String(200))  # which TTS model made the codes
+    # For a house voice: the scope whose first reply it was (deleted with the last user who talked there).
+    house_scope: Mapped[str | None] = mapped_column(String(128))
     consent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     consent_statement: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -92,7 +95,10 @@ class Turn(Base):
     """One utterance in a conversation: what the user said, or what aLAN answered."""
 
     __tablename__ = "turns"
-    __table_args__ = (Index("ix_turns_user_scope_created", "user_id", "scope", "created_at"),)
+    __table_args__ = (
+        Index("ix_turns_user_scope_created", "user_id", "scope", "created_at"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))

@@ -54,8 +54,21 @@ class Store:
             user.reply_with_text = enabled
 
     def forget_user(self, user_id: int) -> None:
-        """Delete the user and, through ON DELETE CASCADE, every voice, turn and choice of theirs."""
+        """Delete the user and, through ON DELETE CASCADE, every voice, turn and choice of theirs.
+
+        A house voice (aLAN's first reply in a scope) goes too when this user was the only one talking there:
+        in a private chat it is a reply made for them alone.
+        """
         with self.sessions.begin() as session:
+            scopes = session.scalars(select(Turn.scope).where(Turn.user_id == user_id).distinct()).all()
+            shared = set(
+                session.scalars(
+                    select(Turn.scope).where(Turn.scope.in_(scopes), Turn.user_id != user_id).distinct()
+                ).all()
+            )
+            solo = [scope for scope in scopes if scope not in shared]
+            if solo:
+                session.execute(delete(Voice).where(Voice.owner_id.is_(None), Voice.house_scope.in_(solo)))
             session.execute(delete(User).where(User.id == user_id))
 
     # Conversation --------------------------------------------------------------------------------------
@@ -90,14 +103,20 @@ class Store:
             session.expunge(turn)
             return turn
 
-    def update_turn(self, turn_id: int, **values: object) -> None:
-        """Fill in what became known after the turn was first stored (its codes, a truncated text)."""
+    def update_turn(self, turn_id: int, **values: object) -> bool:
+        """Fill in what became known after the turn was first stored (its codes, a truncated text).
+
+        Returns False when the turn is gone (deleted by /reset or /forget in the meantime).
+        """
         with self.sessions.begin() as session:
-            turn = session.get_one(Turn, turn_id)
+            turn = session.get(Turn, turn_id)
+            if turn is None:
+                return False
             for name, value in values.items():
                 if not hasattr(Turn, name):
                     raise AttributeError(name)
                 setattr(turn, name, value)
+        return True
 
     def recent_turns(self, user_id: int, scope: str, limit: int = 50) -> list[Turn]:
         """The newest `limit` turns of this user in this scope, oldest first."""
@@ -134,6 +153,7 @@ class Store:
         codes_model: str | None = None,
         consent_statement: str | None = None,
         consent_at: datetime | None = None,
+        house_scope: str | None = None,
     ) -> Voice:
         if owner_id is not None and self.voice_by_name(owner_id, name) is not None:
             raise VoiceNameTaken(name)
@@ -150,6 +170,7 @@ class Store:
                 codes_model=codes_model,
                 consent_statement=consent_statement,
                 consent_at=consent_at or (utcnow() if consent_statement else None),
+                house_scope=house_scope,
             )
             session.add(voice)
             session.flush()

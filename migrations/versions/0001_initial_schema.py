@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-21 23:40:16.640095
+Create Date: 2026-11-22 01:00:44.730387
 """
 
 from collections.abc import Sequence
@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_users")),
         sa.UniqueConstraint("platform", "platform_user_id", name=op.f("uq_users_platform")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "turns",
@@ -42,6 +43,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_turns_user_id_users"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_turns")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("turns", schema=None) as batch_op:
         batch_op.create_index("ix_turns_user_scope_created", ["user_id", "scope", "created_at"], unique=False)
@@ -58,12 +60,14 @@ def upgrade() -> None:
         sa.Column("codes", sa.LargeBinary(), nullable=True),
         sa.Column("codes_codebooks", sa.Integer(), nullable=True),
         sa.Column("codes_model", sa.String(length=200), nullable=True),
+        sa.Column("house_scope", sa.String(length=128), nullable=True),
         sa.Column("consent_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("consent_statement", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["owner_id"], ["users.id"], name=op.f("fk_voices_owner_id_users"), ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_voices")),
         sa.UniqueConstraint("owner_id", "name", name=op.f("uq_voices_owner_id")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "scope_voices",
@@ -71,10 +75,7 @@ def upgrade() -> None:
         sa.Column("voice_id", sa.Integer(), nullable=False),
         sa.Column("set_by_user_id", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["set_by_user_id"],
-            ["users.id"],
-            name=op.f("fk_scope_voices_set_by_user_id_users"),
-            ondelete="SET NULL",
+            ["set_by_user_id"], ["users.id"], name=op.f("fk_scope_voices_set_by_user_id_users"), ondelete="SET NULL"
         ),
         sa.ForeignKeyConstraint(
             ["voice_id"], ["voices.id"], name=op.f("fk_scope_voices_voice_id_voices"), ondelete="CASCADE"
@@ -90,10 +91,7 @@ def upgrade() -> None:
             ["user_id"], ["users.id"], name=op.f("fk_user_voice_choices_user_id_users"), ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["voice_id"],
-            ["voices.id"],
-            name=op.f("fk_user_voice_choices_voice_id_voices"),
-            ondelete="CASCADE",
+            ["voice_id"], ["voices.id"], name=op.f("fk_user_voice_choices_voice_id_voices"), ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("user_id", "scope", name=op.f("pk_user_voice_choices")),
     )
