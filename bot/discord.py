@@ -85,7 +85,10 @@ class VoiceSessions:
             self._homes[guild_id] = channel
             return session
         if session is not None:
+            # Mid-reconnect (discord.py still holds the old client): drop it for good, or connecting again
+            # fails with "Already connected" and the old client lingers, deaf.
             await self._drop(guild_id)
+            await session.voice_client.disconnect(force=True)
         voice_client = await self._connect(channel)
         session = VoiceSession(self.conversation, voice_client, self.queue)
         self._sessions[guild_id], self._homes[guild_id] = session, channel
@@ -93,14 +96,20 @@ class VoiceSessions:
         log.info("joined voice channel %s in guild %s", channel.id, guild_id)
         return session
 
-    async def leave(self, guild_id: int) -> bool:
+    async def leave(self, guild_id: int, guild: Any = None) -> bool:
         session = self._sessions.get(guild_id)
         if session is None:
-            return False
+            # No session, but discord.py may still hold a voice client (one it is reconnecting, say).
+            voice_client = getattr(guild, "voice_client", None)
+            if voice_client is None:
+                return False
+            await voice_client.disconnect(force=True)
+            log.info("left voice in guild %s (no session)", guild_id)
+            return True
         session.leaving = True
         await self._drop(guild_id)
-        if session.voice_client.is_connected():
-            await session.voice_client.disconnect(force=True)
+        # Even when not connected: discord.py may be mid-reconnect, and force stops that too.
+        await session.voice_client.disconnect(force=True)
         log.info("left voice in guild %s", guild_id)
         return True
 
@@ -118,7 +127,10 @@ class VoiceSessions:
             if after.channel is None and not session.leaving:
                 session.kicked = True  # removed by someone: the clean-up that follows must not bring us back
             elif after.channel is not None:
-                self._homes[member.guild.id] = after.channel  # moved: this is home now
+                # Back in a channel: discord.py's own reconnect also disconnects first (channel None), so that
+                # None was no kick after all. Moved, or back: this is home now.
+                session.kicked = False
+                self._homes[member.guild.id] = after.channel
             return
         if before.channel is not None and (after.channel is None or after.channel.id != before.channel.id):
             session.listener.forget(member.id)

@@ -33,12 +33,20 @@ AUDIO_EXTENSIONS = frozenset(
 )
 VIEW_TIMEOUT = 14 * 60  # an interaction's token lives 15 minutes; after that its message can't be edited
 DEFAULT_VOICE_NAME = "my voice"
+# The /clone preview quotes the transcript in one message (Discord's limit: 2,000 characters); 10–20 s of speech
+# is far less than this.
+MAX_TRANSCRIPT_CHARS = 1000
+TRANSCRIPT_TOO_LONG = (
+    f"That transcript is over {MAX_TRANSCRIPT_CHARS} characters: more than I can use. "
+    "Send a shorter clip (10–20 s of clear speech is ideal) with what is said in it."
+)
+MAX_REPLY_CHARS = 2000
 
 
 class Sessions(Protocol):
     def get(self, guild_id: int) -> VoiceSession | None: ...
     async def join(self, channel: Any) -> VoiceSession: ...
-    async def leave(self, guild_id: int) -> bool: ...
+    async def leave(self, guild_id: int, guild: Any = None) -> bool: ...
 
 
 def attachment_problem(attachment: discord.Attachment, max_bytes: int) -> str | None:
@@ -103,7 +111,7 @@ class TranscriptModal(discord.ui.Modal, title="Correct the transcript"):
         super().__init__(timeout=VIEW_TIMEOUT)
         self.view = view
         self.text: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            style=discord.TextStyle.paragraph, default=view.transcript, max_length=2000, required=True
+            style=discord.TextStyle.paragraph, default=view.transcript, max_length=MAX_TRANSCRIPT_CHARS, required=True
         )
         self.add_item(discord.ui.Label(text="Exactly what is said in the clip", component=self.text))
 
@@ -130,9 +138,9 @@ class CloneView(OwnerOnlyView):
     def preview(self) -> str:
         language = f", {self.draft.language}" if self.draft.language else ""
         return (
-            f"**New voice “{self.name}”** ({self.draft.seconds:.1f} s of speech{language})\n"
+            f"**New voice “{self.name[:100]}”** ({self.draft.seconds:.1f} s of speech{language})\n"
             "I copy a voice best when the transcript matches the clip word for word. I heard:\n"
-            f"> {self.transcript}\n\n"
+            f"> {self.transcript[:MAX_TRANSCRIPT_CHARS]}\n\n"
             f"By pressing **Confirm** you state: *{CONSENT_STATEMENT}*"
         )
 
@@ -234,7 +242,8 @@ class AlanCommands(commands.Cog):
     @app_commands.command(name="leave", description="Leave the voice channel")
     @app_commands.guild_only()
     async def leave(self, interaction: discord.Interaction) -> None:
-        if interaction.guild is None or not await self.sessions.leave(interaction.guild.id):
+        await interaction.response.defer(ephemeral=True)  # disconnecting can take longer than Discord's 3 s
+        if interaction.guild is None or not await self.sessions.leave(interaction.guild.id, interaction.guild):
             await say(interaction, "I'm not in a voice channel here.")
             return
         await say(interaction, "Bye for now!")
@@ -248,13 +257,16 @@ class AlanCommands(commands.Cog):
     async def clone(self, interaction: discord.Interaction, audio: discord.Attachment,
                     transcript: str | None = None, name: str | None = None) -> None:  # fmt: skip
         await interaction.response.defer(ephemeral=True, thinking=True)
+        given = " ".join((transcript or "").split()) or None
         problem = attachment_problem(audio, self.max_attachment_bytes)
+        if problem is None and given is not None and len(given) > MAX_TRANSCRIPT_CHARS:
+            problem = TRANSCRIPT_TOO_LONG
         if problem is not None:
             await say(interaction, problem)
             return
         try:
             clip = await audio.read()
-            draft = await self.conversation.voices.prepare(clip)
+            draft = await self.conversation.voices.prepare(clip, given)  # a given transcript skips Whisper
         except TurnError as error:
             await say(interaction, str(error))
             return
@@ -266,15 +278,18 @@ class AlanCommands(commands.Cog):
             log.exception("preparing a voice clip failed")
             await say(interaction, APOLOGY)
             return
-        proposed = " ".join((transcript or "").split()) or draft.transcript
+        if len(draft.transcript) > MAX_TRANSCRIPT_CHARS:
+            await say(interaction, TRANSCRIPT_TOO_LONG)
+            return
         view = CloneView(
-            self.conversation, caller(interaction), interaction.user.id, draft, proposed,
+            self.conversation, caller(interaction), interaction.user.id, draft, draft.transcript,
             voice_name_for(name, audio.filename),
         )  # fmt: skip
         await say(interaction, view.preview(), view=view)
 
     @app_commands.command(name="voices", description="List your cloned voices")
     async def voices(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True)  # the database may be slow: answer within 3 s
         who = caller(interaction)
         user = await self.conversation.user(who)
         listing = await asyncio.to_thread(self.conversation.voices.listing, user.id, who.scope)
@@ -287,6 +302,7 @@ class AlanCommands(commands.Cog):
     @app_commands.command(name="voice", description="Choose the voice I speak to you with")
     @app_commands.describe(name="One of your voices (see /voices)", server_default="Make it this server's default")
     async def voice(self, interaction: discord.Interaction, name: str, server_default: bool = False) -> None:
+        await interaction.response.defer(ephemeral=True)
         who = caller(interaction)
         voices = self.conversation.voices
         try:
@@ -318,6 +334,7 @@ class AlanCommands(commands.Cog):
 
     @app_commands.command(name="reset", description="Forget our conversation here (your voices are kept)")
     async def reset(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True)
         who = caller(interaction)
         scopes = {who.scope, str(interaction.channel_id)} - {"None"}
         deleted = 0

@@ -12,13 +12,15 @@ memory per (chat, user) and expires after `clone_timeout_s`: a restart only mean
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
-from telegram.constants import ChatAction
+from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
 from bot.telegram_common import TelegramServices, participant
@@ -37,6 +39,8 @@ ASK_FOR_CLIP = (
     "seconds, with little background noise. Only clone your own voice, or one you have permission to use."
 )
 STILL_WAITING = "I'm waiting for a voice note to clone. Send one, or tap Cancel."
+# In groups the bot sees only messages meant for it (privacy mode): replies to it, mentions and commands.
+IN_GROUP = " (Here in the group, send it as a reply to this message, so that I get it.)"
 EXPIRED = "This has expired: start again with /clone."
 NOT_YOURS = "Only the person cloning their voice can press this."
 
@@ -60,6 +64,7 @@ class CloneFlow:
     def __init__(self, services: TelegramServices) -> None:
         self.services = services
         self._sessions: dict[tuple[int, int], CloneSession] = {}
+        self._spent: deque[str] = deque(maxlen=100)  # tokens of sessions cancelled or saved
 
     # --- state ---
 
@@ -80,10 +85,12 @@ class CloneFlow:
         session = self.session(message.chat_id, message.from_user.id)
         if session is None:
             return False
+        is_command = bool(message.text and message.text.startswith("/"))
+        if message.chat.type != ChatType.PRIVATE and not addressed:
+            return False  # in a group, what isn't a reply to the bot (or mentions it) is for the others
         if session.stage == "clip":  # the clip; anything else said to the bot gets a reminder
-            is_command = bool(message.text and message.text.startswith("/"))
             return find_audio(message) is not None or (addressed and not is_command)
-        return session.stage == "transcript" and bool(message.text) and not message.text.startswith("/")
+        return session.stage == "transcript" and bool(message.text) and not is_command
 
     # --- steps ---
 
@@ -106,7 +113,8 @@ class CloneFlow:
             return
         if replied is not None and replied.document is not None:
             raise BadInput(NOT_AUDIO)
-        await self.services.replier(context.bot, message).text(ASK_FOR_CLIP, markup=self._cancel_only(session))
+        ask = ASK_FOR_CLIP + (IN_GROUP if message.chat.type != ChatType.PRIVATE else "")
+        await self.services.replier(context.bot, message).text(ask, markup=self._cancel_only(session))
 
     async def cancel(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """/cancel: drop this user's clone in progress."""
@@ -130,7 +138,10 @@ class CloneFlow:
                 return
             await self._take_clip(context, message, message, session)
         elif session.stage == "transcript" and message.text:
-            transcript = " ".join(message.text.split())
+            words = re.sub(rf"@{re.escape(context.bot.username)}\b", "", message.text, flags=re.IGNORECASE)
+            transcript = " ".join(words.split())
+            if not transcript:
+                return
             if len(transcript) > MAX_TRANSCRIPT_CHARS:
                 raise BadInput("That transcript is too long for a 30-second clip: send just the words in the clip.")
             session.transcript = transcript
@@ -167,10 +178,10 @@ class CloneFlow:
             return  # cancelled, expired or restarted while the clip was being prepared
         session.draft, session.stage = draft, "transcript"
         self._touch(session)
+        how = "reply to this message with" if command.chat.type != ChatType.PRIVATE else "send me"
         await replier.text(
             f"Here's what I heard:\n\n“{draft.transcript.strip()}”\n\nIf that is exactly what is said, tap "
-            "“That's right”. If not, send me the exact words as a message: the closer the transcript, the "
-            "better the voice.",
+            f"“That's right”. If not, {how} the exact words: the closer the transcript, the better the voice.",
             markup=_buttons(
                 ("✅ That's right", f"clone:ok:{session.token}"), ("Cancel", f"clone:cancel:{session.token}")
             ),
@@ -193,25 +204,37 @@ class CloneFlow:
         prompt = query.message
         session = next((s for s in self._sessions.values() if s.token == token), None)
         if session is None or self.session(prompt.chat_id, session.user_id) is not session:
-            await query.answer(EXPIRED, show_alert=True)
+            if token in self._spent:  # a second tap on a button that already did its work
+                await query.answer()
+            else:
+                await query.answer(EXPIRED, show_alert=True)
             return
         if query.from_user.id != session.user_id:
             await query.answer(NOT_YOURS, show_alert=True)
             return
-        await query.answer()
+        # The state changes before anything is awaited, so that a double tap finds it done and is ignored.
         replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
         if action == "cancel":
-            del self._sessions[(prompt.chat_id, session.user_id)]
+            self._finish(prompt.chat_id, session)
+            await query.answer()
             await replier.edit(prompt, "Cancelled: no voice was saved.")
         elif action == "ok" and session.stage == "transcript" and session.draft is not None:
-            session.transcript = session.draft.transcript
+            session.transcript, session.stage = session.draft.transcript, "consent"
+            await query.answer()
             await replier.edit(prompt, f"Transcript confirmed:\n\n“{session.transcript.strip()}”")
             await self._ask_consent(replier, session)
         elif action == "consent" and session.stage == "consent":
+            self._finish(prompt.chat_id, session)  # one save per consent, even if pressed twice
+            await query.answer()
             await replier.edit(prompt, f"Consent recorded:\n\n“{CONSENT_STATEMENT}”")
             await self._save(update, context, replier, session)
         else:
             log.debug("ignored clone button %s at stage %s", action, session.stage)
+            await query.answer()
+
+    def _finish(self, chat_id: int, session: CloneSession) -> None:
+        del self._sessions[(chat_id, session.user_id)]
+        self._spent.append(session.token)
 
     async def _save(
         self, update: Update, context: ContextTypes.DEFAULT_TYPE, replier: Replier, session: CloneSession
@@ -219,7 +242,6 @@ class CloneFlow:
         assert update.effective_user is not None and update.effective_chat is not None
         assert session.draft is not None and session.transcript is not None
         draft, transcript, services = session.draft, session.transcript, self.services
-        del self._sessions[(replier.chat_id, session.user_id)]  # one save per consent, even if pressed twice
         who = participant(update.effective_user, update.effective_chat)
 
         async def save() -> str:

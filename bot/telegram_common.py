@@ -47,6 +47,7 @@ class TelegramOptions:
     clone_timeout_s: float = 600.0  # an unfinished /clone is dropped after this
     turn_concurrency: int = 2  # turns of different chats running at once (the TTS itself is one worker)
     max_waiting_turns: int = 20
+    max_waiting_per_chat: int = 3  # so that one chat flooding the bot doesn't lock the others out
     # After the first voice note, the next ones gather at least this much audio, so that a long answer is a
     # few notes rather than one per sentence.
     follow_up_min_seconds: float = 8.0
@@ -63,7 +64,11 @@ class TelegramServices:
         self.settings = settings
         self.conversation = conversation
         self.options = options
-        self.queue = TurnQueue(concurrency=options.turn_concurrency, max_waiting=options.max_waiting_turns)
+        self.queue = TurnQueue(
+            concurrency=options.turn_concurrency,
+            max_waiting=options.max_waiting_turns,
+            max_per_chat=options.max_waiting_per_chat,
+        )
         self.max_bytes = download_limit(settings.telegram_api_url, settings.max_audio_bytes)
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -75,6 +75,8 @@ class Replier:
         self.chat_id = chat_id
         self.reply_to = reply_to
         self.policy = policy
+        self.voice_forbidden = False  # found out during this turn: send audio files or text instead
+        self.audio_forbidden = False
 
     def _quote(self) -> ReplyParameters | None:
         if self.reply_to is None:
@@ -94,23 +96,49 @@ class Replier:
             sent = await with_retries(send, self.policy, "sendMessage")
         return sent
 
-    async def voice(self, ogg: bytes, seconds: float, caption: str | None) -> None:
-        """Send a voice note; a caption too long for Telegram follows as a message instead."""
+    async def voice(self, ogg: bytes, seconds: float, caption: str | None, spoken: str | None = None) -> None:
+        """Send a voice note; a caption too long for Telegram follows as a message instead.
+
+        Where voice notes are forbidden (the user's privacy setting, or a group's rights) the audio goes as
+        an audio file, or failing that `spoken` (the note's text) as a message, for the rest of this turn.
+        """
         fits = caption is not None and len(caption) <= MessageLimit.CAPTION_LENGTH
+        as_caption = caption if fits else None
+        text = as_caption if caption else spoken  # what to write if no audio goes (a long caption follows anyway)
+        if self.voice_forbidden:
+            await self._audio_or_text(ogg, seconds, as_caption, text)
+        else:
 
-        def send() -> Awaitable[Message]:
-            return self.bot.send_voice(
-                self.chat_id,
-                ogg,
-                duration=max(1, round(seconds)),
-                caption=caption if fits else None,
-                reply_parameters=self._quote(),
-                filename="alan.ogg",
-            )
+            def send() -> Awaitable[Message]:
+                return self.bot.send_voice(self.chat_id, ogg, duration=max(1, round(seconds)), caption=as_caption,
+                                           reply_parameters=self._quote(), filename="alan.ogg")  # fmt: skip
 
-        await with_retries(send, self.policy, "sendVoice")
+            try:
+                await with_retries(send, self.policy, "sendVoice")
+            except BadRequest as error:
+                if not voice_forbidden(error):
+                    raise
+                log.info("voice notes are forbidden in chat %s (%s): sending audio instead", self.chat_id, error)
+                self.voice_forbidden = True
+                await self._audio_or_text(ogg, seconds, as_caption, text)
         if caption and not fits:
             await self.text(caption)
+
+    async def _audio_or_text(self, ogg: bytes, seconds: float, caption: str | None, text: str | None) -> None:
+        if not self.audio_forbidden:
+
+            def send() -> Awaitable[Message]:
+                return self.bot.send_audio(self.chat_id, ogg, duration=max(1, round(seconds)), caption=caption,
+                                           reply_parameters=self._quote(), filename="alan.ogg")  # fmt: skip
+
+            try:
+                await with_retries(send, self.policy, "sendAudio")
+                return
+            except BadRequest as error:
+                log.info("could not send audio to chat %s (%s): sending text instead", self.chat_id, error)
+                self.audio_forbidden = True
+        if text:
+            await self.text(text)
 
     async def edit(self, message: Message, text: str, *, markup: InlineKeyboardMarkup | None = None) -> None:
         """Change a message the bot sent (to replace its buttons with the outcome)."""
@@ -122,9 +150,21 @@ class Replier:
 
         try:
             await with_retries(send, self.policy, "editMessageText")
-        except BadRequest as error:  # too old to edit, deleted, unchanged: say it anew instead
+        except BadRequest as error:  # too old to edit, deleted: say it anew instead
+            if not_modified(error):  # it already says this (a double tap): nothing to do
+                return
             log.info("could not edit message %s (%s); sending instead", message.message_id, error)
             await self.text(text, markup=markup)
+
+
+def voice_forbidden(error: BadRequest) -> bool:
+    """Telegram's answer to a voice note where the user's privacy settings or a group's rights forbid them."""
+    message = error.message.lower()
+    return "voice_messages_forbidden" in message or "rights to send voice" in message
+
+
+def not_modified(error: BadRequest) -> bool:
+    return "message is not modified" in error.message.lower()
 
 
 @contextlib.asynccontextmanager

@@ -90,8 +90,8 @@ async def send_note(replier: Replier, sentences: list[SpokenSentence], with_text
         return
     if len(ogg) > VOICE_BUBBLE_BYTES:
         log.warning("one sentence made a %d byte voice note: it will arrive as a file", len(ogg))
-    caption = " ".join(sentence.text for sentence in sentences) if with_text else None
-    await replier.voice(ogg, len(audio) / rate, caption)
+    spoken = " ".join(sentence.text for sentence in sentences)
+    await replier.voice(ogg, len(audio) / rate, spoken if with_text else None, spoken)
 
 
 async def answer_turn(

@@ -16,12 +16,22 @@ from aiohttp import web
 from telegram import Update
 from telegram.ext import Application
 
+from alan.logs import RedactSecrets
 from alan.settings import Settings
 from bot.telegram_send import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+
+
+def redact_in_logs(secret: str) -> None:
+    """Add a secret made at run time to those the app's log handler (see `configure_logging`) scrubs."""
+    for handler in logging.getLogger().handlers:
+        if handler.get_name() == "alan":
+            for redactor in handler.filters:
+                if isinstance(redactor, RedactSecrets):
+                    redactor.secrets = sorted({*redactor.secrets, secret}, key=len, reverse=True)
 
 
 async def start_webhook(
@@ -33,11 +43,11 @@ async def start_webhook(
 ) -> web.AppRunner:
     """Serve the webhook on `telegram_webhook_port` and tell Telegram to post there. Returns the runner."""
     # Without a configured secret, a random one per start still keeps strangers from posting fake updates.
-    secret = (
-        settings.telegram_webhook_secret.get_secret_value()
-        if settings.telegram_webhook_secret
-        else secrets.token_urlsafe(32)
-    )
+    if settings.telegram_webhook_secret:
+        secret = settings.telegram_webhook_secret.get_secret_value()
+    else:
+        secret = secrets.token_urlsafe(32)
+        redact_in_logs(secret)
     path = urlsplit(settings.telegram_webhook_url).path or "/"
 
     async def receive(request: web.Request) -> web.Response:

@@ -123,6 +123,8 @@ class FakeVoiceChannel:
 
     async def connect(self, *, cls: type, reconnect: bool, self_deaf: bool) -> FakeVoiceClient:
         self.connects.append({"cls": cls, "reconnect": reconnect, "self_deaf": self_deaf})
+        if self.guild.voice_client is not None:  # discord.py keeps a client registered until its clean-up
+            raise discord.ClientException("Already connected to a voice channel.")
         if self.fail_connects:
             self.fail_connects -= 1
             raise TimeoutError("voice connection timed out")
@@ -181,6 +183,14 @@ class FakeVoiceClient:
         self.source, self._after = source, after
         self.played.append(source)
 
+    def reconnecting(self) -> None:
+        """discord.py lost the connection and is reconnecting on its own: not connected, still registered."""
+        self.connected = False
+
+    def _unregister(self) -> None:
+        if self.guild.voice_client is self:
+            self.guild.voice_client = None
+
     def pull(self) -> bytes | None:
         """One 20 ms tick of the player thread: None when nothing plays."""
         if self.source is None:
@@ -206,8 +216,11 @@ class FakeVoiceClient:
         self.channel = channel
 
     async def disconnect(self, *, force: bool = False) -> None:
+        if not force and not self.connected:  # what discord.py does: only force ends a reconnect under way
+            return
         self.disconnects += 1
         self.connected = False
+        self._unregister()
         self._end()
         if self.guild.me in self.channel.members:
             self.channel.members.remove(self.guild.me)
@@ -217,6 +230,7 @@ class FakeVoiceClient:
     def drop(self) -> None:
         """discord.py gave up on this connection and cleaned it up (as after a failed resume)."""
         self.connected = False
+        self._unregister()
         self._end()
         if self.on_gone is not None:
             self.on_gone()

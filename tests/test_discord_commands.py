@@ -98,10 +98,39 @@ async def test_join_connects_listens_and_leave_disconnects(
     interaction = FakeInteraction(ann, guild)
     await run(AlanCommands.leave, cog, interaction)
     assert cog.sessions.get(guild.id) is None and session.voice_client.disconnects == 1
+    assert [sent.kind for sent in interaction.log] == ["defer", "followup"] and interaction.log[0].ephemeral
     assert "Bye" in interaction.last.content
     interaction = FakeInteraction(ann, guild)
     await run(AlanCommands.leave, cog, interaction)
     assert "not in a voice channel" in interaction.last.content
+
+
+async def test_join_and_leave_while_discord_py_reconnects_end_the_old_connection(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember
+) -> None:
+    channel = FakeVoiceChannel(guild)
+    channel.enter(ann)
+    await run(AlanCommands.join, cog, FakeInteraction(ann, guild))
+    session = cog.sessions.get(guild.id)
+    assert session is not None
+    old = session.voice_client
+    old.reconnecting()  # not connected, still registered with discord.py
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.join, cog, interaction)
+    assert old.disconnects == 1 and "I'm in" in interaction.last.content
+    session = cog.sessions.get(guild.id)
+    assert session is not None and session.voice_client is not old and session.voice_client.is_connected()
+
+    session.voice_client.reconnecting()
+    await run(AlanCommands.leave, cog, FakeInteraction(ann, guild))
+    assert session.voice_client.disconnects == 1 and guild.voice_client is None
+
+    # No session at all, yet discord.py still holds a client: /leave ends it too.
+    stray = await channel.connect(cls=AlanVoiceClient, reconnect=True, self_deaf=False)
+    stray.reconnecting()
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.leave, cog, interaction)
+    assert stray.disconnects == 1 and guild.voice_client is None and "Bye" in interaction.last.content
 
 
 async def test_join_reports_a_failed_connection(cog: AlanCommands, guild: FakeGuild, ann: FakeMember) -> None:
@@ -232,6 +261,7 @@ async def test_voices_and_choosing_one_and_the_server_default(
 ) -> None:
     interaction = FakeInteraction(ann, guild)
     await run(AlanCommands.voices, cog, interaction)
+    assert [sent.kind for sent in interaction.log] == ["defer", "followup"] and interaction.log[0].ephemeral
     assert "no voices yet" in interaction.last.content
 
     view = await preview(cog, FakeInteraction(ann, guild), clip, name="Calm")
@@ -246,6 +276,7 @@ async def test_voices_and_choosing_one_and_the_server_default(
     assert "no voice called “Loud”" in interaction.last.content and "Calm" in interaction.last.content
     interaction = FakeInteraction(ann, guild)
     await run(AlanCommands.voice, cog, interaction, name="Calm")
+    assert [sent.kind for sent in interaction.log] == ["defer", "followup"]
     assert "with “Calm”" in interaction.last.content
 
     # The server default needs Manage Server.
@@ -283,6 +314,7 @@ async def test_reset_forgets_the_conversation_here_but_keeps_voices(
     store.add_turn(user.id, "4242", "user", "hello")
     store.add_turn(user.id, "elsewhere", "user", "hi")
     await run(AlanCommands.reset, cog, interaction)
+    assert [sent.kind for sent in interaction.log] == ["defer", "followup"]
     assert "(1 messages)" in interaction.last.content and interaction.last.ephemeral
     assert store.recent_turns(user.id, "4242") == [] and len(store.recent_turns(user.id, "elsewhere")) == 1
 

@@ -357,6 +357,25 @@ async def test_a_dropped_connection_is_re_established_unless_we_were_removed(con
     assert room.channel.sent == [LOST_CONNECTION]
 
 
+async def test_discord_pys_own_reconnect_is_no_kick_and_a_later_drop_is_rejoined(conversation: Conversation) -> None:
+    room = Room()
+    sessions = VoiceSessions(conversation, TurnQueue(), rejoin_delays=(0.0,))
+    session = await sessions.join(room.channel)
+    first, alan = session.voice_client, room.guild.me
+    # discord.py reconnects by itself: it leaves voice first (channel None), then comes back in.
+    await sessions.on_voice_state_update(alan, FakeVoiceState(room.channel), FakeVoiceState(None), alan.id)
+    await sessions.on_voice_state_update(alan, FakeVoiceState(None), FakeVoiceState(room.channel), alan.id)
+    assert not session.kicked
+    first.drop()  # later, the connection is lost for good: aLAN comes back
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if session.voice_client is not first:
+            break
+    assert len(room.channel.connects) == 2 and session.voice_client is not first
+    assert sessions.get(room.guild.id) is session
+    await sessions.close()
+
+
 async def test_an_engine_failure_is_said_in_the_channel_and_the_others_are_still_heard(
     store: Store, whisper: WhisperTranscriber, tiny_speech: CsmSpeech, tiny_csm_dir: Path, question: np.ndarray
 ) -> None:

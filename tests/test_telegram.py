@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 from telegram import Message
 
+from alan.logs import configure_logging
 from alan.settings import Settings
 from bot.telegram import serve
 from bot.telegram_common import TelegramOptions
@@ -248,6 +251,30 @@ async def test_webhook_mode_receives_updates_posted_with_the_secret(start_bot: S
             assert response.status == 200
     [reply] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
     assert "/clone" in reply.text
+
+
+async def test_a_generated_webhook_secret_is_scrubbed_from_the_logs(start_bot: Start, unused_tcp_port: int) -> None:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging("INFO", [TOKEN])
+    [handler] = [handler for handler in root.handlers if handler.get_name() == "alan"]
+    assert isinstance(handler, logging.StreamHandler)
+    written = io.StringIO()
+    handler.setStream(written)
+    try:
+        telegram = await start_bot(
+            telegram_webhook_url="https://alan.example.org/hook", telegram_webhook_port=unused_tcp_port
+        )
+        await telegram.wait_for("setWebhook")
+        assert telegram.webhook is not None
+        secret = telegram.webhook["secret_token"]
+        assert len(secret) >= 32
+        logging.getLogger("tests").warning("a request with secret %s and token %s", secret, TOKEN)
+        assert "a request with secret [REDACTED]" in written.getvalue()
+        assert secret not in written.getvalue() and TOKEN not in written.getvalue()
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 async def test_a_refused_token_stops_serve_without_showing_the_token(

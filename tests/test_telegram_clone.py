@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from bot.telegram_common import APOLOGY
 from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice
 from engine.store.repository import Store
 from engine.voices import CONSENT_STATEMENT
@@ -84,6 +85,28 @@ async def test_clone_on_a_replied_voice_note_in_a_group_with_a_corrected_transcr
     assert voice.transcript == CLIP
 
 
+async def test_double_taps_on_the_clone_buttons_store_one_voice_without_an_apology(
+    start_bot: Start, store: Store, tmp_path: Path
+) -> None:
+    telegram = await start_bot()
+    chat = telegram.private_chat(ANN)
+    clip = telegram.push_message(chat, ANN, voice=telegram.voice(espeak_ogg(CLIP, tmp_path), duration=6))
+    telegram.push_message(chat, ANN, text="/clone", reply_to_message=clip)
+    [heard] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: "what I heard" in c.text)
+    for _ in range(2):  # both taps arrive in one batch of updates and are handled concurrently
+        telegram.press(ANN, heard.result, button(heard, "That's right"))
+    [consent] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: CONSENT_STATEMENT in c.text)
+    for _ in range(2):
+        telegram.press(ANN, consent.result, button(consent, "I confirm"))
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: "Saved “my voice”" in c.text)
+    await telegram.wait_for("answerCallbackQuery", count=4)
+    user = store.find_user("telegram", str(ANN["id"]))
+    assert user is not None and len(store.voices_of(user.id)) == 1
+    assert [call.text for call in telegram.sent("answerCallbackQuery")] == [""] * 4  # no "expired" alert
+    texts = [call.text for call in telegram.sent("sendMessage", ANN["id"])]
+    assert APOLOGY not in texts and len([text for text in texts if CONSENT_STATEMENT in text]) == 1
+
+
 async def test_a_bad_clip_is_explained_and_cancel_ends_the_clone(start_bot: Start, tmp_path: Path) -> None:
     telegram = await start_bot()
     chat = telegram.private_chat(ANN)
@@ -134,8 +157,15 @@ async def test_voices_lists_and_switches_with_buttons_and_voice_name_chooses(sta
     assert [label for label, _ in edited.buttons] == ["calm", "✓ cheerful"]
     assert store.active_voice(user.id, str(ANN["id"])).name == "cheerful"  # type: ignore[union-attr]
 
+    # Tapping the voice already chosen: Telegram refuses the unchanged edit, and no second menu is posted.
+    unchanged = "Bad Request: message is not modified: specified new message content and reply markup are the same"
+    telegram.fail("editMessageText", 400, description=unchanged)
+    telegram.press(ANN, edited.result, button(edited, "cheerful"))
+    await telegram.wait_until(lambda: len(telegram.received("editMessageText")) == 2)
+    await telegram.wait_for("answerCallbackQuery", count=2)
     telegram.push_message(chat, ANN, text="/voice nobody")
     await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: "no voice called “nobody”" in c.text)
+    assert len([call for call in telegram.sent("sendMessage", ANN["id"]) if call.buttons]) == 1  # no new menu
 
 
 async def test_reset_keeps_voices_and_forget_after_confirmation_leaves_nothing(

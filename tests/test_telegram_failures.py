@@ -163,3 +163,29 @@ async def test_without_a_voice_model_the_answer_comes_as_text(
     assert "voice model" in notice.text
     assert answer.text == "I can only write today."
     assert telegram.sent("sendVoice") == []
+
+
+async def test_where_voice_notes_are_forbidden_the_answer_comes_as_audio_files(
+    start_bot: Start, ollama: FakeOllama
+) -> None:
+    telegram = await start_bot()
+    telegram.fail("sendVoice", 400, description="Bad Request: VOICE_MESSAGES_FORBIDDEN")
+    ollama.script("First things first. Then the rest.")
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
+    first, second = await telegram.wait_for("sendAudio", chat_id=ANN["id"], count=2)
+    assert first.files["audio"][:4] == b"OggS"
+    assert (first.text, second.text) == ("First things first.", "Then the rest.")
+    assert len(telegram.received("sendVoice")) == 1  # not tried again in this turn
+    assert not [call for call in telegram.sent("sendMessage") if TELEGRAM_TROUBLE in call.text]
+
+
+async def test_where_no_audio_may_be_sent_the_answer_comes_as_text(start_bot: Start, ollama: FakeOllama) -> None:
+    telegram = await start_bot()
+    telegram.fail("sendVoice", 400, description="Bad Request: not enough rights to send voice notes to the chat")
+    telegram.fail("sendAudio", 400, description="Bad Request: not enough rights to send music to the chat")
+    ollama.script("First things first. Then the rest.")
+    telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: c.text == "Then the rest.")
+    texts = [call.text for call in telegram.sent("sendMessage", ANN["id"])]
+    assert "First things first." in texts and TELEGRAM_TROUBLE not in texts
+    assert len(telegram.received("sendVoice")) == 1 and len(telegram.received("sendAudio")) == 1

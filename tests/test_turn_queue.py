@@ -96,3 +96,24 @@ async def test_a_slow_wait_message_does_not_let_a_later_turn_overtake() -> None:
     release.set()
     await asyncio.gather(first, second, third)
     assert order == ["first", "second", "third"]
+
+
+async def test_one_chat_flooding_the_queue_does_not_lock_other_chats_out() -> None:
+    queue = TurnQueue(concurrency=1, max_waiting=20, max_per_chat=3)
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "done"
+
+    flood = [asyncio.create_task(queue.run("a", slow)) for _ in range(4)]  # one running, three waiting
+    await asyncio.sleep(0)
+    assert queue.waiting_in("a") == 3
+    with pytest.raises(QueueFull, match="wait for those"):
+        await queue.run("a", slow)
+    other = asyncio.create_task(queue.run("b", slow))
+    await asyncio.sleep(0)
+    assert queue.waiting_in("b") == 1  # admitted, waiting for its turn
+    release.set()
+    assert await asyncio.gather(*flood, other) == ["done"] * 5
+    assert queue.waiting == 0 and await queue.run("a", slow) == "done"

@@ -173,9 +173,12 @@ class FakeTelegram(LocalServer):
 
     # --- scripting: how the server misbehaves ---
 
-    def fail(self, method: str, status: int = 500, *, times: int = 1, retry_after: int | None = None) -> None:
+    def fail(
+        self, method: str, status: int = 500, *, times: int = 1, retry_after: int | None = None, description: str = ""
+    ) -> None:
         """Answer the next `times` calls of `method` with an error (429 + retry_after: flood control)."""
-        description = f"Too Many Requests: retry after {retry_after}" if status == 429 else HTTPStatus(status).phrase
+        flood = f"Too Many Requests: retry after {retry_after}"
+        description = description or (flood if status == 429 else HTTPStatus(status).phrase)
         for _ in range(times):
             self._failures[method].append(_Failure(status, description, retry_after))
 
@@ -335,6 +338,12 @@ class FakeTelegram(LocalServer):
                      file_size=len(upload))  # fmt: skip
         extra = {"caption": call.params["caption"]} if call.params.get("caption") else {}
         return self._sent_message(call, voice=voice, **extra)
+
+    async def _m_sendAudio(self, call: Call) -> dict[str, Any]:
+        if (upload := call.files.get("audio")) is None:
+            raise _ApiError(400, "Bad Request: there is no audio in the request")
+        audio = dict(file_id=self.add_file(upload), file_unique_id="u-audio", duration=int(call.params["duration"]))
+        return self._sent_message(call, audio=audio, caption=call.params.get("caption"))
 
     async def _m_editMessageText(self, call: Call) -> dict[str, Any]:
         if not call.params.get("text", "").strip():
