@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,11 +44,18 @@ def run_platforms(settings: Settings) -> None:
     conversation = build_conversation(settings)
     try:
         asyncio.run(_serve_all(settings, conversation, servers))
+    except asyncio.CancelledError:
+        log.info("stopped")  # SIGTERM: a service manager stopping aLAN
     finally:
         conversation.models.worker.shutdown()
 
 
 async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, Callable[..., Awaitable[None]]]) -> None:
+    # SIGTERM (systemd, docker stop) stops as gently as Ctrl+C: platforms close their connections first.
+    main = asyncio.current_task()
+    if main is not None:
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' event loop
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     # One platform failing to start (a revoked token, say) must not take the others down.
     try:
         results = await asyncio.gather(

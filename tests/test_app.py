@@ -54,8 +54,13 @@ def servers() -> Iterator[tuple[ServerThread, FakeTelegram, FakeOllama]]:
     thread.stop()
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "service-stop"])
 def test_alan_run_answers_a_telegram_message_with_a_voice_note_and_stops_cleanly(
-    servers: tuple[ServerThread, FakeTelegram, FakeOllama], tmp_path: Path, tiny_csm_dir: Path, tiny_whisper_dir: Path
+    servers: tuple[ServerThread, FakeTelegram, FakeOllama],
+    tmp_path: Path,
+    tiny_csm_dir: Path,
+    tiny_whisper_dir: Path,
+    stop_signal: signal.Signals,
 ) -> None:
     thread, telegram, ollama = servers
     ollama.script("Hello Ann, nice to meet you.")
@@ -88,9 +93,11 @@ def test_alan_run_answers_a_telegram_message_with_a_voice_note_and_stops_cleanly
         assert len(decode_audio(answer.files["voice"], CSM_RATE)) > 0
         assert answer.params["caption"] == "Hello Ann, nice to meet you."
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl+C
+        process.send_signal(stop_signal)
         output, _ = process.communicate(timeout=60)
-    assert process.returncode in (0, 130), output
+    # Ctrl+C ends with the shell's usual 130; a service manager's SIGTERM is a normal stop.
+    assert process.returncode == (130 if stop_signal == signal.SIGINT else 0), output
+    assert "Telegram: @alan_test_bot is listening" in output
     assert "Traceback" not in output, output
     assert TOKEN not in output and TOKEN.split(":")[1] not in output  # not even at DEBUG
     assert (tmp_path / "data" / "alan.db").is_file()
