@@ -64,7 +64,7 @@ class CloneFlow:
     def __init__(self, services: TelegramServices) -> None:
         self.services = services
         self._sessions: dict[tuple[int, int], CloneSession] = {}
-        self._spent: deque[str] = deque(maxlen=100)  # tokens of sessions cancelled or saved
+        self._saved: deque[str] = deque(maxlen=100)  # tokens of sessions consented to, for double taps
 
     # --- state ---
 
@@ -204,7 +204,7 @@ class CloneFlow:
         prompt = query.message
         session = next((s for s in self._sessions.values() if s.token == token), None)
         if session is None or self.session(prompt.chat_id, session.user_id) is not session:
-            if token in self._spent:  # a second tap on a button that already did its work
+            if token in self._saved:  # a second tap on the consent button, already at work
                 await query.answer()
             else:
                 await query.answer(EXPIRED, show_alert=True)
@@ -215,7 +215,7 @@ class CloneFlow:
         # The state changes before anything is awaited, so that a double tap finds it done and is ignored.
         replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
         if action == "cancel":
-            self._finish(prompt.chat_id, session)
+            del self._sessions[(prompt.chat_id, session.user_id)]  # pressed again, it has expired
             await query.answer()
             await replier.edit(prompt, "Cancelled: no voice was saved.")
         elif action == "ok" and session.stage == "transcript" and session.draft is not None:
@@ -224,17 +224,14 @@ class CloneFlow:
             await replier.edit(prompt, f"Transcript confirmed:\n\n“{session.transcript.strip()}”")
             await self._ask_consent(replier, session)
         elif action == "consent" and session.stage == "consent":
-            self._finish(prompt.chat_id, session)  # one save per consent, even if pressed twice
+            del self._sessions[(prompt.chat_id, session.user_id)]  # one save per consent, even if pressed twice
+            self._saved.append(session.token)
             await query.answer()
             await replier.edit(prompt, f"Consent recorded:\n\n“{CONSENT_STATEMENT}”")
             await self._save(update, context, replier, session)
         else:
             log.debug("ignored clone button %s at stage %s", action, session.stage)
             await query.answer()
-
-    def _finish(self, chat_id: int, session: CloneSession) -> None:
-        del self._sessions[(chat_id, session.user_id)]
-        self._spent.append(session.token)
 
     async def _save(
         self, update: Update, context: ContextTypes.DEFAULT_TYPE, replier: Replier, session: CloneSession

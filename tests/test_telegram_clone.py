@@ -75,7 +75,9 @@ async def test_clone_on_a_replied_voice_note_in_a_group_with_a_corrected_transcr
 
     telegram.press(ANN, heard.result, button(heard, "That's right"))  # not Ann's clone
     await telegram.wait_for("answerCallbackQuery", where=lambda c: "Only the person" in c.params.get("text", ""))
-    telegram.push_message(group, BOB, text=CLIP)  # the exact words, as a correction
+    assert "reply to this message with the exact words" in heard.text  # in a group it sees only replies to it
+    telegram.push_message(group, BOB, text="Nice weather today.")  # said to the group, not to the bot
+    telegram.push_message(group, BOB, text=CLIP, reply_to_message=heard.result)  # the exact words, as a correction
     [consent] = await telegram.wait_for("sendMessage", chat_id=group["id"], where=lambda c: CONSENT_STATEMENT in c.text)
     telegram.press(BOB, consent.result, button(consent, "I confirm"))
     await telegram.wait_for("sendMessage", chat_id=group["id"], where=lambda c: "Saved “my voice”" in c.text)
@@ -83,6 +85,7 @@ async def test_clone_on_a_replied_voice_note_in_a_group_with_a_corrected_transcr
     assert user is not None
     [voice] = store.voices_of(user.id)
     assert voice.transcript == CLIP
+    assert len([call for call in telegram.sent("sendMessage", group["id"]) if CONSENT_STATEMENT in call.text]) == 1
 
 
 async def test_double_taps_on_the_clone_buttons_store_one_voice_without_an_apology(
