@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import PurePath
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_session import APOLOGY, VoiceSession, participant
+from bot.discord_session import APOLOGY, VoiceSession, participant, voice_queue_key
+from bot.turn_queue import QueueFull, TurnQueue
 from engine.conversation import Conversation, Participant
 from engine.events import TurnError
 from engine.store.repository import VoiceNameTaken
 from engine.voices import CONSENT_STATEMENT, NAME_PATTERN, CloneDraft
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Discord's own upload cap for most servers; the engine's cap applies too, whichever is lower.
 MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
@@ -44,6 +48,8 @@ MAX_REPLY_CHARS = 2000
 
 
 class Sessions(Protocol):
+    queue: TurnQueue
+
     def get(self, guild_id: int) -> VoiceSession | None: ...
     async def join(self, channel: Any) -> VoiceSession: ...
     async def leave(self, guild_id: int, guild: Any = None) -> bool: ...
@@ -81,6 +87,18 @@ async def say(interaction: discord.Interaction, text: str, **kwargs: Any) -> Non
         await interaction.followup.send(text, ephemeral=True, **kwargs)
     else:
         await interaction.response.send_message(text, ephemeral=True, **kwargs)
+
+
+def capped(heading: str, lines: list[str], limit: int = MAX_REPLY_CHARS) -> str:
+    """`heading` and as many `lines` as fit in one Discord message, then how many more there are."""
+    text = heading
+    for index, line in enumerate(lines):
+        rest = len(lines) - index - 1
+        more = f"\n…and {rest} more" if rest else ""
+        if len(text) + 1 + len(line) + len(more) > limit:
+            return f"{text}\n…and {len(lines) - index} more"
+        text += "\n" + line
+    return text
 
 
 def caller(interaction: discord.Interaction) -> Participant:
@@ -170,17 +188,23 @@ class CloneView(OwnerOnlyView):
 
 
 class ForgetView(OwnerOnlyView):
-    def __init__(self, conversation: Conversation, who: Participant, owner_id: int) -> None:
+    def __init__(self, conversation: Conversation, who: Participant, owner_id: int,
+                 run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None) -> None:  # fmt: skip
         super().__init__(owner_id)
         self.conversation = conversation
         self.who = who
+        self.serialise = run  # waits for the turn in progress, if any
         self.forgotten = False
 
     @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
         await interaction.response.edit_message(content="Deleting…", view=None)
         try:
-            await self.conversation.forget(self.who)
+            job = functools.partial(self.conversation.forget, self.who)
+            await (self.serialise(job) if self.serialise is not None else job())
+        except QueueFull as error:
+            await self.finish(interaction, str(error))
+            return
         except Exception:
             log.exception("forgetting user %s failed", self.who.user_id)
             await self.finish(interaction, APOLOGY)
@@ -208,6 +232,12 @@ class AlanCommands(commands.Cog):
         log.error("/%s failed", getattr(interaction.command, "name", "?"), exc_info=original)
         with contextlib.suppress(discord.HTTPException):  # the interaction may have expired meanwhile
             await say(interaction, APOLOGY)
+
+    async def after_turns(self, interaction: discord.Interaction, job: Callable[[], Awaitable[T]]) -> T:
+        """Run `job` in the server's voice-turn queue: not while a turn that writes the history is under way."""
+        if interaction.guild is None:
+            return await job()
+        return await self.sessions.queue.run(voice_queue_key(interaction.guild.id), job)
 
     @property
     def max_attachment_bytes(self) -> int:
@@ -297,7 +327,7 @@ class AlanCommands(commands.Cog):
             await say(interaction, "You have no voices yet. Use /clone with a recording to make one.")
             return
         lines = [f"• {name}{' — speaking to you here' if active else ''}" for name, active in listing]
-        await say(interaction, "Your voices:\n" + "\n".join(lines))
+        await say(interaction, capped("Your voices:", lines))
 
     @app_commands.command(name="voice", description="Choose the voice I speak to you with")
     @app_commands.describe(name="One of your voices (see /voices)", server_default="Make it this server's default")
@@ -337,14 +367,27 @@ class AlanCommands(commands.Cog):
         await interaction.response.defer(ephemeral=True)
         who = caller(interaction)
         scopes = {who.scope, str(interaction.channel_id)} - {"None"}
-        deleted = 0
-        for scope in scopes:
-            deleted += await self.conversation.reset(Participant(who.platform, who.user_id, scope, who.display_name))
+
+        async def reset_all() -> int:
+            deleted = 0
+            for scope in scopes:
+                here = Participant(who.platform, who.user_id, scope, who.display_name)
+                deleted += await self.conversation.reset(here)
+            return deleted
+
+        try:
+            deleted = await self.after_turns(interaction, reset_all)
+        except QueueFull as error:
+            await say(interaction, str(error))
+            return
         await say(interaction, f"Done: I forgot our conversation here ({deleted} messages). Your voices are kept.")
 
     @app_commands.command(name="forget", description="Delete everything I have stored about you")
     async def forget(self, interaction: discord.Interaction) -> None:
-        view = ForgetView(self.conversation, caller(interaction), interaction.user.id)
+        view = ForgetView(
+            self.conversation, caller(interaction), interaction.user.id,
+            run=lambda job: self.after_turns(interaction, job),
+        )  # fmt: skip
         await say(
             interaction,
             "This deletes your voices, all our conversations and your settings, everywhere. It can't be undone.",

@@ -34,6 +34,11 @@ APOLOGY = "Sorry, something went wrong on my side while answering. Please try ag
 MAX_MESSAGE = 2000
 
 
+def voice_queue_key(guild_id: int) -> str:
+    """The TurnQueue chat of a server's voice turns (and of the commands that must not race them)."""
+    return f"discord-voice:{guild_id}"
+
+
 def participant(member: discord.abc.User, scope: int | str) -> Participant:
     """A member talking in `scope`; their server is the parent scope, so a server's default voice applies."""
     guild = getattr(member, "guild", None)
@@ -92,7 +97,7 @@ class VoiceSession:
 
     @property
     def queue_key(self) -> str:
-        return f"discord-voice:{self.guild_id}"
+        return voice_queue_key(self.guild_id)
 
     def start(self) -> None:
         self.voice_client.receiver.start(self.listener.on_audio)

@@ -3,6 +3,7 @@ real one (tiny models, fake Ollama), so a confirmed /clone really stores a voice
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from bot.discord import AlanVoiceClient, VoiceSessions
 from bot.discord_commands import AlanCommands, CloneView, ForgetView, TranscriptModal
+from bot.discord_session import voice_queue_key
 from bot.turn_queue import TurnQueue
 from engine.conversation import Conversation
 from engine.store.repository import EVERYWHERE, Store
@@ -217,8 +219,10 @@ async def test_clone_preview_then_confirm_stores_the_voice_with_consent(
 async def test_clone_edit_corrects_the_transcript_through_the_modal(
     cog: AlanCommands, guild: FakeGuild, ann: FakeMember, clip: bytes, store: Store
 ) -> None:
-    view = await preview(cog, FakeInteraction(ann, guild), clip, transcript="This is my voice.", name="Mine")
+    view = await preview(cog, FakeInteraction(ann, guild), clip, transcript="This is my  voice.", name="Mine")
     assert view.transcript == "This is my voice."  # the caller's own transcript is proposed over Whisper's
+    assert view.draft.transcript == "This is my voice." and view.draft.language is None  # Whisper was skipped
+    assert modal_max_length(view) == 1000
 
     press = FakeInteraction(ann, guild)
     await view.edit.callback(press)
@@ -239,6 +243,24 @@ async def test_clone_edit_corrects_the_transcript_through_the_modal(
     assert user is not None
     [voice] = store.voices_of(user.id)
     assert voice.name == "Mine" and voice.transcript == CLIP_TEXT
+
+
+def modal_max_length(view: CloneView) -> int | None:
+    return TranscriptModal(view).text.max_length
+
+
+async def test_clone_refuses_an_overlong_transcript_and_its_preview_fits_one_message(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember, clip: bytes
+) -> None:
+    attachment = FakeAttachment(clip, "ann_voice.ogg", "audio/ogg")
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.clone, cog, interaction, audio=attachment, transcript="word " * 300)
+    assert "over 1000 characters" in interaction.last.content and interaction.last.view is None
+    assert attachment.reads == 0
+
+    longest = ("x" * 9 + " ") * 100
+    view = await preview(cog, FakeInteraction(ann, guild), clip, transcript=longest, name="n" * 1000)
+    assert len(view.preview()) <= 2000
 
 
 async def test_clone_cancel_stores_nothing(
@@ -304,6 +326,23 @@ async def test_voices_and_choosing_one_and_the_server_default(
     assert [choice.value for choice in choices] == ["Calm"]
 
 
+async def test_voices_lists_what_fits_in_one_message_and_counts_the_rest(
+    cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
+) -> None:
+    from bot.discord_session import participant
+
+    user = await conversation.user(participant(ann, 555))
+    for index in range(80):
+        store.add_voice(user.id, f"voice {index:02d} " + "x" * 30, reference_audio=b"-", reference_seconds=5.0,
+                        transcript="hello")  # fmt: skip
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.voices, cog, interaction)
+    reply = interaction.last.content
+    assert len(reply) <= 2000 and "• voice 00" in reply
+    shown = reply.count("\n• ")
+    assert 40 < shown < 80 and reply.endswith(f"…and {80 - shown} more")
+
+
 async def test_reset_forgets_the_conversation_here_but_keeps_voices(
     cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
 ) -> None:
@@ -341,6 +380,30 @@ async def test_forget_asks_first_then_deletes_everything(
     await interaction.last.view.confirm.callback(press)
     assert "deleted" in press.last.content and interaction.last.view.forgotten
     assert store.find_user("discord", str(ann.id)) is None
+
+
+async def test_reset_and_forget_wait_for_the_voice_turn_in_progress(
+    cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
+) -> None:
+    from bot.discord_session import participant
+
+    user = await conversation.user(participant(ann, 555))
+    store.add_turn(user.id, "555", "user", "hello")
+    turn_done = asyncio.Event()
+    # A voice turn holds the server's queue (VoiceSession.queue_key is this same key).
+    turn = asyncio.create_task(cog.sessions.queue.run(voice_queue_key(guild.id), turn_done.wait))
+    await asyncio.sleep(0)
+    reset = asyncio.create_task(run(AlanCommands.reset, cog, interaction := FakeInteraction(ann, guild)))
+    forget = FakeInteraction(ann, guild)
+    await run(AlanCommands.forget, cog, forget)
+    press = asyncio.create_task(forget.last.view.confirm.callback(FakeInteraction(ann, guild)))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert [sent.kind for sent in interaction.log] == ["defer"] and len(store.recent_turns(user.id, "555")) == 1
+    assert store.find_user("discord", str(ann.id)) is not None
+    turn_done.set()
+    await asyncio.gather(turn, reset, press)
+    assert "(1 messages)" in interaction.last.content and store.find_user("discord", str(ann.id)) is None
 
 
 async def test_unexpected_errors_become_an_apology(cog: AlanCommands, guild: FakeGuild, ann: FakeMember) -> None:
