@@ -40,7 +40,7 @@ from engine.store.models import Turn, User
 from engine.store.repository import Store
 from engine.tts import SAMPLES_PER_FRAME, BudgetError, Segment
 from engine.turn_memory import ReplyDraft, TurnMemory
-from engine.voices import BOT_SPEAKER, VoiceLibrary
+from engine.voices import BOT_SPEAKER, VoiceLibrary, voice_cache_key
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class Conversation:
         if voice is None:
             await self.models.tts()  # fail early and clearly if there is no voice model at all
             return None, None
-        return await self.voices.prompt_segment(voice), f"voice-{voice.id}"
+        return await self.voices.prompt_segment(voice), voice_cache_key(voice.id)
 
     async def _speak(
         self,
@@ -296,6 +296,8 @@ class Conversation:
         user = await asyncio.to_thread(self.store.find_user, who.platform, who.user_id)
         if user is not None:
             await asyncio.to_thread(self.store.forget_user, user.id)
+            # Caches are rebuilt on demand; emptying them is the simple way to be sure nothing of theirs stays.
+            self.models.forget_cached()
             log.info("forgot user %s on request", user.id)
 
 

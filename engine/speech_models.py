@@ -60,6 +60,11 @@ class SpeechModels:
             raise ServiceUnavailable(TTS_DOWN, _tts_fix(self.tts_model_name, error)) from error
         return self._tts
 
+    def forget_cached(self, voice_cache_key: str | None = None) -> None:
+        """Drop a deleted voice from the model's memory caches, or (no key) everything cached about anyone."""
+        if self._tts is not None:
+            self._tts.forget_cached(voice_cache_key)
+
     async def transcribe(self, audio_16k: np.ndarray, language: str | None = None) -> Transcript:
         from engine.errors import SttUnavailable
 

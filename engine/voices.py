@@ -46,6 +46,11 @@ class CloneDraft:
     language: str | None
 
 
+def voice_cache_key(voice_id: int) -> str:
+    """The key of a voice's prefix KV in the TTS cache."""
+    return f"voice-{voice_id}"
+
+
 def check_voice_name(name: str) -> str:
     name = " ".join(name.split())
     if not NAME_PATTERN.match(name):
@@ -167,4 +172,6 @@ class VoiceLibrary:
         return voice
 
     def delete(self, owner_id: int, name: str) -> None:
-        self.store.delete_voice(self.find(owner_id, name).id)
+        voice = self.find(owner_id, name)
+        self.store.delete_voice(voice.id)
+        self.models.forget_cached(voice_cache_key(voice.id))

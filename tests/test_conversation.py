@@ -366,3 +366,25 @@ async def test_whisper_failing_at_run_time_is_a_clear_error_and_nothing_is_store
         model.transcribe = real
     assert store.find_user("telegram", "1001") is not None
     assert store.recent_turns(store.find_user("telegram", "1001").id, "chat-1") == []
+
+
+async def test_deleting_a_voice_or_forgetting_a_user_empties_the_model_caches(
+    build: Callable[..., Conversation], ollama: FakeOllama, store: Store, tmp_path: Path, tiny_speech: CsmSpeech
+) -> None:
+    conversation = build(ollama.host)
+    clip = espeak_ogg("This is my voice. I am reading a few sentences so that you can learn how I sound.", tmp_path)
+    user = await conversation.user(ANN)
+    draft = await conversation.voices.prepare(clip, "This is my voice.")
+    voice = await conversation.voices.save(user.id, "mine", draft, "This is my voice.")
+    ollama.script("Hello.")
+    await collect(conversation.turn(ANN, text="hi"))
+    key = f"voice-{voice.id}:"
+    assert any(cached.startswith(key) for cached in tiny_speech.prefix_cache._entries)
+    conversation.voices.delete(user.id, "mine")
+    assert not any(cached.startswith(key) for cached in tiny_speech.prefix_cache._entries)
+
+    ollama.script("Hello again.")
+    await collect(conversation.turn(ANN, text="hi again"))
+    await conversation.forget(ANN)
+    assert len(tiny_speech.prefix_cache) == 0
+    assert not tiny_speech._text_ids

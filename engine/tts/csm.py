@@ -109,6 +109,15 @@ class CsmSpeech:
     def sample_rate(self) -> int:
         return SAMPLE_RATE
 
+    def forget_cached(self, voice_cache_key: str | None = None) -> None:
+        """Drop what memory holds of a deleted voice (its prefix KV), or of everyone (all caches)."""
+        if voice_cache_key is not None:
+            self.prefix_cache.discard_prefix(f"{voice_cache_key}:")
+            return
+        self.prefix_cache.clear()
+        with self._text_lock:
+            self._text_ids.clear()  # token ids of texts people said
+
     # ------------------------------------------------------------------ audio <-> codes
     def encode_audio(self, audio: np.ndarray) -> torch.Tensor:
         """Mimi codes `[frames, num_codebooks]` (int64, CPU) of 24 kHz mono float32 audio. Encode a voice

@@ -80,6 +80,14 @@ class PrefixCache:
         with self._lock:
             self._entries.clear()
 
+    def discard_prefix(self, prefix: str) -> int:
+        """Drop every entry whose key starts with `prefix` (a deleted voice); returns how many."""
+        with self._lock:
+            doomed = [key for key in self._entries if key.startswith(prefix)]
+            for key in doomed:
+                del self._entries[key]
+            return len(doomed)
+
     def __len__(self) -> int:
         return len(self._entries)
 
