@@ -154,3 +154,42 @@ def conversation(store, whisper, tiny_speech, tiny_csm_dir: Path, ollama):  # ty
     from tests.engine_harness import make_conversation
 
     return make_conversation(store, whisper, tiny_speech, tiny_csm_dir, ollama.host)
+
+
+# Discord slash-command tests: the real command cog on the real engine, with interaction doubles ---------------
+
+DISCORD_CLIP_TEXT = "This is my voice. I am reading a few sentences so that you can learn how I sound."
+
+
+@pytest.fixture
+def sessions(conversation):  # type: ignore[no-untyped-def]
+    from bot.discord import VoiceSessions
+    from bot.turn_queue import TurnQueue
+
+    return VoiceSessions(conversation, TurnQueue(), rejoin_delays=())
+
+
+@pytest.fixture
+def cog(conversation, sessions):  # type: ignore[no-untyped-def]
+    from bot.discord_commands import AlanCommands
+
+    return AlanCommands(conversation, sessions)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return espeak_ogg(DISCORD_CLIP_TEXT, tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture
+def guild():  # type: ignore[no-untyped-def]
+    from tests.discord_doubles import FakeGuild
+
+    return FakeGuild()
+
+
+@pytest.fixture
+def ann(guild):  # type: ignore[no-untyped-def]
+    from tests.discord_doubles import FakeMember
+
+    return guild.add(FakeMember("ann"))

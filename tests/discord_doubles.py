@@ -336,3 +336,21 @@ class FakeAttachment:
     async def read(self) -> bytes:
         self.reads += 1
         return self.data
+
+
+async def run(command: Any, cog: Any, interaction: Any, **options: Any) -> None:
+    """Invoke a slash command the way discord.py's tree does once it has parsed the options."""
+    await command.callback(cog, interaction, **options)
+
+
+async def preview(cog: Any, interaction: Any, clip: bytes, **options: Any) -> Any:
+    """Run /clone with `clip` attached; returns the preview's view (Confirm / Edit / Cancel)."""
+    from bot.discord_commands import AlanCommands, CloneView
+    from engine.voices import CONSENT_STATEMENT
+
+    attachment = FakeAttachment(clip, "ann_voice.ogg", "audio/ogg")
+    await run(AlanCommands.clone, cog, interaction, audio=attachment, **options)
+    sent = interaction.last
+    assert sent.kind == "followup" and sent.ephemeral and isinstance(sent.view, CloneView)
+    assert CONSENT_STATEMENT in sent.content and "Confirm" in sent.content
+    return sent.view
