@@ -63,10 +63,11 @@ async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, C
         )
     finally:
         await conversation.llm.aclose()
-    failed = [name for name, result in zip(servers, results, strict=True) if isinstance(result, BaseException)]
+    failed = []
     for name, result in zip(servers, results, strict=True):
         if isinstance(result, BaseException):
             log.error("%s stopped: %s", name, result)
+            failed.append(name)
     if failed and len(failed) == len(servers):
         # Exit non-zero so that a service manager (systemd's Restart=on-failure) notices.
         raise AllPlatformsFailed("No chat platform could run: " + ", ".join(failed) + ". See the log above.")

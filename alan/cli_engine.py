@@ -29,7 +29,6 @@ from engine.events import (
     TurnError,
     TurnFinished,
 )
-from engine.store.repository import VoiceNameTaken
 from engine.voices import CONSENT_STATEMENT
 
 voice_app = typer.Typer(help="Clone, list and delete voices.", no_args_is_help=True)
@@ -59,7 +58,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     except ServiceUnavailable as error:
         errors.print(f"[red]{error}[/red]\n{error.detail}", highlight=False)
-    except (TurnError, VoiceNameTaken) as error:
+    except TurnError as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
     raise typer.Exit(1)
 

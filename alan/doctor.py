@@ -32,8 +32,9 @@ def check_database(settings: Settings) -> Check:
     from engine.store.database import create_db_engine, current_revision, head_revision
 
     url = settings.resolved_database_url
-    database = make_url(url).database
-    if make_url(url).get_backend_name() == "sqlite" and database and not Path(database).exists():
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() == "sqlite" and database and not Path(database).exists():
         folder = Path(database).parent
         while not folder.exists():
             folder = folder.parent

@@ -168,7 +168,7 @@ class CloneView(OwnerOnlyView):
         try:
             user = await self.conversation.user(self.who)
             self.saved = await self.conversation.voices.save(user.id, self.name, self.draft, self.transcript)
-        except (TurnError, VoiceNameTaken) as error:
+        except TurnError as error:
             hint = " Run /clone again with another name." if isinstance(error, VoiceNameTaken) else ""
             await self.finish(interaction, f"{error}{hint}")
         except Exception:

@@ -8,13 +8,16 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.events import BadInput
 from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
 
 # A user's choice of voice for every scope where they made no narrower choice.
 EVERYWHERE = ""
 
 
-class VoiceNameTaken(Exception):
+class VoiceNameTaken(BadInput):
+    """A user's message like every `TurnError`, so callers need no special case for it."""
+
     def __init__(self, name: str) -> None:
         super().__init__(f"You already have a voice called “{name}”.")
 
