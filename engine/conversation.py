@@ -35,7 +35,7 @@ from engine.events import (
 )
 from engine.llm import ChatMessage, OllamaChat
 from engine.speech_models import SpeechModels
-from engine.speech_text import speakable_sentences
+from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
 from engine.store.models import Turn, User
 from engine.store.repository import Store
 from engine.tts import SAMPLES_PER_FRAME, BudgetError, Segment
@@ -267,11 +267,9 @@ class Conversation:
         text = self._read(text)
         voice_segment, voice_key = await self._voice(user, who, voice_name)
         reply = ReplyDraft()
-
-        async def as_stream() -> AsyncIterator[str]:
-            yield text
-
-        async for index, sentence in _enumerate(speakable_sentences(as_stream())):
+        splitter = SentenceSplitter()
+        spoken = [clean_for_speech(sentence) for sentence in [*splitter.feed(text), *splitter.flush()]]
+        for index, sentence in enumerate(sentence for sentence in spoken if sentence):
             reply.sentences.append(sentence)
             speech = self._speak(sentence, index, voice_segment, voice_key, [], reply)
             try:
@@ -299,10 +297,3 @@ class Conversation:
             # Caches are rebuilt on demand; emptying them is the simple way to be sure nothing of theirs stays.
             self.models.forget_cached()
             log.info("forgot user %s on request", user.id)
-
-
-async def _enumerate(items: AsyncIterator[str]) -> AsyncIterator[tuple[int, str]]:
-    index = 0
-    async for item in items:
-        yield index, item
-        index += 1
