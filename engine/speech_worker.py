@@ -74,14 +74,16 @@ class SpeechWorker:
             stop.set()
             # Wait for the thread to let go of the stream even if cancelled again meanwhile (a bot shutting down
             # cancels twice): the caller reads the stream's final state right after this.
+            cancelled = False
             while not job.done():
                 try:
                     await asyncio.shield(job)
                 except asyncio.CancelledError:
-                    if job.done():
-                        raise
+                    cancelled = True  # passed on once the thread is done, not swallowed
                 except Exception:
                     break  # already reported through the queue, or the consumer has gone
+            if cancelled:
+                raise asyncio.CancelledError
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
