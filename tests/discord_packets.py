@@ -34,6 +34,12 @@ XCHACHA20 = "aead_xchacha20_poly1305_rtpsize"
 AES256_GCM = "aead_aes256_gcm_rtpsize"
 SILENCE = b"\xf8\xff\xfe"
 FRAME_SAMPLES = 960
+FRAME = 0.020
+
+# The people (and SSRCs) of the test calls.
+USER_A, USER_B, BOT_USER = 111_111_111_111_111_111, 222_222_222_222_222_222, 999_999_999_999_999_999
+SSRC_A, SSRC_B, BOT_SSRC = 0x1111, 0x2222, 0x9999
+CHANNEL_ID = 333_333_333_333_333_333
 
 
 # -- audio ------------------------------------------------------------------------------------------------------
@@ -78,6 +84,17 @@ def run(processor: PacketProcessor, packets: list[bytes], keys: ConnectionKeys) 
 
 def joined(chunks: list[DecodedAudio]) -> np.ndarray:
     return np.concatenate([chunk.pcm for chunk in chunks]) if chunks else np.zeros(0, np.float32)
+
+
+def keys_for(key: bytes, users: dict[int, int] | None = None, **extra: object) -> ConnectionKeys:
+    """What a connection knows: `key` for transport, user A on SSRC A unless told otherwise, and our own SSRC."""
+    return ConnectionKeys(
+        mode=str(extra.pop("mode", XCHACHA20)),
+        secret_key=key,
+        ssrc_users={SSRC_A: USER_A} if users is None else users,
+        own_ssrc=BOT_SSRC,
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 # -- RTP + transport encryption ---------------------------------------------------------------------------------
@@ -245,18 +262,39 @@ class DaveVoiceServer:
         message = framing + content + mls_vector(ecdsa_p256_sign(self.signing.private, to_sign))
         return mls_vector(message)
 
-    def join(self, session: davey.DaveSession) -> None:
-        """Add `session` to the group the way the voice server does, and bring everyone to the new epoch."""
-        key_package = session.get_serialized_key_package()
-        if not self.members:  # the first member commits to a group of its own
-            self.members.append(session)
-            return
+    def add(self, key_package: bytes) -> tuple[bytes, bytes, bytes]:
+        """Add the owner of `key_package`: the members held here process the proposal (opcode 27) and the winning
+        commit (29), and the group moves to the next epoch. Returns (proposals, commit, welcome) for whoever gets
+        them over a voice gateway instead: other members (27, 29) and the newcomer (30)."""
+        assert self.members, "the first member forms the group with join()"
         proposals = self.add_proposal(key_package)
         commits = [m.process_proposals(davey.ProposalsOperationType.append, proposals) for m in self.members]
         winner = commits[0]
         assert winner is not None and winner.welcome is not None
         for member in self.members:
             member.process_commit(winner.commit)  # opcode 29: the server announces the winning commit to all
-        session.process_welcome(winner.welcome)  # opcode 30
-        self.members.append(session)
         self.epoch += 1
+        return proposals, winner.commit, winner.welcome
+
+    def join(self, session: davey.DaveSession) -> None:
+        """Add `session` to the group the way the voice server does, and bring everyone to the new epoch."""
+        if not self.members:  # the first member commits to a group of its own
+            self.members.append(session)
+            return
+        _, _, welcome = self.add(session.get_serialized_key_package())
+        session.process_welcome(welcome)  # opcode 30
+        self.members.append(session)
+
+    def new_group(self) -> None:
+        """Opcode 24 with epoch 1: the next members form a new group (an upgrade, or the group re-created)."""
+        self.members, self.epoch = [], 0
+
+
+def dave_call() -> tuple[DaveVoiceServer, davey.DaveSession, davey.DaveSession]:
+    """A DAVE group formed by a local voice server: user A (who speaks) and the bot (who listens)."""
+    server = DaveVoiceServer(CHANNEL_ID)
+    speaker, bot = server.session(USER_A), server.session(BOT_USER)
+    server.join(speaker)
+    server.join(bot)
+    assert speaker.ready and bot.ready
+    return server, speaker, bot

@@ -20,7 +20,6 @@ import pytest
 from discord.gateway import DiscordVoiceWebSocket
 
 from bot.discord_voice import (
-    ConnectionKeys,
     JitterBuffer,
     PacketProcessor,
     ReceivingVoiceClient,
@@ -30,26 +29,32 @@ from bot.discord_voice import (
     sequence_delta,
     supported_modes,
 )
+from bot.discord_voice.unmapped import MAX_AGE_SECONDS, MAX_PACKETS_PER_SSRC, MAX_SSRCS
 from engine.audio import resample
 from tests.conftest import espeak
 from tests.discord_packets import (
     AES256_GCM,
+    BOT_SSRC,
+    BOT_USER,
+    CHANNEL_ID,
+    FRAME,
     SILENCE,
+    SSRC_A,
+    SSRC_B,
+    USER_A,
+    USER_B,
     XCHACHA20,
     DaveVoiceServer,
     DiscordSender,
     Speech,
     aligned_correlation,
+    dave_call,
     joined,
+    keys_for,
     rtcp_receiver_report,
     run,
     seal,
 )
-
-USER_A, USER_B, BOT_USER = 111_111_111_111_111_111, 222_222_222_222_222_222, 999_999_999_999_999_999
-SSRC_A, SSRC_B, BOT_SSRC = 0x1111, 0x2222, 0x9999
-CHANNEL_ID = 333_333_333_333_333_333
-FRAME = 0.020
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +71,6 @@ def other_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
 @pytest.fixture
 def key() -> bytes:
     return os.urandom(32)
-
-
-def keys_for(key: bytes, users: dict[int, int] | None = None, **extra: object) -> ConnectionKeys:
-    return ConnectionKeys(
-        mode=str(extra.pop("mode", XCHACHA20)),
-        secret_key=key,
-        ssrc_users={SSRC_A: USER_A} if users is None else users,
-        own_ssrc=BOT_SSRC,
-        **extra,  # type: ignore[arg-type]
-    )
 
 
 # -- RTP and the jitter buffer on their own ---------------------------------------------------------------------
@@ -187,13 +182,45 @@ def test_sequence_and_timestamp_wrap_around(speech: Speech, key: bytes) -> None:
     assert chunks[-1].timestamp == pytest.approx((len(speech.opus) - 1) * FRAME)
 
 
-def test_unknown_ssrc_is_dropped_until_mapped(speech: Speech, key: bytes) -> None:
+def test_audio_that_beats_its_speaking_event_is_held_and_replayed(speech: Speech, key: bytes) -> None:
+    # Discord's SPEAKING event (whose SSRC this is) can come after someone's first packets: their first words.
     packets = list(DiscordSender(SSRC_A, key).stream(speech.opus))
     processor = PacketProcessor()
     assert run(processor, packets[:20], keys_for(key, users={})) == []
     assert processor.stats.unmapped == 20
     chunks = run(processor, packets[20:], keys_for(key))
-    assert sum(c.frames for c in chunks) == len(packets) - 20
+    assert sum(c.frames for c in chunks) == len(packets)
+    assert chunks[0].timestamp == 0.0
+    assert aligned_correlation(speech.mono, joined(chunks)) > 0.95
+    assert processor.stats.replayed == 20 and processor.held == 0
+
+
+def test_held_audio_is_bounded_and_expires(speech: Speech, key: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    processor, unknown, start = PacketProcessor(), keys_for(key, users={}), 1000.0
+    with caplog.at_level(logging.DEBUG, logger="bot.discord_voice"):
+        # three seconds from one unknown SSRC: only the newest second is kept
+        for index, packet in enumerate(DiscordSender(SSRC_A, key).stream(speech.opus[:150])):
+            processor.process(packet, unknown, now=start + index * FRAME)
+        assert processor.held == MAX_PACKETS_PER_SSRC
+        # forty unknown SSRCs: a bounded number is held, the stalest give way
+        for ssrc in range(0x5000, 0x5000 + 40):
+            processor.process(DiscordSender(ssrc, key).packet(speech.opus[0]), unknown, now=start + 3.0)
+        assert processor.held == MAX_SSRCS
+        # nobody claims them: gone after a while
+        processor.flush_idle(start + 3.0 + MAX_AGE_SECONDS + 0.1)
+        assert processor.held == 0 and processor.stats.held_dropped == 150 + 40
+    assert processor.release_held(SSRC_A, keys_for(key)) == []
+    # a line per SSRC at most, never one per packet
+    assert len(caplog.records) <= 2 * 41
+
+
+def test_undecryptable_packets_from_an_unknown_ssrc_are_not_held(speech: Speech, key: bytes) -> None:
+    processor = PacketProcessor()
+    forged = list(DiscordSender(SSRC_A, os.urandom(32)).stream(speech.opus[:10]))
+    assert run(processor, forged, keys_for(key, users={})) == []
+    assert processor.stats.unmapped == 10 and processor.held == 0
+    assert run(processor, list(DiscordSender(SSRC_A, key, sequence=10).stream(speech.opus[10:20])), keys_for(key))
+    assert processor.stats.replayed == 0
 
 
 def test_own_ssrc_and_rtcp_are_ignored(speech: Speech, key: bytes) -> None:
@@ -280,65 +307,9 @@ def test_transport_rekey_mid_stream_is_picked_up(speech: Speech, key: bytes) -> 
     assert sum(c.frames for c in chunks) == len(speech.opus) and processor.stats.decrypt_failed == 0
 
 
-# -- DAVE end-to-end encryption, with real MLS groups --------------------------------------------------------------
-
-
 @pytest.fixture
 def dave_group() -> tuple[DaveVoiceServer, davey.DaveSession, davey.DaveSession]:
-    server = DaveVoiceServer(CHANNEL_ID)
-    speaker, bot = server.session(USER_A), server.session(BOT_USER)
-    server.join(speaker)
-    server.join(bot)
-    assert speaker.ready and bot.ready
-    return server, speaker, bot
-
-
-def test_dave_frames_are_decrypted(speech: Speech, key: bytes, dave_group) -> None:
-    _, speaker, bot = dave_group
-    e2ee = [speaker.encrypt_opus(frame) for frame in speech.opus]
-    assert e2ee[0] != speech.opus[0] and e2ee[0].endswith(b"\xfa\xfa")
-    chunks = run(PacketProcessor(), list(DiscordSender(SSRC_A, key).stream(e2ee)), keys_for(key, dave_session=bot))
-    assert aligned_correlation(speech.mono, joined(chunks)) > 0.95
-
-
-def test_dave_group_rekey_when_someone_joins(speech: Speech, key: bytes, dave_group) -> None:
-    server, speaker, bot = dave_group
-    sender, processor = DiscordSender(SSRC_A, key), PacketProcessor()
-    keys = keys_for(key, dave_session=bot)
-    chunks = run(processor, [sender.packet(speaker.encrypt_opus(f)) for f in speech.opus[:60]], keys)
-    epoch = bot.epoch
-    server.join(server.session(USER_B))  # a third person joins: new MLS epoch, new media keys
-    assert bot.epoch == epoch + 1
-    chunks += run(processor, [sender.packet(speaker.encrypt_opus(f)) for f in speech.opus[60:]], keys)
-    assert sum(c.frames for c in chunks) == len(speech.opus) and processor.stats.dave_failed == 0
-
-
-def test_dave_failures_drop_without_raising(speech: Speech, key: bytes, dave_group, caplog) -> None:
-    _, speaker, _ = dave_group
-    outsider = DaveVoiceServer(CHANNEL_ID).session(BOT_USER)  # DAVE negotiated but our group not formed yet
-    packets = list(DiscordSender(SSRC_A, key).stream(speaker.encrypt_opus(f) for f in speech.opus[:10]))
-    processor = PacketProcessor()
-    with caplog.at_level(logging.WARNING, logger="bot.discord_voice"):
-        assert run(processor, packets, keys_for(key, dave_session=outsider)) == []
-    assert processor.stats.dave_failed == 10
-    assert any("DAVE" in r.getMessage() for r in caplog.records)
-    # while no group exists, unencrypted frames pass (protocol transition / downgrade)
-    plain = list(DiscordSender(SSRC_A, key, sequence=10).stream(speech.opus[10:20]))
-    assert sum(c.frames for c in run(processor, plain, keys_for(key, dave_session=outsider))) == 10
-
-
-def test_dave_refuses_plaintext_once_the_group_is_active(speech: Speech, key: bytes, dave_group) -> None:
-    _, _, bot = dave_group
-    processor = PacketProcessor()
-    plain = list(DiscordSender(SSRC_A, key).stream(speech.opus[:10]))
-    assert run(processor, plain, keys_for(key, dave_session=bot)) == []
-    assert processor.stats.dave_failed == 10
-    # ...but silence frames are sent in the clear under DAVE, and are recognised as silence
-    assert (
-        processor.process(DiscordSender(SSRC_A, key, sequence=10).packet(SILENCE), keys_for(key, dave_session=bot))
-        == []
-    )
-    assert processor.stats.silence == 1
+    return dave_call()
 
 
 # -- the discord.py adapter, over a real UDP socket and discord.py's own voice websocket code ---------------------

@@ -10,6 +10,7 @@ Usage::
 usable and testable without any network.
 """
 
+from .dave import DaveError, TransitionWatch, dave_decrypt, looks_dave_encrypted
 from .jitter import JitterBuffer, Slot, sequence_delta
 from .processor import (
     OPUS_SILENCE,
@@ -17,7 +18,6 @@ from .processor import (
     DecodedAudio,
     PacketProcessor,
     ProcessorStats,
-    dave_decrypt,
 )
 from .receiver import AudioCallback, ReceivingVoiceClient, VoiceReceiver
 from .rtp import RtpError, RtpHeader, is_rtcp, parse_header
@@ -29,6 +29,7 @@ __all__ = [
     "XCHACHA20",
     "AudioCallback",
     "ConnectionKeys",
+    "DaveError",
     "DecodedAudio",
     "DecryptError",
     "JitterBuffer",
@@ -38,10 +39,12 @@ __all__ = [
     "RtpError",
     "RtpHeader",
     "Slot",
+    "TransitionWatch",
     "VoiceReceiver",
     "dave_decrypt",
     "decrypt_packet",
     "is_rtcp",
+    "looks_dave_encrypted",
     "parse_header",
     "sequence_delta",
     "supported_modes",

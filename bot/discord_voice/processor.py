@@ -3,8 +3,10 @@
     datagram -> RTP header -> transport AEAD decrypt (+ strip extension body) -> DAVE E2EE decrypt
              -> silence filter -> per-SSRC jitter buffer -> per-SSRC Opus decoder (FEC/PLC for holes) -> DecodedAudio
 
-Everything that can change while connected (transport key and mode, the DAVE session, the SSRC -> user map) comes
-in with every packet as `ConnectionKeys`, so nothing here can go stale when Discord re-keys.
+Everything that can change while connected (transport key and mode, the DAVE session and protocol version, whether
+a DAVE transition is under way, the SSRC -> user map) comes in with every packet as `ConnectionKeys`, so nothing
+here can go stale when Discord re-keys. Audio from an SSRC whose user is not known yet is held briefly
+(`UnmappedHold`) and replayed once the mapping arrives.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import davey
 import numpy as np
 from discord.opus import Decoder, OpusError
 
+from .dave import DaveError, dave_decrypt
 from .jitter import JitterBuffer, JitterStats, Slot, sequence_delta
-from .rtp import RtpError, is_rtcp, parse_header
+from .rtp import RtpError, RtpHeader, is_rtcp, parse_header
 from .transport import DecryptError, decrypt_packet
+from .unmapped import UnmappedHold
 
 _log = logging.getLogger(__name__)
 
@@ -29,8 +33,6 @@ OPUS_PAYLOAD_TYPE = 120  # Discord's dynamic payload type for Opus
 # The frame Discord clients send (five times) when they stop talking; decoding it yields nothing worth hearing and
 # feeding it to speech-to-text invites hallucinated words. DAVE leaves it unencrypted.
 OPUS_SILENCE = b"\xf8\xff\xfe"
-# Every DAVE-encrypted frame ends with this marker (daveprotocol.com, "Frame format").
-DAVE_MAGIC = b"\xfa\xfa"
 RTP_CLOCK_RATE = 48_000
 FRAME_TICKS = 960  # 20 ms at the 48 kHz RTP clock
 DECODER_RATES = (8_000, 12_000, 16_000, 24_000, 48_000)  # libopus resamples internally to any of these
@@ -45,6 +47,11 @@ class ConnectionKeys:
     ssrc_users: Mapping[int, int]
     own_ssrc: int | None = None
     dave_session: davey.DaveSession | None = None
+    # The connection's DAVE protocol version: 0 means transport-only encryption (e.g. after a downgrade), whatever
+    # state the davey session is left in.
+    dave_protocol_version: int = davey.DAVE_PROTOCOL_VERSION
+    # Between a prepared and an executed upgrade or downgrade: senders' plaintext passes (DAVE passthrough).
+    dave_in_transition: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +80,10 @@ class ProcessorStats:
     rtcp: int = 0
     own: int = 0
     not_audio: int = 0
-    unmapped: int = 0
+    unmapped: int = 0  # packets that arrived before their SSRC's user was known
+    held: int = 0  # of those, kept to be replayed once the user is known
+    replayed: int = 0
+    held_dropped: int = 0  # held but given up on (too old, too many, or never claimed)
     malformed: int = 0
     decrypt_failed: int = 0
     dave_failed: int = 0
@@ -81,10 +91,6 @@ class ProcessorStats:
     opus_errors: int = 0
     frames: int = 0
     concealed: int = 0
-
-
-class DaveError(ValueError):
-    """An end-to-end encrypted frame could not be decrypted."""
 
 
 @functools.cache
@@ -101,23 +107,6 @@ def _decoder_class(sample_rate: int) -> type[Decoder]:
             "FRAME_SIZE": sample_rate // 50 * 2,
         },
     )
-
-
-def dave_decrypt(session: davey.DaveSession | None, user_id: int, payload: bytes) -> bytes:
-    """Undo DAVE end-to-end encryption, or pass the frame through where the protocol allows it."""
-    if session is None:
-        return payload
-    if session.ready:
-        # davey itself lets unencrypted frames through only while that sender's decryptor is in passthrough mode
-        # (during protocol transitions), which is exactly the rule Discord's clients follow.
-        try:
-            return session.decrypt(user_id, davey.MediaType.audio, payload)
-        except Exception as error:  # ValueError for a bad frame; anything else must not kill the socket thread
-            raise DaveError(str(error)) from error
-    if payload.endswith(DAVE_MAGIC):
-        raise DaveError("end-to-end encrypted frame while this side's DAVE group is not established")
-    # No group (yet, or any more after a downgrade to protocol 0): senders are not encrypting either.
-    return payload
 
 
 @dataclass(slots=True)
@@ -155,6 +144,7 @@ class PacketProcessor:
         self.stats = ProcessorStats()
         self._streams: dict[int, _Stream] = {}
         self._warned_unmapped: set[int] = set()
+        self._held = UnmappedHold()
 
     # -- the packet path ------------------------------------------------------------------------------------
 
@@ -176,33 +166,77 @@ class PacketProcessor:
         if header.payload_type != OPUS_PAYLOAD_TYPE:
             self.stats.not_audio += 1  # video or anything else sharing the socket
             return []
+        arrival = time.monotonic() if now is None else now
         user_id = keys.ssrc_users.get(header.ssrc)
         if user_id is None:
-            # Normal for a moment: audio can beat the SPEAKING event that says whose SSRC this is.
-            self.stats.unmapped += 1
-            if header.ssrc not in self._warned_unmapped and len(self._warned_unmapped) < 1024:
-                self._warned_unmapped.add(header.ssrc)
-                _log.debug("dropping audio from SSRC %d: no user known for it yet", header.ssrc)
+            self._hold_unmapped(packet, header, keys, arrival)
             return []
-        stream = self._stream(header.ssrc, user_id, now)
-
+        stream = self._stream(header.ssrc, user_id, arrival)
         try:
             payload = decrypt_packet(packet, header, keys.mode, keys.secret_key)
         except (DecryptError, RtpError) as error:
             self.stats.decrypt_failed += 1
             self._warn(stream, "transport", f"dropping packet seq {header.sequence}: {error}")
             return []
+        chunks = self._replay_held(stream, keys, arrival) if header.ssrc in self._held else []
+        return chunks + self._media(stream, header, payload, keys)
+
+    def release_held(self, ssrc: int, keys: ConnectionKeys, *, now: float | None = None) -> list[DecodedAudio]:
+        """The SSRC's user is known now: play what arrived before, in order. Call when the mapping changes."""
+        user_id = keys.ssrc_users.get(ssrc)
+        if user_id is None or ssrc not in self._held:
+            return []
+        arrival = time.monotonic() if now is None else now
+        return self._replay_held(self._stream(ssrc, user_id, arrival), keys, arrival)
+
+    def _media(self, stream: _Stream, header: RtpHeader, payload: bytes, keys: ConnectionKeys) -> list[DecodedAudio]:
+        """A transport-decrypted payload of a known speaker: DAVE, then reordering and decoding."""
         if payload == OPUS_SILENCE:
-            # Keep its sequence slot so it is not mistaken for a lost packet, but it produces no audio.
+            # Sent in the clear even under DAVE. Keep its sequence slot so it is not mistaken for a lost packet, but
+            # it produces no audio (and nothing for speech-to-text to hallucinate on).
             self.stats.silence += 1
             return self._decode(stream, stream.jitter.push(header.sequence, header.timestamp, payload))
         try:
-            opus = dave_decrypt(keys.dave_session, user_id, payload)
+            opus = dave_decrypt(
+                keys.dave_session,
+                stream.user_id,
+                payload,
+                protocol_version=keys.dave_protocol_version,
+                in_transition=keys.dave_in_transition,
+            )
         except DaveError as error:
             self.stats.dave_failed += 1
             self._warn(stream, "dave", f"dropping packet seq {header.sequence}: DAVE: {error}")
             return []
         return self._decode(stream, stream.jitter.push(header.sequence, header.timestamp, opus))
+
+    def _hold_unmapped(self, packet: bytes, header: RtpHeader, keys: ConnectionKeys, arrival: float) -> None:
+        # Normal for a moment: audio can beat the SPEAKING event that says whose SSRC this is.
+        self.stats.unmapped += 1
+        try:
+            # Strip transport encryption now, under the key it was sent with; DAVE needs the user, so it waits.
+            payload = decrypt_packet(packet, header, keys.mode, keys.secret_key)
+        except (DecryptError, RtpError) as error:
+            if header.ssrc not in self._warned_unmapped and len(self._warned_unmapped) < 1024:
+                self._warned_unmapped.add(header.ssrc)
+                _log.debug("dropping audio from unknown SSRC %d: %s", header.ssrc, error)
+            return
+        self.stats.held += 1
+        self._held.hold(header, payload, arrival)
+        self.stats.held_dropped = self._held.dropped
+
+    def _replay_held(self, stream: _Stream, keys: ConnectionKeys, now: float) -> list[DecodedAudio]:
+        held = self._held.take(stream.ssrc, now)
+        self.stats.held_dropped = self._held.dropped
+        if held:
+            _log.debug(
+                "SSRC %d is user %d: replaying %d packets that came first", stream.ssrc, stream.user_id, len(held)
+            )
+        chunks: list[DecodedAudio] = []
+        for packet in held:
+            self.stats.replayed += 1
+            chunks += self._media(stream, packet.header, packet.payload, keys)
+        return chunks
 
     # -- stream lifecycle -----------------------------------------------------------------------------------
 
@@ -212,6 +246,8 @@ class PacketProcessor:
         for stream in list(self._streams.values()):
             if stream.jitter.pending and now - stream.last_arrival >= idle_after:
                 out.extend(self._decode(stream, stream.jitter.flush()))
+        self._held.expire(now)
+        self.stats.held_dropped = self._held.dropped
         return out
 
     def drop_user(self, user_id: int) -> list[DecodedAudio]:
@@ -226,6 +262,12 @@ class PacketProcessor:
     def reset(self) -> None:
         self._streams.clear()
         self._warned_unmapped.clear()
+        self._held.clear()
+
+    @property
+    def held(self) -> int:
+        """Packets held for SSRCs whose user is not known yet."""
+        return len(self._held)
 
     def jitter_stats(self, ssrc: int) -> JitterStats | None:
         stream = self._streams.get(ssrc)
@@ -235,8 +277,7 @@ class PacketProcessor:
     def ssrcs(self) -> dict[int, int]:
         return {ssrc: stream.user_id for ssrc, stream in self._streams.items()}
 
-    def _stream(self, ssrc: int, user_id: int, now: float | None) -> _Stream:
-        arrival = time.monotonic() if now is None else now
+    def _stream(self, ssrc: int, user_id: int, arrival: float) -> _Stream:
         stream = self._streams.get(ssrc)
         if stream is None or stream.user_id != user_id:  # new speaker, or Discord reassigned the SSRC
             self._warned_unmapped.discard(ssrc)

@@ -9,8 +9,10 @@ discord.py has no receive API, but it already owns the two things receiving need
   attribute covers reconnects; the websocket already open (if any) is patched directly.
 
 From the websocket we learn who owns which SSRC (SPEAKING, op 5) and who left (CLIENT_DISCONNECT, op 13). The
-transport key, mode and DAVE session are read from the connection object for every datagram, never cached: DAVE
-re-keys whenever someone joins or leaves, and a reconnect brings a new transport key.
+transport key, mode, DAVE session, DAVE protocol version and pending DAVE transitions are read from the connection
+object for every datagram, never cached: DAVE re-keys whenever someone joins or leaves, a downgrade only changes
+the protocol version, and a reconnect brings a new transport key. Audio that beats its SPEAKING event is held by the
+processor and delivered as soon as the event arrives.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 from discord.gateway import DiscordVoiceWebSocket
 from discord.utils import MISSING
 
+from .dave import TransitionWatch
 from .processor import RTP_CLOCK_RATE, ConnectionKeys, DecodedAudio, PacketProcessor
 
 _log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class VoiceReceiver:
         self.processor = PacketProcessor(sample_rate=sample_rate, max_delay_frames=max_delay_frames)
         self.idle_flush_after = idle_flush_after
         self._connection = voice_client._connection
+        self._transitions = TransitionWatch()
         # Replaced, never mutated, so the socket thread can read it without a lock.
         self._ssrc_users: dict[int, int] = {}
         self._lock = threading.Lock()  # the processor is used from the socket thread and the event loop
@@ -122,12 +126,15 @@ class VoiceReceiver:
             ssrc_users=self._ssrc_users,
             own_ssrc=None if ssrc is MISSING else ssrc,
             dave_session=connection.dave_session,
+            dave_protocol_version=connection.dave_protocol_version,
+            dave_in_transition=self._transitions.in_transition(connection, time.monotonic()),
         )
 
     def handle_voice_event(self, msg: dict[str, Any]) -> None:
         """Learn from one voice-gateway JSON message. Never raises: it runs inside discord.py's websocket loop."""
         try:
             op, data = msg.get("op"), msg.get("d") or {}
+            self._transitions.on_voice_event(op, data)
             if op == DiscordVoiceWebSocket.SPEAKING:
                 self._map_ssrc(int(data["ssrc"]), int(data["user_id"]))
             elif op == DiscordVoiceWebSocket.CLIENT_CONNECT and data.get("audio_ssrc"):
@@ -166,6 +173,20 @@ class VoiceReceiver:
         if self._ssrc_users.get(ssrc) != user_id:
             _log.debug("SSRC %d belongs to user %d", ssrc, user_id)
             self._ssrc_users = {**self._ssrc_users, ssrc: user_id}
+        self._release_held(ssrc)
+
+    def _release_held(self, ssrc: int) -> None:
+        # Their first words may have arrived before this event: they are held, not lost, and go out now.
+        keys = self.current_keys()
+        if keys is None or self._on_audio is None:
+            return
+        try:
+            with self._lock:
+                chunks = self.processor.release_held(ssrc, keys)
+        except Exception:  # a bug here must cost the held audio, not discord.py's websocket loop
+            _log.exception("replaying held audio for SSRC %d failed", ssrc)
+            return
+        self._deliver(chunks)
 
     def _forget_user(self, user_id: int) -> None:
         self._ssrc_users = {ssrc: user for ssrc, user in self._ssrc_users.items() if user != user_id}
