@@ -47,6 +47,27 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "temperature": 0.7,
     "num_predict": 300,  # a spoken answer is short; this stops a rambling one before it eats the turn
 }
+# Names of the languages Whisper hears most, for telling the model which language to answer in; a code not
+# listed is given as the ISO 639-1 code itself, which models understand too.
+LANGUAGE_NAMES = {
+    "en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian", "pt": "Portuguese",
+    "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian", "tr": "Turkish", "ar": "Arabic",
+    "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "hi": "Hindi", "sv": "Swedish", "da": "Danish",
+    "no": "Norwegian", "fi": "Finnish", "cs": "Czech", "el": "Greek", "he": "Hebrew", "ca": "Catalan",
+    "ro": "Romanian", "hu": "Hungarian", "id": "Indonesian", "vi": "Vietnamese", "th": "Thai",
+}  # fmt: skip
+
+
+def language_instruction(language: str | None) -> str | None:
+    """What the system prompt says about the person's language; nothing for English, the prompt's own."""
+    if not language or language == "en":
+        return None
+    name = LANGUAGE_NAMES.get(language)
+    if name is None:
+        return f"The person speaks the language with ISO 639-1 code {language!r}; answer in that language."
+    return f"The person speaks {name}; answer in {name}."
+
+
 # Keep the model in memory between turns: reloading it costs seconds of silence before the first word.
 KEEP_ALIVE = "30m"
 
@@ -140,10 +161,20 @@ class OllamaChat:
         await self.aclose()
 
     def build_messages(
-        self, history: Sequence[ChatMessage], user_text: str, *, context: str | None = None
+        self,
+        history: Sequence[ChatMessage],
+        user_text: str,
+        *,
+        context: str | None = None,
+        language: str | None = None,
     ) -> list[dict[str, str]]:
-        """What is sent: the system prompt (always), the trimmed history, then the new user turn."""
+        """What is sent: the system prompt (always), the trimmed history, then the new user turn.
+
+        `language` is the person's (a Whisper language code); the model is told to answer in it.
+        """
         system = self.system_prompt
+        if instruction := language_instruction(language):
+            system = f"{system}\n\n{instruction}"
         if context:
             system = f"{system}\n\nWhat you know about this conversation:\n{context.strip()}"
         budget = max(0, self.history_chars - len(user_text))
@@ -153,14 +184,19 @@ class OllamaChat:
         return messages
 
     async def stream_reply(
-        self, history: Sequence[ChatMessage], user_text: str, *, context: str | None = None
+        self,
+        history: Sequence[ChatMessage],
+        user_text: str,
+        *,
+        context: str | None = None,
+        language: str | None = None,
     ) -> AsyncIterator[str]:
         """Yield the reply's text deltas as they arrive. Raises `LlmUnavailable` (with the fix) on failure.
 
         Closing the iterator early (the user interrupted) closes the HTTP stream, which makes Ollama stop
         generating.
         """
-        messages = self.build_messages(history, user_text, context=context)
+        messages = self.build_messages(history, user_text, context=context, language=language)
         # With stream=True this only builds the request; connecting happens on the first `anext`.
         stream = await self._client.chat(
             model=self.model,

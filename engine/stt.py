@@ -7,18 +7,21 @@ a turn that aLAN answers, so every transcript goes through three gates:
 1. Silero VAD (the copy shipped inside faster-whisper) on the whole clip: no speech → the model never runs.
 2. faster-whisper's own VAD filter (`vad_filter=True`) so only the speech parts reach the model, and
    Whisper's own "silent segment" rule.
-3. A per-segment filter (`rejection_reason`): segments Whisper itself is unsure of, repetition loops,
-   non-speech annotations and the stock hallucination phrases are dropped.
+3. The segment filter of `engine.stt_filter`: segments Whisper itself is unsure of, repetition loops (also
+   across segments), non-speech annotations and the stock hallucination phrases are dropped.
 
 What is left is the turn; if nothing is left the result says `no_speech=True` with empty text.
+
+A short clip ("sí", "vale") says too little for Whisper to tell its language; a caller that knows the
+person's language passes it as `language_hint`, used only when detection is unsure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from engine.errors import SttUnavailable
+from engine.stt_filter import RepetitionGuard, rejection_reason, silero_evidence
 
 if TYPE_CHECKING:  # faster-whisper pulls in ctranslate2 and onnxruntime: import them only when needed
     from faster_whisper import WhisperModel
@@ -45,34 +49,23 @@ _COMPUTE_PREFERENCES: dict[str, tuple[str, ...]] = {
     "cpu": ("int8", "int8_float32", "float32"),
 }
 
-# --- Hallucination filter thresholds (Whisper's own defaults where it has one) ---
-NO_SPEECH_PROB = 0.6  # Whisper: a segment is silence if no_speech_prob > 0.6 ...
-LOW_LOGPROB = -1.0  # ... and its average log-probability < -1.0
-GARBAGE_LOGPROB = -1.5  # still this unsure after temperature fallback: noise decoded as words
-MAX_COMPRESSION_RATIO = 2.4  # gzip ratio above this = a repetition loop ("the the the …")
-# A stock phrase is kept only when Whisper is clearly confident it was said (people do say "thank you").
-CONFIDENT_NO_SPEECH_PROB = 0.2
-CONFIDENT_LOGPROB = -0.5
-
-# Phrases no one says to a voice companion: YouTube outros and subtitle credits from Whisper's training data.
-_ALWAYS_HALLUCINATION = re.compile(
-    r"^(you|thanks? (you )?(so much |very much )?for watching.*|please (like and )?subscribe.*"
-    r"|(don t forget to )?like and subscribe.*|see you (in the )?next (video|time|one).*"
-    r"|(subtitles?|captions?|captioning|transcri(bed|ption)|translat(ed|ion)|sub(bed|titled)) by.*"
-    r"|(www )?\S+\.(com|org|net|tv))$"
-)
-# The same credits in other languages (Whisper's training subtitles), matched anywhere in a segment.
-_FOREIGN_CREDITS = re.compile(r"amara\.org|untertitel|sous titres|ご視聴|字幕|продолжение следует|napisy")
-# Short phrases Whisper produces for breaths, clicks and room noise — but that are also real answers.
-_AMBIGUOUS_HALLUCINATION = frozenset(
-    {
-        "thank you", "thank you so much", "thank you very much", "thanks", "thanks a lot", "bye", "bye bye",
-        "goodbye", "okay", "ok", "so", "oh", "uh", "um", "hmm", "mm", "ah", "yeah", "the end", "i m sorry",
-    }
-)  # fmt: skip
-# Bracketed sound descriptions and music symbols: "[Music]", "(upbeat music)", "♪♪".
-_ANNOTATION = re.compile(r"^(\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬\s])+$")
-
+# --- Decoding, chosen from bench/stt.py on the real Whisper base, int8, 2 shared CPU threads, espeak-ng ---
+# beam 1: WER en 2.2 %, es 35.8 %, 2.17 s per sentence clip; beam 5: en 2.2 %, es 24.2 %, 2.35 s (+8 %).
+# Beam search pays for itself on a CPU too (and is nearly free on a GPU).
+DEFAULT_BEAM_SIZE = 5
+# Temperature fallback re-decodes a clip whose text looks like a loop or is unsure, once per temperature.
+# A 1.1 s Spanish laugh ("ja ja ja") cost 33.4 s with faster-whisper's six temperatures, uncapped (and
+# was dropped anyway); two temperatures: 11.5 s; two plus the token cap below: 4.8 s. English "ha ha ha":
+# 2.0 s → 2.0 s.
+DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.4)
+# Tokens Whisper may write per second of speech, plus a fixed allowance. espeak-ng's English and Spanish
+# need up to 8 text tokens/s; languages the byte-level vocabulary spells in more pieces (Greek, Hindi) need
+# more, hence the margin. A loop ("ja ja ja" → "Shoshosho…") runs into this cap instead of on to 448 tokens.
+TOKENS_PER_SPEECH_SECOND = 15.0
+TOKEN_ALLOWANCE = 32
+MAX_NEW_TOKENS = 440  # Whisper's decoder holds 448 positions, a few of them taken by the prompt
+# Language detection below this probability is "unsure": a known language of the person's wins.
+LANGUAGE_SURE = 0.9
 
 @dataclass(frozen=True)
 class Transcript:
@@ -94,9 +87,13 @@ class Transcript:
 class SpeechToText(Protocol):
     """What the rest of aLAN needs from an STT engine (lets the pipeline tests use a fake)."""
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript: ...
+    def transcribe(
+        self, audio: np.ndarray, language: str | None = None, language_hint: str | None = None
+    ) -> Transcript: ...
 
-    async def transcribe_async(self, audio: np.ndarray, language: str | None = None) -> Transcript: ...
+    async def transcribe_async(
+        self, audio: np.ndarray, language: str | None = None, language_hint: str | None = None
+    ) -> Transcript: ...
 
 
 def resolve_device(device: Device | str) -> tuple[str, str]:
@@ -120,39 +117,6 @@ def resolve_device(device: Device | str) -> tuple[str, str]:
     return device, "default"
 
 
-def _normalise(text: str) -> str:
-    """Lowercase, punctuation to spaces, single-spaced: "Thanks for watching!" → "thanks for watching"."""
-    text = text.lower().replace("’", "'").replace("'", " ")
-    text = re.sub(r"[^\w\s.]", " ", text)
-    text = re.sub(r"(?<!\w)\.|\.(?!\w)", " ", text)  # keep dots inside words (amara.org), drop the rest
-    return " ".join(text.split())
-
-
-def rejection_reason(segment: Segment) -> str | None:
-    """Why a decoded segment must not count as speech, or None if it is fine.
-
-    Works on the numbers faster-whisper reports for each segment; thresholds are the module constants.
-    """
-    text = segment.text.strip()
-    if not text or not re.search(r"\w", text):
-        return "empty"
-    if _ANNOTATION.match(text):
-        return "sound annotation"
-    if segment.no_speech_prob > NO_SPEECH_PROB and segment.avg_logprob < LOW_LOGPROB:
-        return "silence"
-    if segment.avg_logprob < GARBAGE_LOGPROB:
-        return "low confidence"
-    if segment.compression_ratio > MAX_COMPRESSION_RATIO:
-        return "repetition"
-    normalised = _normalise(text)
-    if _ALWAYS_HALLUCINATION.match(normalised) or _FOREIGN_CREDITS.search(normalised):
-        return "stock hallucination"
-    confident = segment.no_speech_prob < CONFIDENT_NO_SPEECH_PROB and segment.avg_logprob > CONFIDENT_LOGPROB
-    if normalised in _AMBIGUOUS_HALLUCINATION and not confident:
-        return "unsure stock phrase"
-    return None
-
-
 class WhisperTranscriber:
     """faster-whisper behind `SpeechToText`. The model loads on first use (or `load()`), once.
 
@@ -168,8 +132,9 @@ class WhisperTranscriber:
         download_root: str | Path | None = None,
         local_files_only: bool = False,
         cpu_threads: int | None = None,
-        beam_size: int | None = None,
-        temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        beam_size: int = DEFAULT_BEAM_SIZE,
+        temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES,
+        tokens_per_speech_second: float | None = TOKENS_PER_SPEECH_SECOND,
         vad_options: VadOptions | None = None,
         segment_filter: Callable[[Segment], str | None] | None = None,
     ) -> None:
@@ -179,12 +144,15 @@ class WhisperTranscriber:
         self.local_files_only = local_files_only
         # CTranslate2 defaults to 4 threads; on a small box that oversubscribes the cores the TTS needs too.
         self.cpu_threads = cpu_threads if cpu_threads is not None else min(os.cpu_count() or 4, 8)
-        self._beam_size = beam_size
+        self.beam_size = beam_size
         self.temperatures = temperatures
+        # None: no cap beyond the model's own (what faster-whisper does by default).
+        self.tokens_per_speech_second = tokens_per_speech_second
         self._vad_options = vad_options
         # Why a segment is not speech (None: keep it). Tests with random weights relax it: such a model is
-        # never confident, yet its output must still flow through the pipeline.
-        self.segment_filter = segment_filter or rejection_reason
+        # never confident, yet its output must still flow through the pipeline. None: `rejection_reason`,
+        # given Silero's speech evidence.
+        self.segment_filter = segment_filter
         self._model: WhisperModel | None = None
         self._device: str | None = None
         self._compute_type: str | None = None
@@ -208,13 +176,6 @@ class WhisperTranscriber:
         if self._compute_type is None:
             self._device, self._compute_type = resolve_device(self.requested_device)
         return self._compute_type
-
-    @property
-    def beam_size(self) -> int:
-        # Greedy on CPU keeps a short turn's latency down; beam search is nearly free on a GPU.
-        if self._beam_size is not None:
-            return self._beam_size
-        return 5 if self.device == "cuda" else 1
 
     def load(self) -> WhisperModel:
         """Load the model now (idempotent, thread-safe); raises `SttUnavailable` with the fix on failure."""
@@ -286,8 +247,14 @@ class WhisperTranscriber:
 
     # --- transcription ---
 
-    def transcribe(self, audio: np.ndarray, language: str | None = None) -> Transcript:
-        """Transcribe float32 mono 16 kHz audio. Blocking: use `transcribe_async` from the event loop."""
+    def transcribe(
+        self, audio: np.ndarray, language: str | None = None, language_hint: str | None = None
+    ) -> Transcript:
+        """Transcribe float32 mono 16 kHz audio. Blocking: use `transcribe_async` from the event loop.
+
+        `language` forces the language; `language_hint` (the person's usual language) is used only when
+        Whisper's own detection is unsure, as it is on a clip of a word or two.
+        """
         from faster_whisper.vad import VadOptions, get_speech_timestamps
 
         samples = _as_mono_float32(audio)
@@ -297,13 +264,24 @@ class WhisperTranscriber:
         vad = self._vad_options or VadOptions()
         # VAD first: Silero costs a few ms per second of audio, the model far more, and faster-whisper would
         # still run language detection (and often hallucinate) on an all-silent clip.
-        if not get_speech_timestamps(samples, vad):
+        speech_chunks = get_speech_timestamps(samples, vad)
+        if not speech_chunks:
             return Transcript.nothing(duration, language)
+        speech_seconds = sum(chunk["end"] - chunk["start"] for chunk in speech_chunks) / SAMPLE_RATE
 
         model = self.load()
+        if self.segment_filter is not None:
+            judge = self.segment_filter
+        else:
+            evidence = silero_evidence(samples, SAMPLE_RATE)
+            judge = lambda segment: rejection_reason(segment, evidence)  # noqa: E731
+        guard = RepetitionGuard()
         kept: list[str] = []
         rejected: list[str] = []
         try:
+            probability: float | None = None
+            if language is None and language_hint and model.model.is_multilingual:
+                language, probability = self._choose_language(model, samples, vad, language_hint)
             segments, info = model.transcribe(
                 samples,
                 language=language,
@@ -311,15 +289,19 @@ class WhisperTranscriber:
                 vad_parameters=vad,
                 beam_size=self.beam_size,
                 temperature=list(self.temperatures),
+                max_new_tokens=self._token_cap(speech_seconds),
                 # Each turn stands alone: conditioning on earlier text lets one hallucination breed more.
                 condition_on_previous_text=False,
             )
             for segment in segments:  # a generator: decoding happens while iterating
-                reason = self.segment_filter(segment)
+                text = segment.text.strip()
+                reason = judge(segment)
+                if reason is None and guard.repeated(text):
+                    reason = "repeated segment"
                 if reason is None:
-                    kept.append(segment.text.strip())
+                    kept.append(text)
                 else:
-                    rejected.append(f"{reason}: {segment.text.strip()!r}")
+                    rejected.append(f"{reason}: {text!r}")
         except RuntimeError as error:
             # CTranslate2 loads cuBLAS/cuDNN on the first GPU run, so a missing CUDA library shows up here.
             if _is_cuda_library_error(error):
@@ -329,22 +311,54 @@ class WhisperTranscriber:
             raise SttUnavailable(
                 f"Speech recognition failed: {error}. Check the log; `alan doctor` checks the model."
             ) from error
+        if guard.is_loop(kept):  # each segment passed alone, but together they are one phrase going round
+            rejected.extend(f"repetition across segments: {text!r}" for text in kept)
+            kept = []
         if rejected:
-            log.debug("Dropped Whisper segments: %s", "; ".join(rejected))
+            # Only the reasons: the dropped texts are the person's words, which never go to the logs.
+            log.debug("Dropped %d Whisper segment(s): %s", len(rejected), [entry.split(":")[0] for entry in rejected])
         text = " ".join(" ".join(kept).split())
         return Transcript(
             text=text,
             language=info.language,
-            language_probability=float(info.language_probability),
+            language_probability=float(info.language_probability if probability is None else probability),
             duration=duration,
             speech_duration=float(info.duration_after_vad),
             no_speech=not text,
             rejected=tuple(rejected),
         )
 
-    async def transcribe_async(self, audio: np.ndarray, language: str | None = None) -> Transcript:
+    def _choose_language(
+        self, model: WhisperModel, samples: np.ndarray, vad: VadOptions, hint: str
+    ) -> tuple[str, float]:
+        """The detected language if detection is sure, else the hint; with the chosen one's probability.
+
+        This is the detection faster-whisper would run itself (on the speech parts), done here so its
+        certainty can be weighed; the transcription that follows is then told the language.
+        """
+        detected, probability, all_probabilities = model.detect_language(
+            samples, vad_filter=True, vad_parameters=vad
+        )
+        if probability >= LANGUAGE_SURE or detected == hint:
+            return detected, probability
+        probabilities = dict(all_probabilities)
+        if hint not in probabilities:  # not a language this model knows: detection it is
+            return detected, probability
+        log.debug("language detection unsure (%s %.2f): using the person's %s", detected, probability, hint)
+        return hint, probabilities[hint]
+
+    def _token_cap(self, speech_seconds: float) -> int | None:
+        if self.tokens_per_speech_second is None:
+            return None
+        # faster-whisper applies the cap per 30 s window; a longer turn is capped as if each window were full.
+        window_seconds = min(speech_seconds, 30.0)
+        return min(MAX_NEW_TOKENS, math.ceil(self.tokens_per_speech_second * window_seconds) + TOKEN_ALLOWANCE)
+
+    async def transcribe_async(
+        self, audio: np.ndarray, language: str | None = None, language_hint: str | None = None
+    ) -> Transcript:
         """`transcribe` in a worker thread, so the bots' event loop keeps serving while Whisper runs."""
-        return await asyncio.to_thread(self.transcribe, audio, language)
+        return await asyncio.to_thread(self.transcribe, audio, language, language_hint)
 
 
 def _looks_like_path(name: str) -> bool:

@@ -8,6 +8,8 @@ hallucination filter on real `Segment` objects, and the errors an operator sees.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +22,17 @@ from faster_whisper.transcribe import Segment
 
 from engine import stt
 from engine.errors import SttUnavailable
-from engine.stt import SAMPLE_RATE, Transcript, WhisperTranscriber, rejection_reason, resolve_device
+from engine.stt import (
+    DEFAULT_BEAM_SIZE,
+    MAX_NEW_TOKENS,
+    SAMPLE_RATE,
+    TOKEN_ALLOWANCE,
+    TOKENS_PER_SPEECH_SECOND,
+    Transcript,
+    WhisperTranscriber,
+    resolve_device,
+)
+from engine.stt_filter import MAX_COMPRESSION_RATIO, compression_ratio, rejection_reason
 from tests.tiny_models.whisper import WHISPER_LANGUAGES
 
 
@@ -96,14 +108,14 @@ def test_tiny_model_loads_through_faster_whisper(transcriber: WhisperTranscriber
     assert transcriber.loaded
     assert model is transcriber.load()  # loaded once
     assert model.model.is_multilingual  # language detection is on, as with real multilingual weights
-    assert (transcriber.device, transcriber.compute_type, transcriber.beam_size) == ("cpu", "int8", 1)
+    assert (transcriber.device, transcriber.compute_type, transcriber.beam_size) == ("cpu", "int8", DEFAULT_BEAM_SIZE)
     assert set(model.supported_languages) >= set(WHISPER_LANGUAGES)
 
 
 def test_loading_is_lazy(tiny_whisper_dir: Path) -> None:
     whisper = WhisperTranscriber(str(tiny_whisper_dir), device="cpu")
     assert not whisper.loaded
-    assert whisper.beam_size == 1  # resolving the device does not load the model either
+    assert whisper.device == "cpu"  # resolving the device does not load the model either
     assert not whisper.loaded
 
 
@@ -176,6 +188,16 @@ def test_given_language_skips_detection(transcriber: WhisperTranscriber, speech:
     assert (result.language, result.language_probability) == ("fr", 1.0)
 
 
+def test_a_language_hint_wins_over_unsure_detection(transcriber: WhisperTranscriber, speech: np.ndarray) -> None:
+    # Random weights spread the language probability thin over 99 languages: detection is never sure.
+    detected = transcriber.transcribe(speech)
+    assert detected.language_probability < stt.LANGUAGE_SURE
+    hinted_language = "es" if detected.language != "es" else "de"
+    result = transcriber.transcribe(speech, language_hint=hinted_language)
+    assert result.language == hinted_language
+    assert 0.0 < result.language_probability < stt.LANGUAGE_SURE  # the hint's own probability, not a forced 1.0
+
+
 async def test_async_transcription_leaves_the_loop_free(transcriber: WhisperTranscriber, speech: np.ndarray) -> None:
     ticks = 0
 
@@ -237,18 +259,100 @@ def test_confident_real_speech_is_kept(text: str) -> None:
     assert rejection_reason(make_segment(text, avg_logprob=-0.25, no_speech_prob=0.02)) is None
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        " Gracias por ver el video.",
+        " ¡Gracias por ver el vídeo!",
+        " GRACIAS POR VER EL VÍDEO",
+        " Suscríbete al canal.",
+        " Suscribete al canal y dale like",
+        " Subtítulos realizados por la comunidad de Amara.org",
+        " Untertitel im Auftrag des ZDF für funk, 2017",
+        " Vielen Dank fürs Zuschauen!",
+        " Sous-titres réalisés par la communauté d'Amara.org",
+        " Sous-titrage ST' 501",
+        " Merci d'avoir regardé cette vidéo !",
+        " Obrigado por assistir!",
+        " Legendas pela comunidade Amara.org",
+        " Grazie per la visione!",
+        " Sottotitoli creati dalla comunità Amara.org",
+        " Bedankt voor het kijken!",
+        " Спасибо за просмотр!",
+        " ご視聴ありがとうございました",
+    ],
+)
+def test_stock_hallucinations_in_other_languages(text: str) -> None:
+    # Confident numbers: these phrases are dropped however sure Whisper is of them.
+    assert rejection_reason(make_segment(text, avg_logprob=-0.2, no_speech_prob=0.01)) == "stock hallucination"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        " Gracias por venir a verme.",
+        " Me suscribí al periódico.",
+        " Danke für deine Hilfe.",
+        " Merci pour le dîner.",
+        " You know what I mean?",
+        " Obrigado pela ajuda.",
+    ],
+)
+def test_real_speech_near_a_stock_phrase_is_kept(text: str) -> None:
+    assert rejection_reason(make_segment(text, avg_logprob=-0.3, no_speech_prob=0.02)) is None
+
+
+# What the real Whisper base gives a real short answer: unsure by Whisper's own numbers alone.
+REAL_SHORT_ANSWER = {"avg_logprob": -0.66, "no_speech_prob": 0.09}
+
+
+@pytest.mark.parametrize("text", [" Thank you.", " Okay.", " Bye!", " Thanks.", " Yeah.", " Gracias."])
+def test_a_short_answer_is_kept_when_silero_heard_clear_speech(text: str) -> None:
+    def clear_speech(start: float, end: float) -> float:
+        assert (start, end) == (0.0, 2.0)  # asked about the segment's own time span
+        return 0.3
+
+    assert rejection_reason(make_segment(text, **REAL_SHORT_ANSWER), clear_speech) is None
+
+
+@pytest.mark.parametrize(
+    ("numbers", "clear_seconds"),
+    [
+        (REAL_SHORT_ANSWER, 0.0),  # Silero heard no clear speech there: a breath, a click
+        (REAL_SHORT_ANSWER, 0.03),  # one 32 ms window is not speech
+        ({"avg_logprob": -1.3, "no_speech_prob": 0.3}, 0.5),  # Whisper barely heard words at all
+        ({"avg_logprob": -0.7, "no_speech_prob": 0.65}, 0.5),  # Whisper leans to silence
+    ],
+)
+def test_a_stock_phrase_still_needs_evidence_of_speech(numbers: dict[str, float], clear_seconds: float) -> None:
+    segment = make_segment(" Thank you.", **numbers)
+    assert rejection_reason(segment, lambda start, end: clear_seconds) == "unsure stock phrase"
+    assert rejection_reason(segment) == "unsure stock phrase"  # no evidence given: Whisper's confidence alone
+
+
 class ScriptedModel:
     """Stands in for faster-whisper's model so the filter can be checked inside `transcribe`."""
 
-    def __init__(self, segments: list[Segment]) -> None:
+    def __init__(self, segments: list[Segment], detected: tuple[str, float] = ("en", 0.97)) -> None:
         self.segments = segments
+        self.detected = detected
         self.calls: list[dict[str, Any]] = []
         self.audio: list[np.ndarray] = []
+        self.detections = 0
+        self.model = SimpleNamespace(is_multilingual=True)
+
+    def detect_language(self, audio: np.ndarray, **options: Any) -> tuple[str, float, list[tuple[str, float]]]:
+        self.detections += 1
+        language, probability = self.detected
+        others = [("es", 0.2), ("de", 0.05)] if language != "es" else [("en", 0.2), ("de", 0.05)]
+        return language, probability, [(language, probability), *others]
 
     def transcribe(self, audio: np.ndarray, **options: Any) -> tuple[Any, SimpleNamespace]:
         self.calls.append(options)
         self.audio.append(audio)
-        info = SimpleNamespace(language="en", language_probability=0.97, duration_after_vad=2.5)
+        language = options.get("language") or self.detected[0]
+        probability = 1.0 if options.get("language") else self.detected[1]
+        info = SimpleNamespace(language=language, language_probability=probability, duration_after_vad=2.5)
         return iter(self.segments), info
 
 
@@ -269,10 +373,105 @@ def test_transcript_keeps_speech_and_drops_a_hallucinated_tail(speech: np.ndarra
 
 def test_only_hallucinations_means_no_speech(speech: np.ndarray) -> None:
     whisper = WhisperTranscriber("unused", device="cpu")
-    whisper._model = ScriptedModel([make_segment(" Thank you.", **UNSURE)])  # type: ignore[assignment]
+    # Over real speech, but Whisper barely heard words: a stock phrase needs more than Silero's say-so.
+    scripted = ScriptedModel([make_segment(" Thank you.", avg_logprob=-1.3, no_speech_prob=0.4)])
+    whisper._model = scripted  # type: ignore[assignment]
     result = whisper.transcribe(speech)
     assert result.no_speech and result.text == ""
     assert result.rejected == ("unsure stock phrase: 'Thank you.'",)
+
+
+def test_a_short_answer_over_real_speech_becomes_a_turn(speech: np.ndarray) -> None:
+    # The numbers the real Whisper base gives "thank you"; the clip is real (espeak) speech, which Silero hears.
+    whisper = WhisperTranscriber("unused", device="cpu")
+    whisper._model = ScriptedModel([make_segment(" Thank you.", **REAL_SHORT_ANSWER)])  # type: ignore[assignment]
+    assert whisper.transcribe(speech).text == "Thank you."
+
+
+def test_the_same_short_answer_over_noise_does_not(speech: np.ndarray) -> None:
+    # Speech first (so VAD lets the clip through), then a "Thank you." Whisper placed over the noise after it.
+    rng = np.random.default_rng(3)
+    noise = (rng.standard_normal(3 * SAMPLE_RATE) * 0.05).astype(np.float32)
+    clip = np.concatenate([speech, noise])
+    start = len(speech) / SAMPLE_RATE + 0.5
+    tail = dataclasses.replace(make_segment(" Thank you.", **REAL_SHORT_ANSWER), start=start, end=start + 2.0)
+    whisper = WhisperTranscriber("unused", device="cpu")
+    whisper._model = ScriptedModel([make_segment(" Is it raining?"), tail])  # type: ignore[assignment]
+    result = whisper.transcribe(clip)
+    assert result.text == "Is it raining?"
+    assert result.rejected == ("unsure stock phrase: 'Thank you.'",)
+
+
+REPEATED = " Mañana tengo que ir al médico a las diez de la mañana."
+
+
+def test_a_phrase_repeated_as_separate_segments_is_kept_once(speech: np.ndarray) -> None:
+    # What the real base model did with this sentence: three segments, each under the compression limit.
+    segments = [make_segment(REPEATED, compression_ratio=1.1) for _ in range(3)]
+    whisper = WhisperTranscriber("unused", device="cpu")
+    whisper._model = ScriptedModel(segments)  # type: ignore[assignment]
+    result = whisper.transcribe(speech)
+    assert result.text == REPEATED.strip()
+    assert result.rejected == (f"repeated segment: {REPEATED.strip()!r}",) * 2
+
+
+def test_a_loop_spread_over_differing_segments_is_no_turn(speech: np.ndarray) -> None:
+    texts = [" Ja, ja, ja, ja, ja, ja.", " Ja ja ja ja ja ja ja.", " ja, ja, ja, ja, ja, ja, ja, ja", " Ja ja ja ja!"]
+    assert compression_ratio(" ".join(text.strip() for text in texts)) > MAX_COMPRESSION_RATIO
+    segments = [make_segment(text, compression_ratio=1.8) for text in texts]
+    whisper = WhisperTranscriber("unused", device="cpu")
+    whisper._model = ScriptedModel(segments)  # type: ignore[assignment]
+    result = whisper.transcribe(speech)
+    assert result.no_speech and result.text == ""
+    assert all(entry.startswith("repetition across segments") for entry in result.rejected[-3:])
+
+
+def test_repeated_words_inside_real_speech_are_kept(speech: np.ndarray) -> None:
+    texts = [" No, no, I said Tuesday.", " Not Thursday.", " Tuesday at ten, please."]
+    whisper = WhisperTranscriber("unused", device="cpu")
+    whisper._model = ScriptedModel([make_segment(text) for text in texts])  # type: ignore[assignment]
+    assert whisper.transcribe(speech).text == "No, no, I said Tuesday. Not Thursday. Tuesday at ten, please."
+
+
+def test_decoding_is_bounded(speech: np.ndarray) -> None:
+    # A laugh once cost 30 s of CPU: six temperature passes, each free to run to 448 tokens.
+    whisper = WhisperTranscriber("unused", device="cpu")
+    scripted = ScriptedModel([make_segment(" Hello.")])
+    whisper._model = scripted  # type: ignore[assignment]
+    whisper.transcribe(speech)
+    options = scripted.calls[0]
+    assert options["beam_size"] == DEFAULT_BEAM_SIZE
+    assert len(options["temperature"]) <= 2 and options["temperature"][0] == 0.0
+    seconds = len(speech) / SAMPLE_RATE
+    assert options["max_new_tokens"] <= math.ceil(TOKENS_PER_SPEECH_SECOND * seconds) + TOKEN_ALLOWANCE
+    # ... and never more than the decoder can hold, even for a long turn.
+    long_turn = np.tile(speech, 40)
+    whisper.transcribe(long_turn)
+    assert scripted.calls[1]["max_new_tokens"] == MAX_NEW_TOKENS
+
+
+def test_the_hint_is_used_only_when_detection_is_unsure(speech: np.ndarray) -> None:
+    whisper = WhisperTranscriber("unused", device="cpu")
+    unsure = ScriptedModel([make_segment(" ¡Sí!")], detected=("en", 0.7))
+    whisper._model = unsure  # type: ignore[assignment]
+    result = whisper.transcribe(speech, language_hint="es")
+    assert unsure.calls[0]["language"] == "es"
+    assert (result.language, result.language_probability) == ("es", 0.2)  # how likely detection found Spanish
+
+    sure = ScriptedModel([make_segment(" What a lovely day.")], detected=("en", 0.97))
+    whisper._model = sure  # type: ignore[assignment]
+    assert whisper.transcribe(speech, language_hint="es").language == "en"
+    assert sure.calls[0]["language"] == "en"
+
+    no_hint = ScriptedModel([make_segment(" See?")], detected=("en", 0.7))
+    whisper._model = no_hint  # type: ignore[assignment]
+    assert whisper.transcribe(speech).language == "en"
+    assert no_hint.calls[0]["language"] is None and no_hint.detections == 0  # faster-whisper detects itself
+
+    forced = ScriptedModel([make_segment(" Oui.")], detected=("en", 0.7))
+    whisper._model = forced  # type: ignore[assignment]
+    assert whisper.transcribe(speech, language="fr", language_hint="es").language == "fr"
+    assert forced.detections == 0
 
 
 def test_missing_cuda_libraries_at_first_use_say_what_to_install(speech: np.ndarray) -> None:
@@ -298,7 +497,9 @@ def test_integer_pcm_is_scaled(speech: np.ndarray) -> None:
     assert np.abs(sent - speech).max() < 1e-3
 
 
-def test_default_beam_size_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_beam_search_by_default_on_every_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench/stt.py: beam 5 costs little on a CPU too and cuts Spanish WER (numbers beside DEFAULT_BEAM_SIZE).
+    assert WhisperTranscriber("small", device="cpu").beam_size == DEFAULT_BEAM_SIZE == 5
     monkeypatch.setattr(stt, "resolve_device", lambda device: ("cuda", "float16"))
     assert WhisperTranscriber("small", device="auto").beam_size == 5
     assert WhisperTranscriber("small", device="auto", beam_size=2).beam_size == 2
