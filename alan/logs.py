@@ -51,3 +51,7 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     # Alembic narrates every start-up check at INFO; only its problems are worth a line.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    # At DEBUG these libraries log every Bot API call and gateway event in full, people's messages and our replies
+    # included; logs may end up on disk, and nothing a person said may stay there after /forget.
+    for chatty in ("telegram", "discord"):
+        logging.getLogger(chatty).setLevel(max(logging.INFO, root.level))

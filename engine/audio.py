@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +22,8 @@ import av
 import av.error
 import numpy as np
 
+# FFmpeg's own log (one line per damaged packet) stays off: PyAV leaves it off unless `av.logging.set_level` is
+# called, and nothing in aLAN calls it. Damage is summed up in one line per file instead (`_Damage`).
 log = logging.getLogger(__name__)
 
 WHISPER_RATE = 16_000
@@ -148,6 +151,7 @@ def decode_audio(
     max_samples = int(max_seconds * sample_rate)
     chunks: list[np.ndarray] = []
     total = 0
+    damage = _Damage()
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
@@ -159,7 +163,7 @@ def decode_audio(
         audio_stream = container.streams.audio[0]
         # A resampler locks onto the format of its first frame; one per decode keeps sources independent.
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        for frame in _decoded_frames(container, audio_stream):
+        for frame in _decoded_frames(container, audio_stream, damage):
             frame.pts = None  # timestamps of damaged streams can jump; the resampler must not try to fill gaps
             for out in resampler.resample(frame):
                 total += _append(chunks, out)
@@ -169,6 +173,7 @@ def decode_audio(
             total += _append(chunks, out)
     finally:
         container.close()
+        damage.report()
     if total > max_samples:
         raise AudioTooLong(max_seconds)
     if total == 0:
@@ -176,8 +181,28 @@ def decode_audio(
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
-def _decoded_frames(container: av.container.InputContainer, stream: av.AudioStream) -> Iterator[av.AudioFrame]:
-    """Yield decoded frames, skipping packets that don't decode.
+@dataclass
+class _Damage:
+    """Packets of one file that didn't decode: told in one log line, however many there are."""
+
+    skipped: int = 0
+    packets: int = 0
+    first_error: str = ""
+
+    def skip(self, error: av.error.FFmpegError) -> None:
+        self.skipped += 1
+        self.first_error = self.first_error or str(error)
+
+    def report(self) -> None:
+        if self.skipped:
+            log.info("skipped %d undecodable audio packets of %d (first: %s)", self.skipped, self.packets,
+                     self.first_error)  # fmt: skip
+
+
+def _decoded_frames(
+    container: av.container.InputContainer, stream: av.AudioStream, damage: _Damage
+) -> Iterator[av.AudioFrame]:
+    """Yield decoded frames, skipping (and counting in `damage`) packets that don't decode.
 
     A damaged packet in the middle costs a few milliseconds of audio, not the whole message; files cut off
     at the end are caught before decoding (`_check_complete`), and nothing decodable at all is rejected by
@@ -185,10 +210,11 @@ def _decoded_frames(container: av.container.InputContainer, stream: av.AudioStre
     """
     try:
         for packet in container.demux(stream):
+            damage.packets += 1
             try:
                 yield from packet.decode()
             except av.error.FFmpegError as error:
-                log.info("skipping an undecodable audio packet: %s", error)
+                damage.skip(error)
     except av.error.FFmpegError as error:
         log.info("audio stream ended early: %s", error)
 

@@ -75,3 +75,29 @@ class ServiceUnavailable(TurnError):
     def __init__(self, message: str, detail: str) -> None:
         super().__init__(message)
         self.detail = detail
+
+
+# What went wrong with the database, in the words the person reads.
+STORAGE_PROBLEMS = {
+    "busy": "my storage is busy",
+    "full": "my storage is full",
+    "read-only": "my storage is read-only",
+    "failing": "my storage isn't working",
+}
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The database can't be used right now: locked by someone else, full, read-only or broken.
+
+    The message says what the person lost (the `consequence`, e.g. "I couldn't save your message") and why;
+    `detail` is the operator's fix. `problem` is one of STORAGE_PROBLEMS.
+    """
+
+    def __init__(self, problem: str, detail: str, consequence: str = "I couldn't do that") -> None:
+        advice = "Please try again in a moment." if problem == "busy" else "Please try again later."
+        super().__init__(f"{consequence}: {STORAGE_PROBLEMS[problem]}. {advice}", detail)
+        self.problem = problem
+
+    def saying(self, consequence: str) -> StorageUnavailable:
+        """The same failure, told as what it cost at this point of a turn."""
+        return StorageUnavailable(self.problem, self.detail, consequence)

@@ -15,7 +15,7 @@ import torch
 from sqlalchemy.exc import IntegrityError
 
 from engine.audio import CSM_RATE, encode_ogg_opus
-from engine.events import ServiceUnavailable
+from engine.events import ServiceUnavailable, StorageUnavailable
 from engine.speech_models import SpeechModels
 from engine.store.codes import codes_from_bytes, codes_to_bytes
 from engine.store.models import Turn
@@ -60,7 +60,10 @@ class TurnMemory:
         def write() -> Turn:
             return self.store.add_turn(user_id, scope, "user", said, language=language, audio=_ogg_or_none(audio))
 
-        return await asyncio.to_thread(write)
+        try:
+            return await asyncio.to_thread(write)
+        except StorageUnavailable as error:  # the one case where what they said is not kept: say so
+            raise error.saying("I couldn't save your message, so I haven't answered it") from error
 
     async def add_user_codes(self, turn: Turn, audio: np.ndarray) -> Segment | None:
         """Mimi-encode what the user said and keep the codes with their turn; None without a voice model."""
@@ -69,8 +72,11 @@ class TurnMemory:
         except ServiceUnavailable:
             return None  # the reply says once that there is no voice
         data, codebooks = codes_to_bytes(codes.numpy())
-        if not await asyncio.to_thread(self.store.update_turn, turn.id, codes=data, codes_codebooks=codebooks):
-            log.info("turn %s was deleted (/reset or /forget) while its audio was encoded", turn.id)
+        try:
+            if not await asyncio.to_thread(self.store.update_turn, turn.id, codes=data, codes_codebooks=codebooks):
+                log.info("turn %s was deleted (/reset or /forget) while its audio was encoded", turn.id)
+        except StorageUnavailable:
+            pass  # logged by the store; the codes still serve this reply, only not later ones
         return Segment(USER_SPEAKER, turn.text, codes)
 
     @staticmethod
@@ -110,6 +116,8 @@ class TurnMemory:
             # The user asked to be forgotten while this reply was being made: there is no one to store it for.
             log.info("user %s was deleted during a reply; the reply is not stored", user_id)
             return None
+        except StorageUnavailable as error:  # they heard it; it won't be in the history the LLM sees next time
+            raise error.saying("I couldn't keep my answer in our conversation") from error
 
     async def make_house_voice(self, scope: str, reply: ReplyDraft) -> None:
         """Keep the first sentence of the first reply in a voiceless scope as that scope's voice."""

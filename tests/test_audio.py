@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,50 @@ def test_wav_streamed_through_a_pipe_without_its_size_is_accepted(speech: np.nda
     wav[4:8] = placeholder.to_bytes(4, "little")  # what sox/ffmpeg/arecord write when they can't seek back
     decoded = decode_audio(bytes(wav), CSM_RATE)
     assert abs(len(decoded) - len(speech)) <= 1
+
+
+def with_damaged_packets(note: bytes, every: int = 2, start: int = 20) -> tuple[bytes, int]:
+    """The voice note remuxed with every `every`-th packet from `start` on replaced by bytes Opus can't decode.
+
+    The OGG pages stay well-formed (the muxer writes them, checksums included): only the packets are damaged,
+    as when a recorder or a transfer garbles the payload but not the container.
+    """
+    import io
+
+    import av
+
+    source = av.open(io.BytesIO(note))
+    buffer = io.BytesIO()
+    damaged = 0
+    with av.open(buffer, mode="w", format="ogg") as target:
+        stream = target.add_stream_from_template(source.streams.audio[0])
+        packets = [packet for packet in source.demux(source.streams.audio[0]) if packet.size]
+        for index, packet in enumerate(packets):
+            if index >= start and index < len(packets) - 5 and index % every == 0:
+                # TOC 0xff (code 3) with a frame count of 63: more than Opus allows in one packet.
+                bad = av.Packet(b"\xff\xff" + bytes(packet)[2:])
+                bad.pts, bad.dts, bad.duration = packet.pts, packet.dts, packet.duration
+                bad.time_base = packet.time_base
+                packet, damaged = bad, damaged + 1
+            packet.stream = stream
+            target.mux(packet)
+    source.close()
+    return buffer.getvalue(), damaged
+
+
+def test_many_undecodable_packets_make_one_log_line_and_ffmpeg_prints_nothing(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import av.logging
+
+    tone = (0.3 * np.sin(np.arange(10 * CSM_RATE) / CSM_RATE * 2 * np.pi * 220)).astype(np.float32)
+    note, damaged = with_damaged_packets(encode_ogg_opus(tone, CSM_RATE))
+    assert damaged > 100
+    capfd.readouterr()
+    caplog.set_level("DEBUG", logger="engine.audio")
+    audio = decode_audio(note, CSM_RATE)
+    assert 4.0 < duration_seconds(audio, CSM_RATE) < 9.5  # what survived, not the whole message lost
+    lines = [record.getMessage() for record in caplog.records if "undecodable" in record.getMessage()]
+    assert len(lines) == 1 and f"skipped {damaged} undecodable audio packets" in lines[0]
+    assert av.logging.get_level() is None  # PyAV keeps FFmpeg's own per-packet log off
+    assert not re.search(r"\[\w+ @ 0x[0-9a-f]+\]", capfd.readouterr().err)  # no "[opus @ 0x…] …" lines

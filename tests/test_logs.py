@@ -40,3 +40,21 @@ def test_token_in_a_traceback_is_redacted(captured: tuple[logging.Logger, list[s
         logger.exception("send failed")
     assert TOKEN not in lines[0]
     assert REDACTED in lines[0] and "send failed" in lines[0]
+
+
+def test_debug_logging_keeps_the_platform_libraries_from_logging_what_people_said() -> None:
+    from alan.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    try:
+        configure_logging("DEBUG", [TOKEN])
+        # python-telegram-bot logs each Bot API call with its messages at DEBUG, discord.py each gateway event.
+        for chatty in ("telegram", "telegram.ext", "discord", "discord.gateway"):
+            assert not logging.getLogger(chatty).isEnabledFor(logging.DEBUG), chatty
+        assert logging.getLogger("engine.conversation").isEnabledFor(logging.DEBUG)  # ours stay at DEBUG
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        for name in ("telegram", "discord", "httpx", "alembic"):
+            logging.getLogger(name).setLevel(logging.NOTSET)

@@ -1,15 +1,22 @@
-"""Opening the database: SQLite in WAL mode with foreign keys enforced, and schema upgrades via Alembic."""
+"""Opening the database: SQLite in WAL mode with foreign keys enforced, and schema upgrades via Alembic.
+
+The database holds people's words and voices, so its folder is the owner's alone (0700) and its files too
+(0600): SQLite gives the `-wal` and `-shm` files the main file's permission bits, so it is enough to create the
+main file owner-only before SQLite opens it, and to tighten what an older version left readable.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,31 +25,84 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
-def _set_sqlite_pragmas(dbapi_connection, _record, *, foreign_keys: bool) -> None:  # type: ignore[no-untyped-def]
+# How long SQLite itself waits for another connection's lock before a write fails as "database is locked".
+BUSY_TIMEOUT_S = 5.0
+OWNER_ONLY_DIR = 0o700
+OWNER_ONLY_FILE = 0o600
+# What SQLite keeps beside the database: the write-ahead log, its index, and a rollback journal.
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _set_sqlite_pragmas(dbapi_connection, _record, *, foreign_keys: bool, busy_timeout_s: float) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
+    # Set first: even switching to WAL can meet another process's lock.
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
     # WAL lets the bots read history while a turn is being written; foreign keys make /forget cascade.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-    cursor.execute("PRAGMA busy_timeout=5000")
     # Deleted rows (a forgotten user's voice and words) are overwritten on disk, not merely unlinked.
     cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
-def create_db_engine(url: str, *, foreign_keys: bool = True) -> Engine:
-    """An engine for `url`; for SQLite, creates the file's folder and sets WAL mode and foreign keys."""
+def create_db_engine(url: str, *, foreign_keys: bool = True, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
+    """An engine for `url`; for SQLite, creates the file owner-only and sets WAL mode and foreign keys."""
     parsed = make_url(url)
+    # Parameters stay out of error messages and logs: they are what people said.
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False})
+        return create_engine(url, hide_parameters=True)
+    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+        protect_sqlite_file(Path(parsed.database))
+    engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
-        _set_sqlite_pragmas(dbapi_connection, record, foreign_keys=foreign_keys)
+        _set_sqlite_pragmas(dbapi_connection, record, foreign_keys=foreign_keys, busy_timeout_s=busy_timeout_s)
 
     return engine
+
+
+def protect_sqlite_file(database: Path) -> None:
+    """Make the database's folder and files owner-only, creating the folder and an empty database if missing.
+
+    An empty file is a valid empty SQLite database; creating it ourselves is what lets us choose its mode.
+    """
+    folder = database.parent
+    if not folder.exists():
+        folder.mkdir(parents=True, mode=OWNER_ONLY_DIR)
+        folder.chmod(OWNER_ONLY_DIR)  # mkdir's mode passes through the umask
+    elif _may_tighten(folder):
+        _tighten(folder, OWNER_ONLY_DIR)
+    if not database.exists():
+        try:
+            os.close(os.open(database, os.O_WRONLY | os.O_CREAT, OWNER_ONLY_FILE))
+        except OSError as error:  # a read-only folder: SQLite's own error, on connecting, says it best
+            log.debug("could not create %s ahead of SQLite: %s", database, error)
+    for path in (database, *(database.with_name(database.name + suffix) for suffix in SQLITE_COMPANIONS)):
+        if path.exists():
+            _tighten(path, OWNER_ONLY_FILE)
+
+
+def _may_tighten(folder: Path) -> bool:
+    """Only a folder that is ours to decide for: owned by us, not a shared one like /tmp, not our home or the
+    folder we were started in (a database URL of `sqlite:///alan.db`)."""
+    info = folder.stat()
+    return (
+        info.st_uid == os.getuid()
+        and not info.st_mode & stat.S_ISVTX
+        and folder.resolve() not in (Path.home().resolve(), Path.cwd().resolve())
+    )
+
+
+def _tighten(path: Path, mode: int) -> None:
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & ~mode:
+        try:
+            path.chmod(current & mode)
+        except OSError as error:
+            log.warning("%s can be read by other users (mode %o) and can't be changed: %s", path, current, error)
+            return
+        log.warning("%s could be read by other users (mode %o): made it owner-only (%o)", path, current, current & mode)
 
 
 def alembic_config(url: str) -> Config:
@@ -70,7 +130,19 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
-def open_database(url: str) -> sessionmaker[Session]:
+def truncate_wal(session: Session) -> bool:
+    """Copy the write-ahead log into the database and cut it to zero bytes; False if a reader kept it.
+
+    After a delete this is what takes the deleted rows' old pages off the disk: `secure_delete` zeroes them in
+    the database, but the log still holds their earlier versions until it is checkpointed and reset.
+    """
+    if session.get_bind().dialect.name != "sqlite":
+        return True
+    busy, _log_frames, _copied = session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+    return not busy
+
+
+def open_database(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> sessionmaker[Session]:
     """Bring the schema up to date and return a session factory: what the app does on start."""
     upgrade(url)
-    return sessionmaker(create_db_engine(url), expire_on_commit=False)
+    return sessionmaker(create_db_engine(url, busy_timeout_s=busy_timeout_s), expire_on_commit=False)

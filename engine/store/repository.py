@@ -1,18 +1,30 @@
-"""Everything the engine and the bots read or write in the database, as small named operations."""
+"""Everything the engine and the bots read or write in the database, as small named operations.
+
+Each operation is one transaction, retried when it meets a lock; a database that stays locked, a full disk or
+a broken file raise `StorageUnavailable`, whose message says what could not be done and why.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.events import BadInput
+from engine.store.database import truncate_wal
+from engine.store.faults import RETRY_DELAYS_S, guarded
 from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
+
+log = logging.getLogger(__name__)
 
 # A user's choice of voice for every scope where they made no narrower choice.
 EVERYWHERE = ""
+# Pauses between tries to empty the write-ahead log after a deletion, while another connection still reads it.
+WAL_TRUNCATE_DELAYS_S = (0.05, 0.2, 0.5, 1.0)
 
 
 class VoiceNameTaken(BadInput):
@@ -25,11 +37,13 @@ class VoiceNameTaken(BadInput):
 class Store:
     """The database, opened through a session factory. Each method is one short transaction."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], *, retry_delays: tuple[float, ...] = RETRY_DELAYS_S) -> None:
         self.sessions = sessions
+        self.retry_delays = retry_delays  # between attempts of an operation that met a lock
 
     # Users ---------------------------------------------------------------------------------------------
 
+    @guarded("I couldn't do that")
     def user(self, platform: str, platform_user_id: str, display_name: str | None = None) -> User:
         """The user, created on first contact; the display name follows what the platform says now."""
         with self.sessions.begin() as session:
@@ -45,17 +59,20 @@ class Store:
             session.expunge(user)
             return user
 
+    @guarded("I couldn't look you up")
     def find_user(self, platform: str, platform_user_id: str) -> User | None:
         with self.sessions() as session:
             return session.scalar(
                 select(User).where(User.platform == platform, User.platform_user_id == platform_user_id)
             )
 
+    @guarded("I couldn't change that setting")
     def set_reply_with_text(self, user_id: int, enabled: bool) -> None:
         with self.sessions.begin() as session:
             user = session.get_one(User, user_id)
             user.reply_with_text = enabled
 
+    @guarded("I couldn't delete your data")
     def forget_user(self, user_id: int) -> None:
         """Delete the user and, through ON DELETE CASCADE, every voice, turn and choice of theirs.
 
@@ -73,9 +90,28 @@ class Store:
             if solo:
                 session.execute(delete(Voice).where(Voice.owner_id.is_(None), Voice.house_scope.in_(solo)))
             session.execute(delete(User).where(User.id == user_id))
+        self._erase_deleted_pages()
+
+    def _erase_deleted_pages(self) -> None:
+        """Take deleted rows off the disk now, not at the next clean shutdown.
+
+        `secure_delete` zeroes deleted rows in the pages it writes, but with WAL those pages go to the log first,
+        and the log keeps the rows' earlier versions. A TRUNCATE checkpoint copies the log into the database
+        (whose old pages are overwritten) and cuts the log to zero bytes.
+        """
+        for delay in (*WAL_TRUNCATE_DELAYS_S, None):
+            with self.sessions() as session:
+                if truncate_wal(session):
+                    return
+            if delay is None:
+                break
+            time.sleep(delay)
+        # The rows are deleted; their old versions leave the log at the next checkpoint SQLite manages.
+        log.warning("after a deletion another connection kept the database's write-ahead log in use: not emptied yet")
 
     # Conversation --------------------------------------------------------------------------------------
 
+    @guarded("I couldn't save that")
     def add_turn(
         self,
         user_id: int,
@@ -106,6 +142,7 @@ class Store:
             session.expunge(turn)
             return turn
 
+    @guarded("I couldn't save that")
     def update_turn(self, turn_id: int, **values: object) -> bool:
         """Fill in what became known after the turn was first stored (its codes, a truncated text).
 
@@ -121,6 +158,7 @@ class Store:
                 setattr(turn, name, value)
         return True
 
+    @guarded("I couldn't read our conversation")
     def recent_turns(self, user_id: int, scope: str, limit: int = 50) -> list[Turn]:
         """The newest `limit` turns of this user in this scope, oldest first."""
         with self.sessions() as session:
@@ -132,16 +170,62 @@ class Store:
             ).all()
             return list(reversed(newest))
 
+    @guarded("I couldn't read our conversation")
+    def unanswered_turns(self, platform: str, since: datetime) -> list[tuple[Turn, User]]:
+        """User turns on `platform` since `since` that are still the newest turn of their scope, oldest first.
+
+        A turn's words are stored before it is answered, so these are what a process that stopped mid-turn
+        (or whose answer failed) left without a reply.
+        """
+        with self.sessions() as session:
+            newest = (
+                select(func.max(Turn.id))
+                .join(User, User.id == Turn.user_id)
+                .where(User.platform == platform, Turn.created_at >= since)
+                .group_by(Turn.scope)
+            )
+            rows = session.execute(
+                select(Turn, User)
+                .join(User, User.id == Turn.user_id)
+                .where(Turn.id.in_(newest), Turn.role == "user")
+                .order_by(Turn.id)
+            ).all()
+            return [(turn, user) for turn, user in rows]
+
+    @guarded("I couldn't read our conversation")
+    def user_language(self, user_id: int, recent: int = 10) -> str | None:
+        """The language of this user's recent spoken turns (the most frequent; a tie goes to the newest).
+
+        Derived from their turns, not stored apart: /forget and /reset take it away with them.
+        """
+        with self.sessions() as session:
+            languages = session.scalars(
+                select(Turn.language)
+                .where(Turn.user_id == user_id, Turn.role == "user", Turn.language.is_not(None))
+                .order_by(Turn.created_at.desc(), Turn.id.desc())
+                .limit(recent)
+            ).all()
+        counts: dict[str, int] = {}
+        for language in languages:
+            counts[language] = counts.get(language, 0) + 1
+        # max() keeps the first of equals, and `counts` is in newest-first order.
+        return max(counts, key=counts.__getitem__) if counts else None
+
+    @guarded("I couldn't clear our conversation")
     def clear_conversation(self, user_id: int, scope: str | None = None) -> int:
         """Delete this user's turns (in one scope, or everywhere); voices stay. Returns how many."""
         with self.sessions.begin() as session:
             statement = delete(Turn).where(Turn.user_id == user_id)
             if scope is not None:
                 statement = statement.where(Turn.scope == scope)
-            return session.execute(statement).rowcount or 0
+            deleted = session.execute(statement).rowcount or 0
+        if deleted:
+            self._erase_deleted_pages()
+        return deleted
 
     # Voices --------------------------------------------------------------------------------------------
 
+    @guarded("I couldn't save the voice")
     def add_voice(
         self,
         owner_id: int | None,
@@ -180,23 +264,28 @@ class Store:
             session.expunge(voice)
             return voice
 
+    @guarded("I couldn't find that voice")
     def voice(self, voice_id: int) -> Voice | None:
         with self.sessions() as session:
             return session.get(Voice, voice_id)
 
+    @guarded("I couldn't find that voice")
     def voice_by_name(self, owner_id: int, name: str) -> Voice | None:
         with self.sessions() as session:
             return session.scalar(select(Voice).where(Voice.owner_id == owner_id, Voice.name == name))
 
+    @guarded("I couldn't look up your voices")
     def voices_of(self, owner_id: int) -> Sequence[Voice]:
         with self.sessions() as session:
             return session.scalars(select(Voice).where(Voice.owner_id == owner_id).order_by(Voice.name)).all()
 
+    @guarded("I couldn't save the voice")
     def set_voice_codes(self, voice_id: int, codes: bytes, codebooks: int, model: str) -> None:
         with self.sessions.begin() as session:
             voice = session.get_one(Voice, voice_id)
             voice.codes, voice.codes_codebooks, voice.codes_model = codes, codebooks, model
 
+    @guarded("I couldn't rename the voice")
     def rename_voice(self, voice_id: int, new_name: str) -> None:
         with self.sessions.begin() as session:
             voice = session.get_one(Voice, voice_id)
@@ -206,20 +295,25 @@ class Store:
                 raise VoiceNameTaken(new_name)
             voice.name = new_name
 
+    @guarded("I couldn't delete the voice")
     def delete_voice(self, voice_id: int) -> None:
         with self.sessions.begin() as session:
             session.execute(delete(Voice).where(Voice.id == voice_id))
+        self._erase_deleted_pages()
 
     # Which voice speaks --------------------------------------------------------------------------------
 
+    @guarded("I couldn't switch voices")
     def choose_voice(self, user_id: int, voice_id: int, scope: str = EVERYWHERE) -> None:
         with self.sessions.begin() as session:
             session.merge(UserVoiceChoice(user_id=user_id, scope=scope, voice_id=voice_id))
 
+    @guarded("I couldn't set the voice here")
     def set_scope_voice(self, scope: str, voice_id: int, set_by_user_id: int | None = None) -> None:
         with self.sessions.begin() as session:
             session.merge(ScopeVoice(scope=scope, voice_id=voice_id, set_by_user_id=set_by_user_id))
 
+    @guarded("I couldn't find your voice")
     def active_voice(self, user_id: int, scope: str, parent_scope: str | None = None) -> Voice | None:
         """The voice aLAN speaks in to this user here.
 
