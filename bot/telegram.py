@@ -7,7 +7,8 @@ an engine error or a Bot API failure gets an answer in the chat and the bot goes
 
 Modules: `telegram_send` (retries, texts, chat action), `telegram_media` (audio in, size and length caps),
 `telegram_turn` (a turn as voice notes), `telegram_clone` (/clone), `telegram_commands` (the other
-commands), `telegram_webhook` (the webhook server), `telegram_common` (what the handlers share).
+commands), `telegram_webhook` (the webhook server), `telegram_recovery` (on start, the turns a stopped
+process left unanswered), `telegram_common` (what the handlers share).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from bot.telegram_clone import CloneFlow
 from bot.telegram_commands import COMMANDS, Commands
 from bot.telegram_common import TelegramOptions, TelegramServices, participant, say_quietly
 from bot.telegram_media import NOT_AUDIO, UNSUPPORTED, check_before_download, download, find_audio
+from bot.telegram_recovery import follow_up_unanswered
 from bot.telegram_send import chat_action, with_retries
 from bot.telegram_turn import answer_turn
 from bot.telegram_webhook import start_webhook
@@ -54,8 +56,28 @@ class TelegramUnavailable(Exception):
     """Telegram can't be used with these settings; the message says why (never with the token)."""
 
 
+def command_target(message: Message) -> str | None:
+    """The bot a leading /command names (`/start@somebot` → "somebot"); None without a command or a name."""
+    for entity, text in message.parse_entities([MessageEntity.BOT_COMMAND]).items():
+        if entity.offset == 0:
+            _, _, target = text.partition("@")
+            return target or None
+    return None
+
+
+def for_another_bot(message: Message, username: str) -> bool:
+    """A command addressed to another bot by name: not ours to answer, in a group or a private chat."""
+    target = command_target(message)
+    return target is not None and target.lower() != username.lower()
+
+
 def is_addressed(message: Message, bot_id: int, username: str) -> bool:
-    """Whether a message is meant for the bot: always in a private chat; in groups, a mention or a reply."""
+    """Whether a message is meant for the bot: always in a private chat; in groups, a mention or a reply.
+
+    Never a command that names another bot (`/start@otherbot`), wherever it is sent.
+    """
+    if for_another_bot(message, username):
+        return False
     if message.chat.type == ChatType.PRIVATE:
         return True
     replied = message.reply_to_message
@@ -68,10 +90,10 @@ def is_addressed(message: Message, bot_id: int, username: str) -> bool:
             return True
         if entity.type == MessageEntity.MENTION and text[1:].lower() == username.lower():
             return True
-        # A command with no @bot suffix, in a group, is for every bot there; ours answers it too.
+        # A command with no @bot suffix, in a group, is for every bot there; ours answers it too. (One naming
+        # another bot was turned away above.)
         if entity.type == MessageEntity.BOT_COMMAND and entity.offset == 0:
-            _, _, target = text.partition("@")
-            return not target or target.lower() == username.lower()
+            return True
     return False
 
 
@@ -152,7 +174,13 @@ class Router:
 
     async def unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE, commands: Commands) -> None:
         message = update.message
-        if message is not None and is_addressed(message, context.bot.id, context.bot.username):
+        if message is None:
+            return
+        if for_another_bot(message, context.bot.username):
+            # python-telegram-bot's CommandHandler already skips these; they land here, and must stay unanswered.
+            log.debug("ignored a command addressed to another bot")
+            return
+        if is_addressed(message, context.bot.id, context.bot.username):
             await commands.unknown(update, context)
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -224,6 +252,8 @@ async def serve(settings: Settings, conversation: Conversation, *, options: Tele
         except Exception as error:
             log.warning("could not register the Telegram command menu: %s", error)
         await application.start()
+        # Before the first update is taken: a follow-up goes ahead of anything new from its chat.
+        await follow_up_unanswered(application.bot, services)
         if settings.telegram_webhook_url:
             webhook = await start_webhook(application, settings, ALLOWED_UPDATES, services.options.retry)
         else:

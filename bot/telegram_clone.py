@@ -28,14 +28,15 @@ from bot.telegram_media import NOT_AUDIO, download, find_audio
 from bot.telegram_send import Replier, chat_action
 from engine.events import BadInput, TurnError
 from engine.store.repository import VoiceNameTaken
-from engine.voices import CONSENT_STATEMENT, MAX_UPLOAD_SECONDS, CloneDraft, check_voice_name
+from engine.visible_text import visible_text
+from engine.voices import CONSENT_STATEMENT, EMPTY_TRANSCRIPT, MAX_UPLOAD_SECONDS, CloneDraft, check_voice_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "my voice"
 MAX_TRANSCRIPT_CHARS = 1000
 ASK_FOR_CLIP = (
-    "Let's clone a voice. Send me a voice note or an audio file of one person speaking clearly for 10–20 "
+    "Let's clone a voice. Send me a voice note or an audio file of one person speaking clearly for 10–30 "
     "seconds, with little background noise. Only clone your own voice, or one you have permission to use."
 )
 STILL_WAITING = "I'm waiting for a voice note to clone. Send one, or tap Cancel."
@@ -139,9 +140,9 @@ class CloneFlow:
             await self._take_clip(context, message, message, session)
         elif session.stage == "transcript" and message.text:
             words = re.sub(rf"@{re.escape(context.bot.username)}\b", "", message.text, flags=re.IGNORECASE)
-            transcript = " ".join(words.split())
-            if not transcript:
-                return
+            transcript = visible_text(words)
+            if not transcript:  # only invisible characters: say so rather than wait in silence
+                raise BadInput(EMPTY_TRANSCRIPT)
             if len(transcript) > MAX_TRANSCRIPT_CHARS:
                 raise BadInput("That transcript is too long for a 30-second clip: send just the words in the clip.")
             session.transcript = transcript

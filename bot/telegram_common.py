@@ -20,7 +20,7 @@ from telegram.ext import ContextTypes
 
 from alan.settings import Settings
 from bot.telegram_media import download_limit
-from bot.telegram_send import Replier, RetryPolicy
+from bot.telegram_send import Replier, RetryPolicy, UploadTimeouts
 from bot.turn_queue import QueueFull, TurnQueue
 from engine.conversation import Conversation, Participant
 from engine.events import TurnError
@@ -52,6 +52,7 @@ class TelegramOptions:
     # few notes rather than one per sentence.
     follow_up_min_seconds: float = 8.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    uploads: UploadTimeouts = field(default_factory=UploadTimeouts)  # voice notes and audio files we send
     stop_grace_s: float = 20.0  # on shutdown, how long answers in progress may take to finish
 
 
@@ -74,7 +75,10 @@ class TelegramServices:
 
     def replier(self, bot: Bot, message: Message) -> Replier:
         """Replies to `message`, in its chat."""
-        return Replier(bot, message.chat_id, message.message_id, self.options.retry)
+        return self.replier_to(bot, message.chat_id, message.message_id)
+
+    def replier_to(self, bot: Bot, chat_id: int, reply_to: int | None = None) -> Replier:
+        return Replier(bot, chat_id, reply_to, self.options.retry, self.options.uploads)
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         """Run in the background, keeping a reference (asyncio holds tasks weakly) until it is done."""

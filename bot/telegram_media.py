@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from telegram import Bot, Message
-from telegram.error import BadRequest
+from telegram.error import BadRequest, TelegramError
 from telegram.warnings import PTBDeprecationWarning
 
 from alan.settings import DEFAULT_TELEGRAM_API_URL
 from bot.telegram_send import RetryPolicy, with_retries
-from engine.events import BadInput
+from engine.events import BadInput, TurnError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,11 @@ AUDIO_EXTENSIONS = frozenset({".mp3", ".m4a", ".wav", ".ogg", ".oga", ".opus", "
 NOT_AUDIO = "I can only listen to audio: send me a voice note or an audio file (MP3, M4A, WAV or OGG)."
 UNSUPPORTED = "I understand voice notes, audio files, video notes and text — not this kind of message, sorry."
 TOO_BIG_FOR_TELEGRAM = "That file is too large for me to download from Telegram (bots can fetch up to 20 MB)."
+DOWNLOAD_FAILED = "I couldn't download your {kind} from Telegram. Please send it again."
+
+
+class DownloadFailed(TurnError):
+    """Telegram didn't hand the file over, even after retries: the person is asked to send it again."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,10 @@ def _too_large(kind: str, size: int, max_bytes: int) -> str:
 async def download(
     bot: Bot, attachment: Attachment, *, max_seconds: float, max_bytes: int, policy: RetryPolicy
 ) -> bytes:
-    """Check the caps, then fetch the file's bytes (retrying Bot API trouble). Raises `BadInput`."""
+    """Check the caps, then fetch the file's bytes (retrying Bot API trouble).
+
+    Raises `BadInput` (too long, too large, empty) or `DownloadFailed`, both messages for the person.
+    """
     check_before_download(attachment, max_seconds=max_seconds, max_bytes=max_bytes)
     try:
         file = await with_retries(lambda: bot.get_file(attachment.file_id), policy, "getFile")
@@ -123,10 +131,17 @@ async def download(
         log.info("getFile refused %s: %s", attachment.kind, error)
         if "too big" in str(error).lower():
             raise BadInput(TOO_BIG_FOR_TELEGRAM) from error
-        raise BadInput(f"I couldn't fetch that {attachment.kind} from Telegram: please send it again.") from error
+        raise DownloadFailed(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
+    except TelegramError as error:  # still failing after the retries
+        log.warning("could not get a %s from Telegram (getFile: %s)", attachment.kind, error)
+        raise DownloadFailed(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
     if file.file_size is not None and file.file_size > max_bytes:
         raise BadInput(_too_large(attachment.kind, file.file_size, max_bytes))
-    data = await with_retries(file.download_as_bytearray, policy, "file download")
+    try:
+        data = await with_retries(file.download_as_bytearray, policy, "file download")
+    except TelegramError as error:  # a 404 arrives as InvalidToken, a 5xx or a broken connection as NetworkError
+        log.warning("could not download a %s from Telegram: %s", attachment.kind, error)
+        raise DownloadFailed(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
     if len(data) > max_bytes:
         raise BadInput(_too_large(attachment.kind, len(data), max_bytes))
     if not data:

@@ -4,6 +4,11 @@ Every call to the Bot API can meet flood control (429 with `retry_after`) or a n
 5xx); both pass, so a call is retried: after the time Telegram asks for, or with a doubling backoff. Errors
 that retrying can't fix (a bad request, a bot blocked by the user) are raised at once. Long texts are split
 to fit Telegram's limits, and the "recording voice…" status, which lasts at most 5 s, is kept alive.
+
+An upload is not sent again when its answer timed out after the request was written: Telegram has most
+likely delivered it, and a resend would put the same voice note in the chat twice. Failures before the
+request went out (no connection, a full pool, an upload cut short) and errors Telegram itself answered with
+are retried as usual.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import httpx
 from telegram import Bot, InlineKeyboardMarkup, Message, ReplyParameters
 from telegram.constants import ChatAction, MessageLimit
 from telegram.error import BadRequest, NetworkError, RetryAfter
@@ -45,8 +51,36 @@ def retry_after_seconds(error: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
 
 
-async def with_retries(action: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str) -> T:
-    """Run one Bot API call, retrying flood control and transient network errors."""
+class MaybeDelivered(NetworkError):
+    """A send whose request reached Telegram but whose answer never came: it was most likely delivered."""
+
+
+def may_have_arrived(error: BaseException) -> bool:
+    """Whether a failed Bot API call was most likely carried out by Telegram all the same.
+
+    python-telegram-bot raises `TimedOut`/`NetworkError` *from* the httpx error, which tells the cases apart.
+    Only a read timeout counts: the whole request was written and the server was working on it. Before that
+    (ConnectTimeout, ConnectError, PoolTimeout), nothing was sent; a WriteTimeout/WriteError cut the upload
+    short, and Telegram doesn't act on an incomplete request. A ReadError or RemoteProtocolError ("server
+    disconnected") mostly means a pooled connection the server had already closed, so the request was never
+    read: resending is the better bet there.
+    """
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, httpx.ReadTimeout):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+async def with_retries(
+    action: Callable[[], Awaitable[T]], policy: RetryPolicy, what: str, *, resend_if_unsure: bool = True
+) -> T:
+    """Run one Bot API call, retrying flood control and transient network errors.
+
+    With `resend_if_unsure=False` (uploads), a call that may have reached Telegram isn't made again: it
+    raises `MaybeDelivered` instead.
+    """
     for attempt in range(1, policy.attempts + 1):
         try:
             return await action()
@@ -59,6 +93,8 @@ async def with_retries(action: Callable[[], Awaitable[T]], policy: RetryPolicy, 
         except BadRequest:
             raise  # a NetworkError subclass, but the same request would fail the same way
         except NetworkError as error:  # TimedOut included; a 5xx arrives as a NetworkError too
+            if not resend_if_unsure and may_have_arrived(error):
+                raise MaybeDelivered(f"no answer after the request was sent ({error})") from error
             if attempt == policy.attempts:
                 raise
             wait = policy.backoff_s * 2 ** (attempt - 1)
@@ -67,14 +103,31 @@ async def with_retries(action: Callable[[], Awaitable[T]], policy: RetryPolicy, 
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+@dataclass(frozen=True)
+class UploadTimeouts:
+    """Per-request timeouts for uploads, longer than for other calls: a voice note can be up to 1 MB on a slow
+    uplink, and Telegram answers only once it has stored the file."""
+
+    write_s: float = 120.0
+    read_s: float = 60.0
+
+
 class Replier:
     """Sends to one chat, quoting the message it answers (if that was deleted, the answer still goes)."""
 
-    def __init__(self, bot: Bot, chat_id: int, reply_to: int | None, policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        bot: Bot,
+        chat_id: int,
+        reply_to: int | None,
+        policy: RetryPolicy,
+        uploads: UploadTimeouts = UploadTimeouts(),  # frozen: one shared default is safe
+    ) -> None:
         self.bot = bot
         self.chat_id = chat_id
         self.reply_to = reply_to
         self.policy = policy
+        self.uploads = uploads
         self.voice_forbidden = False  # found out during this turn: send audio files or text instead
         self.audio_forbidden = False
 
@@ -111,10 +164,11 @@ class Replier:
 
             def send() -> Awaitable[Message]:
                 return self.bot.send_voice(self.chat_id, ogg, duration=max(1, round(seconds)), caption=as_caption,
-                                           reply_parameters=self._quote(), filename="alan.ogg")  # fmt: skip
+                                           reply_parameters=self._quote(), filename="alan.ogg",
+                                           **self._upload_timeouts())  # fmt: skip
 
             try:
-                await with_retries(send, self.policy, "sendVoice")
+                await self._upload(send, "sendVoice")
             except BadRequest as error:
                 if not voice_forbidden(error):
                     raise
@@ -129,16 +183,28 @@ class Replier:
 
             def send() -> Awaitable[Message]:
                 return self.bot.send_audio(self.chat_id, ogg, duration=max(1, round(seconds)), caption=caption,
-                                           reply_parameters=self._quote(), filename="alan.ogg")  # fmt: skip
+                                           reply_parameters=self._quote(), filename="alan.ogg",
+                                           **self._upload_timeouts())  # fmt: skip
 
             try:
-                await with_retries(send, self.policy, "sendAudio")
+                await self._upload(send, "sendAudio")
                 return
             except BadRequest as error:
                 log.info("could not send audio to chat %s (%s): sending text instead", self.chat_id, error)
                 self.audio_forbidden = True
         if text:
             await self.text(text)
+
+    def _upload_timeouts(self) -> dict[str, float]:
+        return {"write_timeout": self.uploads.write_s, "read_timeout": self.uploads.read_s}
+
+    async def _upload(self, send: Callable[[], Awaitable[Message]], what: str) -> None:
+        """Send an upload; one that most likely arrived although its answer didn't counts as sent."""
+        try:
+            await with_retries(send, self.policy, what, resend_if_unsure=False)
+        except MaybeDelivered as error:
+            # Telegram offers no way to check; a voice note twice is worse than the small chance of a gap.
+            log.warning("%s to chat %s: %s; not sending it again", what, self.chat_id, error)
 
     async def edit(self, message: Message, text: str, *, markup: InlineKeyboardMarkup | None = None) -> None:
         """Change a message the bot sent (to replace its buttons with the outcome)."""

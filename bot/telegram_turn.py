@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from engine.events import (
     SpeechChunk,
     SpeechUnavailable,
     TurnError,
+    TurnEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,18 @@ async def answer_turn(
     text: str | None = None,
 ) -> None:
     """Run a turn and send its answer. Raises `TurnError` (for the user) after sending what was made."""
+    await send_answer(
+        conversation.turn(who, audio=audio, text=text),
+        replier,
+        with_text=with_text,
+        follow_up_min_seconds=follow_up_min_seconds,
+    )
+
+
+async def send_answer(
+    turn: AsyncIterator[TurnEvent], replier: Replier, *, with_text: bool, follow_up_min_seconds: float
+) -> None:
+    """Send a turn's events as they come (a new turn's, or a resumed one's). Raises `TurnError` likewise."""
     outbox = Outbox()
     texts: dict[int, str] = {}
     chunks: dict[int, list[np.ndarray]] = defaultdict(list)
@@ -125,7 +138,6 @@ async def answer_turn(
 
     failure: TurnError | None = None
     try:
-        turn = conversation.turn(who, audio=audio, text=text)
         try:
             async with contextlib.aclosing(turn):
                 async for event in turn:

@@ -21,7 +21,7 @@ from telegram import Message
 
 from alan.logs import configure_logging
 from alan.settings import Settings
-from bot.telegram import serve
+from bot.telegram import is_addressed, serve
 from bot.telegram_common import TelegramOptions
 from bot.telegram_media import CLOUD_DOWNLOAD_LIMIT, download_limit, find_audio
 from bot.telegram_send import RetryPolicy
@@ -226,6 +226,43 @@ async def test_commands_are_registered_and_explained(start_bot: Start) -> None:
     assert "What I store" in texts and "/forget deletes everything" in texts
     assert f"@{BOT_USERNAME}" in texts  # /help explains groups
     assert "I don't know /dance" in texts
+
+
+async def test_commands_addressed_to_another_bot_are_ignored_in_private_chats_and_groups(
+    start_bot: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    telegram = await start_bot()
+    chat, group = telegram.private_chat(ANN), telegram.group_chat(-100600)
+    with caplog.at_level(logging.DEBUG, logger="bot.telegram"):
+        telegram.push_message(chat, ANN, text="/start@otherbot")  # one of ours, for another bot
+        telegram.push_message(chat, ANN, text="/dance@OtherBot now")  # unknown to us, for another bot
+        telegram.push_message(group, ANN, text="/help@otherbot")
+        await eventually(lambda: caplog.text.count("ignored a command addressed to another bot") == 3)
+    telegram.push_message(chat, ANN, text=f"/help@{BOT_USERNAME.upper()}")  # ours by name, in any case
+    [reply] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    assert "/clone" in reply.text
+    assert len(telegram.received("sendMessage")) == 1
+
+
+@pytest.mark.parametrize(
+    ("chat_type", "text", "addressed"),
+    [
+        ("private", "/start@otherbot", False),
+        ("private", f"/start@{BOT_USERNAME}", True),
+        ("private", "/start", True),
+        ("private", "hello @otherbot", True),  # a mention of someone else in a chat with us is still for us
+        ("supergroup", "/start@otherbot", False),
+        ("supergroup", "/start", True),
+        ("supergroup", f"/start@{BOT_USERNAME}", True),
+    ],
+)
+def test_a_message_is_addressed_to_the_bot_unless_its_command_names_another_bot(
+    chat_type: str, text: str, addressed: bool
+) -> None:
+    fake = FakeTelegram()
+    chat = {"id": 5, "type": chat_type}
+    message = Message.de_json(fake.message(chat, ANN, text=text), None)  # type: ignore[arg-type]
+    assert is_addressed(message, 123456, BOT_USERNAME) is addressed
 
 
 async def test_webhook_mode_receives_updates_posted_with_the_secret(start_bot: Start, unused_tcp_port: int) -> None:

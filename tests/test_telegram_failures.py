@@ -6,11 +6,14 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from telegram.error import NetworkError, TimedOut
 
 from bot.telegram_common import APOLOGY, TELEGRAM_TROUBLE
-from bot.telegram_media import NOT_AUDIO, TOO_BIG_FOR_TELEGRAM, UNSUPPORTED
+from bot.telegram_media import DOWNLOAD_FAILED, NOT_AUDIO, TOO_BIG_FOR_TELEGRAM, UNSUPPORTED
+from bot.telegram_send import UploadTimeouts, may_have_arrived
 from engine.audio import CSM_RATE, encode_wav
 from engine.conversation import Conversation
 from engine.speech_models import SpeechModels
@@ -19,7 +22,7 @@ from engine.tts import CsmSpeech
 from tests import test_telegram as harness
 from tests.conftest import espeak_ogg
 from tests.fakes.ollama_server import FakeOllama
-from tests.test_telegram import FAST, Start, assert_ogg_opus
+from tests.test_telegram import FAST, Start, assert_ogg_opus, eventually
 
 # The shared fixtures (see test_telegram.py).
 start_bot = harness.start_bot
@@ -97,6 +100,75 @@ async def test_a_timed_out_request_is_retried(start_bot: Start) -> None:
     [reply] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
     assert "/clone" in reply.text
     assert len(telegram.received("sendMessage")) == 2
+
+
+async def test_a_voice_note_that_reached_telegram_before_its_answer_timed_out_is_not_sent_twice(
+    start_bot: Start, ollama: FakeOllama, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Telegram stores the first note at once but answers only after the client stopped waiting.
+    telegram = await start_bot(replace(FAST, read_timeout_s=0.5, uploads=UploadTimeouts(write_s=5.0, read_s=0.5)))
+    telegram.answer_late("sendVoice", 1.5)
+    ollama.script("First things first. Then the rest.")
+    with caplog.at_level(logging.WARNING, logger="bot.telegram_send"):
+        telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
+        # The turn goes on: the second sentence is still sent, after the first note (the outbox keeps order).
+        await telegram.wait_for("sendVoice", chat_id=ANN["id"], where=lambda c: c.text == "Then the rest.")
+    notes = telegram.sent("sendVoice", ANN["id"])
+    assert [note.text for note in notes] == ["First things first.", "Then the rest."]  # each exactly once
+    assert len(telegram.received("sendVoice")) == 2
+    assert any("sendVoice" in r.getMessage() and "not sending it again" in r.getMessage() for r in caplog.records)
+    assert not [call for call in telegram.sent("sendMessage") if TELEGRAM_TROUBLE in call.text]
+
+
+def _raised(error: Exception, cause: Exception) -> Exception:
+    """`error` as python-telegram-bot raises it: `raise TimedOut from <the httpx error>`."""
+    try:
+        raise error from cause
+    except Exception as raised:
+        return raised
+
+
+@pytest.mark.parametrize(
+    ("error", "arrived"),
+    [
+        (_raised(TimedOut(), httpx.ReadTimeout("read")), True),  # written in full; the answer never came
+        # A pooled connection the server had closed: the request was never read.
+        (_raised(NetworkError("httpx.ReadError"), httpx.ReadError("reset")), False),
+        (_raised(NetworkError("httpx.RemoteProtocolError"), httpx.RemoteProtocolError("closed")), False),
+        (_raised(TimedOut(), httpx.ConnectTimeout("connect")), False),  # nothing was sent
+        (_raised(TimedOut(), httpx.PoolTimeout("pool")), False),
+        (_raised(TimedOut(), httpx.WriteTimeout("write")), False),  # the upload was cut short
+        (_raised(NetworkError("httpx.ConnectError"), httpx.ConnectError("refused")), False),
+        (NetworkError("Bad Gateway"), False),  # Telegram answered: it failed there
+    ],
+)
+def test_only_a_read_timeout_after_the_request_was_written_counts_as_maybe_delivered(
+    error: Exception, arrived: bool
+) -> None:
+    assert may_have_arrived(error) is arrived
+
+
+async def test_a_voice_note_telegram_does_not_hand_over_is_asked_for_again(
+    start_bot: Start, ollama: FakeOllama, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    telegram = await start_bot()
+    note = espeak_ogg("Hello there, how are you today?", tmp_path)
+    attempts = FAST.retry.attempts
+    asked_again = DOWNLOAD_FAILED.format(kind="voice note")
+    with caplog.at_level(logging.WARNING, logger="bot.telegram_media"):
+        telegram.fail("download", 500, times=attempts)  # the file server fails every try
+        telegram.push_message(telegram.private_chat(ANN), ANN, voice=telegram.voice(note))
+        await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: c.text == asked_again)
+        assert len(telegram.received("download")) == attempts
+
+        bob = person(2002)
+        telegram.fail("getFile", 502, times=attempts)  # getFile itself fails every try
+        telegram.push_message(telegram.private_chat(bob), bob, voice=telegram.voice(note))
+        await telegram.wait_for("sendMessage", chat_id=bob["id"], where=lambda c: c.text == asked_again)
+        await eventually(lambda: len([r for r in caplog.records if r.name == "bot.telegram_media"]) >= 2)
+    assert "download a voice note" in caplog.text and "getFile" in caplog.text
+    assert not [call for call in telegram.sent("sendMessage") if TELEGRAM_TROUBLE in call.text]
+    assert ollama.chat_requests == []
 
 
 async def test_when_telegram_keeps_failing_the_user_is_told_and_the_bot_goes_on(

@@ -9,7 +9,8 @@ downloaded from `GET /file/bot<token>/<file_path>`. `getUpdates` long-polls a qu
 `offset` (earlier updates are confirmed and dropped) and `timeout`.
 
 Every request is recorded (`calls`); a test can make the next N calls of a method fail with a 429, a 5xx or
-a Bot API error, or answer slowly, and can wait for a request to arrive.
+a Bot API error, answer slowly (before or after carrying the call out), make file downloads fail, and can
+wait for a request to arrive. File downloads are recorded as calls of the pseudo-method "download".
 
 Usage::
 
@@ -23,64 +24,23 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import re
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 
 from tests.fakes.local_server import LocalServer
+from tests.fakes.telegram_wire import ApiError, Call, Failure, chats_in, entities_of, error_response, read_params
+
+__all__ = ["BOT_ID", "BOT_USERNAME", "TOKEN", "Call", "FakeTelegram"]
 
 TOKEN = "123456:TEST-token-for-the-fake-bot-api"
 BOT_ID = 123456
 BOT_USERNAME = "alan_test_bot"
 MAX_LONG_POLL_S = 50.0
-
-
-@dataclass
-class Call:
-    """One request as the server received it; parameter values are the raw strings that were sent."""
-
-    method: str
-    params: dict[str, str]
-    files: dict[str, bytes] = field(default_factory=dict)
-    injected: str | None = None  # the failure this call was answered with, if any
-    result: Any = None  # what the server answered (a sent Message as a dict, say)
-    done: bool = False  # answered successfully
-    at: float = field(default_factory=time.monotonic)
-
-    def json(self, name: str) -> Any:
-        value = self.params.get(name)
-        return None if value is None else json.loads(value)
-
-    @property
-    def chat_id(self) -> int | None:
-        value = self.params.get("chat_id")
-        return None if value is None else int(value)
-
-    @property
-    def text(self) -> str:
-        return self.params.get("text") or self.params.get("caption") or ""
-
-    @property
-    def buttons(self) -> list[tuple[str, str]]:
-        """(label, callback_data) of every inline button sent with this call."""
-        markup = self.json("reply_markup") or {}
-        rows = markup.get("inline_keyboard", [])
-        return [(button["text"], button.get("callback_data", "")) for row in rows for button in row]
-
-
-@dataclass
-class _Failure:
-    status: int
-    description: str
-    retry_after: int | None = None
-    delay: float = 0.0  # a slow answer: wait this long, then answer normally (status 0) or fail
 
 
 class FakeTelegram(LocalServer):
@@ -97,7 +57,7 @@ class FakeTelegram(LocalServer):
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count[int]] = defaultdict(lambda: itertools.count(1000))
         self._chats: dict[int, dict[str, Any]] = {}
-        self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
+        self._failures: dict[str, deque[Failure]] = defaultdict(deque)
         self._changed = asyncio.Condition()
 
     # --- lifecycle ---
@@ -118,10 +78,14 @@ class FakeTelegram(LocalServer):
         self.files[file_id] = (f"voice/{file_id}.{extension}", content)
         return file_id
 
+    def add_chat(self, chat: dict[str, Any]) -> None:
+        """Make a chat known, as Telegram knows every chat a bot was in (a chat seen before a restart, say)."""
+        self._chats[chat["id"]] = chat
+
     def push(self, update: dict[str, Any]) -> int:
         """Queue an update for getUpdates; returns its update_id."""
         update = {"update_id": next(self._update_ids), **update}
-        for chat in _chats_in(update):
+        for chat in chats_in(update):
             self._chats[chat["id"]] = chat
         self._updates.append(update)
         self._notify()
@@ -142,7 +106,7 @@ class FakeTelegram(LocalServer):
         message = {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": user, **content}
         if text is not None:
             message["text"] = text
-            if entities := _entities(text):
+            if entities := entities_of(text):
                 message["entities"] = entities
         return message
 
@@ -180,12 +144,17 @@ class FakeTelegram(LocalServer):
         flood = f"Too Many Requests: retry after {retry_after}"
         description = description or (flood if status == 429 else HTTPStatus(status).phrase)
         for _ in range(times):
-            self._failures[method].append(_Failure(status, description, retry_after))
+            self._failures[method].append(Failure(status, description, retry_after))
 
     def slow(self, method: str, seconds: float, *, times: int = 1) -> None:
         """Make the next `times` calls of `method` answer only after `seconds`."""
         for _ in range(times):
-            self._failures[method].append(_Failure(0, "", delay=seconds))
+            self._failures[method].append(Failure(0, "", delay=seconds))
+
+    def answer_late(self, method: str, seconds: float, *, times: int = 1) -> None:
+        """Carry out the next `times` calls of `method` at once (a message is sent) but answer after `seconds`."""
+        for _ in range(times):
+            self._failures[method].append(Failure(0, "", delay=seconds, done_first=True))
 
     # --- inspection ---
 
@@ -236,11 +205,16 @@ class FakeTelegram(LocalServer):
 
     async def _api(self, request: web.Request) -> web.Response:
         if request.match_info["token"] != self.token:
-            return _error(401, "Unauthorized")
+            return error_response(401, "Unauthorized")
         method = request.match_info["method"]
-        params, files = await _read_params(request)
+        params, files = await read_params(request)
         call = Call(method, params, files)
         failure = self._failures[method].popleft() if self._failures[method] else None
+        if failure is not None and failure.done_first:
+            self.calls.append(call)
+            response = await self._carry_out(call)
+            await asyncio.sleep(failure.delay)  # cancelled here if the client gives up first: the call stands
+            return response
         if failure is not None and failure.delay:
             call.injected = "slow"
             self.calls.append(call)
@@ -250,30 +224,41 @@ class FakeTelegram(LocalServer):
             call.injected = f"{failure.status} {failure.description}"
             self.calls.append(call)
             self._notify()
-            return _error(failure.status, failure.description, failure.retry_after)
+            return error_response(failure.status, failure.description, failure.retry_after)
         else:
             self.calls.append(call)
             self._notify()  # a long poll in progress counts as "the bot is polling"
-        handler = getattr(self, f"_m_{method}", None)
+        return await self._carry_out(call)
+
+    async def _carry_out(self, call: Call) -> web.Response:
+        handler = getattr(self, f"_m_{call.method}", None)
         try:
             if handler is None:
-                return _error(404, "Not Found")
+                return error_response(404, "Not Found")
             call.result = await handler(call)
             call.done = True
             return web.json_response({"ok": True, "result": call.result})
-        except _ApiError as error:
+        except ApiError as error:
             call.injected = f"{error.status} {error.description}"
-            return _error(error.status, error.description)
+            return error_response(error.status, error.description)
         finally:
             self._notify()
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:
-            return _error(401, "Unauthorized")
+            return error_response(401, "Unauthorized")
+        call = Call("download", {"file_path": request.match_info["path"]})
+        self.calls.append(call)
+        self._notify()
+        if self._failures["download"]:
+            failure = self._failures["download"].popleft()
+            call.injected = f"{failure.status} {failure.description}"
+            return error_response(failure.status, failure.description)
         for file_path, content in self.files.values():
             if file_path == request.match_info["path"]:
+                call.done = True
                 return web.Response(body=content, content_type="application/octet-stream")
-        return _error(404, "Not Found")
+        return error_response(404, "Not Found")
 
     # --- Bot API methods (each returns the `result`) ---
 
@@ -311,27 +296,27 @@ class FakeTelegram(LocalServer):
     async def _m_getFile(self, call: Call) -> dict[str, Any]:
         file_id = call.params.get("file_id", "")
         if file_id not in self.files:
-            raise _ApiError(400, "Bad Request: invalid file_id")
+            raise ApiError(400, "Bad Request: invalid file_id")
         file_path, content = self.files[file_id]
         size = self.file_sizes.get(file_id, len(content))
         if size > 20 * 1024 * 1024:
-            raise _ApiError(400, "Bad Request: file is too big")
+            raise ApiError(400, "Bad Request: file is too big")
         return {"file_id": file_id, "file_unique_id": f"u-{file_id}", "file_size": size, "file_path": file_path}
 
     async def _m_sendMessage(self, call: Call) -> dict[str, Any]:
         text = call.params.get("text", "")
         if not text.strip():
-            raise _ApiError(400, "Bad Request: message text is empty")
+            raise ApiError(400, "Bad Request: message text is empty")
         if len(text) > 4096:
-            raise _ApiError(400, "Bad Request: message is too long")
+            raise ApiError(400, "Bad Request: message is too long")
         return self._sent_message(call, text=text)
 
     async def _m_sendVoice(self, call: Call) -> dict[str, Any]:
         upload = call.files.get("voice")
         if upload is None:
-            raise _ApiError(400, "Bad Request: there is no voice in the request")
+            raise ApiError(400, "Bad Request: there is no voice in the request")
         if len(call.params.get("caption", "")) > 1024:
-            raise _ApiError(400, "Bad Request: message caption is too long")
+            raise ApiError(400, "Bad Request: message caption is too long")
         file_id = self.add_file(upload)
         duration = int(call.params.get("duration") or 0)
         voice = dict(file_id=file_id, file_unique_id=f"u-{file_id}", mime_type="audio/ogg", duration=duration,
@@ -341,76 +326,24 @@ class FakeTelegram(LocalServer):
 
     async def _m_sendAudio(self, call: Call) -> dict[str, Any]:
         if (upload := call.files.get("audio")) is None:
-            raise _ApiError(400, "Bad Request: there is no audio in the request")
+            raise ApiError(400, "Bad Request: there is no audio in the request")
         audio = dict(file_id=self.add_file(upload), file_unique_id="u-audio", duration=int(call.params["duration"]))
         return self._sent_message(call, audio=audio, caption=call.params.get("caption"))
 
     async def _m_editMessageText(self, call: Call) -> dict[str, Any]:
         if not call.params.get("text", "").strip():
-            raise _ApiError(400, "Bad Request: message text is empty")
+            raise ApiError(400, "Bad Request: message text is empty")
         return self._sent_message(call, text=call.params["text"], message_id=int(call.params["message_id"]))
 
     def _sent_message(self, call: Call, *, message_id: int | None = None, **content: Any) -> dict[str, Any]:
         chat_id = call.chat_id
         if chat_id is None:
-            raise _ApiError(400, "Bad Request: chat_id is empty")
+            raise ApiError(400, "Bad Request: chat_id is empty")
         chat = self._chats.get(chat_id)
         if chat is None:
-            raise _ApiError(400, "Bad Request: chat not found")
+            raise ApiError(400, "Bad Request: chat not found")
         message_id = message_id or next(self._message_ids[chat_id])
         message = {"message_id": message_id, "date": int(time.time()), "chat": chat, "from": self.bot_user, **content}
         if markup := call.json("reply_markup"):
             message["reply_markup"] = markup
         return message
-
-
-class _ApiError(Exception):
-    def __init__(self, status: int, description: str) -> None:
-        super().__init__(description)
-        self.status = status
-        self.description = description
-
-
-def _error(status: int, description: str, retry_after: int | None = None) -> web.Response:
-    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
-    if retry_after is not None:
-        body["parameters"] = {"retry_after": retry_after}
-    return web.json_response(body, status=status)
-
-
-async def _read_params(request: web.Request) -> tuple[dict[str, str], dict[str, bytes]]:
-    """Parameters as the Bot API takes them: query string, then a urlencoded, multipart or JSON body."""
-    params: dict[str, str] = dict(request.query)
-    files: dict[str, bytes] = {}
-    if request.content_type == "application/json":
-        body = await request.json()
-        params.update({key: value if isinstance(value, str) else json.dumps(value) for key, value in body.items()})
-    elif request.can_read_body:
-        for key, value in (await request.post()).items():
-            if isinstance(value, web.FileField):
-                files[key] = value.file.read()
-            else:
-                params[key] = str(value)
-    return params, files
-
-
-def _entities(text: str) -> list[dict[str, Any]]:
-    """Telegram marks a leading /command (with its @bot suffix) and every @mention, in UTF-16 code units."""
-
-    def utf16(index: int) -> int:
-        return len(text[:index].encode("utf-16-le")) // 2
-
-    entities = []
-    start = 0
-    if text.startswith("/"):
-        start = len(text.split()[0])
-        entities.append({"type": "bot_command", "offset": 0, "length": utf16(start)})
-    for mention in re.finditer(r"@\w{3,}", text[start:]):
-        begin, end = mention.start() + start, mention.end() + start
-        entities.append({"type": "mention", "offset": utf16(begin), "length": utf16(end) - utf16(begin)})
-    return entities
-
-
-def _chats_in(update: dict[str, Any]) -> list[dict[str, Any]]:
-    message = update.get("message") or update.get("callback_query", {}).get("message") or {}
-    return [message["chat"]] if "chat" in message else []

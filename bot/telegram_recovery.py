@@ -1,0 +1,98 @@
+"""After a restart: answer the turns that a stopped process left unanswered, or say they were lost.
+
+getUpdates counts an update as handled as soon as the next poll asks past it, long before its answer is
+made, so a process killed mid-turn (`kill -9`, a crash, a power cut) would leave the person waiting forever.
+The engine stores what they said before it answers, so on start-up every Telegram chat whose last stored
+turn is a person's is followed up, each in its place in the turn queue (ahead of anything new from that
+chat), in the background while polling starts:
+
+- said less than `ANSWER_WITHIN` ago: it is answered now, through the same engine path as any turn (the
+  person is most likely still in the conversation, and the answer reads as a late reply);
+- older, up to `LOOK_BACK`, or when the answer fails: the person is told it was lost and asked to send it
+  again; that message is stored as the reply, so that the turn counts as answered;
+- older still: left alone. Telegram itself keeps undelivered updates only 24 hours, so that is how long a
+  person may reasonably still expect an answer; an apology for something said days ago is only noise.
+
+Either way the turn stops being the last word in its chat, which is what makes this happen once: a second
+restart finds nothing to do. (Only turns that were stored are known: messages still queued behind them in
+memory when the process died were never stored and can't be recovered.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+
+from telegram import Bot
+from telegram.error import TelegramError
+
+from bot.telegram_common import PLATFORM, TelegramServices, say_quietly
+from bot.telegram_send import chat_action
+from bot.telegram_turn import send_answer
+from bot.turn_queue import QueueFull
+from engine.conversation import PendingTurn
+from engine.events import TurnError
+
+log = logging.getLogger(__name__)
+
+LOOK_BACK = dt.timedelta(hours=24)
+ANSWER_WITHIN = dt.timedelta(minutes=15)
+LOST = "Sorry — I restarted while answering your message; please send it again."
+
+
+async def follow_up_unanswered(bot: Bot, services: TelegramServices) -> int:
+    """Queue a follow-up for every turn left unanswered; returns how many. Call before updates are polled."""
+    now = dt.datetime.now(dt.UTC)
+    try:
+        pending = await services.conversation.unanswered(PLATFORM, now - LOOK_BACK)
+    except Exception:  # the bot can serve without this; the next start tries again
+        log.exception("could not look for turns left unanswered before the restart")
+        return 0
+    log.info("Telegram: %d turn(s) were left unanswered before this start", len(pending))
+    for turn in pending:
+        # Spawned now: each takes its chat's place in the queue before the first new update can.
+        services.spawn(_follow_up(bot, services, turn, now), name=f"follow-up-{turn.turn_id}")
+    return len(pending)
+
+
+async def _follow_up(bot: Bot, services: TelegramServices, turn: PendingTurn, now: dt.datetime) -> None:
+    chat_id = int(turn.who.scope)  # a Telegram scope is its chat id (see `participant`)
+    replier = services.replier_to(bot, chat_id)
+
+    async def job() -> None:
+        if now - turn.said_at <= ANSWER_WITHIN and await _answer(bot, services, turn, chat_id):
+            return
+        if await services.conversation.close_unanswered(turn.who, turn.turn_id, LOST):
+            log.info("told chat %s that turn %s was lost in a restart", chat_id, turn.turn_id)
+            await say_quietly(replier, LOST)
+
+    try:
+        await services.in_turn(chat_id, replier, job)
+    except QueueFull:
+        log.warning("turn queue full: turn %s of chat %s stays unanswered until the next start", turn.turn_id,
+                    chat_id)  # fmt: skip
+    except Exception:
+        log.exception("could not follow up turn %s of chat %s", turn.turn_id, chat_id)
+
+
+async def _answer(bot: Bot, services: TelegramServices, turn: PendingTurn, chat_id: int) -> bool:
+    """Answer the turn now; False if that failed (what was made of the answer has been sent)."""
+    conversation = services.conversation
+    # find_user, not user(): someone who used /forget since must not be created again.
+    user = await asyncio.to_thread(conversation.store.find_user, turn.who.platform, turn.who.user_id)
+    if user is None:
+        return True  # nothing of theirs is left to answer
+    try:
+        async with chat_action(bot, chat_id, services.options.chat_action_every_s):
+            await send_answer(
+                conversation.resume(turn.who, turn.turn_id),
+                services.replier_to(bot, chat_id),
+                with_text=user.reply_with_text,
+                follow_up_min_seconds=services.options.follow_up_min_seconds,
+            )
+    except (TurnError, TelegramError) as error:
+        log.warning("could not answer turn %s of chat %s after the restart: %s", turn.turn_id, chat_id, error)
+        return False
+    log.info("answered turn %s of chat %s, left unanswered before the restart", turn.turn_id, chat_id)
+    return True
