@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from alan.settings import Settings, SettingsError, load_settings
@@ -49,10 +50,12 @@ def run() -> None:
         )
         raise typer.Exit(1)
     from alan.app import AllPlatformsFailed, PlatformUnavailable, run_platforms
+    from alan.database_check import DatabaseUnusable, check_database
 
     try:
+        check_database(settings)  # before the platforms and models load: a read-only data dir fails at once
         run_platforms(settings)
-    except (PlatformUnavailable, AllPlatformsFailed) as error:
+    except (DatabaseUnusable, PlatformUnavailable, AllPlatformsFailed) as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
 
@@ -61,11 +64,15 @@ def run() -> None:
 def db_upgrade() -> None:
     """Apply database migrations (aLAN also does this on start)."""
     settings = settings_or_exit()
-    from engine.store.database import create_db_engine, current_revision, upgrade
+    from alan.database_check import DatabaseUnusable, open_database_or_explain
+    from engine.store.database import create_db_engine, current_revision
 
-    url = settings.resolved_database_url
-    upgrade(url)
-    console.print(f"Database at revision {current_revision(create_db_engine(url))}.")
+    try:
+        open_database_or_explain(settings)  # migrates to the newest revision
+    except DatabaseUnusable as error:
+        errors.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"Database at revision {current_revision(create_db_engine(settings.resolved_database_url))}.")
 
 
 @app.command()
@@ -80,21 +87,29 @@ def doctor(
     settings = settings_or_exit()
     checks = run_checks(settings, skip=set(skip or ()))
     table = Table(title="aLAN doctor")
-    table.add_column("check")
-    table.add_column("status")
-    table.add_column("detail")
-    table.add_column("fix")
+    for column in ("check", "status", "detail", "fix"):
+        table.add_column(column, overflow="fold")  # a long path wraps, never ends in "…"
     colours = {Status.OK: "green", Status.MISSING: "yellow", Status.FAILED: "red"}
     for check in checks:
         colour = colours[check.status]
         table.add_row(check.name, f"[{colour}]{check.status.value}[/{colour}]", check.detail, check.fix)
-    console.print(table)
+    # Piped or logged, the output has no width to fit: print the table as wide as its content, so paths and
+    # fixes stay whole on one line (rich would otherwise assume 80 columns).
+    out = console
+    if not console.is_terminal:
+        out = Console(width=Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    out.print(table)
     if any(check.status is Status.FAILED for check in checks):
         raise typer.Exit(1)
 
 
-# The engine commands (talk, say, voice) live in their own module; importing it registers them.
-import alan.cli_engine  # noqa: E402, F401
-
 if __name__ == "__main__":
-    app()
+    # `python -m alan.cli`: this file runs as `__main__`, a second copy of the module. Run the app of the module
+    # proper (`alan.cli`, which registers every command), not this copy's, which the command modules never see.
+    from alan.cli import app as registered_app
+
+    registered_app()
+else:
+    # The engine commands (talk, say, voice) live in their own module; importing it registers them.
+    import alan.cli_engine
+    import alan.cli_privacy  # noqa: F401  (`alan forget`)

@@ -8,28 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
+import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import numpy as np
 import typer
 from rich.console import Console
 
 from alan.cli import app, settings_or_exit
-from engine.audio import CSM_RATE, encode_ogg_opus, encode_wav
-from engine.conversation import Conversation, Participant
-from engine.events import (
-    Heard,
-    ReplySentence,
-    ServiceUnavailable,
-    SpeechChunk,
-    SpeechUnavailable,
-    TurnError,
-    TurnFinished,
-)
-from engine.voices import CONSENT_STATEMENT
+from engine.consent import CONSENT_STATEMENT
+
+if TYPE_CHECKING:  # the engine brings PyTorch and transformers (seconds): imported when a command runs, not for --help
+    import numpy as np
+
+    from engine.conversation import Conversation, Participant
 
 voice_app = typer.Typer(help="Clone, list and delete voices.", no_args_is_help=True)
 app.add_typer(voice_app, name="voice")
@@ -43,17 +38,27 @@ VoiceOption = Annotated[str | None, typer.Option("--voice", help="Speak with thi
 
 
 def local_participant() -> Participant:
+    from engine.conversation import Participant
+
     return Participant("local", getpass.getuser(), "cli", getpass.getuser())
 
 
 def _conversation() -> Conversation:
+    from alan.database_check import DatabaseUnusable
     from alan.engine_factory import build_conversation
 
-    return build_conversation(settings_or_exit())
+    settings = settings_or_exit()
+    try:
+        return build_conversation(settings)
+    except DatabaseUnusable as error:
+        errors.print(f"[red]{error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run an engine call, turning the engine's user-facing errors into a message and exit code 1."""
+    from engine.events import ServiceUnavailable, TurnError
+
     try:
         return asyncio.run(coroutine)
     except ServiceUnavailable as error:
@@ -63,16 +68,49 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     raise typer.Exit(1)
 
 
+AUDIO_SUFFIXES = (".ogg", ".wav")
+
+
+def output_problem(path: Path) -> str | None:
+    """Why the reply can't be written to `path`, or None: checked before any model runs, not after the turn."""
+    if path.suffix.lower() not in AUDIO_SUFFIXES:
+        return f"The output file must end in .ogg or .wav, not “{path.name}”."
+    if path.is_dir():
+        return f"{path} is a folder: give a file name, such as {path / 'reply.ogg'}."
+    folder = path.parent
+    if not folder.exists():
+        return f"The folder {folder} doesn't exist: create it first (`mkdir -p {folder}`) or write the reply elsewhere."
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder: the reply can't be written inside it."
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{path} isn't writable by this user: choose another place with -o."
+    try:  # root passes every permission check: only a real write shows a read-only disk
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        return f"Can't write to {folder} ({error.strerror or error}): choose another place with -o."
+    return None
+
+
 def _check_output(path: Path) -> None:
-    if path.suffix.lower() not in (".ogg", ".wav"):
-        errors.print("The output file must end in .ogg or .wav.")
+    problem = output_problem(path)
+    if problem is not None:
+        errors.print(problem, highlight=False)
         raise typer.Exit(2)
 
 
 def _write_audio(path: Path, chunks: list[np.ndarray]) -> float:
+    import numpy as np
+
+    from engine.audio import CSM_RATE, encode_ogg_opus, encode_wav
+
     audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     data = encode_wav(audio, CSM_RATE) if path.suffix.lower() == ".wav" else encode_ogg_opus(audio, CSM_RATE)
-    path.write_bytes(data)
+    try:
+        path.write_bytes(data)
+    except OSError as error:  # the disk filled up, or the folder went away, during the turn
+        errors.print(f"[red]Couldn't write the reply to {path}: {error.strerror or error}.[/red]", highlight=False)
+        raise typer.Exit(1) from None
     return len(audio) / CSM_RATE
 
 
@@ -80,7 +118,7 @@ async def _load_models(conversation: Conversation, *, listen: bool) -> None:
     """Load the models up front, with a spinner, so timings measure the turn and not the loading."""
     with console.status("Loading the speech models (the first run downloads them)…"):
         if listen:
-            await conversation.models.stt.load_async()  # type: ignore[attr-defined]
+            await conversation.models.load_stt()
         await conversation.models.tts()
 
 
@@ -103,6 +141,8 @@ def talk(
             raise typer.Exit(2)
         clip = audio.read_bytes()
     conversation = _conversation()
+
+    from engine.events import Heard, ReplySentence, SpeechChunk, SpeechUnavailable, TurnFinished
 
     async def run() -> None:
         await _load_models(conversation, listen=clip is not None)
@@ -149,7 +189,7 @@ def say(
 
 @voice_app.command("clone")
 def voice_clone(
-    clip: Annotated[Path, typer.Argument(help="A clip of the voice: 10–20 s of one person speaking clearly.")],
+    clip: Annotated[Path, typer.Argument(help="A clip of the voice: 10–30 s of one person speaking clearly.")],
     name: Annotated[str, typer.Option("--name", help="A name for the voice.")],
     transcript: Annotated[
         str | None, typer.Option("--transcript", help="Exactly what is said in the clip (else Whisper's, checked)")
@@ -163,6 +203,9 @@ def voice_clone(
     conversation = _conversation()
 
     async def run() -> None:
+        # The name is checked before minutes of Whisper and CSM work, not after them.
+        user = await conversation.user(local_participant())
+        voice_name = await _new_voice_name(conversation, user.id, name)
         await _load_models(conversation, listen=not transcript)
         draft = await conversation.voices.prepare(clip.read_bytes(), transcript)
         if transcript:
@@ -173,11 +216,21 @@ def voice_clone(
         if not yes and not typer.confirm(CONSENT_STATEMENT):
             errors.print("Not cloned: consent is needed.")
             raise typer.Exit(1)
-        user = await conversation.user(local_participant())
-        voice = await conversation.voices.save(user.id, name, draft, final)
+        voice = await conversation.voices.save(user.id, voice_name, draft, final)
         console.print(f"Voice “{voice.name}” saved and active.")
 
     _run(run())
+
+
+async def _new_voice_name(conversation: Conversation, owner_id: int, name: str) -> str:
+    """The name, tidied, if it is well-formed and not one of the owner's voices yet; else a `BadInput`."""
+    from engine.store.repository import VoiceNameTaken
+    from engine.voices import check_voice_name
+
+    tidy = check_voice_name(name)
+    if await asyncio.to_thread(conversation.store.voice_by_name, owner_id, tidy) is not None:
+        raise VoiceNameTaken(tidy)
+    return tidy
 
 
 @voice_app.command("list")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import enum
-import os
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from alan.database_check import database_problem, open_failure, sqlite_path
 from alan.settings import Settings
-from engine.llm import LlmStatus
+
+if TYPE_CHECKING:
+    from engine.llm import LlmStatus
+
+# What WhisperTranscriber needs in a local folder (engine/stt.py refuses a folder without any of them).
+WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
 
 
 class Status(enum.Enum):
@@ -27,31 +34,26 @@ class Check:
 
 
 def check_database(settings: Settings) -> Check:
-    from sqlalchemy.engine import make_url
-
     from engine.store.database import create_db_engine, current_revision, head_revision
 
     url = settings.resolved_database_url
-    parsed = make_url(url)
-    database = parsed.database
-    if parsed.get_backend_name() == "sqlite" and database and not Path(database).exists():
-        folder = Path(database).parent
-        while not folder.exists():
-            folder = folder.parent
-        if not os.access(folder, os.W_OK):
-            return Check(
-                "database", Status.FAILED, f"{folder} is not writable", "Set ALAN_DATA_DIR to a writable folder."
-            )
-        return Check("database", Status.MISSING, f"{database} will be created on first start", "")
+    problem = database_problem(settings)
+    if problem is not None:
+        what, fix = problem
+        return Check("database", Status.FAILED, what, fix)
+    database = sqlite_path(url)
+    if database is not None and not database.exists():
+        return Check(
+            "database",
+            Status.MISSING,
+            f"{database} will be created on first start",
+            "Run `alan db upgrade` to create it now (`alan run` also creates it when it starts).",
+        )
     try:
         revision = current_revision(create_db_engine(url))
     except Exception as error:  # any driver or filesystem error is reported, not raised
-        return Check(
-            "database",
-            Status.FAILED,
-            f"cannot open: {type(error).__name__}: {error}",
-            "Check ALAN_DATABASE_URL, and that ALAN_DATA_DIR is writable.",
-        )
+        what, fix = open_failure(settings, error)
+        return Check("database", Status.FAILED, what, fix)
     head = head_revision()
     if revision != head:
         return Check("database", Status.MISSING, f"schema at {revision}, code expects {head}", "Run `alan db upgrade`.")
@@ -74,49 +76,93 @@ def check_llm(settings: Settings) -> Check:
     return Check("ollama", Status.FAILED, "not reachable" if not status.reachable else "model missing", status.message)
 
 
-def check_stt_model(settings: Settings) -> Check:
-    from faster_whisper import download_model
+def _hub_id_problem(name: str) -> str | None:
+    """Why `name` can't be a Hugging Face model id (so it must be meant as a folder), or None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+    try:
+        validate_repo_id(name)
+    except HFValidationError as error:
+        return str(error)
+    return None
+
+
+def check_stt_model(settings: Settings) -> Check:
+    from faster_whisper import available_models, download_model
+
+    name = "speech recognition"
     model = settings.stt_model
-    if Path(model).is_dir():
-        if (Path(model) / "model.bin").is_file():
-            return Check("speech recognition", Status.OK, f"local CTranslate2 model in {model}")
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        missing = [file for file in WHISPER_FILES if not (folder / file).is_file()]
+        if missing:
+            return Check(
+                name,
+                Status.FAILED,
+                f"{folder} lacks {', '.join(missing)}",
+                "Point ALAN_STT_MODEL at a faster-whisper (CTranslate2) model folder with its tokenizer "
+                "(e.g. a download of Systran/faster-whisper-small), or use a size name like `small`.",
+            )
+        return Check(name, Status.OK, f"local CTranslate2 model in {folder}")
+    sizes = available_models()
+    if model not in sizes and ("/" not in model or _hub_id_problem(model) is not None or folder.exists()):
         return Check(
-            "speech recognition",
+            name,
             Status.FAILED,
-            f"{model} has no model.bin",
-            "Point ALAN_STT_MODEL at a faster-whisper (CTranslate2) model folder, or use a size name like `small`.",
+            f"ALAN_STT_MODEL={model} is not a folder that exists, a Whisper size or a Hugging Face id",
+            "Set ALAN_STT_MODEL to a Whisper size such as `small` or `base`, a hub id such as "
+            "Systran/faster-whisper-small, or the path of a folder with a CTranslate2 Whisper model.",
         )
     try:
         path = download_model(model, local_files_only=True)
-    except Exception:  # not in the local cache (or an unknown name): it will be fetched on first use
+    except Exception:  # not in the local cache: it will be fetched on first use
         return Check(
-            "speech recognition",
+            name,
             Status.MISSING,
             f"Whisper `{model}` is not downloaded yet",
             "It downloads on first use (needs internet once); or set ALAN_STT_MODEL to a local folder.",
         )
-    return Check("speech recognition", Status.OK, f"Whisper `{model}` cached in {path}")
+    return Check(name, Status.OK, f"Whisper `{model}` cached in {path}")
+
+
+def _csm_folder_problem(folder: Path) -> str | None:
+    """What a local CSM folder lacks for `CsmSpeech.load` (config, weights, tokenizer), or None."""
+    config = folder / "config.json"
+    if not config.is_file():
+        return f"{folder} has no config.json"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as error:
+        return f"{config} can't be read as a model config ({error})"
+    if model_type != "csm":
+        return f"{folder} holds a `{model_type}` model, not CSM"
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+        return f"{folder} has no weights (*.safetensors)"
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        return f"{folder} has no tokenizer (tokenizer.json)"
+    return None
 
 
 def check_tts_model(settings: Settings) -> Check:
     from huggingface_hub import try_to_load_from_cache
 
+    name = "speech synthesis"
     model = settings.tts_model
+    fix = "Point ALAN_TTS_MODEL at a folder saved with save_pretrained (CSM-1B in transformers format), or leave it "
+    fix += "at sesame/csm-1b to download it."
     if Path(model).is_dir():
-        if (Path(model) / "config.json").is_file():
-            return Check("speech synthesis", Status.OK, f"local CSM model in {model}")
-        return Check(
-            "speech synthesis",
-            Status.FAILED,
-            f"{model} has no config.json",
-            "Point ALAN_TTS_MODEL at a folder saved with save_pretrained (CSM-1B in transformers format).",
-        )
+        problem = _csm_folder_problem(Path(model))
+        if problem is not None:
+            return Check(name, Status.FAILED, problem, fix)
+        return Check(name, Status.OK, f"local CSM model in {model}")
+    if _hub_id_problem(model) is not None or Path(model).exists():
+        # Not a folder, and not something the hub could hold: a path that is wrong.
+        return Check(name, Status.FAILED, f"ALAN_TTS_MODEL={model} is not a folder that exists", fix)
     cached = try_to_load_from_cache(model, "config.json")
     if isinstance(cached, str):
-        return Check("speech synthesis", Status.OK, f"`{model}` cached")
+        return Check(name, Status.OK, f"`{model}` cached")
     return Check(
-        "speech synthesis",
+        name,
         Status.MISSING,
         f"`{model}` is not downloaded yet",
         "It downloads on first use. sesame/csm-1b is gated: accept its licence on Hugging Face and run "
@@ -161,6 +207,8 @@ def check_platforms(settings: Settings) -> Check:
 
 
 def check_device(settings: Settings) -> Check:
+    if settings.device == "cpu":  # a choice, not a problem (and no need to ask PyTorch)
+        return Check("device", Status.OK, "CPU (as set by ALAN_DEVICE=cpu): speech is slower than real time")
     import torch
 
     if torch.cuda.is_available():
@@ -172,7 +220,13 @@ def check_device(settings: Settings) -> Check:
             "ALAN_DEVICE=cuda but no CUDA GPU is visible to PyTorch",
             "Install a CUDA build of PyTorch and the NVIDIA driver, or set ALAN_DEVICE=auto.",
         )
-    return Check("device", Status.MISSING, "CPU only: speech synthesis will be far slower than real time", "")
+    return Check(
+        "device",
+        Status.MISSING,
+        "no CUDA GPU: speech synthesis runs on the CPU, far slower than real time",
+        "For real-time speech use an NVIDIA GPU with PyTorch's CUDA build (see the README); to run on the CPU "
+        "on purpose, set ALAN_DEVICE=cpu.",
+    )
 
 
 ALL_CHECKS: dict[str, Callable[[Settings], Check]] = {

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from alan.database_check import open_database_or_explain
 from alan.settings import Settings
 from engine.conversation import Conversation
 from engine.llm import OllamaChat
 from engine.speech_models import SpeechModels
-from engine.store.database import open_database
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from engine.tts import CsmSpeech
@@ -14,8 +14,11 @@ from engine.voices import VoiceLibrary
 
 
 def build_conversation(settings: Settings) -> Conversation:
-    """Open (and migrate) the database and set up the models; models load on first use, not here."""
-    store = Store(open_database(settings.resolved_database_url))
+    """Open (and migrate) the database and set up the models; models load on first use, not here.
+
+    Raises `DatabaseUnusable` (a message for the person) when the database can't be created or written.
+    """
+    store = Store(open_database_or_explain(settings))
     models = SpeechModels(
         stt=WhisperTranscriber(settings.stt_model, settings.device),
         load_tts=lambda: CsmSpeech.load(settings.tts_model, settings.device),

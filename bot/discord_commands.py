@@ -37,12 +37,12 @@ AUDIO_EXTENSIONS = frozenset(
 )
 VIEW_TIMEOUT = 14 * 60  # an interaction's token lives 15 minutes; after that its message can't be edited
 DEFAULT_VOICE_NAME = "my voice"
-# The /clone preview quotes the transcript in one message (Discord's limit: 2,000 characters); 10–20 s of speech
+# The /clone preview quotes the transcript in one message (Discord's limit: 2,000 characters); 10–30 s of speech
 # is far less than this.
 MAX_TRANSCRIPT_CHARS = 1000
 TRANSCRIPT_TOO_LONG = (
     f"That transcript is over {MAX_TRANSCRIPT_CHARS} characters: more than I can use. "
-    "Send a shorter clip (10–20 s of clear speech is ideal) with what is said in it."
+    "Send a shorter clip (10–30 s of clear speech is ideal) with what is said in it."
 )
 MAX_REPLY_CHARS = 2000
 
@@ -64,12 +64,12 @@ def attachment_problem(attachment: discord.Attachment, max_bytes: int) -> str | 
     if not looks_audio:
         return (
             f"“{attachment.filename}” isn't an audio file. Attach a recording of the voice to clone "
-            "(OGG, MP3, WAV, M4A…), 10–20 seconds of one person talking clearly."
+            "(OGG, MP3, WAV, M4A…), 10–30 seconds of one person talking clearly."
         )
     if attachment.size > max_bytes:
         return (
             f"That file is too large ({attachment.size / 1_048_576:.1f} MB): the limit is "
-            f"{max_bytes / 1_048_576:.0f} MB. 10–20 seconds of speech is all I need."
+            f"{max_bytes / 1_048_576:.0f} MB. 10–30 seconds of speech is all I need."
         )
     return None
 
@@ -202,7 +202,7 @@ class ForgetView(OwnerOnlyView):
         try:
             job = functools.partial(self.conversation.forget, self.who)
             await (self.serialise(job) if self.serialise is not None else job())
-        except QueueFull as error:
+        except (TurnError, QueueFull) as error:  # e.g. storage busy or full: say so, nothing was deleted
             await self.finish(interaction, str(error))
             return
         except Exception:
@@ -280,7 +280,7 @@ class AlanCommands(commands.Cog):
 
     @app_commands.command(name="clone", description="Make a voice for me to speak to you with, from a recording")
     @app_commands.describe(
-        audio="A recording of one person talking clearly (10–20 s is ideal)",
+        audio="A recording of one person talking clearly (10–30 s is ideal)",
         transcript="Exactly what is said in it (I'll transcribe it if you leave this out)",
         name="A name for the voice",
     )

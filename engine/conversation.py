@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -40,6 +41,7 @@ from engine.store.models import Turn, User
 from engine.store.repository import Store
 from engine.tts import SAMPLES_PER_FRAME, BudgetError, Segment
 from engine.turn_memory import ReplyDraft, TurnMemory
+from engine.visible_text import visible_text
 from engine.voices import BOT_SPEAKER, VoiceLibrary, voice_cache_key
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,15 @@ class Participant:
     display_name: str | None = None
     # A wider scope whose default voice applies where `scope` has none (a Discord server around its channels).
     parent_scope: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingTurn:
+    """A stored user turn that nothing answered: the process stopped (or the answer failed) mid-turn."""
+
+    who: Participant
+    turn_id: int
+    said_at: datetime  # UTC
 
 
 class Conversation:
@@ -96,7 +107,9 @@ class Conversation:
         if voice_name is not None:
             await asyncio.to_thread(self.voices.find, user.id, voice_name)  # unknown name: fail before anything
         if audio is not None:
-            said, language, heard_audio = await self._hear(audio, timings)
+            # The language of their recent turns: a clip of a word or two says too little to detect it.
+            known_language = await asyncio.to_thread(self.store.user_language, user.id)
+            said, language, heard_audio = await self._hear(audio, timings, known_language)
         else:
             said, language, heard_audio = self._read(text), None, None
         history = await asyncio.to_thread(self.store.recent_turns, user.id, who.scope, LLM_HISTORY_TURNS)
@@ -110,7 +123,9 @@ class Conversation:
             if heard_audio is not None and speak
             else None
         )
-        answer = self._answer(user, who, history, said, user_codes, speak, voice_name, timings, started)
+        answer = self._answer(
+            user, who, history, said, user_codes, speak, voice_name, timings, started, language=language
+        )
         try:
             # aclosing: an interrupted turn must close the answer too, which stores what was said of it.
             async with contextlib.aclosing(answer):
@@ -121,14 +136,16 @@ class Conversation:
                 user_codes.cancel()
 
     def _read(self, text: str | None) -> str:
-        text = " ".join((text or "").split())
+        text = visible_text(text)  # zero-width and control characters alone are no message
         if not text:
             raise BadInput("There's nothing to answer: send me a voice message or some text.")
         if len(text) > MAX_TEXT_CHARS:
             raise BadInput(f"That message is too long for me: please keep it under {MAX_TEXT_CHARS} characters.")
         return text
 
-    async def _hear(self, audio: bytes, timings: dict[str, float]) -> tuple[str, str | None, np.ndarray]:
+    async def _hear(
+        self, audio: bytes, timings: dict[str, float], language_hint: str | None = None
+    ) -> tuple[str, str | None, np.ndarray]:
         start = time.perf_counter()
         try:
             wave = await asyncio.to_thread(
@@ -137,10 +154,12 @@ class Conversation:
         except AudioError as error:
             log.info("rejected audio: %s", error)
             raise BadInput(str(error)) from error
-        transcript = await self.models.transcribe(resample(wave, CSM_RATE, WHISPER_RATE))
+        transcript = await self.models.transcribe(resample(wave, CSM_RATE, WHISPER_RATE), language_hint=language_hint)
         timings["stt_s"] = time.perf_counter() - start
         if transcript.no_speech or not transcript.text.strip():
-            log.info("no speech in %.1f s of audio %s", transcript.duration, transcript.rejected)
+            # Why each segment was dropped, never its words (logs may end up on disk).
+            reasons = [rejected.split(":", 1)[0] for rejected in transcript.rejected]
+            log.info("no speech in %.1f s of audio (dropped segments: %s)", transcript.duration, reasons)
             raise NoSpeech()
         return transcript.text.strip(), transcript.language, wave
 
@@ -155,6 +174,8 @@ class Conversation:
         voice_name: str | None,
         timings: dict[str, float],
         started: float,
+        *,
+        language: str | None = None,  # the person's, for the LLM to answer in
     ) -> AsyncIterator[TurnEvent]:
         reply = ReplyDraft()
         speaking = speak
@@ -172,7 +193,7 @@ class Conversation:
         finished = False
         try:
             try:
-                deltas = self.llm.stream_reply(messages, said)
+                deltas = self.llm.stream_reply(messages, said, language=language)
                 sentences = speakable_sentences(deltas)
                 # Closing both on the way out (an interruption, say) closes the HTTP stream: Ollama stops.
                 async with contextlib.aclosing(deltas), contextlib.aclosing(sentences):
@@ -258,6 +279,75 @@ class Conversation:
                 frames = sum(len(chunk) for chunk in made) // SAMPLES_PER_FRAME
                 reply.segments.append(Segment(BOT_SPEAKER, sentence, streams[0].result.codes[:frames]))
                 reply.audio.extend(made)
+
+    # Turns left unanswered -------------------------------------------------------------------------------
+
+    async def unanswered(self, platform: str, since: datetime) -> list[PendingTurn]:
+        """This platform's user turns since `since` that are still the last word in their scope, oldest first."""
+        rows = await asyncio.to_thread(self.store.unanswered_turns, platform, since)
+        return [
+            PendingTurn(
+                Participant(platform, user.platform_user_id, turn.scope, user.display_name),
+                turn.id,
+                turn.created_at if turn.created_at.tzinfo else turn.created_at.replace(tzinfo=UTC),
+            )
+            for turn, user in rows
+        ]
+
+    async def resume(self, who: Participant, turn_id: int, *, speak: bool = True) -> AsyncIterator[TurnEvent]:
+        """Answer a stored user turn that has no reply yet, exactly as `turn()` answers; it isn't stored again.
+
+        Yields nothing when the turn no longer waits for an answer (answered, /reset or /forget meanwhile).
+        """
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        found = await self._waiting(who, turn_id, LLM_HISTORY_TURNS + 1)
+        if found is None:
+            return
+        user, history = found
+        pending, history = history[-1], history[:-1]
+        has_audio = pending.codes is not None or pending.audio is not None
+        user_codes = asyncio.ensure_future(self._stored_codes(pending)) if speak and has_audio else None
+        answer = self._answer(
+            user, who, history, pending.text, user_codes, speak, None, timings, started, language=pending.language
+        )
+        try:
+            async with contextlib.aclosing(answer):
+                async for event in answer:
+                    yield event
+        finally:
+            if user_codes is not None and not user_codes.done():
+                user_codes.cancel()
+
+    async def close_unanswered(self, who: Participant, turn_id: int, said: str) -> bool:
+        """Store `said` (what the person was told instead of an answer) as the reply to a waiting turn.
+
+        Returns False, storing nothing, when the turn no longer waits (answered or deleted meanwhile).
+        """
+        found = await self._waiting(who, turn_id, 1)
+        if found is None:
+            return False
+        await asyncio.to_thread(self.store.add_turn, found[0].id, who.scope, "assistant", said)
+        return True
+
+    async def _waiting(self, who: Participant, turn_id: int, limit: int) -> tuple[User, list[Turn]] | None:
+        """The user and their newest `limit` turns here, if the newest is still `turn_id`, unanswered."""
+        # find_user, not user(): someone who used /forget meanwhile must not be created again.
+        user = await asyncio.to_thread(self.store.find_user, who.platform, who.user_id)
+        if user is None:
+            return None
+        history = await asyncio.to_thread(self.store.recent_turns, user.id, who.scope, limit)
+        if not history or history[-1].id != turn_id or history[-1].role != "user":
+            return None
+        return user, history
+
+    async def _stored_codes(self, turn: Turn) -> Segment | None:
+        """A stored user turn as CSM context: its Mimi codes, made from its audio if it has none yet."""
+        if turn.codes is not None and turn.codes_codebooks:
+            return self.memory.spoken_context([turn])[0]
+        assert turn.audio is not None
+        wave = await asyncio.to_thread(decode_audio, turn.audio, CSM_RATE)
+        return await self.memory.add_user_codes(turn, wave)
 
     # Commands --------------------------------------------------------------------------------------------
 

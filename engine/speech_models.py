@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
 from engine.events import ServiceUnavailable
 from engine.speech_worker import SpeechWorker
-from engine.stt import SpeechToText, Transcript
-from engine.tts import CsmSpeech
+
+if TYPE_CHECKING:  # PyTorch and transformers load with the models, not with every `alan` command
+    import numpy as np
+    import torch
+
+    from engine.stt import SpeechToText, Transcript
+    from engine.tts import CsmSpeech
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +68,27 @@ class SpeechModels:
         if self._tts is not None:
             self._tts.forget_cached(voice_cache_key)
 
-    async def transcribe(self, audio_16k: np.ndarray, language: str | None = None) -> Transcript:
+    async def load_stt(self) -> None:
+        """Load Whisper now (it loads on first use otherwise); raises `ServiceUnavailable` if it can't load."""
+        from engine.errors import SttUnavailable
+
+        load = getattr(self.stt, "load_async", None)  # the SpeechToText protocol has no separate load step
+        if load is None:
+            return
+        try:
+            await load()
+        except SttUnavailable as error:
+            log.error("speech recognition unavailable: %s", error)
+            raise ServiceUnavailable(STT_DOWN, str(error)) from error
+
+    async def transcribe(
+        self, audio_16k: np.ndarray, language: str | None = None, language_hint: str | None = None
+    ) -> Transcript:
+        """`language` forces it; `language_hint` (the person's usual language) applies when detection is unsure."""
         from engine.errors import SttUnavailable
 
         try:
-            return await self.stt.transcribe_async(audio_16k, language)
+            return await self.stt.transcribe_async(audio_16k, language, language_hint)
         except SttUnavailable as error:
             log.error("speech recognition unavailable: %s", error)
             raise ServiceUnavailable(STT_DOWN, str(error)) from error

@@ -16,12 +16,14 @@ import numpy as np
 import torch
 
 from engine.audio import CSM_RATE, WHISPER_RATE, AudioError, decode_audio, encode_ogg_opus, resample
+from engine.consent import CONSENT_STATEMENT
 from engine.events import BadInput, NoSpeech
 from engine.speech_models import SpeechModels
 from engine.store.codes import codes_from_bytes, codes_to_bytes
 from engine.store.models import Voice
 from engine.store.repository import EVERYWHERE, Store
 from engine.tts import Segment
+from engine.visible_text import visible_text
 from engine.voice_prep import normalise_loudness, trim_silence
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ MAX_CLONE_SECONDS = 30.0
 # A clip may arrive with long silences around it; this caps what is decoded before trimming.
 MAX_UPLOAD_SECONDS = 180.0
 NAME_PATTERN = re.compile(r"^[\w][\w .'-]{0,39}$")
-CONSENT_STATEMENT = "This is my own voice, or I have the speaker's permission to clone it."
+EMPTY_TRANSCRIPT = "The transcript is empty (it has no visible words): tell me exactly what is said in the clip."
 
 
 @dataclass
@@ -49,6 +51,14 @@ class CloneDraft:
 def voice_cache_key(voice_id: int) -> str:
     """The key of a voice's prefix KV in the TTS cache."""
     return f"voice-{voice_id}"
+
+
+def _exact_transcript(transcript: str) -> str:
+    """The transcript as the words it shows; refused when it shows none (invisible characters count as none)."""
+    text = visible_text(transcript)
+    if not text:
+        raise BadInput(EMPTY_TRANSCRIPT)
+    return text
 
 
 def check_voice_name(name: str) -> str:
@@ -85,7 +95,7 @@ class VoiceLibrary:
                 f"(10–{MAX_CLONE_SECONDS:g} s works best) of one person talking clearly."
             )
         if transcript is not None and transcript.strip():
-            text, language = " ".join(transcript.split()), None
+            text, language = _exact_transcript(transcript), None
         else:
             heard = await self.models.transcribe(resample(audio, CSM_RATE, WHISPER_RATE))
             if heard.no_speech:
@@ -100,15 +110,13 @@ class VoiceLibrary:
         if seconds > limit:
             raise BadInput(
                 f"That clip has {seconds:.0f} s of speech; the most I can use is {limit:.0f} s. "
-                "Please send a shorter clip (10–20 s of clear speech is ideal)."
+                f"Please send a shorter clip: 10–{limit:.0f} s of clear speech."
             )
 
     async def save(self, owner_id: int, name: str, draft: CloneDraft, transcript: str) -> Voice:
         """Store the voice with the user's consent and make it their voice everywhere."""
         name = check_voice_name(name)
-        transcript = " ".join(transcript.split())
-        if not transcript:
-            raise BadInput("The transcript is empty: tell me exactly what is said in the clip.")
+        transcript = _exact_transcript(transcript)
         await self._check_fits(transcript, draft.seconds)
         codes = await self.models.encode(draft.audio)
         data, codebooks = codes_to_bytes(codes.numpy())

@@ -108,3 +108,82 @@ def test_run_exits_non_zero_when_no_platform_can_run(
     assert result.exit_code == 1
     assert "No chat platform could run: telegram" in result.output
     assert "revoked-token" not in result.output
+
+
+# A data dir aLAN can't write: a clear message and exit 1, before any platform or model starts ---------------
+
+
+def _run_with_telegram(monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv("TELEGRAM_TOKEN", "123:abc")
+    monkeypatch.setenv("TELEGRAM_API_URL", "http://127.0.0.1:9")  # never reached: the database check comes first
+    return runner.invoke(app, ["run"])
+
+
+def test_run_with_a_data_dir_below_a_file_says_what_is_wrong(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "notes.txt").write_text("a file, not a folder")
+    monkeypatch.setenv("ALAN_DATA_DIR", str(clean_env / "notes.txt" / "data"))
+    result = _run_with_telegram(monkeypatch)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    output = " ".join(result.output.split())
+    assert f"{clean_env / 'notes.txt'} is a file" in output and "ALAN_DATA_DIR" in output
+
+
+def test_run_with_a_corrupt_database_says_so(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "data").mkdir()
+    (clean_env / "data" / "alan.db").write_bytes(b"not sqlite" * 200)
+    result = _run_with_telegram(monkeypatch)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    output = " ".join(result.output.split())
+    assert "can't open its database" in output and "file is not a database" in output
+
+
+def test_db_upgrade_with_an_unusable_data_dir_says_so(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (clean_env / "notes.txt").write_text("a file, not a folder")
+    monkeypatch.setenv("ALAN_DATA_DIR", str(clean_env / "notes.txt" / "data"))
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "is a file" in " ".join(result.output.split())
+
+
+RUN_ALAN = "import sys; from alan.cli import app; sys.argv[0] = 'alan'; app()"
+# As root, permission bits deny nothing: the data dir becomes a read-only mount, in a mount namespace of its own.
+READ_ONLY_MOUNT = 'mount -t tmpfs -o ro tmpfs "$0" || exit 97; exec "$@"'
+
+
+def test_run_with_a_read_only_data_dir_says_what_is_wrong(clean_env: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    data = clean_env / "data"
+    data.mkdir()
+    command = [sys.executable, "-c", RUN_ALAN, "run"]
+    if os.geteuid() == 0:
+        if shutil.which("unshare") is None:
+            pytest.skip("running as root without util-linux's unshare: no way to make a folder read-only")
+        command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_MOUNT, str(data), *command]
+    else:
+        data.chmod(0o555)
+    env = {**os.environ, "TELEGRAM_TOKEN": "123:abc", "TELEGRAM_API_URL": "http://127.0.0.1:9"}
+    env.update(ALAN_DATA_DIR=str(data))
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        data.chmod(0o755)
+    if result.returncode == 97 or result.stderr.startswith("unshare:"):
+        pytest.skip(f"no read-only mount possible here: {result.stderr.strip()}")
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(data) in output and "ALAN_DATA_DIR" in output
+    assert "isn't writable" in output or "read-only file system" in output
+
+
+def test_a_database_url_opened_read_only_is_refused(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's `mode=ro` refuses writes even to root: the database would open, and then no turn could be stored."""
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    monkeypatch.setenv("ALAN_DATABASE_URL", f"sqlite:///file:{clean_env / 'data' / 'alan.db'}?mode=ro&uri=true")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "read-only" in result.output and "mode=ro" in result.output

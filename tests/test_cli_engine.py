@@ -110,3 +110,63 @@ def test_missing_tts_model_says_how_to_get_it(env: Path, monkeypatch: pytest.Mon
     result = runner.invoke(app, ["say", "Hello.", "-o", "out.ogg"])
     assert result.exit_code == 1
     assert "ALAN_TTS_MODEL" in result.output
+
+
+# Bad input is refused before any model work, in words, never as a traceback ---------------------------------
+
+
+@pytest.mark.parametrize("command", [["talk", "--text", "hello"], ["say", "Hello."]])
+def test_an_output_path_that_cannot_be_written_is_refused_first(
+    env: Path, ollama: FakeOllama, command: list[str]
+) -> None:
+    (env / "notes.txt").write_text("a file")
+    (env / "replies").mkdir()
+    refused = {
+        "missing/dir/reply.ogg": "doesn't exist",
+        "notes.txt/reply.ogg": "is a file",
+        "replies": "must end in .ogg or .wav",
+        "reply.mp3": "must end in .ogg or .wav",
+    }
+    for output, reason in refused.items():
+        result = runner.invoke(app, [*command, "-o", output])
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (output, result.exception)
+        assert reason in " ".join(result.output.split()), output
+    assert ollama.chat_requests == []  # no turn ran
+    assert not (env / "data").exists()  # nor was the database even opened
+
+
+def test_a_wrong_stt_model_is_a_message_not_a_traceback(
+    env: Path, monkeypatch: pytest.MonkeyPatch, speech_wav: Path
+) -> None:
+    monkeypatch.setenv("ALAN_STT_MODEL", str(env / "no-such-whisper"))
+    for command in (["talk", str(speech_wav)], ["voice", "clone", str(speech_wav), "--name", "me", "--yes"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (command, result.exception)
+        output = " ".join(result.output.split())
+        assert "speech recognition isn't available" in output and "no-such-whisper" in output
+
+
+def test_voice_clone_checks_the_name_before_any_model_work(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    espeak("This is my voice. I am reading a few sentences so that you can learn how I sound.", env / "me.wav")
+    clone = ["voice", "clone", "me.wav", "--transcript", "This is my voice.", "--yes"]
+    assert runner.invoke(app, [*clone, "--name", "me"]).exit_code == 0
+    # With no model that could load, only a check made before loading can answer.
+    monkeypatch.setenv("ALAN_TTS_MODEL", str(env / "no-such-model"))
+    monkeypatch.setenv("ALAN_STT_MODEL", str(env / "no-such-whisper"))
+    taken = runner.invoke(app, [*clone, "--name", " me "])
+    assert taken.exit_code == 1 and "already have a voice called “me”" in taken.output
+    malformed = runner.invoke(app, [*clone, "--name", "<script>"])
+    assert malformed.exit_code == 1 and "A voice name is 1–40 letters" in malformed.output
+    assert "ALAN_TTS_MODEL" not in taken.output + malformed.output
+
+
+def test_say_uses_the_current_transformers_api(env: Path) -> None:
+    """No deprecation warning from transformers: each one is an argument that stops working in a later release."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(app, ["say", "Good morning.", "-o", "out.ogg"])
+    assert result.exit_code == 0, result.output
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning | FutureWarning)]
+    assert [f"{w.filename}:{w.lineno}: {w.message}" for w in deprecations] == []

@@ -73,7 +73,7 @@ class CsmFrameLoop:
         Goes through the model's own forward: a multi-token query after a non-empty cache needs the proper
         offset causal mask, which the model builds for whatever attention implementation is loaded.
         """
-        out = self.backbone(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+        out = self.backbone(inputs_embeds=embeds, cache=cache, use_cache=True)
         return out.last_hidden_state[:, -1:, :]
 
     def step(self, frame: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
@@ -88,7 +88,7 @@ class CsmFrameLoop:
                 hidden,
                 attention_mask=None,
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 position_embeddings=rope,
             )
@@ -130,7 +130,7 @@ class CsmFrameLoop:
                 hidden,
                 attention_mask=mask,
                 position_ids=position_ids,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 position_embeddings=rope,
             )
@@ -144,7 +144,7 @@ class CsmFrameLoop:
                 config=self.depth_config,
                 inputs_embeds=hidden,
                 attention_mask=None,
-                past_key_values=cache,
+                cache=cache,
                 position_ids=self._depth_positions[:, :2],
             )
             self._first_step_mask_ready = True

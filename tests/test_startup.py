@@ -1,0 +1,82 @@
+"""A newcomer's first minutes: `alan --help` starts without the speech stack, and the docs agree with the code."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from engine.voices import MAX_CLONE_SECONDS
+
+ROOT = Path(__file__).resolve().parents[1]
+# Each takes from a tenth of a second (discord, telegram) to seconds (torch, transformers) to import.
+HEAVY_MODULES = ("torch", "transformers", "faster_whisper", "ctranslate2", "discord", "telegram")
+
+# Import the CLI and render the help of every command, in a fresh interpreter; print what got imported.
+HELP_EVERY_COMMAND = """
+import json, sys
+from typer.testing import CliRunner
+from alan.cli import app
+
+runner = CliRunner()
+commands = [[], ["talk"], ["say"], ["doctor"], ["run"], ["db", "upgrade"], ["voice", "clone"], ["voice", "list"]]
+for command in commands:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, (command, result.output)
+print(json.dumps(sorted(set(sys.modules) & set(json.loads(sys.argv[1])))))
+"""
+
+
+def test_help_imports_no_speech_or_chat_library() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", HELP_EVERY_COMMAND, json.dumps(HEAVY_MODULES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_importing_the_cli_leaves_heavy_modules_unloaded() -> None:
+    code = "import json, sys, alan.cli; print(json.dumps([m for m in json.loads(sys.argv[1]) if m in sys.modules]))"
+    result = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(HEAVY_MODULES)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+# "10–30 s", "10-20 seconds": the recommended clip length wherever a person reads it.
+CLIP_LENGTH = re.compile(r"\b10\s*[–-]\s*(\d+)\s*(?:s\b|sec|seconds)")
+
+
+def test_every_text_gives_the_same_clip_length_as_the_code() -> None:
+    texts = [ROOT / "README.md", *(ROOT / "alan").glob("*.py"), *(ROOT / "bot").rglob("*.py")]
+    texts += [*(ROOT / "engine").rglob("*.py")]
+    found = {
+        f"{path.relative_to(ROOT)}: {match.group(0)}": int(match.group(1))
+        for path in texts
+        for match in CLIP_LENGTH.finditer(path.read_text(encoding="utf-8"))
+    }
+    assert found, "no clip length found: the pattern no longer matches the texts"
+    assert {place: upper for place, upper in found.items() if upper != MAX_CLONE_SECONDS} == {}
+
+
+def test_python_dash_m_runs_the_app_with_every_command() -> None:
+    """`python -m alan.cli` runs the module as `__main__`, a copy the command modules don't register on."""
+    result = subprocess.run(
+        [sys.executable, "-m", "alan.cli", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("run", "doctor", "talk", "say", "voice", "forget"):
+        assert f" {command} " in result.stdout, command
