@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from alan.database_check import open_database_or_explain
 from alan.settings import Settings
+from engine.chat_model import ChatModel
 from engine.conversation import Conversation
-from engine.llm import OllamaChat
+from engine.llm import make_chat_model
 from engine.speech_models import SpeechModels
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from engine.tts import CsmSpeech
 from engine.voices import VoiceLibrary
+
+
+def build_chat_model(settings: Settings) -> ChatModel:
+    """The chat model ALAN_LLM_BACKEND names (the backends are listed in engine.llm.CHAT_BACKENDS)."""
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else None
+    return make_chat_model(settings.llm_backend, settings.llm_model, settings.llm_url, api_key=key)
 
 
 def build_conversation(settings: Settings) -> Conversation:
@@ -27,7 +34,7 @@ def build_conversation(settings: Settings) -> Conversation:
     return Conversation(
         store,
         models,
-        OllamaChat(settings.llm_model, settings.ollama_host),
+        build_chat_model(settings),
         VoiceLibrary(store, models, max_upload_bytes=settings.max_audio_bytes),
         max_audio_seconds=settings.max_audio_seconds,
         max_audio_bytes=settings.max_audio_bytes,

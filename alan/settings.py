@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
@@ -35,8 +35,13 @@ class Settings(BaseSettings):
 
     stt_model: str = Field("small", validation_alias="ALAN_STT_MODEL")
     tts_model: str = Field("sesame/csm-1b", validation_alias="ALAN_TTS_MODEL")
+    # Which chat-model backend writes the replies (see LLM_BACKENDS in alan/engine_factory.py).
+    llm_backend: Literal["ollama", "openai"] = Field("ollama", validation_alias="ALAN_LLM_BACKEND")
     llm_model: str = Field("llama3.2:3b", validation_alias="ALAN_LLM_MODEL")
     ollama_host: str = Field("http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "ALAN_OLLAMA_HOST"))
+    # The OpenAI-compatible API's root for the `openai` backend, e.g. http://127.0.0.1:8000/v1.
+    llm_base_url: str = Field("", validation_alias="ALAN_LLM_BASE_URL")
+    llm_api_key: SecretStr | None = Field(None, validation_alias="ALAN_LLM_API_KEY")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="ALAN_DEVICE")
 
     max_audio_seconds: float = Field(120.0, gt=0, validation_alias="ALAN_MAX_AUDIO_SECONDS")
@@ -64,6 +69,28 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
+    @field_validator("llm_base_url")
+    @classmethod
+    def _http_url_or_empty(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
+        return value
+
+    @field_validator("llm_backend", mode="before")
+    @classmethod
+    def _lower_backend(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _openai_needs_a_base_url(self) -> Settings:
+        if self.llm_backend == "openai" and not self.llm_base_url:
+            raise ValueError(
+                "ALAN_LLM_BASE_URL: required with ALAN_LLM_BACKEND=openai; set it to the server's API root, "
+                "e.g. http://127.0.0.1:8000/v1"
+            )
+        return self
+
     @field_validator("telegram_allowed_users", "discord_guild_ids")
     @classmethod
     def _comma_separated_ids(cls, value: str) -> str:
@@ -80,7 +107,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an https:// URL (Telegram only posts to HTTPS), or empty for polling")
         return value
 
-    @field_validator("discord_token", "telegram_token", "telegram_webhook_secret", mode="before")
+    @field_validator("discord_token", "telegram_token", "telegram_webhook_secret", "llm_api_key", mode="before")
     @classmethod
     def _blank_token_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`: an empty value means "platform not configured".
@@ -100,6 +127,11 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.data_dir / 'alan.db').resolve()}"
 
     @property
+    def llm_url(self) -> str:
+        """Where the chosen chat backend is: Ollama's host, or the OpenAI-compatible API root."""
+        return self.llm_base_url if self.llm_backend == "openai" else self.ollama_host
+
+    @property
     def telegram_allowed_user_ids(self) -> frozenset[int]:
         return frozenset(int(part) for part in self.telegram_allowed_users.split(",") if part)
 
@@ -108,14 +140,15 @@ class Settings(BaseSettings):
         return [int(part) for part in self.discord_guild_ids.split(",") if part]
 
     def secret_values(self) -> list[str]:
-        """Every secret in the settings, for scrubbing from logs: tokens, the webhook secret, a password in a URL."""
+        """Every secret in the settings, for scrubbing from logs: tokens, the webhook secret, the LLM's API key,
+        a password in a URL."""
         secrets = [
             secret.get_secret_value()
-            for secret in (self.discord_token, self.telegram_token, self.telegram_webhook_secret)
+            for secret in (self.discord_token, self.telegram_token, self.telegram_webhook_secret, self.llm_api_key)
             if secret is not None
         ]
-        password = urlsplit(self.ollama_host).password
-        return [*secrets, password] if password else secrets
+        passwords = [urlsplit(url).password for url in (self.ollama_host, self.llm_base_url)]
+        return [*secrets, *(password for password in passwords if password)]
 
     @property
     def configured_platforms(self) -> list[str]:
@@ -147,6 +180,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            location = item["loc"][0] if item["loc"] else "?"
-            problems.append(f"{_variable_name(str(location))}: {item['msg']}")
+            if not item["loc"]:  # a check across settings: its message names the variables itself
+                problems.append(str(item["msg"]).removeprefix("Value error, "))
+                continue
+            problems.append(f"{_variable_name(str(item['loc'][0]))}: {item['msg']}")
         raise SettingsError("Invalid settings:\n  " + "\n  ".join(problems)) from None

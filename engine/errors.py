@@ -16,4 +16,4 @@ class SttUnavailable(EngineUnavailable):
 
 
 class LlmUnavailable(EngineUnavailable):
-    """The language model cannot answer: Ollama is down, the model is not pulled, or it timed out."""
+    """The language model cannot answer: its server is down, refuses our key, lacks the model, or timed out."""

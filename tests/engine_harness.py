@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.chat_model import ChatModel
 from engine.conversation import Conversation
 from engine.llm import OllamaChat
 from engine.speech_models import SpeechModels
@@ -38,6 +39,7 @@ def make_conversation(
     host: str,
     *,
     load_tts: Callable[[], CsmSpeech] | None = None,
+    llm: ChatModel | None = None,  # another chat backend; by default Ollama's client at `host`
     max_bytes: int = 20 * 1024 * 1024,  # the real default cap
 ) -> Conversation:
     models = SpeechModels(whisper, load_tts or (lambda: speech), tts_model_name=str(csm_dir))
@@ -45,7 +47,7 @@ def make_conversation(
         store,
         models,
         # Generous timeouts: some tests hold the LLM's second sentence back on purpose.
-        OllamaChat(LLM_MODEL, host, first_token_timeout=30, token_timeout=30),
+        llm or OllamaChat(LLM_MODEL, host, first_token_timeout=30, token_timeout=30),
         VoiceLibrary(store, models, max_upload_bytes=max_bytes),
         max_audio_seconds=60,
         max_audio_bytes=max_bytes,

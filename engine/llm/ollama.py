@@ -1,9 +1,10 @@
-"""aLAN's words, from a local model served by Ollama, streamed so speech can start on the first sentence.
+"""aLAN's words from a local model served by Ollama, through the official `ollama` client, streamed.
 
-`OllamaChat.stream_reply` yields text deltas as Ollama produces them; the pipeline feeds them to
-`engine.speech_text.SentenceSplitter` so the TTS can speak sentence one while sentence two is generated.
-Every way Ollama can fail — not running, model not pulled, too slow, connection lost — surfaces as one
-`LlmUnavailable` whose message tells the operator the fix. `check()` is the same diagnosis for `alan doctor`.
+`OllamaChat` implements `engine.chat_model.ChatModel`: `stream_reply` yields text deltas as Ollama produces
+them; the pipeline feeds them to `engine.speech_text.SentenceSplitter` so the TTS can speak sentence one while
+sentence two is generated. Every way Ollama can fail — not running, model not pulled, too slow, connection
+lost — surfaces as one `LlmUnavailable` whose message tells the operator the fix. `check()` is the same
+diagnosis for `alan doctor`.
 """
 
 from __future__ import annotations
@@ -11,111 +12,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
 
 import httpx
 import ollama
 
+from engine.chat_model import ChatMessage, LlmStatus
 from engine.errors import LlmUnavailable
+from engine.llm.prompt import (
+    HISTORY_CHARS,
+    MAX_REPLY_TOKENS,
+    SYSTEM_PROMPT,
+    TEMPERATURE,
+    build_messages,
+    without_credentials,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
-
-SYSTEM_PROMPT = """\
-You are aLAN, a warm and friendly companion who talks with people by voice. Everything you write is read \
-aloud by a text-to-speech voice, so write the way people speak.
-
-- Keep it brief: one to three short sentences, unless the person asks for more.
-- Plain sentences only: no markdown, no lists or bullet points, no headings, no code, no emoji, no links.
-- Say numbers, symbols and abbreviations the way you would say them out loud.
-- Be warm, curious and natural, like a good friend; a short follow-up question is welcome when it helps.
-- What the person says comes from speech recognition: if it seems garbled or cut off, ask them to repeat it.
-- If you don't know something, say so plainly."""
 
 # Ollama's speed for a voice chat: a cold start loads the model into memory before the first token, so the
 # first wait may be long; after that a gap between tokens this long means the runner is stuck.
 FIRST_TOKEN_TIMEOUT = 60.0
 TOKEN_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0
-# About 4 characters per token: ~2,000 tokens of history leaves room for the system prompt and the reply
-# in a 4,096-token context (Ollama's default for most models).
-HISTORY_CHARS = 8_000
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "temperature": 0.7,
-    "num_predict": 300,  # a spoken answer is short; this stops a rambling one before it eats the turn
-}
-# Names of the languages Whisper hears most, for telling the model which language to answer in; a code not
-# listed is given as the ISO 639-1 code itself, which models understand too.
-LANGUAGE_NAMES = {
-    "en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian", "pt": "Portuguese",
-    "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian", "tr": "Turkish", "ar": "Arabic",
-    "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "hi": "Hindi", "sv": "Swedish", "da": "Danish",
-    "no": "Norwegian", "fi": "Finnish", "cs": "Czech", "el": "Greek", "he": "Hebrew", "ca": "Catalan",
-    "ro": "Romanian", "hu": "Hungarian", "id": "Indonesian", "vi": "Vietnamese", "th": "Thai",
-}  # fmt: skip
-
-
-def language_instruction(language: str | None) -> str | None:
-    """What the system prompt says about the person's language; nothing for English, the prompt's own."""
-    if not language or language == "en":
-        return None
-    name = LANGUAGE_NAMES.get(language)
-    if name is None:
-        return f"The person speaks the language with ISO 639-1 code {language!r}; answer in that language."
-    return f"The person speaks {name}; answer in {name}."
-
-
+DEFAULT_OPTIONS: dict[str, Any] = {"temperature": TEMPERATURE, "num_predict": MAX_REPLY_TOKENS}
 # Keep the model in memory between turns: reloading it costs seconds of silence before the first word.
 KEEP_ALIVE = "30m"
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-@dataclass(frozen=True)
-class LlmStatus:
-    """What `alan doctor` reports about the language model."""
-
-    host: str
-    model: str
-    reachable: bool
-    model_present: bool
-    message: str  # the diagnosis, with the fix when something is wrong
-    available_models: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return self.reachable and self.model_present
 
 
 def canonical_model(name: str) -> str:
     """Ollama's naming rule: no tag means `:latest` ("llama3.2" is "llama3.2:latest")."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
-
-
-def trim_history(history: Sequence[ChatMessage], budget_chars: int) -> list[ChatMessage]:
-    """The newest messages whose contents fit in `budget_chars`, oldest first; whole messages only.
-
-    Trimming stops at the first message that does not fit, so the kept part is an unbroken tail of the
-    conversation (a hole in the middle would confuse the model more than a shorter memory).
-    """
-    kept: list[ChatMessage] = []
-    used = 0
-    for message in reversed(history):
-        if not message.content.strip():
-            continue
-        used += len(message.content)
-        if used > budget_chars:
-            break
-        kept.append(message)
-    kept.reverse()
-    return kept
 
 
 class OllamaChat:
@@ -138,7 +67,7 @@ class OllamaChat:
         self.model = model
         self.host = host.rstrip("/")
         # What messages and logs show: the address without any user:password in it.
-        self.shown_host = _without_credentials(self.host)
+        self.shown_host = without_credentials(self.host)
         self.system_prompt = system_prompt
         self.history_chars = history_chars
         self.first_token_timeout = first_token_timeout
@@ -172,16 +101,9 @@ class OllamaChat:
 
         `language` is the person's (a Whisper language code); the model is told to answer in it.
         """
-        system = self.system_prompt
-        if instruction := language_instruction(language):
-            system = f"{system}\n\n{instruction}"
-        if context:
-            system = f"{system}\n\nWhat you know about this conversation:\n{context.strip()}"
-        budget = max(0, self.history_chars - len(user_text))
-        messages = [{"role": "system", "content": system}]
-        messages += [{"role": m.role, "content": m.content} for m in trim_history(history, budget)]
-        messages.append({"role": "user", "content": user_text})
-        return messages
+        return build_messages(
+            self.system_prompt, history, user_text, history_chars=self.history_chars, context=context, language=language
+        )
 
     async def stream_reply(
         self,
@@ -307,12 +229,3 @@ class OllamaChat:
                 f"Lost the connection to Ollama at {self.shown_host} ({type(error).__name__}); is it restarting?"
             )
         return LlmUnavailable(f"Ollama call failed: {type(error).__name__}: {error}")
-
-
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,100 @@
+"""What every chat backend sends: aLAN's system prompt, the person's language, and the history that fits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from engine.chat_model import ChatMessage
+
+SYSTEM_PROMPT = """\
+You are aLAN, a warm and friendly companion who talks with people by voice. Everything you write is read \
+aloud by a text-to-speech voice, so write the way people speak.
+
+- Keep it brief: one to three short sentences, unless the person asks for more.
+- Plain sentences only: no markdown, no lists or bullet points, no headings, no code, no emoji, no links.
+- Say numbers, symbols and abbreviations the way you would say them out loud.
+- Be warm, curious and natural, like a good friend; a short follow-up question is welcome when it helps.
+- What the person says comes from speech recognition: if it seems garbled or cut off, ask them to repeat it.
+- If you don't know something, say so plainly."""
+
+# About 4 characters per token: ~2,000 tokens of history leaves room for the system prompt and the reply
+# in a 4,096-token context (Ollama's default for most models, and a common server default).
+HISTORY_CHARS = 8_000
+# A spoken answer is short; this stops a rambling one before it eats the turn.
+MAX_REPLY_TOKENS = 300
+TEMPERATURE = 0.7
+
+# Names of the languages Whisper hears most, for telling the model which language to answer in; a code not
+# listed is given as the ISO 639-1 code itself, which models understand too.
+LANGUAGE_NAMES = {
+    "en": "English", "es": "Spanish", "fr": "French", "de": "German", "it": "Italian", "pt": "Portuguese",
+    "nl": "Dutch", "pl": "Polish", "ru": "Russian", "uk": "Ukrainian", "tr": "Turkish", "ar": "Arabic",
+    "zh": "Chinese", "ja": "Japanese", "ko": "Korean", "hi": "Hindi", "sv": "Swedish", "da": "Danish",
+    "no": "Norwegian", "fi": "Finnish", "cs": "Czech", "el": "Greek", "he": "Hebrew", "ca": "Catalan",
+    "ro": "Romanian", "hu": "Hungarian", "id": "Indonesian", "vi": "Vietnamese", "th": "Thai",
+}  # fmt: skip
+
+
+def language_instruction(language: str | None) -> str | None:
+    """What the system prompt says about the person's language; nothing for English, the prompt's own."""
+    if not language or language == "en":
+        return None
+    name = LANGUAGE_NAMES.get(language)
+    if name is None:
+        return f"The person speaks the language with ISO 639-1 code {language!r}; answer in that language."
+    return f"The person speaks {name}; answer in {name}."
+
+
+def trim_history(history: Sequence[ChatMessage], budget_chars: int) -> list[ChatMessage]:
+    """The newest messages whose contents fit in `budget_chars`, oldest first; whole messages only.
+
+    Trimming stops at the first message that does not fit, so the kept part is an unbroken tail of the
+    conversation (a hole in the middle would confuse the model more than a shorter memory).
+    """
+    kept: list[ChatMessage] = []
+    used = 0
+    for message in reversed(history):
+        if not message.content.strip():
+            continue
+        used += len(message.content)
+        if used > budget_chars:
+            break
+        kept.append(message)
+    kept.reverse()
+    return kept
+
+
+def build_messages(
+    system_prompt: str,
+    history: Sequence[ChatMessage],
+    user_text: str,
+    *,
+    history_chars: int = HISTORY_CHARS,
+    context: str | None = None,
+    language: str | None = None,
+) -> list[dict[str, str]]:
+    """What is sent: the system prompt (always), the trimmed history, then the new user turn.
+
+    `language` is the person's (a Whisper language code); the model is told to answer in it.
+    """
+    system = system_prompt
+    if instruction := language_instruction(language):
+        system = f"{system}\n\n{instruction}"
+    if context:
+        system = f"{system}\n\nWhat you know about this conversation:\n{context.strip()}"
+    budget = max(0, history_chars - len(user_text))
+    messages = [{"role": "system", "content": system}]
+    messages += [{"role": m.role, "content": m.content} for m in trim_history(history, budget)]
+    messages.append({"role": "user", "content": user_text})
+    return messages
+
+
+def without_credentials(url: str) -> str:
+    """The URL as messages and logs may show it: any user:password taken out."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
