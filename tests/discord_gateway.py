@@ -27,7 +27,7 @@ import numpy as np
 from discord.gateway import DiscordVoiceWebSocket
 
 from bot.discord_voice import ReceivingVoiceClient
-from tests.discord_packets import BOT_SSRC, BOT_USER, CHANNEL_ID, XCHACHA20, DaveVoiceServer
+from tests.discord_packets import BOT_SSRC, BOT_USER, CHANNEL_ID, USER_A, XCHACHA20, DaveVoiceServer
 
 WS = DiscordVoiceWebSocket
 
@@ -166,3 +166,17 @@ async def live_call(server: DaveVoiceServer) -> AsyncIterator[LiveCall]:
             connection._socket_reader.stop()
             connection.socket.close()
             call.udp.close()
+
+
+@contextlib.asynccontextmanager
+async def established_dave_call(key: bytes) -> AsyncIterator[tuple[LiveCall, DaveVoiceServer, davey.DaveSession]]:
+    """A running DAVE call: user A (the speaker) formed the server's group and the bot was welcomed into it
+    (transition 1, executed). Yields the call, the voice server and A's session."""
+    server = DaveVoiceServer(CHANNEL_ID)
+    speaker = server.session(USER_A)
+    server.join(speaker)
+    async with live_call(server) as call:
+        await call.gateway.session_description(key)  # DAVE: discord.py creates its session and sends a key package
+        await call.gateway.welcome_bot(transition_id=1)
+        await call.gateway.execute_transition(1)
+        yield call, server, speaker

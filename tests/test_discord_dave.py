@@ -5,17 +5,12 @@ voice websocket code, with packets on discord.py's own UDP socket."""
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
-import davey
 import numpy as np
-import pytest
 
 from bot.discord_voice import PacketProcessor, TransitionWatch, looks_dave_encrypted
-from tests.conftest import espeak
-from tests.discord_gateway import live_call
+from tests.discord_gateway import established_dave_call
 from tests.discord_packets import (
     BOT_USER,
     CHANNEL_ID,
@@ -28,32 +23,10 @@ from tests.discord_packets import (
     DiscordSender,
     Speech,
     aligned_correlation,
-    dave_call,
     joined,
     keys_for,
     run,
 )
-
-
-@pytest.fixture(scope="module")
-def speech(speech_wav: Path) -> Speech:
-    return Speech(speech_wav)
-
-
-@pytest.fixture(scope="module")
-def other_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
-    wav = espeak("Seven green frogs jumped over a lazy river.", tmp_path_factory.mktemp("b") / "b.wav", voice="en+f3")
-    return Speech(wav)
-
-
-@pytest.fixture
-def key() -> bytes:
-    return os.urandom(32)
-
-
-@pytest.fixture
-def dave_group() -> tuple[DaveVoiceServer, davey.DaveSession, davey.DaveSession]:
-    return dave_call()
 
 
 def test_dave_frames_are_decrypted(speech: Speech, key: bytes, dave_group) -> None:
@@ -157,14 +130,8 @@ EMPTY = np.zeros(0, np.float32)
 
 
 async def test_after_a_downgrade_the_user_without_dave_is_heard(speech: Speech, other_speech: Speech, key: bytes):
-    server = DaveVoiceServer(CHANNEL_ID)
-    speaker = server.session(USER_A)
-    server.join(speaker)
-    async with live_call(server) as call:
+    async with established_dave_call(key) as (call, _server, speaker):
         gateway = call.gateway
-        await gateway.session_description(key)  # DAVE: discord.py creates its session and sends a key package
-        await gateway.welcome_bot(transition_id=1)
-        await gateway.execute_transition(1)
         await gateway.speaking(USER_A, SSRC_A)
         call.listen()
         a = DiscordSender(SSRC_A, key)
@@ -186,14 +153,8 @@ async def test_after_a_downgrade_the_user_without_dave_is_heard(speech: Speech, 
 
 
 async def test_during_an_upgrade_plaintext_and_dave_frames_are_both_heard(speech: Speech, key: bytes) -> None:
-    server = DaveVoiceServer(CHANNEL_ID)
-    speaker = server.session(USER_A)
-    server.join(speaker)
-    async with live_call(server) as call:
+    async with established_dave_call(key) as (call, server, speaker):
         gateway = call.gateway
-        await gateway.session_description(key)
-        await gateway.welcome_bot(transition_id=1)
-        await gateway.execute_transition(1)
         await gateway.prepare_transition(2, protocol_version=0)  # someone without DAVE was here for a while
         await gateway.execute_transition(2)
         await gateway.speaking(USER_A, SSRC_A)
@@ -224,14 +185,8 @@ async def test_during_an_upgrade_plaintext_and_dave_frames_are_both_heard(speech
 async def test_a_rekey_of_a_running_group_still_refuses_plaintext(speech: Speech, key: bytes) -> None:
     # Passthrough is for upgrades and downgrades only: while someone joins a DAVE call, unencrypted audio (which
     # the voice server itself could have made up) is still refused.
-    server = DaveVoiceServer(CHANNEL_ID)
-    speaker = server.session(USER_A)
-    server.join(speaker)
-    async with live_call(server) as call:
+    async with established_dave_call(key) as (call, server, speaker):
         gateway = call.gateway
-        await gateway.session_description(key)
-        await gateway.welcome_bot(transition_id=1)
-        await gateway.execute_transition(1)
         await gateway.speaking(USER_A, SSRC_A)
         call.listen()
         await gateway.member_joins(server.session(USER_B), transition_id=4)
@@ -245,15 +200,49 @@ async def test_a_rekey_of_a_running_group_still_refuses_plaintext(speech: Speech
         assert len(heard.get(USER_A, EMPTY)) == 20 * 960 and stats.dave_failed == 10
 
 
-async def test_dave_audio_that_beats_its_speaking_event_is_heard_once_it_comes(speech: Speech, key: bytes) -> None:
-    server = DaveVoiceServer(CHANNEL_ID)
-    speaker = server.session(USER_A)
-    server.join(speaker)
-    async with live_call(server) as call:
+async def test_a_new_group_welcomed_at_once_does_not_leave_plaintext_accepted(speech: Speech, key: bytes) -> None:
+    # Op 24 asks for a new group, whose welcome comes with transition id 0: discord.py executes it at once, records
+    # nothing pending and no op 22 follows. The next re-key is one of the running group: plaintext stays refused.
+    async with established_dave_call(key) as (call, server, speaker):
         gateway = call.gateway
-        await gateway.session_description(key)
-        await gateway.welcome_bot(transition_id=1)
-        await gateway.execute_transition(1)
+        await gateway.speaking(USER_A, SSRC_A)
+        call.listen()
+        await gateway.prepare_epoch(1, protocol_version=1)
+        speaker.reinit(1, USER_A, CHANNEL_ID)
+        server.new_group()
+        server.join(speaker)
+        await gateway.welcome_bot(transition_id=0)
+        assert call.connection.dave_session.ready and call.connection.dave_pending_transitions == {}
+        await gateway.member_joins(server.session(USER_B), transition_id=5)
+        assert call.connection.dave_pending_transitions == {5: 1}
+        a = DiscordSender(SSRC_A, key)
+        call.send(list(a.stream(speech.opus[:10])))
+        call.send([a.packet(speaker.encrypt_opus(frame)) for frame in speech.opus[10:30]])
+        heard = await call.hear(20)
+        stats = call.receiver.processor.stats
+        assert await call.until(lambda: stats.packets >= 30)
+        assert len(heard.get(USER_A, EMPTY)) == 20 * 960 and stats.dave_failed == 10
+
+
+def test_a_new_group_stops_counting_as_a_transition_once_in_place_or_too_old() -> None:
+    watch = TransitionWatch(max_seconds=120.0)
+    joining = SimpleNamespace(ready=False, epoch=None)
+    state = SimpleNamespace(
+        dave_protocol_version=1, dave_pending_transitions={}, dave_downgraded=False, dave_session=joining
+    )
+    watch.on_voice_event(24, {"epoch": 1, "protocol_version": 1})
+    assert not watch.in_transition(state, 0.0)  # nothing pending yet: the welcome has not come
+    state.dave_pending_transitions = {3: 1}  # the welcome, transition 3 not executed yet
+    joining.ready, joining.epoch = True, 1
+    assert watch.in_transition(state, 1.0)
+    assert not watch.in_transition(state, 1.0 + 121.0)  # op 22 never came: not open for ever
+    state.dave_pending_transitions = {4: 1}  # ...so a later re-key is not one either
+    assert not watch.in_transition(state, 130.0)
+
+
+async def test_dave_audio_that_beats_its_speaking_event_is_heard_once_it_comes(speech: Speech, key: bytes) -> None:
+    async with established_dave_call(key) as (call, _server, speaker):
+        gateway = call.gateway
         call.listen()
         a = DiscordSender(SSRC_A, key)
         # A short "yes" said before Discord tells whose SSRC this is: DAVE needs the sender, so it has to wait.

@@ -11,9 +11,7 @@ import random
 import socket
 import struct
 import time
-from pathlib import Path
 
-import davey
 import discord
 import numpy as np
 import pytest
@@ -31,7 +29,6 @@ from bot.discord_voice import (
 )
 from bot.discord_voice.unmapped import MAX_AGE_SECONDS, MAX_PACKETS_PER_SSRC, MAX_SSRCS
 from engine.audio import resample
-from tests.conftest import espeak
 from tests.discord_packets import (
     AES256_GCM,
     BOT_SSRC,
@@ -44,34 +41,15 @@ from tests.discord_packets import (
     USER_A,
     USER_B,
     XCHACHA20,
-    DaveVoiceServer,
     DiscordSender,
     Speech,
     aligned_correlation,
-    dave_call,
     joined,
     keys_for,
     rtcp_receiver_report,
     run,
     seal,
 )
-
-
-@pytest.fixture(scope="module")
-def speech(speech_wav: Path) -> Speech:
-    return Speech(speech_wav)
-
-
-@pytest.fixture(scope="module")
-def other_speech(tmp_path_factory: pytest.TempPathFactory) -> Speech:
-    wav = espeak("Seven green frogs jumped over a lazy river.", tmp_path_factory.mktemp("b") / "b.wav", voice="en+f3")
-    return Speech(wav)
-
-
-@pytest.fixture
-def key() -> bytes:
-    return os.urandom(32)
-
 
 # -- RTP and the jitter buffer on their own ---------------------------------------------------------------------
 
@@ -305,11 +283,6 @@ def test_transport_rekey_mid_stream_is_picked_up(speech: Speech, key: bytes) -> 
     sender.secret_key = new_key  # e.g. a reconnect brought a new SESSION_DESCRIPTION
     chunks += run(processor, list(sender.stream(speech.opus[60:])), keys_for(new_key))
     assert sum(c.frames for c in chunks) == len(speech.opus) and processor.stats.decrypt_failed == 0
-
-
-@pytest.fixture
-def dave_group() -> tuple[DaveVoiceServer, davey.DaveSession, davey.DaveSession]:
-    return dave_call()
 
 
 # -- the discord.py adapter, over a real UDP socket and discord.py's own voice websocket code ---------------------

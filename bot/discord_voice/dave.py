@@ -16,6 +16,7 @@ A DAVE frame is recognised by its footer exactly as davey's decryptor parses it 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +31,9 @@ MIN_SUPPLEMENTAL_SIZE = 8 + 1 + 2
 # A transition that the voice server never executes must not leave plaintext accepted for good. discord.py gives a
 # pending downgrade's passthrough 120 s; nothing legitimate takes longer.
 MAX_TRANSITION_SECONDS = 120.0
+# Op 24 (prepare epoch) with epoch 1 announces a new group (an upgrade, or the group re-created): its welcome brings
+# every member to MLS epoch 1, and each later re-key moves the epoch on.
+NEW_GROUP_EPOCH = 1
 
 
 class DaveError(ValueError):
@@ -82,26 +86,51 @@ class TransitionWatch:
 
     def __init__(self, max_seconds: float = MAX_TRANSITION_SECONDS) -> None:
         self.max_seconds = max_seconds
-        self._new_group = False  # op 24 (epoch 1) seen and no transition executed since
-        # Replaced, never mutated: written on the socket thread, reset from the event loop.
-        self._first_seen: dict[int, float] = {}
+        self._new_group = False  # op 24 (epoch 1) seen and the new group not in place yet
+        self._new_group_since: float | None = None  # when `in_transition` first saw that new group under way
+        self._first_seen: dict[int, float] = {}  # transition id -> when `in_transition` first saw it pending
+        # `in_transition` runs on discord.py's socket thread (every datagram) and on the event loop (SPEAKING
+        # replays), and `on_voice_event` on the event loop: every read-modify-write of the state above holds this.
+        self._lock = threading.Lock()
 
     def on_voice_event(self, op: Any, data: Mapping[str, Any]) -> None:
         """Learn from a voice gateway JSON message (after discord.py has handled it)."""
-        if op == DiscordVoiceWebSocket.DAVE_PREPARE_EPOCH and data.get("epoch") == 1:
-            self._new_group = True
-        elif op in (DiscordVoiceWebSocket.DAVE_EXECUTE_TRANSITION, DiscordVoiceWebSocket.READY):
-            self._new_group = False
+        with self._lock:
+            if op == DiscordVoiceWebSocket.DAVE_PREPARE_EPOCH and data.get("epoch") == NEW_GROUP_EPOCH:
+                self._new_group, self._new_group_since = True, None
+            elif op in (DiscordVoiceWebSocket.DAVE_EXECUTE_TRANSITION, DiscordVoiceWebSocket.READY):
+                self._new_group, self._new_group_since = False, None
 
     def in_transition(self, connection: Any, now: float) -> bool:
         """Whether the live connection is between a prepared and an executed upgrade or downgrade."""
         pending: dict[int, int] = dict(getattr(connection, "dave_pending_transitions", None) or {})
-        first_seen = {tid: self._first_seen.get(tid, now) for tid in pending}
-        self._first_seen = first_seen
-        live = [tid for tid, since in first_seen.items() if now - since <= self.max_seconds]
+        session = getattr(connection, "dave_session", None)
+        with self._lock:
+            self._first_seen = {tid: self._first_seen.get(tid, now) for tid in pending}
+            live = [tid for tid, since in self._first_seen.items() if now - since <= self.max_seconds]
+            new_group = self._new_group_under_way(bool(pending), session, now)
         if not live:
             return False
         version = getattr(connection, "dave_protocol_version", 0)
         if any(pending[tid] != version for tid in live):
             return True  # op 21 prepared a change of protocol version (a downgrade to 0, or an upgrade)
-        return self._new_group or bool(getattr(connection, "dave_downgraded", False))
+        return new_group or bool(getattr(connection, "dave_downgraded", False))
+
+    def _new_group_under_way(self, anything_pending: bool, session: Any, now: float) -> bool:
+        # Called with the lock held. The new group is in place once the re-created session is in a group (ready) and
+        # either nothing is pending or its MLS epoch has moved past the group's first (op 24's epoch 1): a welcome or
+        # commit with transition id 0 is executed at once (discord.py records nothing pending, no op 22 follows), so
+        # what is pending after it is a re-key of the running group. Before the welcome nothing is pending either,
+        # but the session is not ready then. Like a pending transition, it never stays open past `max_seconds`.
+        if not self._new_group:
+            return False
+        if self._new_group_since is None:
+            self._new_group_since = now
+        in_place = (
+            session is not None
+            and session.ready
+            and (not anything_pending or (getattr(session, "epoch", None) or 0) > NEW_GROUP_EPOCH)
+        )
+        if in_place or now - self._new_group_since > self.max_seconds:
+            self._new_group, self._new_group_since = False, None
+        return self._new_group

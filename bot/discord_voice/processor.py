@@ -83,7 +83,6 @@ class ProcessorStats:
     unmapped: int = 0  # packets that arrived before their SSRC's user was known
     held: int = 0  # of those, kept to be replayed once the user is known
     replayed: int = 0
-    held_dropped: int = 0  # held but given up on (too old, too many, or never claimed)
     malformed: int = 0
     decrypt_failed: int = 0
     dave_failed: int = 0
@@ -91,6 +90,13 @@ class ProcessorStats:
     opus_errors: int = 0
     frames: int = 0
     concealed: int = 0
+    # The hold counts what it gives up on (too old, too many, or never claimed); read from there, never copied.
+    _held: UnmappedHold = field(default_factory=UnmappedHold, repr=False, compare=False)
+
+    @property
+    def held_dropped(self) -> int:
+        """Packets held but given up on: too old, too many, or never claimed."""
+        return self._held.dropped
 
 
 @functools.cache
@@ -141,10 +147,10 @@ class PacketProcessor:
             raise ValueError(f"sample_rate must be one of {DECODER_RATES}, not {sample_rate}")
         self.sample_rate = sample_rate
         self.max_delay_frames = max_delay_frames
-        self.stats = ProcessorStats()
+        self._held = UnmappedHold()
+        self.stats = ProcessorStats(_held=self._held)
         self._streams: dict[int, _Stream] = {}
         self._warned_unmapped: set[int] = set()
-        self._held = UnmappedHold()
 
     # -- the packet path ------------------------------------------------------------------------------------
 
@@ -223,11 +229,9 @@ class PacketProcessor:
             return
         self.stats.held += 1
         self._held.hold(header, payload, arrival)
-        self.stats.held_dropped = self._held.dropped
 
     def _replay_held(self, stream: _Stream, keys: ConnectionKeys, now: float) -> list[DecodedAudio]:
         held = self._held.take(stream.ssrc, now)
-        self.stats.held_dropped = self._held.dropped
         if held:
             _log.debug(
                 "SSRC %d is user %d: replaying %d packets that came first", stream.ssrc, stream.user_id, len(held)
@@ -247,7 +251,6 @@ class PacketProcessor:
             if stream.jitter.pending and now - stream.last_arrival >= idle_after:
                 out.extend(self._decode(stream, stream.jitter.flush()))
         self._held.expire(now)
-        self.stats.held_dropped = self._held.dropped
         return out
 
     def drop_user(self, user_id: int) -> list[DecodedAudio]:
@@ -268,6 +271,10 @@ class PacketProcessor:
     def held(self) -> int:
         """Packets held for SSRCs whose user is not known yet."""
         return len(self._held)
+
+    def holds(self, ssrc: int) -> bool:
+        """Whether audio from `ssrc` is held, waiting for its user to be known."""
+        return ssrc in self._held
 
     def jitter_stats(self, ssrc: int) -> JitterStats | None:
         stream = self._streams.get(ssrc)

@@ -177,6 +177,8 @@ class VoiceReceiver:
 
     def _release_held(self, ssrc: int) -> None:
         # Their first words may have arrived before this event: they are held, not lost, and go out now.
+        if self._on_audio is None or not self.processor.holds(ssrc):
+            return  # the usual case: nothing came first, so no keys to snapshot
         keys = self.current_keys()
         if keys is None or self._on_audio is None:
             return
