@@ -78,7 +78,7 @@ def db_upgrade() -> None:
 @app.command()
 def doctor(
     skip: Annotated[
-        list[str] | None, typer.Option(help="Skip a check by name (e.g. --skip ollama); repeatable.")
+        list[str] | None, typer.Option(help="Skip a check by name (e.g. --skip llm); repeatable.")
     ] = None,
 ) -> None:
     """Show what is ready and what is missing, with the fix for each."""

@@ -23,26 +23,6 @@ class DatabaseUnusable(Exception):
     """aLAN can't create, open or write its database; the message says where, why, and how to fix it."""
 
 
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL (plain or `file:` URI form); None for another database or in-memory."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database.removeprefix("file:"))
-
-
-def _opened_read_only(url: str) -> bool:
-    """A SQLite URI that asks for read-only access: the database opens, and the first turn can't be stored."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    return parsed.get_backend_name() == "sqlite" and (
-        parsed.query.get("mode") == "ro" or parsed.query.get("immutable") in ("1", "true")
-    )
-
-
 def _elsewhere(settings: Settings, verb: str = "Set") -> str:
     if settings.database_url:
         return f"{verb} ALAN_DATABASE_URL to another database"
@@ -62,10 +42,12 @@ def _unwritable(settings: Settings, what: str, path: Path) -> tuple[str, str]:
 def database_problem(settings: Settings) -> tuple[str, str] | None:
     """Why the SQLite database can't be created or written, and the fix; None when it can (as far as
     permissions say: root passes them all, and SQLite's own error is the last word)."""
+    from engine.store.database import sqlite_path, sqlite_read_only
+
     database = sqlite_path(settings.resolved_database_url)
     if database is None:
         return None
-    if _opened_read_only(settings.resolved_database_url):
+    if sqlite_read_only(settings.resolved_database_url):
         return (
             "ALAN_DATABASE_URL opens the database read-only (mode=ro or immutable=1), but aLAN stores every turn",
             "Remove mode=ro / immutable=1 from ALAN_DATABASE_URL.",
@@ -90,6 +72,8 @@ def database_problem(settings: Settings) -> tuple[str, str] | None:
 def open_failure(settings: Settings, error: BaseException) -> tuple[str, str]:
     """A database error (SQLAlchemy's or the file system's) in the person's words: what happened, and the fix."""
     from sqlalchemy.exc import DBAPIError
+
+    from engine.store.database import sqlite_path
 
     cause = error.orig if isinstance(error, DBAPIError) else error  # the driver's words, without SQL and links
     database = sqlite_path(settings.resolved_database_url)

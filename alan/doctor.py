@@ -9,15 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from alan.database_check import database_problem, open_failure, sqlite_path
+from alan.database_check import database_problem, open_failure
 from alan.settings import Settings
 
 if TYPE_CHECKING:
     from engine.llm import LlmStatus
-
-# What WhisperTranscriber needs in a local folder (engine/stt.py refuses a folder without any of them).
-WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
-
 
 class Status(enum.Enum):
     OK = "ok"
@@ -34,7 +30,7 @@ class Check:
 
 
 def check_database(settings: Settings) -> Check:
-    from engine.store.database import create_db_engine, current_revision, head_revision
+    from engine.store.database import create_db_engine, current_revision, head_revision, sqlite_path
 
     url = settings.resolved_database_url
     problem = database_problem(settings)
@@ -61,19 +57,25 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_llm(settings: Settings) -> Check:
+    """The chosen chat backend (ALAN_LLM_BACKEND): reachable, and serving ALAN_LLM_MODEL."""
     import asyncio
 
-    from engine.llm import OllamaChat
+    from engine.llm import make_chat_model
 
     async def ask() -> LlmStatus:
-        async with OllamaChat(settings.llm_model, settings.ollama_host) as chat:
+        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else None
+        chat = make_chat_model(settings.llm_backend, settings.llm_model, settings.llm_url, api_key=key)
+        try:
             return await chat.check()
+        finally:
+            await chat.aclose()
 
+    name = f"llm ({settings.llm_backend})"
     status = asyncio.run(ask())
     if status.ok:
-        return Check("ollama", Status.OK, status.message)
+        return Check(name, Status.OK, status.message)
     # The message already says what is wrong and how to fix it.
-    return Check("ollama", Status.FAILED, "not reachable" if not status.reachable else "model missing", status.message)
+    return Check(name, Status.FAILED, "not reachable" if not status.reachable else "model missing", status.message)
 
 
 def _hub_id_problem(name: str) -> str | None:
@@ -89,6 +91,8 @@ def _hub_id_problem(name: str) -> str | None:
 
 def check_stt_model(settings: Settings) -> Check:
     from faster_whisper import available_models, download_model
+
+    from engine.stt import WHISPER_FILES  # the files WhisperTranscriber itself refuses a folder without
 
     name = "speech recognition"
     model = settings.stt_model
@@ -232,7 +236,7 @@ def check_device(settings: Settings) -> Check:
 ALL_CHECKS: dict[str, Callable[[Settings], Check]] = {
     "platforms": check_platforms,
     "database": check_database,
-    "ollama": check_llm,
+    "llm": check_llm,
     "stt": check_stt_model,
     "tts": check_tts_model,
     "opus": check_opus,
@@ -240,5 +244,10 @@ ALL_CHECKS: dict[str, Callable[[Settings], Check]] = {
 }
 
 
+# Names a check had before, still accepted by `--skip`.
+FORMER_NAMES = {"ollama": "llm"}
+
+
 def run_checks(settings: Settings, skip: set[str] | None = None) -> list[Check]:
-    return [check(settings) for name, check in ALL_CHECKS.items() if name not in (skip or set())]
+    skipped = {FORMER_NAMES.get(name, name) for name in skip or ()}
+    return [check(settings) for name, check in ALL_CHECKS.items() if name not in skipped]

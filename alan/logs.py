@@ -48,10 +48,13 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.handlers[:] = [existing for existing in root.handlers if existing.get_name() != "alan"] + [handler]
     root.setLevel(level)
     # One line per HTTP request to the Bot API every polling cycle drowns the log; warnings still show.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
+    # (The openai client's fork of httpx, `httpx2`, logs the same line under its own name.)
+    for http_client in ("httpx", "httpx2"):
+        logging.getLogger(http_client).setLevel(max(logging.WARNING, root.level))
     # Alembic narrates every start-up check at INFO; only its problems are worth a line.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
     # At DEBUG these libraries log every Bot API call and gateway event in full, people's messages and our replies
-    # included; logs may end up on disk, and nothing a person said may stay there after /forget.
-    for chatty in ("telegram", "discord"):
+    # included (openai 1.x logs each request's options, the messages with them); logs may end up on disk, and
+    # nothing a person said may stay there after /forget.
+    for chatty in ("telegram", "discord", "openai"):
         logging.getLogger(chatty).setLevel(max(logging.INFO, root.level))

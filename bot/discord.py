@@ -21,6 +21,7 @@ from discord.ext import commands
 
 from alan.settings import Settings
 from bot.discord_commands import AlanCommands
+from bot.discord_recovery import follow_up_unanswered
 from bot.discord_session import VoiceSession
 from bot.discord_text import answer_mention
 from bot.discord_voice import ReceivingVoiceClient
@@ -189,6 +190,8 @@ class AlanBot(commands.Bot):
         # One TTS model serves every server: at most two turns at once, and a bounded wait.
         self.queue = queue or TurnQueue(concurrency=2, max_waiting=20)
         self.sessions = VoiceSessions(conversation, self.queue)
+        # on_ready comes again after every reconnect; turns left by a stopped process are followed up once.
+        self.follow_ups: asyncio.Task[int] | None = None
 
     async def setup_hook(self) -> None:
         await self.add_cog(AlanCommands(self.conversation, self.sessions))
@@ -209,6 +212,8 @@ class AlanBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("logged in to Discord as %s (%s)", self.user, getattr(self.user, "id", "?"))
+        if self.follow_ups is None:  # in the background: events keep being handled meanwhile
+            self.follow_ups = asyncio.create_task(follow_up_unanswered(self, self.conversation, self.queue))
 
     async def on_message(self, message: discord.Message) -> None:
         if self.user is None or message.author.bot:
@@ -225,6 +230,8 @@ class AlanBot(commands.Bot):
             await self.sessions.on_voice_state_update(member, before, after, self.user.id)
 
     async def close(self) -> None:
+        if self.follow_ups is not None:
+            self.follow_ups.cancel()
         await self.sessions.close()
         await super().close()
 

@@ -11,6 +11,7 @@ memory per (chat, user) and expires after `clone_timeout_s`: a restart only mean
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -102,7 +103,8 @@ class CloneFlow:
         name = check_voice_name(" ".join(context.args or [])) if context.args else None
         if name is not None:
             owner = await self.services.conversation.user(participant(user, message.chat))
-            if self.services.conversation.store.voice_by_name(owner.id, name) is not None:
+            # The store retries a locked database with sleeps: off the event loop, like every store call.
+            if await asyncio.to_thread(self.services.conversation.store.voice_by_name, owner.id, name) is not None:
                 raise BadInput(f"You already have a voice called “{name}”: choose another name, or see /voices.")
         expires = time.monotonic() + self.services.options.clone_timeout_s
         session = CloneSession(user.id, secrets.token_hex(4), name, expires)
@@ -247,7 +249,7 @@ class CloneFlow:
                 context.bot, replier.chat_id, services.options.chat_action_every_s, ChatAction.TYPING
             ):
                 owner = await services.conversation.user(who)
-                name = session.name or self._free_name(owner.id)
+                name = session.name or await self._free_name(owner.id)
                 try:
                     await services.conversation.voices.save(owner.id, name, draft, transcript)
                 except VoiceNameTaken as error:
@@ -261,11 +263,11 @@ class CloneFlow:
             return
         await replier.text(f"Saved “{name}”. From now on I answer you in this voice. Use /voices to switch.")
 
-    def _free_name(self, owner_id: int) -> str:
+    async def _free_name(self, owner_id: int) -> str:
         store = self.services.conversation.store
         for number in range(1, 1000):
             name = DEFAULT_NAME if number == 1 else f"{DEFAULT_NAME} {number}"
-            if store.voice_by_name(owner_id, name) is None:
+            if await asyncio.to_thread(store.voice_by_name, owner_id, name) is None:
                 return name
         raise BadInput("You have a great many voices already: delete one, or name this one with /clone NAME.")
 

@@ -1,21 +1,11 @@
-"""After a restart: answer the turns that a stopped process left unanswered, or say they were lost.
+"""After a restart: answer the Telegram turns that a stopped process left unanswered, or say they were lost.
 
 getUpdates counts an update as handled as soon as the next poll asks past it, long before its answer is
-made, so a process killed mid-turn (`kill -9`, a crash, a power cut) would leave the person waiting forever.
-The engine stores what they said before it answers, so on start-up every Telegram chat whose last stored
-turn is a person's is followed up, each in its place in the turn queue (ahead of anything new from that
-chat), in the background while polling starts:
-
-- said less than `ANSWER_WITHIN` ago: it is answered now, through the same engine path as any turn (the
-  person is most likely still in the conversation, and the answer reads as a late reply);
-- older, up to `LOOK_BACK`, or when the answer fails: the person is told it was lost and asked to send it
-  again; that message is stored as the reply, so that the turn counts as answered;
-- older still: left alone. Telegram itself keeps undelivered updates only 24 hours, so that is how long a
-  person may reasonably still expect an answer; an apology for something said days ago is only noise.
-
-Either way the turn stops being the last word in its chat, which is what makes this happen once: a second
-restart finds nothing to do. (Only turns that were stored are known: messages still queued behind them in
-memory when the process died were never stored and can't be recovered.)
+made, so a process killed mid-turn would leave the person waiting forever. On start-up every Telegram chat
+whose last stored turn is a person's is followed up as `bot.restart_followup` decides, each in its place in
+the turn queue (ahead of anything new from that chat), in the background while polling starts. (Only turns
+that were stored are known: messages still queued behind them in memory when the process died were never
+stored and can't be recovered.)
 """
 
 from __future__ import annotations
@@ -27,6 +17,7 @@ import logging
 from telegram import Bot
 from telegram.error import TelegramError
 
+from bot.restart_followup import LOST, follow_up, pending_turns
 from bot.telegram_common import PLATFORM, TelegramServices, say_quietly
 from bot.telegram_send import chat_action
 from bot.telegram_turn import send_answer
@@ -36,19 +27,13 @@ from engine.events import TurnError
 
 log = logging.getLogger(__name__)
 
-LOOK_BACK = dt.timedelta(hours=24)
-ANSWER_WITHIN = dt.timedelta(minutes=15)
-LOST = "Sorry — I restarted while answering your message; please send it again."
+__all__ = ["LOST", "follow_up_unanswered"]
 
 
 async def follow_up_unanswered(bot: Bot, services: TelegramServices) -> int:
     """Queue a follow-up for every turn left unanswered; returns how many. Call before updates are polled."""
     now = dt.datetime.now(dt.UTC)
-    try:
-        pending = await services.conversation.unanswered(PLATFORM, now - LOOK_BACK)
-    except Exception:  # the bot can serve without this; the next start tries again
-        log.exception("could not look for turns left unanswered before the restart")
-        return 0
+    pending = await pending_turns(services.conversation, PLATFORM, now)
     log.info("Telegram: %d turn(s) were left unanswered before this start", len(pending))
     for turn in pending:
         # Spawned now: each takes its chat's place in the queue before the first new update can.
@@ -61,11 +46,8 @@ async def _follow_up(bot: Bot, services: TelegramServices, turn: PendingTurn, no
     replier = services.replier_to(bot, chat_id)
 
     async def job() -> None:
-        if now - turn.said_at <= ANSWER_WITHIN and await _answer(bot, services, turn, chat_id):
-            return
-        if await services.conversation.close_unanswered(turn.who, turn.turn_id, LOST):
-            log.info("told chat %s that turn %s was lost in a restart", chat_id, turn.turn_id)
-            await say_quietly(replier, LOST)
+        await follow_up(services.conversation, turn, now, answer=lambda: _answer(bot, services, turn, chat_id),
+                        tell=lambda text: say_quietly(replier, text))  # fmt: skip
 
     try:
         await services.in_turn(chat_id, replier, job)

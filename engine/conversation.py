@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from engine.audio import CSM_RATE, WHISPER_RATE, AudioError, decode_audio, resample
+from engine.chat_model import ChatMessage, ChatModel
 from engine.errors import LlmUnavailable
 from engine.events import (
     BadInput,
@@ -34,7 +35,6 @@ from engine.events import (
     TurnEvent,
     TurnFinished,
 )
-from engine.llm import ChatMessage, OllamaChat
 from engine.speech_models import SpeechModels
 from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
 from engine.store.models import Turn, User
@@ -75,7 +75,7 @@ class PendingTurn:
 
 
 class Conversation:
-    def __init__(self, store: Store, models: SpeechModels, llm: OllamaChat, voices: VoiceLibrary, *,
+    def __init__(self, store: Store, models: SpeechModels, llm: ChatModel, voices: VoiceLibrary, *,
                  max_audio_seconds: float, max_audio_bytes: int) -> None:  # fmt: skip
         self.store = store
         self.models = models
@@ -126,11 +126,20 @@ class Conversation:
         answer = self._answer(
             user, who, history, said, user_codes, speak, voice_name, timings, started, language=language
         )
+        async with self._answering(answer, user_codes):
+            async for event in answer:
+                yield event
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _answering(
+        answer: AsyncIterator[TurnEvent], user_codes: asyncio.Future[Segment | None] | None
+    ) -> AsyncIterator[AsyncIterator[TurnEvent]]:
+        """However the turn ends, `answer` is closed and the user's codes, if still being made, are cancelled."""
         try:
             # aclosing: an interrupted turn must close the answer too, which stores what was said of it.
             async with contextlib.aclosing(answer):
-                async for event in answer:
-                    yield event
+                yield answer
         finally:
             if user_codes is not None and not user_codes.done():
                 user_codes.cancel()
@@ -158,8 +167,11 @@ class Conversation:
         timings["stt_s"] = time.perf_counter() - start
         if transcript.no_speech or not transcript.text.strip():
             # Why each segment was dropped, never its words (logs may end up on disk).
-            reasons = [rejected.split(":", 1)[0] for rejected in transcript.rejected]
-            log.info("no speech in %.1f s of audio (dropped segments: %s)", transcript.duration, reasons)
+            log.info(
+                "no speech in %.1f s of audio (dropped segments: %s)",
+                transcript.duration,
+                list(transcript.rejection_reasons),
+            )
             raise NoSpeech()
         return transcript.text.strip(), transcript.language, wave
 
@@ -195,7 +207,7 @@ class Conversation:
             try:
                 deltas = self.llm.stream_reply(messages, said, language=language)
                 sentences = speakable_sentences(deltas)
-                # Closing both on the way out (an interruption, say) closes the HTTP stream: Ollama stops.
+                # Closing both on the way out (an interruption, say) closes the HTTP stream: the LLM server stops.
                 async with contextlib.aclosing(deltas), contextlib.aclosing(sentences):
                     async for sentence in sentences:
                         index = len(reply.sentences)
@@ -311,13 +323,9 @@ class Conversation:
         answer = self._answer(
             user, who, history, pending.text, user_codes, speak, None, timings, started, language=pending.language
         )
-        try:
-            async with contextlib.aclosing(answer):
-                async for event in answer:
-                    yield event
-        finally:
-            if user_codes is not None and not user_codes.done():
-                user_codes.cancel()
+        async with self._answering(answer, user_codes):
+            async for event in answer:
+                yield event
 
     async def close_unanswered(self, who: Participant, turn_id: int, said: str) -> bool:
         """Store `said` (what the person was told instead of an answer) as the reply to a waiting turn.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import threading
 from collections.abc import Callable
@@ -31,6 +30,13 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from engine.errors import SttUnavailable
+from engine.stt_decoding import (
+    DEFAULT_BEAM_SIZE,
+    DEFAULT_TEMPERATURES,
+    TOKENS_PER_SPEECH_SECOND,
+    choose_language,
+    token_cap,
+)
 from engine.stt_filter import RepetitionGuard, rejection_reason, silero_evidence
 
 if TYPE_CHECKING:  # faster-whisper pulls in ctranslate2 and onnxruntime: import them only when needed
@@ -49,23 +55,9 @@ _COMPUTE_PREFERENCES: dict[str, tuple[str, ...]] = {
     "cpu": ("int8", "int8_float32", "float32"),
 }
 
-# --- Decoding, chosen from bench/stt.py on the real Whisper base, int8, 2 shared CPU threads, espeak-ng ---
-# beam 1: WER en 2.2 %, es 35.8 %, 2.17 s per sentence clip; beam 5: en 2.2 %, es 24.2 %, 2.35 s (+8 %).
-# Beam search pays for itself on a CPU too (and is nearly free on a GPU).
-DEFAULT_BEAM_SIZE = 5
-# Temperature fallback re-decodes a clip whose text looks like a loop or is unsure, once per temperature.
-# A 1.1 s Spanish laugh ("ja ja ja") cost 33.4 s with faster-whisper's six temperatures, uncapped (and
-# was dropped anyway); two temperatures: 11.5 s; two plus the token cap below: 4.8 s. English "ha ha ha":
-# 2.0 s → 2.0 s.
-DEFAULT_TEMPERATURES: tuple[float, ...] = (0.0, 0.4)
-# Tokens Whisper may write per second of speech, plus a fixed allowance. espeak-ng's English and Spanish
-# need up to 8 text tokens/s; languages the byte-level vocabulary spells in more pieces (Greek, Hindi) need
-# more, hence the margin. A loop ("ja ja ja" → "Shoshosho…") runs into this cap instead of on to 448 tokens.
-TOKENS_PER_SPEECH_SECOND = 15.0
-TOKEN_ALLOWANCE = 32
-MAX_NEW_TOKENS = 440  # Whisper's decoder holds 448 positions, a few of them taken by the prompt
-# Language detection below this probability is "unsure": a known language of the person's wins.
-LANGUAGE_SURE = 0.9
+# Files a local CTranslate2 Whisper folder must hold (the doctor checks the same ones).
+WHISPER_FILES: tuple[str, ...] = ("model.bin", "config.json", "tokenizer.json")
+
 
 @dataclass(frozen=True)
 class Transcript:
@@ -77,10 +69,18 @@ class Transcript:
     duration: float  # seconds of audio given
     speech_duration: float  # seconds VAD judged to be speech
     no_speech: bool
-    rejected: tuple[str, ...] = field(default=())  # dropped segment texts, with the reason, for the logs
+    # Dropped segments as (reason, text). The texts are the person's words: log only `rejection_reasons`.
+    rejected: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def rejection_reasons(self) -> tuple[str, ...]:
+        """Why each dropped segment was dropped, without its words: what may go to the logs."""
+        return tuple(reason for reason, _ in self.rejected)
 
     @classmethod
-    def nothing(cls, duration: float, language: str | None = None, rejected: tuple[str, ...] = ()) -> Transcript:
+    def nothing(
+        cls, duration: float, language: str | None = None, rejected: tuple[tuple[str, str], ...] = ()
+    ) -> Transcript:
         return cls("", language, 0.0, duration, 0.0, True, rejected)
 
 
@@ -193,7 +193,7 @@ class WhisperTranscriber:
         source = self.model_name
         local = Path(source).expanduser()
         if local.is_dir():
-            missing = [name for name in ("model.bin", "config.json", "tokenizer.json") if not (local / name).is_file()]
+            missing = [name for name in WHISPER_FILES if not (local / name).is_file()]
             if missing:
                 raise SttUnavailable(
                     f"Whisper model folder {local} lacks {', '.join(missing)}: it must be a CTranslate2 "
@@ -277,11 +277,11 @@ class WhisperTranscriber:
             judge = lambda segment: rejection_reason(segment, evidence)  # noqa: E731
         guard = RepetitionGuard()
         kept: list[str] = []
-        rejected: list[str] = []
+        rejected: list[tuple[str, str]] = []
         try:
             probability: float | None = None
             if language is None and language_hint and model.model.is_multilingual:
-                language, probability = self._choose_language(model, samples, vad, language_hint)
+                language, probability = choose_language(model, samples, vad, language_hint)
             segments, info = model.transcribe(
                 samples,
                 language=language,
@@ -289,7 +289,7 @@ class WhisperTranscriber:
                 vad_parameters=vad,
                 beam_size=self.beam_size,
                 temperature=list(self.temperatures),
-                max_new_tokens=self._token_cap(speech_seconds),
+                max_new_tokens=token_cap(speech_seconds, self.tokens_per_speech_second),
                 # Each turn stands alone: conditioning on earlier text lets one hallucination breed more.
                 condition_on_previous_text=False,
             )
@@ -301,7 +301,7 @@ class WhisperTranscriber:
                 if reason is None:
                     kept.append(text)
                 else:
-                    rejected.append(f"{reason}: {text!r}")
+                    rejected.append((reason, text))
         except RuntimeError as error:
             # CTranslate2 loads cuBLAS/cuDNN on the first GPU run, so a missing CUDA library shows up here.
             if _is_cuda_library_error(error):
@@ -312,13 +312,10 @@ class WhisperTranscriber:
                 f"Speech recognition failed: {error}. Check the log; `alan doctor` checks the model."
             ) from error
         if guard.is_loop(kept):  # each segment passed alone, but together they are one phrase going round
-            rejected.extend(f"repetition across segments: {text!r}" for text in kept)
+            rejected.extend(("repetition across segments", text) for text in kept)
             kept = []
-        if rejected:
-            # Only the reasons: the dropped texts are the person's words, which never go to the logs.
-            log.debug("Dropped %d Whisper segment(s): %s", len(rejected), [entry.split(":")[0] for entry in rejected])
         text = " ".join(" ".join(kept).split())
-        return Transcript(
+        transcript = Transcript(
             text=text,
             language=info.language,
             language_probability=float(info.language_probability if probability is None else probability),
@@ -327,32 +324,10 @@ class WhisperTranscriber:
             no_speech=not text,
             rejected=tuple(rejected),
         )
-
-    def _choose_language(
-        self, model: WhisperModel, samples: np.ndarray, vad: VadOptions, hint: str
-    ) -> tuple[str, float]:
-        """The detected language if detection is sure, else the hint; with the chosen one's probability.
-
-        This is the detection faster-whisper would run itself (on the speech parts), done here so its
-        certainty can be weighed; the transcription that follows is then told the language.
-        """
-        detected, probability, all_probabilities = model.detect_language(
-            samples, vad_filter=True, vad_parameters=vad
-        )
-        if probability >= LANGUAGE_SURE or detected == hint:
-            return detected, probability
-        probabilities = dict(all_probabilities)
-        if hint not in probabilities:  # not a language this model knows: detection it is
-            return detected, probability
-        log.debug("language detection unsure (%s %.2f): using the person's %s", detected, probability, hint)
-        return hint, probabilities[hint]
-
-    def _token_cap(self, speech_seconds: float) -> int | None:
-        if self.tokens_per_speech_second is None:
-            return None
-        # faster-whisper applies the cap per 30 s window; a longer turn is capped as if each window were full.
-        window_seconds = min(speech_seconds, 30.0)
-        return min(MAX_NEW_TOKENS, math.ceil(self.tokens_per_speech_second * window_seconds) + TOKEN_ALLOWANCE)
+        if transcript.rejected:
+            # Only the reasons: the dropped texts are the person's words, which never go to the logs.
+            log.debug("Dropped %d Whisper segment(s): %s", len(rejected), list(transcript.rejection_reasons))
+        return transcript
 
     async def transcribe_async(
         self, audio: np.ndarray, language: str | None = None, language_hint: str | None = None

@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-import zlib
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -121,9 +120,10 @@ _ANNOTATION = re.compile(r"^(\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫♬\s])+$")
 
 
 def compression_ratio(text: str) -> float:
-    """Whisper's repetition measure: UTF-8 length over zlib-compressed length."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
+    """Whisper's repetition measure, faster-whisper's own: a loop across segments is judged as within one."""
+    from faster_whisper.transcribe import get_compression_ratio  # heavy; loaded by then, as Whisper has run
+
+    return get_compression_ratio(text) if text else 0.0
 
 
 def rejection_reason(segment: Segment, speech: SpeechEvidence | None = None) -> str | None:

@@ -23,6 +23,9 @@ SETTING_VARIABLES = (
     "ALAN_STT_MODEL",
     "ALAN_TTS_MODEL",
     "ALAN_LLM_MODEL",
+    "ALAN_LLM_BACKEND",
+    "ALAN_LLM_BASE_URL",
+    "ALAN_LLM_API_KEY",
     "OLLAMA_HOST",
     "ALAN_OLLAMA_HOST",
     "ALAN_DEVICE",
@@ -63,6 +66,35 @@ def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "Hello there, this is a test of the audio pipeline.",
         tmp_path_factory.mktemp("speech") / "hello.wav",
     )
+
+
+# Discord voice tests: real speech as Discord sends it, a second speaker, and a transport key.
+@pytest.fixture(scope="module")
+def speech(speech_wav: Path):  # type: ignore[no-untyped-def]
+    from tests.discord_packets import Speech  # imported here: only the Discord tests need davey and Opus
+
+    return Speech(speech_wav)
+
+
+@pytest.fixture(scope="module")
+def other_speech(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from tests.discord_packets import Speech
+
+    wav = espeak("Seven green frogs jumped over a lazy river.", tmp_path_factory.mktemp("b") / "b.wav", voice="en+f3")
+    return Speech(wav)
+
+
+@pytest.fixture
+def key() -> bytes:
+    return os.urandom(32)
+
+
+@pytest.fixture
+def dave_group():  # type: ignore[no-untyped-def]
+    """A DAVE group formed by a local voice server: (server, speaker A's session, the bot's session)."""
+    from tests.discord_packets import dave_call
+
+    return dave_call()
 
 
 @pytest.fixture

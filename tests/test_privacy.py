@@ -170,6 +170,21 @@ def test_the_data_folder_and_database_files_are_the_owners_alone(
         os.umask(previous)
 
 
+def test_a_file_uri_database_is_the_owners_alone_too(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        data = tmp_path / "data"
+        store = Store(open_database(f"sqlite:///file:{data / 'alan.db'}?mode=rwc&cache=private&uri=true"))
+        store.add_turn(store.user("telegram", "1").id, "chat", "user", "hello")
+        files = sorted(path.name for path in data.iterdir())
+        assert {"alan.db", "alan.db-wal", "alan.db-shm"} <= set(files)  # the URI named this file, not "file:…"
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for name in files:
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    finally:
+        os.umask(previous)
+
+
 def test_a_shared_folder_is_left_alone(tmp_path: Path) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()

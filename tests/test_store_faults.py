@@ -222,3 +222,30 @@ def test_every_store_operation_is_guarded() -> None:
     # A new operation without @guarded would turn a locked or full database into "something went wrong" again.
     operations = {name: member for name, member in vars(Store).items() if callable(member) and not name.startswith("_")}
     assert operations and [name for name, member in operations.items() if not hasattr(member, "__wrapped__")] == []
+
+
+def test_a_reader_holding_the_log_after_a_forget_costs_short_waits_and_no_second_deletion(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = Store(open_database(database_url))
+    ann = store.user("telegram", "1")
+    store.add_turn(ann.id, "chat", "user", "hello")
+    statements: list[str] = []
+    event.listen(store.sessions.kw["bind"], "before_cursor_execute", lambda _c, _cur, sql, *_: statements.append(sql))
+    reader = sqlite3.connect(make_url(database_url).database)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM turns").fetchone()  # a snapshot that keeps the log from being emptied
+    caplog.set_level(logging.WARNING, logger="engine.store")
+    try:
+        store.forget_user(ann.id)
+    finally:
+        reader.close()
+    assert store.find_user("telegram", "1") is None
+    assert sum(sql.startswith("DELETE FROM users") for sql in statements) == 1  # the busy log repeated nothing
+    checkpoints = [index for index, sql in enumerate(statements) if "wal_checkpoint" in sql]
+    assert len(checkpoints) > 1  # it was tried again, each time waiting only briefly for the reader
+    assert all(statements[index - 1] == "PRAGMA busy_timeout=200" for index in checkpoints)
+    assert all(statements[index + 1] == "PRAGMA busy_timeout=5000" for index in checkpoints)
+    assert any("not emptied yet" in record.getMessage() for record in caplog.records)
+    with store.sessions() as session:
+        assert session.connection().exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000

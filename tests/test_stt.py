@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,14 +25,13 @@ from engine import stt
 from engine.errors import SttUnavailable
 from engine.stt import (
     DEFAULT_BEAM_SIZE,
-    MAX_NEW_TOKENS,
     SAMPLE_RATE,
-    TOKEN_ALLOWANCE,
     TOKENS_PER_SPEECH_SECOND,
     Transcript,
     WhisperTranscriber,
     resolve_device,
 )
+from engine.stt_decoding import LANGUAGE_SURE, MAX_NEW_TOKENS, TOKEN_ALLOWANCE
 from engine.stt_filter import MAX_COMPRESSION_RATIO, compression_ratio, rejection_reason
 from tests.tiny_models.whisper import WHISPER_LANGUAGES
 
@@ -179,7 +179,7 @@ def test_speech_passes_vad_and_reaches_the_model(transcriber: WhisperTranscriber
     assert result.language in WHISPER_LANGUAGES
     assert 0.0 < result.language_probability <= 1.0
     # The model decoded something; random weights are deeply unsure of it, so the filter dropped it all.
-    assert result.rejected and all(entry.startswith("low confidence") for entry in result.rejected)
+    assert result.rejected and set(result.rejection_reasons) == {"low confidence"}
     assert result.no_speech and result.text == ""
 
 
@@ -191,11 +191,11 @@ def test_given_language_skips_detection(transcriber: WhisperTranscriber, speech:
 def test_a_language_hint_wins_over_unsure_detection(transcriber: WhisperTranscriber, speech: np.ndarray) -> None:
     # Random weights spread the language probability thin over 99 languages: detection is never sure.
     detected = transcriber.transcribe(speech)
-    assert detected.language_probability < stt.LANGUAGE_SURE
+    assert detected.language_probability < LANGUAGE_SURE
     hinted_language = "es" if detected.language != "es" else "de"
     result = transcriber.transcribe(speech, language_hint=hinted_language)
     assert result.language == hinted_language
-    assert 0.0 < result.language_probability < stt.LANGUAGE_SURE  # the hint's own probability, not a forced 1.0
+    assert 0.0 < result.language_probability < LANGUAGE_SURE  # the hint's own probability, not a forced 1.0
 
 
 async def test_async_transcription_leaves_the_loop_free(transcriber: WhisperTranscriber, speech: np.ndarray) -> None:
@@ -365,7 +365,7 @@ def test_transcript_keeps_speech_and_drops_a_hallucinated_tail(speech: np.ndarra
     result = whisper.transcribe(speech)
     assert result.text == "What time is it in Tokyo?"
     assert not result.no_speech
-    assert result.rejected == ("stock hallucination: 'Thanks for watching!'",)
+    assert result.rejected == (("stock hallucination", "Thanks for watching!"),)
     assert (result.language, result.language_probability, result.speech_duration) == ("en", 0.97, 2.5)
     options = scripted.calls[0]
     assert options["vad_filter"] is True and options["condition_on_previous_text"] is False
@@ -378,7 +378,7 @@ def test_only_hallucinations_means_no_speech(speech: np.ndarray) -> None:
     whisper._model = scripted  # type: ignore[assignment]
     result = whisper.transcribe(speech)
     assert result.no_speech and result.text == ""
-    assert result.rejected == ("unsure stock phrase: 'Thank you.'",)
+    assert result.rejected == (("unsure stock phrase", "Thank you."),)
 
 
 def test_a_short_answer_over_real_speech_becomes_a_turn(speech: np.ndarray) -> None:
@@ -399,10 +399,26 @@ def test_the_same_short_answer_over_noise_does_not(speech: np.ndarray) -> None:
     whisper._model = ScriptedModel([make_segment(" Is it raining?"), tail])  # type: ignore[assignment]
     result = whisper.transcribe(clip)
     assert result.text == "Is it raining?"
-    assert result.rejected == ("unsure stock phrase: 'Thank you.'",)
+    assert result.rejected == (("unsure stock phrase", "Thank you."),)
 
 
 REPEATED = " Mañana tengo que ir al médico a las diez de la mañana."
+
+
+def test_dropped_segments_log_their_reasons_never_their_words(
+    speech: np.ndarray, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A dropped text may hold a colon or quotes of its own: the log must come from the reasons alone.
+    words = "Subtitles: by 'Maria' for watching"
+    whisper = WhisperTranscriber("unused", device="cpu")
+    whisper._model = ScriptedModel([make_segment(" Ja ja ja", avg_logprob=-2.0), make_segment(f" {words}")])  # type: ignore[assignment]
+    caplog.set_level(logging.DEBUG, logger="engine.stt")
+    result = whisper.transcribe(speech)
+    assert result.rejection_reasons == ("low confidence", "stock hallucination")
+    assert [text for _, text in result.rejected] == ["Ja ja ja", words]
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "low confidence" in logged and "stock hallucination" in logged
+    assert "Ja ja" not in logged and "Subtitles" not in logged and "Maria" not in logged
 
 
 def test_a_phrase_repeated_as_separate_segments_is_kept_once(speech: np.ndarray) -> None:
@@ -412,7 +428,7 @@ def test_a_phrase_repeated_as_separate_segments_is_kept_once(speech: np.ndarray)
     whisper._model = ScriptedModel(segments)  # type: ignore[assignment]
     result = whisper.transcribe(speech)
     assert result.text == REPEATED.strip()
-    assert result.rejected == (f"repeated segment: {REPEATED.strip()!r}",) * 2
+    assert result.rejected == (("repeated segment", REPEATED.strip()),) * 2
 
 
 def test_a_loop_spread_over_differing_segments_is_no_turn(speech: np.ndarray) -> None:
@@ -423,7 +439,7 @@ def test_a_loop_spread_over_differing_segments_is_no_turn(speech: np.ndarray) ->
     whisper._model = ScriptedModel(segments)  # type: ignore[assignment]
     result = whisper.transcribe(speech)
     assert result.no_speech and result.text == ""
-    assert all(entry.startswith("repetition across segments") for entry in result.rejected[-3:])
+    assert set(result.rejection_reasons[-3:]) == {"repetition across segments"}
 
 
 def test_repeated_words_inside_real_speech_are_kept(speech: np.ndarray) -> None:

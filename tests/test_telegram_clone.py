@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from bot.telegram_common import APOLOGY
@@ -108,6 +110,33 @@ async def test_double_taps_on_the_clone_buttons_store_one_voice_without_an_apolo
     assert [call.text for call in telegram.sent("answerCallbackQuery")] == [""] * 4  # no "expired" alert
     texts = [call.text for call in telegram.sent("sendMessage", ANN["id"])]
     assert APOLOGY not in texts and len([text for text in texts if CONSENT_STATEMENT in text]) == 1
+
+
+async def test_voice_name_lookups_stay_off_the_event_loop(
+    start_bot: Start, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store retries a locked database with sleeps: on the event loop that would stall every chat.
+    lookup_threads: list[threading.Thread] = []
+    real_lookup = Store.voice_by_name
+
+    def recording_lookup(self: Store, owner_id: int, name: str) -> Voice | None:
+        lookup_threads.append(threading.current_thread())
+        return real_lookup(self, owner_id, name)
+
+    monkeypatch.setattr(Store, "voice_by_name", recording_lookup)
+    telegram = await start_bot()
+    chat = telegram.private_chat(ANN)
+    telegram.push_message(chat, ANN, text="/clone Ann's voice")  # a name given: checked at once
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    clip = telegram.push_message(chat, ANN, voice=telegram.voice(espeak_ogg(CLIP, tmp_path), duration=6))
+    telegram.push_message(chat, ANN, text="/clone", reply_to_message=clip)  # no name: a free one is found
+    [heard] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: "what I heard" in c.text)
+    telegram.press(ANN, heard.result, button(heard, "That's right"))
+    [consent] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: CONSENT_STATEMENT in c.text)
+    telegram.press(ANN, consent.result, button(consent, "I confirm"))
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: "Saved “my voice”" in c.text)
+    loop_thread = threading.current_thread()  # the bot runs on this test's event loop
+    assert len(lookup_threads) >= 2 and loop_thread not in lookup_threads
 
 
 async def test_a_bad_clip_is_explained_and_cancel_ends_the_clone(start_bot: Start, tmp_path: Path) -> None:

@@ -162,6 +162,18 @@ async def test_an_old_or_unanswerable_turn_gets_an_apology_once_and_only_telegra
     assert len(ollama.chat_requests) == 1
 
 
+async def test_in_a_group_chat_another_persons_newer_turn_does_not_hide_an_unanswered_one(
+    conversation: Conversation, store: Store
+) -> None:
+    ann, bob = (store.user("telegram", str(user["id"])) for user in (ANN, BOB))
+    waiting = store.add_turn(ann.id, str(GROUP), "user", "Tell the group a joke.")  # the process died here
+    store.add_turn(bob.id, str(GROUP), "user", "Hi all.")  # Bob's conversation in the same chat, answered
+    store.add_turn(bob.id, str(GROUP), "assistant", "Hello Bob.")
+
+    [pending] = await conversation.unanswered("telegram", ago(hours=1))
+    assert (pending.who.user_id, pending.who.scope, pending.turn_id) == (str(ANN["id"]), str(GROUP), waiting.id)
+
+
 def test_alan_run_killed_mid_turn_answers_the_message_once_when_it_is_started_again(
     servers: tuple[ServerThread, FakeTelegram, FakeOllama], tmp_path: Path, tiny_csm_dir: Path,
     tiny_whisper_dir: Path,

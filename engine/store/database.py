@@ -27,6 +27,8 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 # How long SQLite itself waits for another connection's lock before a write fails as "database is locked".
 BUSY_TIMEOUT_S = 5.0
+# How long one try to empty the write-ahead log waits for readers (the store makes several tries).
+CHECKPOINT_BUSY_TIMEOUT_MS = 200
 OWNER_ONLY_DIR = 0o700
 OWNER_ONLY_FILE = 0o600
 # What SQLite keeps beside the database: the write-ahead log, its index, and a rollback journal.
@@ -51,8 +53,10 @@ def create_db_engine(url: str, *, foreign_keys: bool = True, busy_timeout_s: flo
     # Parameters stay out of error messages and logs: they are what people said.
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, hide_parameters=True)
-    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-        protect_sqlite_file(Path(parsed.database))
+    database = sqlite_path(url)
+    if database is not None:
+        # A read-only open must find the real file, not an empty one made here for it.
+        protect_sqlite_file(database, create=not sqlite_read_only(url))
     engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
 
     @event.listens_for(engine, "connect")
@@ -62,7 +66,27 @@ def create_db_engine(url: str, *, foreign_keys: bool = True, busy_timeout_s: flo
     return engine
 
 
-def protect_sqlite_file(database: Path) -> None:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL, plain or `file:` URI form; None for another database or in-memory."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    # `sqlite:///file:/data/alan.db?mode=rwc&uri=true`: SQLite gets a URI; the file is its path, without a query.
+    path = parsed.database.removeprefix("file:").split("?", 1)[0]
+    if path in ("", ":memory:") or parsed.query.get("mode") == "memory":
+        return None
+    return Path(path)
+
+
+def sqlite_read_only(url: str) -> bool:
+    """A SQLite URI that asks for read-only access (mode=ro or immutable=1)."""
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and (
+        parsed.query.get("mode") == "ro" or parsed.query.get("immutable") in ("1", "true")
+    )
+
+
+def protect_sqlite_file(database: Path, *, create: bool = True) -> None:
     """Make the database's folder and files owner-only, creating the folder and an empty database if missing.
 
     An empty file is a valid empty SQLite database; creating it ourselves is what lets us choose its mode.
@@ -73,7 +97,7 @@ def protect_sqlite_file(database: Path) -> None:
         folder.chmod(OWNER_ONLY_DIR)  # mkdir's mode passes through the umask
     elif _may_tighten(folder):
         _tighten(folder, OWNER_ONLY_DIR)
-    if not database.exists():
+    if create and not database.exists():
         try:
             os.close(os.open(database, os.O_WRONLY | os.O_CREAT, OWNER_ONLY_FILE))
         except OSError as error:  # a read-only folder: SQLite's own error, on connecting, says it best
@@ -138,7 +162,13 @@ def truncate_wal(session: Session) -> bool:
     """
     if session.get_bind().dialect.name != "sqlite":
         return True
-    busy, _log_frames, _copied = session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+    # The checkpoint waits in the busy handler for readers to leave: briefly, as the caller tries again.
+    previous_ms = int(session.execute(text("PRAGMA busy_timeout")).scalar_one())
+    session.execute(text(f"PRAGMA busy_timeout={CHECKPOINT_BUSY_TIMEOUT_MS}"))
+    try:
+        busy, _log_frames, _copied = session.execute(text("PRAGMA wal_checkpoint(TRUNCATE)")).one()
+    finally:
+        session.execute(text(f"PRAGMA busy_timeout={previous_ms}"))
     return not busy
 
 

@@ -6,12 +6,15 @@ a broken file raise `StorageUnavailable`, whose message says what could not be d
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.events import BadInput
@@ -21,10 +24,27 @@ from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice, 
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 # A user's choice of voice for every scope where they made no narrower choice.
 EVERYWHERE = ""
 # Pauses between tries to empty the write-ahead log after a deletion, while another connection still reads it.
 WAL_TRUNCATE_DELAYS_S = (0.05, 0.2, 0.5, 1.0)
+
+
+def erasing_deleted_pages(operation: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """After a (guarded, retried) deletion, take the deleted rows off the disk: outside the retries, so a log
+    still in use never repeats the deletion. A result of 0 (nothing deleted) needs no erasing."""
+
+    @functools.wraps(operation)
+    def run(store: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+        result = operation(store, *args, **kwargs)
+        if result is None or result:
+            store._erase_deleted_pages()
+        return result
+
+    return run
 
 
 class VoiceNameTaken(BadInput):
@@ -72,6 +92,7 @@ class Store:
             user = session.get_one(User, user_id)
             user.reply_with_text = enabled
 
+    @erasing_deleted_pages
     @guarded("I couldn't delete your data")
     def forget_user(self, user_id: int) -> None:
         """Delete the user and, through ON DELETE CASCADE, every voice, turn and choice of theirs.
@@ -90,7 +111,6 @@ class Store:
             if solo:
                 session.execute(delete(Voice).where(Voice.owner_id.is_(None), Voice.house_scope.in_(solo)))
             session.execute(delete(User).where(User.id == user_id))
-        self._erase_deleted_pages()
 
     def _erase_deleted_pages(self) -> None:
         """Take deleted rows off the disk now, not at the next clean shutdown.
@@ -100,9 +120,12 @@ class Store:
         (whose old pages are overwritten) and cuts the log to zero bytes.
         """
         for delay in (*WAL_TRUNCATE_DELAYS_S, None):
-            with self.sessions() as session:
-                if truncate_wal(session):
-                    return
+            try:
+                with self.sessions() as session:
+                    if truncate_wal(session):
+                        return
+            except OperationalError as error:  # the rows are gone already: a lock here is no failed deletion
+                log.info("could not empty the write-ahead log yet (%s)", error.orig)
             if delay is None:
                 break
             time.sleep(delay)
@@ -172,17 +195,18 @@ class Store:
 
     @guarded("I couldn't read our conversation")
     def unanswered_turns(self, platform: str, since: datetime) -> list[tuple[Turn, User]]:
-        """User turns on `platform` since `since` that are still the newest turn of their scope, oldest first.
+        """User turns on `platform` since `since` that are still the newest of their conversation, oldest first.
 
         A turn's words are stored before it is answered, so these are what a process that stopped mid-turn
-        (or whose answer failed) left without a reply.
+        (or whose answer failed) left without a reply. A conversation is one user in one scope (as in
+        `recent_turns`): in a group chat, someone else's newer turn does not answer this one.
         """
         with self.sessions() as session:
             newest = (
                 select(func.max(Turn.id))
                 .join(User, User.id == Turn.user_id)
                 .where(User.platform == platform, Turn.created_at >= since)
-                .group_by(Turn.scope)
+                .group_by(Turn.user_id, Turn.scope)
             )
             rows = session.execute(
                 select(Turn, User)
@@ -211,6 +235,7 @@ class Store:
         # max() keeps the first of equals, and `counts` is in newest-first order.
         return max(counts, key=counts.__getitem__) if counts else None
 
+    @erasing_deleted_pages
     @guarded("I couldn't clear our conversation")
     def clear_conversation(self, user_id: int, scope: str | None = None) -> int:
         """Delete this user's turns (in one scope, or everywhere); voices stay. Returns how many."""
@@ -218,10 +243,7 @@ class Store:
             statement = delete(Turn).where(Turn.user_id == user_id)
             if scope is not None:
                 statement = statement.where(Turn.scope == scope)
-            deleted = session.execute(statement).rowcount or 0
-        if deleted:
-            self._erase_deleted_pages()
-        return deleted
+            return session.execute(statement).rowcount or 0
 
     # Voices --------------------------------------------------------------------------------------------
 
@@ -295,11 +317,11 @@ class Store:
                 raise VoiceNameTaken(new_name)
             voice.name = new_name
 
+    @erasing_deleted_pages
     @guarded("I couldn't delete the voice")
     def delete_voice(self, voice_id: int) -> None:
         with self.sessions.begin() as session:
             session.execute(delete(Voice).where(Voice.id == voice_id))
-        self._erase_deleted_pages()
 
     # Which voice speaks --------------------------------------------------------------------------------
 

@@ -1,0 +1,74 @@
+"""After a restart: answer the Discord turns a stopped process left unanswered, or say they were lost.
+
+Once the bot is ready, every Discord conversation whose last stored turn is a person's is followed up as
+`bot.restart_followup` decides: a recent one is answered as text in its channel (or DM), through the same
+engine path and turn queue as a mention; an older one gets the apology, stored as the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import discord
+
+from bot.discord_session import MAX_MESSAGE, PLATFORM
+from bot.restart_followup import follow_up, pending_turns
+from bot.text_split import split_text
+from bot.turn_queue import QueueFull, TurnQueue
+from engine.conversation import Conversation, PendingTurn
+from engine.events import ReplySentence, TurnError
+
+log = logging.getLogger(__name__)
+
+
+async def follow_up_unanswered(client: Any, conversation: Conversation, queue: TurnQueue) -> int:
+    """Follow up every Discord turn left unanswered (`client`: the bot); returns how many."""
+    now = dt.datetime.now(dt.UTC)
+    pending = await pending_turns(conversation, PLATFORM, now)
+    log.info("Discord: %d turn(s) were left unanswered before this start", len(pending))
+    await asyncio.gather(*(_follow_up(client, conversation, queue, turn, now) for turn in pending))
+    return len(pending)
+
+
+async def _follow_up(client: Any, conversation: Conversation, queue: TurnQueue, turn: PendingTurn,
+                     now: dt.datetime) -> None:  # fmt: skip
+    channel_id = int(turn.who.scope)  # a Discord scope is its channel's id (see `participant`)
+    try:
+        channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
+    except discord.HTTPException as error:  # deleted, or no longer visible to the bot
+        log.warning("turn %s stays unanswered: channel %s is out of reach: %s", turn.turn_id, channel_id, error)
+        return
+
+    async def answer() -> bool:
+        return await _answer(channel, conversation, turn)
+
+    async def job() -> None:
+        await follow_up(conversation, turn, now, answer=answer, tell=channel.send)
+
+    try:
+        await queue.run(f"discord-text:{channel_id}", job)  # the queue a mention there would wait in
+    except QueueFull:
+        log.warning("turn queue full: turn %s of channel %s stays unanswered until the next start", turn.turn_id,
+                    channel_id)  # fmt: skip
+    except Exception:
+        log.exception("could not follow up turn %s of channel %s", turn.turn_id, channel_id)
+
+
+async def _answer(channel: Any, conversation: Conversation, turn: PendingTurn) -> bool:
+    """Answer the turn in `channel` as a mention is answered; False if the answer failed."""
+    try:
+        async with channel.typing():
+            events = conversation.resume(turn.who, turn.turn_id, speak=False)
+            reply = " ".join([event.text async for event in events if isinstance(event, ReplySentence)])
+        if not reply:
+            return True  # no longer waiting (answered, /reset or /forget meanwhile): nothing to say
+        for part in split_text(reply, MAX_MESSAGE):
+            await channel.send(part)
+    except (TurnError, discord.HTTPException) as error:
+        log.warning("could not answer turn %s of channel %s after the restart: %s", turn.turn_id, channel.id, error)
+        return False
+    log.info("answered turn %s of channel %s, left unanswered before the restart", turn.turn_id, channel.id)
+    return True
