@@ -24,7 +24,7 @@ from engine.llm.prompt import (
     MAX_REPLY_TOKENS,
     SYSTEM_PROMPT,
     TEMPERATURE,
-    build_messages,
+    PromptedChat,
     without_credentials,
 )
 
@@ -47,7 +47,7 @@ def canonical_model(name: str) -> str:
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
 
 
-class OllamaChat:
+class OllamaChat(PromptedChat):
     """Streaming chat with one Ollama model. Cheap to create; the HTTP connection is made on first use."""
 
     def __init__(
@@ -82,28 +82,6 @@ class OllamaChat:
 
     async def aclose(self) -> None:
         await self._client.close()
-
-    async def __aenter__(self) -> OllamaChat:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def build_messages(
-        self,
-        history: Sequence[ChatMessage],
-        user_text: str,
-        *,
-        context: str | None = None,
-        language: str | None = None,
-    ) -> list[dict[str, str]]:
-        """What is sent: the system prompt (always), the trimmed history, then the new user turn.
-
-        `language` is the person's (a Whisper language code); the model is told to answer in it.
-        """
-        return build_messages(
-            self.system_prompt, history, user_text, history_chars=self.history_chars, context=context, language=language
-        )
 
     async def stream_reply(
         self,

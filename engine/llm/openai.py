@@ -24,7 +24,7 @@ from engine.llm.prompt import (
     MAX_REPLY_TOKENS,
     SYSTEM_PROMPT,
     TEMPERATURE,
-    build_messages,
+    PromptedChat,
     without_credentials,
 )
 
@@ -45,7 +45,7 @@ MAX_RETRIES = 1
 REDACTED = "[REDACTED]"
 
 
-class OpenAIChat:
+class OpenAIChat(PromptedChat):
     """Streaming chat with one model on an OpenAI-compatible server. The HTTP connection is made on first use."""
 
     def __init__(
@@ -88,24 +88,6 @@ class OpenAIChat:
 
     async def aclose(self) -> None:
         await self._client.close()
-
-    async def __aenter__(self) -> OpenAIChat:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    def build_messages(
-        self,
-        history: Sequence[ChatMessage],
-        user_text: str,
-        *,
-        context: str | None = None,
-        language: str | None = None,
-    ) -> list[dict[str, str]]:
-        return build_messages(
-            self.system_prompt, history, user_text, history_chars=self.history_chars, context=context, language=language
-        )
 
     async def stream_reply(
         self,

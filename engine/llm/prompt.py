@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 from engine.chat_model import ChatMessage
@@ -98,3 +99,35 @@ def without_credentials(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PromptedChat:
+    """What every chat backend shares: the prompt it sends, `reply`, and closing as an async context manager.
+
+    A backend sets `system_prompt` and `history_chars` and implements `stream_reply` and `aclose`.
+    """
+
+    system_prompt: str
+    history_chars: int
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def build_messages(
+        self,
+        history: Sequence[ChatMessage],
+        user_text: str,
+        *,
+        context: str | None = None,
+        language: str | None = None,
+    ) -> list[dict[str, str]]:
+        """What is sent: the system prompt (with the person's language), the trimmed history, the new user turn."""
+        return build_messages(
+            self.system_prompt, history, user_text, history_chars=self.history_chars, context=context, language=language
+        )
