@@ -136,22 +136,10 @@ def espeak_ogg(text: str, tmp_path: Path) -> bytes:
 
 def fake_ollama_in_thread(models: list[str]) -> Iterator[FakeOllama]:
     """A fake Ollama on its own event-loop thread, for code that runs `asyncio.run` in the test's thread."""
-    import asyncio
-    import threading
-
+    from tests.fakes.local_server import serve_in_thread
     from tests.fakes.ollama_server import FakeOllama
 
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    server = FakeOllama(models=models)
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-    try:
-        yield server
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
+    yield from serve_in_thread(FakeOllama(models=models))
 
 
 @pytest.fixture(scope="session")

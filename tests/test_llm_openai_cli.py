@@ -13,7 +13,8 @@ from alan.cli import app
 from alan.doctor import Status, check_llm
 from alan.settings import load_settings
 from tests.conftest import fake_ollama_in_thread
-from tests.fakes.openai_server import FakeOpenAI, serve_in_thread
+from tests.fakes.local_server import serve_in_thread
+from tests.fakes.openai_server import FakeOpenAI
 
 MODEL = "gemma-3-270m"
 KEY = "sk-cli-key-112233"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Self
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Self, TypeVar
 
 from aiohttp import web
 
@@ -47,3 +50,20 @@ class LocalServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+Server = TypeVar("Server", bound=LocalServer)
+
+
+def serve_in_thread(server: Server) -> Iterator[Server]:
+    """Run `server` on its own event-loop thread, for code that calls `asyncio.run` in the test's thread (the CLI)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

@@ -25,7 +25,6 @@ import json
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,19 +215,3 @@ def _error(status: int, message: str, kind: str, code: str | None, param: str | 
 def _usage(body: dict[str, Any], reply: ScriptedReply) -> dict[str, int]:
     prompt = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     return {"prompt_tokens": prompt, "completion_tokens": len(reply.chunks), "total_tokens": prompt + len(reply.chunks)}
-
-
-def serve_in_thread(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
-    """Run `server` on its own event-loop thread, for code that calls `asyncio.run` in the test's thread (the CLI)."""
-    import threading
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-    try:
-        yield server
-    finally:
-        asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
