@@ -29,22 +29,9 @@ print(json.dumps(sorted(set(sys.modules) & set(json.loads(sys.argv[1])))))
 """
 
 
-def test_help_imports_no_speech_or_chat_library() -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", HELP_EVERY_COMMAND, json.dumps(HEAVY_MODULES)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
-
-
-def test_importing_the_cli_leaves_heavy_modules_unloaded() -> None:
-    code = "import json, sys, alan.cli; print(json.dumps([m for m in json.loads(sys.argv[1]) if m in sys.modules]))"
-    result = subprocess.run(
+def python_in_a_fresh_process(code: str) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a new interpreter (nothing imported yet), given the heavy modules' names as argv[1]."""
+    return subprocess.run(
         [sys.executable, "-c", code, json.dumps(HEAVY_MODULES)],
         cwd=ROOT,
         capture_output=True,
@@ -52,6 +39,17 @@ def test_importing_the_cli_leaves_heavy_modules_unloaded() -> None:
         timeout=120,
         check=False,
     )
+
+
+def test_help_imports_no_speech_or_chat_library() -> None:
+    result = python_in_a_fresh_process(HELP_EVERY_COMMAND)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_importing_the_cli_leaves_heavy_modules_unloaded() -> None:
+    code = "import json, sys, alan.cli; print(json.dumps([m for m in json.loads(sys.argv[1]) if m in sys.modules]))"
+    result = python_in_a_fresh_process(code)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
 
