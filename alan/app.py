@@ -10,26 +10,54 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from alan.platforms import BY_NAME, Platform
+from alan.scheduler import TurnScheduler
 from alan.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Each platform is one module in `bot/` with `async def serve(settings, conversation) -> None`.
-PLATFORM_MODULES = {"telegram": "bot.telegram", "discord": "bot.discord"}
+# aLAN's own top-level packages: a module of theirs that is missing means an incomplete copy of aLAN.
+OWN_PACKAGES = frozenset({"alan", "bot", "engine", "migrations"})
+# Where the pip package is named otherwise than the module it installs.
+DISTRIBUTIONS = {"telegram": "python-telegram-bot", "discord": "discord.py", "nacl": "PyNaCl"}
 
 
 class PlatformUnavailable(Exception):
     pass
 
 
-def _platform_server(name: str) -> Callable[..., Awaitable[None]]:
+def _platform_server(platform: Platform) -> Callable[..., Awaitable[None]]:
     try:
-        module = importlib.import_module(PLATFORM_MODULES[name])
+        # `serve` too: a platform package may import its adapter only when `serve` is first asked for.
+        server: Callable[..., Awaitable[None]] = importlib.import_module(platform.module).serve
     except ModuleNotFoundError as error:
-        raise PlatformUnavailable(
-            f"The {name} adapter is not part of this version of aLAN yet; unset its token to run the others."
-        ) from error
-    return module.serve
+        raise PlatformUnavailable(missing_module_message(platform, error)) from error
+    return server
+
+
+def missing_module_message(platform: Platform, error: ModuleNotFoundError) -> str:
+    """Why `platform` can't be imported: the module that is really missing, and the fix."""
+    missing = error.name or ""
+    unset = f"unset {platform.token_variable} to run the other platforms"
+    if missing and (missing == platform.module or platform.module.startswith(missing + ".")):
+        return f"The {platform.label} adapter ({platform.module}) is not part of this version of aLAN; {unset}."
+    top = missing.partition(".")[0]
+    if not top or top in OWN_PACKAGES:
+        what = f"aLAN's own module {missing} is missing" if top else str(error)
+        return (
+            f"The {platform.label} adapter can't start: {what}. This copy of aLAN is incomplete: reinstall it "
+            f"(`pip install .` in aLAN's folder), or {unset}."
+        )
+    return (
+        f"The {platform.label} adapter needs the Python module `{missing}`, which is not installed. "
+        f"`pip install .` in aLAN's folder installs it with aLAN's other dependencies "
+        f"(or `pip install {DISTRIBUTIONS.get(top, top)}`); or {unset}."
+    )
+
+
+def build_scheduler() -> TurnScheduler:
+    """The app's one turn scheduler: two turns at once (one speech model serves them), 20 waiting, 3 per chat."""
+    return TurnScheduler(concurrency=2, max_waiting=20, max_per_chat=3)
 
 
 class AllPlatformsFailed(Exception):
@@ -38,7 +66,7 @@ class AllPlatformsFailed(Exception):
 
 def run_platforms(settings: Settings) -> None:
     """Serve every configured platform until interrupted; raises `AllPlatformsFailed` if none could run."""
-    servers = {name: _platform_server(name) for name in settings.configured_platforms}
+    servers = {name: _platform_server(BY_NAME[name]) for name in settings.configured_platforms}
     from alan.engine_factory import build_conversation
 
     conversation = build_conversation(settings)
@@ -46,8 +74,6 @@ def run_platforms(settings: Settings) -> None:
         asyncio.run(_serve_all(settings, conversation, servers))
     except asyncio.CancelledError:
         log.info("stopped")  # SIGTERM: a service manager stopping aLAN
-    finally:
-        conversation.models.worker.shutdown()
 
 
 async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, Callable[..., Awaitable[None]]]) -> None:
@@ -56,13 +82,15 @@ async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, C
     if main is not None:
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' event loop
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    # One scheduler for every platform: a chat's turns in order, chats taking turns fairly, one bound on waiting.
+    scheduler = build_scheduler()
     # One platform failing to start (a revoked token, say) must not take the others down.
     try:
         results = await asyncio.gather(
-            *(server(settings, conversation) for server in servers.values()), return_exceptions=True
+            *(server(settings, conversation, scheduler) for server in servers.values()), return_exceptions=True
         )
     finally:
-        await conversation.llm.aclose()
+        await conversation.aclose()
     failed = []
     for name, result in zip(servers, results, strict=True):
         if isinstance(result, BaseException):

@@ -1,8 +1,12 @@
-"""The `alan` command line."""
+"""The `alan` command line: the root app, built from the command modules.
+
+Imports go one way: `alan.cli` imports the command modules (`alan.cli_engine`, `alan.cli_privacy`) and adds their
+commands here; they import only `alan.cli_common`. Every module keeps its heavy imports (PyTorch, transformers,
+the chat libraries) inside the command functions, so `alan --help` starts at once.
+"""
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated
 
 import typer
@@ -10,7 +14,9 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
-from alan.settings import Settings, SettingsError, load_settings
+from alan.cli_common import console, errors, settings_or_exit
+from alan.cli_engine import say, talk, voice_app
+from alan.cli_privacy import forget
 
 app = typer.Typer(
     help="aLAN, your everyday companion: a self-hosted voice companion for Discord and Telegram.",
@@ -18,24 +24,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 db_app = typer.Typer(help="Manage aLAN's database.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-
-console = Console()
-errors = Console(stderr=True)
-log = logging.getLogger("alan")
-
-
-def settings_or_exit() -> Settings:
-    """Load the settings; a bad value ends the command with its variable named, never a traceback."""
-    try:
-        settings = load_settings()
-    except SettingsError as error:
-        errors.print(f"[red]{error}[/red]\nSee .env.example for every setting.", highlight=False)
-        raise typer.Exit(2) from None
-    from alan.logs import configure_logging
-
-    configure_logging(settings.log_level, settings.secret_values())
-    return settings
 
 
 @app.command()
@@ -103,13 +91,13 @@ def doctor(
         raise typer.Exit(1)
 
 
-if __name__ == "__main__":
-    # `python -m alan.cli`: this file runs as `__main__`, a second copy of the module. Run the app of the module
-    # proper (`alan.cli`, which registers every command), not this copy's, which the command modules never see.
-    from alan.cli import app as registered_app
+# The commands of the other modules, in the order `alan --help` lists them (commands first, then the groups).
+app.command()(talk)
+app.command()(say)
+app.command()(forget)
+app.add_typer(db_app, name="db")
+app.add_typer(voice_app, name="voice")
 
-    registered_app()
-else:
-    # The engine commands (talk, say, voice) live in their own module; importing it registers them.
-    import alan.cli_engine
-    import alan.cli_privacy  # noqa: F401  (`alan forget`)
+
+if __name__ == "__main__":  # `python -m alan.cli`
+    app()

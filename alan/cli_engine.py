@@ -1,7 +1,7 @@
 """`alan talk`, `alan say` and `alan voice …`: the engine from the command line, as this machine's own user.
 
 The local user's conversation is stored like anyone's (platform "local"), so a second `alan talk` continues
-the first.
+the first. `alan.cli` adds `talk`, `say` and `voice_app` to the root app.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
-from alan.cli import app, settings_or_exit
+from alan.cli_common import console, errors, settings_or_exit
 from engine.consent import CONSENT_STATEMENT
 
 if TYPE_CHECKING:  # the engine brings PyTorch and transformers (seconds): imported when a command runs, not for --help
@@ -27,10 +26,7 @@ if TYPE_CHECKING:  # the engine brings PyTorch and transformers (seconds): impor
     from engine.conversation import Conversation, Participant
 
 voice_app = typer.Typer(help="Clone, list and delete voices.", no_args_is_help=True)
-app.add_typer(voice_app, name="voice")
 
-console = Console()
-errors = Console(stderr=True)
 T = TypeVar("T")
 
 OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Where to write the reply: .ogg or .wav.")]
@@ -117,12 +113,9 @@ def _write_audio(path: Path, chunks: list[np.ndarray]) -> float:
 async def _load_models(conversation: Conversation, *, listen: bool) -> None:
     """Load the models up front, with a spinner, so timings measure the turn and not the loading."""
     with console.status("Loading the speech models (the first run downloads them)…"):
-        if listen:
-            await conversation.models.load_stt()
-        await conversation.models.tts()
+        await conversation.load_models(hearing_too=listen)
 
 
-@app.command()
 def talk(
     audio: Annotated[Path | None, typer.Argument(help="What you say: an audio file.")] = None,
     output: OutputOption = Path("reply.ogg"),
@@ -167,7 +160,6 @@ def talk(
     _run(run())
 
 
-@app.command()
 def say(
     text: Annotated[str, typer.Argument(help="What aLAN should say, word for word.")],
     output: OutputOption = Path("say.ogg"),
@@ -204,10 +196,9 @@ def voice_clone(
 
     async def run() -> None:
         # The name is checked before minutes of Whisper and CSM work, not after them.
-        user = await conversation.user(local_participant())
-        voice_name = await _new_voice_name(conversation, user.id, name)
+        voice_name = await _new_voice_name(conversation, name)
         await _load_models(conversation, listen=not transcript)
-        draft = await conversation.voices.prepare(clip.read_bytes(), transcript)
+        draft = await conversation.prepare_clone(clip.read_bytes(), transcript)
         if transcript:
             final = draft.transcript
         else:
@@ -216,19 +207,19 @@ def voice_clone(
         if not yes and not typer.confirm(CONSENT_STATEMENT):
             errors.print("Not cloned: consent is needed.")
             raise typer.Exit(1)
-        voice = await conversation.voices.save(user.id, voice_name, draft, final)
+        voice = await conversation.save_clone(local_participant(), voice_name, draft, final)
         console.print(f"Voice “{voice.name}” saved and active.")
 
     _run(run())
 
 
-async def _new_voice_name(conversation: Conversation, owner_id: int, name: str) -> str:
-    """The name, tidied, if it is well-formed and not one of the owner's voices yet; else a `BadInput`."""
+async def _new_voice_name(conversation: Conversation, name: str) -> str:
+    """The name, tidied, if it is well-formed and not one of this user's voices yet; else a `BadInput`."""
     from engine.store.repository import VoiceNameTaken
     from engine.voices import check_voice_name
 
     tidy = check_voice_name(name)
-    if await asyncio.to_thread(conversation.store.voice_by_name, owner_id, tidy) is not None:
+    if await conversation.voice_name_taken(local_participant(), tidy):
         raise VoiceNameTaken(tidy)
     return tidy
 
@@ -239,15 +230,11 @@ def voice_list() -> None:
     conversation = _conversation()
     who = local_participant()
 
-    async def run() -> list[tuple[str, bool]]:
-        user = await conversation.user(who)
-        return conversation.voices.listing(user.id, who.scope)
-
-    voices = _run(run())
+    voices = _run(conversation.voices(who))
     if not voices:
         console.print("No voices yet: `alan voice clone FILE --name NAME`.")
-    for name, active in voices:
-        console.print(f"{'*' if active else ' '} {name}")
+    for voice in voices:
+        console.print(f"{'*' if voice.active else ' '} {voice.name}  [dim]({voice.seconds:.0f} s)[/dim]")
 
 
 @voice_app.command("delete")
@@ -255,9 +242,24 @@ def voice_delete(name: Annotated[str, typer.Argument(help="The voice to delete."
     """Delete one of your voices, its clip and its codes."""
     conversation = _conversation()
 
-    async def run() -> None:
-        user = await conversation.user(local_participant())
-        conversation.voices.delete(user.id, name)
-
-    _run(run())
+    _run(conversation.delete_voice(local_participant(), name))
     console.print(f"Deleted “{name}”.")
+
+
+@voice_app.command("use")
+def voice_use(name: Annotated[str, typer.Argument(help="The voice aLAN should answer you in.")]) -> None:
+    """Make one of your voices the active one."""
+    conversation = _conversation()
+    voice = _run(conversation.use_voice(local_participant(), name))
+    console.print(f"aLAN now answers you in “{voice.name}”.")
+
+
+@voice_app.command("rename")
+def voice_rename(
+    name: Annotated[str, typer.Argument(help="The voice's name now.")],
+    new_name: Annotated[str, typer.Argument(help="Its new name.")],
+) -> None:
+    """Rename one of your voices."""
+    conversation = _conversation()
+    voice = _run(conversation.rename_voice(local_participant(), name, new_name))
+    console.print(f"Renamed “{name}” to “{voice.name}”.")

@@ -1,21 +1,16 @@
-"""`alan forget`: /forget for this machine's own user, the one `alan talk` speaks as."""
+"""`alan forget`: /forget for this machine's own user, the one `alan talk` speaks as. `alan.cli` adds it to the app."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from alan.cli import app, settings_or_exit
+from alan.cli_common import console, errors, settings_or_exit
 from alan.cli_engine import local_participant
 from engine.events import TurnError
 
-console = Console()
-errors = Console(stderr=True)
 
-
-@app.command()
 def forget(
     yes: Annotated[bool, typer.Option("--yes", help="Don't ask for confirmation.")] = False,
 ) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alan.database_check import database_problem, open_failure
+from alan.platforms import token_instructions
 from alan.settings import Settings
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ def check_platforms(settings: Settings) -> Check:
         "platforms",
         Status.FAILED,
         "no chat platform configured",
-        "Set TELEGRAM_TOKEN (from @BotFather) and/or DISCORD_TOKEN (Discord developer portal) in .env.",
+        f"Set {token_instructions()} in .env.",
     )
 
 

@@ -7,11 +7,9 @@ from alan.settings import Settings
 from engine.chat_model import ChatModel
 from engine.conversation import Conversation
 from engine.llm import make_chat_model
-from engine.speech_models import SpeechModels
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
-from engine.voices import VoiceLibrary
+from engine.tts import make_synthesizer
 
 
 def build_chat_model(settings: Settings) -> ChatModel:
@@ -25,17 +23,11 @@ def build_conversation(settings: Settings) -> Conversation:
 
     Raises `DatabaseUnusable` (a message for the person) when the database can't be created or written.
     """
-    store = Store(open_database_or_explain(settings))
-    models = SpeechModels(
-        stt=WhisperTranscriber(settings.stt_model, settings.device),
-        load_tts=lambda: CsmSpeech.load(settings.tts_model, settings.device),
-        tts_model_name=settings.tts_model,
-    )
     return Conversation(
-        store,
-        models,
+        Store(open_database_or_explain(settings)),
+        WhisperTranscriber(settings.stt_model, settings.device),
+        make_synthesizer(settings.tts_backend, settings.tts_model, settings.device),
         build_chat_model(settings),
-        VoiceLibrary(store, models, max_upload_bytes=settings.max_audio_bytes),
         max_audio_seconds=settings.max_audio_seconds,
         max_audio_bytes=settings.max_audio_bytes,
     )

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from alan.platforms import PLATFORMS
+
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
 
 
@@ -35,6 +37,8 @@ class Settings(BaseSettings):
 
     stt_model: str = Field("small", validation_alias="ALAN_STT_MODEL")
     tts_model: str = Field("sesame/csm-1b", validation_alias="ALAN_TTS_MODEL")
+    # Which speech synthesizer speaks (engine.tts.SYNTHESIZERS): CSM, or "tone" to try aLAN without a model.
+    tts_backend: Literal["csm", "tone"] = Field("csm", validation_alias="ALAN_TTS_BACKEND")
     # Which chat-model backend writes the replies (see LLM_BACKENDS in alan/engine_factory.py).
     llm_backend: Literal["ollama", "openai"] = Field("ollama", validation_alias="ALAN_LLM_BACKEND")
     llm_model: str = Field("llama3.2:3b", validation_alias="ALAN_LLM_MODEL")
@@ -47,6 +51,7 @@ class Settings(BaseSettings):
     max_audio_seconds: float = Field(120.0, gt=0, validation_alias="ALAN_MAX_AUDIO_SECONDS")
     max_audio_bytes: int = Field(20 * 1024 * 1024, gt=0, validation_alias="ALAN_MAX_AUDIO_BYTES")
 
+    # Each platform's token (its entry in alan.platforms.PLATFORMS names the field); unset means "not configured".
     discord_token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
     telegram_token: SecretStr | None = Field(None, validation_alias="TELEGRAM_TOKEN")
     telegram_api_url: str = Field(DEFAULT_TELEGRAM_API_URL, validation_alias="TELEGRAM_API_URL")
@@ -77,7 +82,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
         return value
 
-    @field_validator("llm_backend", mode="before")
+    @field_validator("llm_backend", "tts_backend", mode="before")
     @classmethod
     def _lower_backend(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -107,7 +112,9 @@ class Settings(BaseSettings):
             raise ValueError("must be an https:// URL (Telegram only posts to HTTPS), or empty for polling")
         return value
 
-    @field_validator("discord_token", "telegram_token", "telegram_webhook_secret", "llm_api_key", mode="before")
+    @field_validator(
+        *(platform.token_setting for platform in PLATFORMS), "telegram_webhook_secret", "llm_api_key", mode="before"
+    )
     @classmethod
     def _blank_token_is_unset(cls, value: object) -> object:
         # `.env.example` ships `DISCORD_TOKEN=`: an empty value means "platform not configured".
@@ -142,9 +149,10 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret in the settings, for scrubbing from logs: tokens, the webhook secret, the LLM's API key,
         a password in a URL."""
+        tokens = [platform.token(self) for platform in PLATFORMS]
         secrets = [
             secret.get_secret_value()
-            for secret in (self.discord_token, self.telegram_token, self.telegram_webhook_secret, self.llm_api_key)
+            for secret in (*tokens, self.telegram_webhook_secret, self.llm_api_key)
             if secret is not None
         ]
         passwords = [urlsplit(url).password for url in (self.ollama_host, self.llm_base_url)]
@@ -152,12 +160,8 @@ class Settings(BaseSettings):
 
     @property
     def configured_platforms(self) -> list[str]:
-        platforms = []
-        if self.telegram_token is not None:
-            platforms.append("telegram")
-        if self.discord_token is not None:
-            platforms.append("discord")
-        return platforms
+        """The names of the platforms whose token is set, in `PLATFORMS` order."""
+        return [platform.name for platform in PLATFORMS if platform.is_configured(self)]
 
 
 def _variable_name(field_name: str) -> str:

@@ -35,7 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import CsmConfig, CsmForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 
-from engine.tts import CsmSpeech, SamplingConfig, Segment, StreamConfig
+from engine.tts.csm import CsmSpeech
+from engine.tts.sampling import SamplingConfig
+from engine.tts.streaming_decode import StreamConfig
+from engine.tts.types import Segment
 from tests.tiny_models.csm import build_processor, randomize_codebooks, special_token_ids
 
 FRAME_HZ = 12.5

@@ -2,7 +2,7 @@
 
 Inside the engine audio is always float32 mono numpy at a known sample rate. This module turns whatever a
 user sends (OGG/Opus voice notes, MP3, M4A, WAV, WebM, video notes) into that, and turns it back into what a
-platform wants: OGG/Opus voice notes, WAV, or Discord's 48 kHz stereo s16 20 ms frames.
+platform wants: OGG/Opus voice notes or WAV. A platform's own framing (raw PCM frames) is its adapter's, in `bot/`.
 
 Decoding enforces the caps *while* reading: the byte size is checked before anything is parsed, and decoding
 stops as soon as the decoded length passes the duration cap, so a tiny file that expands to hours of audio
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 WHISPER_RATE = 16_000
 CSM_RATE = 24_000
-DISCORD_RATE = 48_000
-DISCORD_CHANNELS = 2
-DISCORD_FRAME_SAMPLES = 960  # 20 ms at 48 kHz
-DISCORD_FRAME_BYTES = DISCORD_FRAME_SAMPLES * DISCORD_CHANNELS * 2  # s16 stereo = 3,840 bytes
 
 # Defaults for callers that have no settings at hand; the bots pass the configured caps.
 DEFAULT_MAX_SECONDS = 120.0
@@ -285,24 +281,22 @@ def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     return encode(audio, sample_rate, "wav", "pcm_s16le")
 
 
-def to_discord_frames(audio: np.ndarray, sample_rate: int) -> Iterator[bytes]:
-    """Split audio into Discord's 20 ms frames of 48 kHz stereo s16 (3,840 bytes); the last is zero-padded."""
-    upsampled = resample(audio, sample_rate, DISCORD_RATE)
-    pcm = (np.clip(upsampled, -1.0, 1.0) * 32767).astype("<i2")
-    stereo = np.repeat(pcm, DISCORD_CHANNELS).tobytes()
-    for start in range(0, len(stereo), DISCORD_FRAME_BYTES):
-        frame = stereo[start : start + DISCORD_FRAME_BYTES]
-        if len(frame) < DISCORD_FRAME_BYTES:
-            frame += b"\x00" * (DISCORD_FRAME_BYTES - len(frame))
-        yield frame
-
-
-def from_discord_pcm(pcm: bytes, sample_rate: int) -> np.ndarray:
-    """Discord's 48 kHz stereo s16 PCM to float32 mono at `sample_rate`."""
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 4], dtype="<i2").astype(np.float32) / 32768.0
-    mono = samples.reshape(-1, DISCORD_CHANNELS).mean(axis=1)
-    return resample(mono, DISCORD_RATE, sample_rate)
-
-
 def duration_seconds(audio: np.ndarray, sample_rate: int) -> float:
     return float(audio.shape[-1]) / sample_rate
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Decoded audio: float32 mono at its own rate (a platform's PCM enters a turn as this, not as a file)."""
+
+    audio: np.ndarray
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+def is_ogg_opus(data: bytes) -> bool:
+    """An Ogg stream carrying Opus: what Telegram's voice notes are, kept as they arrive."""
+    return data[:4] == b"OggS" and b"OpusHead" in data[:200]

@@ -3,9 +3,10 @@
     async for event in conversation.turn(participant, audio=voice_note_bytes):
         ...  # Heard, ReplySentence, SpeechChunk, SentenceSpoken, SpeechUnavailable, TurnFinished
 
-The bots call only this. A turn stores the user's words as soon as they are known, so nothing they said is
-lost if the LLM or the voice model fails afterwards; the reply is stored with the audio that was actually made
-(all of it, or, if the listener interrupted, what was made until then).
+The bots and the CLI call only this object's async methods (turns, `say`, voices, settings, `reset`, `forget`);
+the store, the voice library and the models behind it are its own. A turn stores the user's words as soon as
+they are known, so nothing they said is lost if the LLM or the voice model fails afterwards; the reply is stored
+with the audio that was actually made (all of it, or, if the listener interrupted, what was made until then).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from engine.audio import CSM_RATE, WHISPER_RATE, AudioError, decode_audio, resample
+from engine import hearing
+from engine.audio import AudioError, AudioTooLong, Samples, decode_audio, encode_ogg_opus, is_ogg_opus
 from engine.chat_model import ChatMessage, ChatModel
-from engine.errors import LlmUnavailable
+from engine.conversation_voices import ConversationVoices
+from engine.errors import LlmUnavailable, SpeechTooLongError, TtsUnavailableError
 from engine.events import (
     BadInput,
     Heard,
@@ -35,14 +38,15 @@ from engine.events import (
     TurnEvent,
     TurnFinished,
 )
-from engine.speech_models import SpeechModels
+from engine.participant import Participant
+from engine.speech_synthesizer import ContextTurn, SpeechSynthesizer, VoicePrompt
 from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
+from engine.speech_to_text import SpeechToText
 from engine.store.models import Turn, User
 from engine.store.repository import Store
-from engine.tts import SAMPLES_PER_FRAME, BudgetError, Segment
-from engine.turn_memory import ReplyDraft, TurnMemory
+from engine.turn_memory import HeardAudio, ReplyDraft, SpokenSentence, TurnMemory
 from engine.visible_text import visible_text
-from engine.voices import BOT_SPEAKER, VoiceLibrary, voice_cache_key
+from engine.voices import CLIP_RATE, VoiceLibrary, voice_down
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +58,6 @@ SPEECH_FAILED = "Something went wrong while I was speaking, so the rest of my an
 
 
 @dataclass(frozen=True)
-class Participant:
-    """Who is talking, and where. `scope` is opaque to the engine: a chat, a channel."""
-
-    platform: str
-    user_id: str
-    scope: str
-    display_name: str | None = None
-    # A wider scope whose default voice applies where `scope` has none (a Discord server around its channels).
-    parent_scope: str | None = None
-
-
-@dataclass(frozen=True)
 class PendingTurn:
     """A stored user turn that nothing answered: the process stopped (or the answer failed) mid-turn."""
 
@@ -74,75 +66,104 @@ class PendingTurn:
     said_at: datetime  # UTC
 
 
-class Conversation:
-    def __init__(self, store: Store, models: SpeechModels, llm: ChatModel, voices: VoiceLibrary, *,
-                 max_audio_seconds: float, max_audio_bytes: int) -> None:  # fmt: skip
-        self.store = store
-        self.models = models
-        self.llm = llm
-        self.voices = voices
-        self.memory = TurnMemory(store, models)
+class Conversation(ConversationVoices):
+    """Everything a platform or the CLI can ask of aLAN; see the module docstring."""
+
+    def __init__(
+        self,
+        store: Store,
+        stt: SpeechToText,
+        tts: SpeechSynthesizer,
+        llm: ChatModel,
+        *,
+        max_audio_seconds: float,
+        max_audio_bytes: int,
+    ) -> None:
+        self._store = store
+        self._stt = stt
+        self._tts = tts
+        self._llm = llm
+        self._voices = VoiceLibrary(store, stt, tts, max_upload_bytes=max_audio_bytes)
+        self._memory = TurnMemory(store, tts)
         self.max_audio_seconds = max_audio_seconds
         self.max_audio_bytes = max_audio_bytes
 
-    async def user(self, who: Participant) -> User:
-        return await asyncio.to_thread(self.store.user, who.platform, who.user_id, who.display_name)
+    async def load_models(self, *, hearing_too: bool = True) -> None:
+        """Load the speech models now rather than on first use; raises `ServiceUnavailable` if one can't load."""
+        if hearing_too:
+            await hearing.load(self._stt)
+        try:
+            await self._tts.load()
+        except TtsUnavailableError as error:
+            raise voice_down(error) from error
+
+    async def aclose(self) -> None:
+        """Release the LLM client and the speech models' threads."""
+        await self._llm.aclose()
+        await self._tts.aclose()
+
+    async def _user(self, who: Participant) -> User:
+        return await asyncio.to_thread(self._store.user, who.platform, who.user_id, who.display_name)
 
     async def turn(
         self,
         who: Participant,
         *,
-        audio: bytes | None = None,
+        audio: bytes | Samples | None = None,
         text: str | None = None,
         speak: bool = True,
         voice_name: str | None = None,
     ) -> AsyncIterator[TurnEvent]:
         """Run one turn. Raises `TurnError` (message for the user) when there is nothing to answer or no LLM.
 
-        `voice_name` speaks this reply with one of the user's voices instead of their active one.
+        `audio` is an encoded file (a voice note, kept as it came when it is OGG/Opus) or decoded `Samples` (a
+        platform's PCM, kept at its own rate). `voice_name` speaks this reply with one of the user's voices
+        instead of their active one.
         """
         started = time.perf_counter()
         timings: dict[str, float] = {}
-        user = await self.user(who)
+        user = await self._user(who)
         if voice_name is not None:
-            await asyncio.to_thread(self.voices.find, user.id, voice_name)  # unknown name: fail before anything
+            await self._voices.find(user.id, voice_name)  # unknown name: fail before anything
         if audio is not None:
             # The language of their recent turns: a clip of a word or two says too little to detect it.
-            known_language = await asyncio.to_thread(self.store.user_language, user.id)
+            known_language = await asyncio.to_thread(self._store.user_language, user.id)
             said, language, heard_audio = await self._hear(audio, timings, known_language)
         else:
             said, language, heard_audio = self._read(text), None, None
-        history = await asyncio.to_thread(self.store.recent_turns, user.id, who.scope, LLM_HISTORY_TURNS)
+        history = await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, LLM_HISTORY_TURNS)
         # Stored before anything else can go wrong or be interrupted: what the user said is never lost.
-        user_turn = await self.memory.remember_user_turn(user.id, who.scope, said, language, heard_audio)
+        user_turn = await self._memory.remember_user_turn(user.id, who.scope, said, language, heard_audio)
         if audio is not None:
             yield Heard(said, language)
-        # Mimi-encode what the user said while the LLM thinks, so it is ready as CSM context.
-        user_codes = (
-            asyncio.ensure_future(self.memory.add_user_codes(user_turn, heard_audio))
-            if heard_audio is not None and speak
+        # Make the synthesizer's payload of what the user said while the LLM thinks, ready as its context.
+        user_speech = (
+            asyncio.ensure_future(
+                self._memory.add_user_speech(user_turn, heard_audio.samples, heard_audio.sample_rate)
+            )
+            if heard_audio is not None and speak and self._tts.capabilities.uses_context
             else None
         )
         answer = self._answer(
-            user, who, history, said, user_codes, speak, voice_name, timings, started, language=language
+            user, who, history, said, user_speech, speak, voice_name, timings, started, language=language
         )
-        async with self._answering(answer, user_codes):
+        async with self._answering(answer, user_speech):
             async for event in answer:
                 yield event
 
     @staticmethod
     @contextlib.asynccontextmanager
     async def _answering(
-        answer: AsyncIterator[TurnEvent], user_codes: asyncio.Future[Segment | None] | None
+        answer: AsyncIterator[TurnEvent], user_speech: asyncio.Future[ContextTurn | None] | None
     ) -> AsyncIterator[AsyncIterator[TurnEvent]]:
-        """However the turn ends, `answer` is closed and the user's codes, if still being made, are cancelled."""
+        """However the turn ends, `answer` is closed and the user's payload, if still being made, is cancelled."""
         try:
             # aclosing: an interrupted turn must close the answer too, which stores what was said of it.
             async with contextlib.aclosing(answer):
                 yield answer
         finally:
-            if user_codes is not None and not user_codes.done():
-                user_codes.cancel()
+            if user_speech is not None and not user_speech.done():
+                user_speech.cancel()
 
     def _read(self, text: str | None) -> str:
         text = visible_text(text)  # zero-width and control characters alone are no message
@@ -153,17 +174,13 @@ class Conversation:
         return text
 
     async def _hear(
-        self, audio: bytes, timings: dict[str, float], language_hint: str | None = None
-    ) -> tuple[str, str | None, np.ndarray]:
+        self, audio: bytes | Samples, timings: dict[str, float], language_hint: str | None = None
+    ) -> tuple[str, str | None, HeardAudio]:
         start = time.perf_counter()
-        try:
-            wave = await asyncio.to_thread(
-                decode_audio, audio, CSM_RATE, max_seconds=self.max_audio_seconds, max_bytes=self.max_audio_bytes
-            )
-        except AudioError as error:
-            log.info("rejected audio: %s", error)
-            raise BadInput(str(error)) from error
-        transcript = await self.models.transcribe(resample(wave, CSM_RATE, WHISPER_RATE), language_hint=language_hint)
+        heard = await self._decode(audio)
+        transcript = await hearing.transcribe(
+            self._stt, heard.samples, heard.sample_rate, language_hint=language_hint
+        )
         timings["stt_s"] = time.perf_counter() - start
         if transcript.no_speech or not transcript.text.strip():
             # Why each segment was dropped, never its words (logs may end up on disk).
@@ -173,7 +190,26 @@ class Conversation:
                 list(transcript.rejection_reasons),
             )
             raise NoSpeech()
-        return transcript.text.strip(), transcript.language, wave
+        return transcript.text.strip(), transcript.language, heard
+
+    async def _decode(self, audio: bytes | Samples) -> HeardAudio:
+        """The audio as samples for the models and as the bytes to store: a voice note as it came, PCM encoded."""
+        if isinstance(audio, Samples):
+            if audio.seconds > self.max_audio_seconds:
+                raise BadInput(str(AudioTooLong(self.max_audio_seconds)))
+            samples = np.asarray(audio.audio, dtype=np.float32)
+            stored = await asyncio.to_thread(encode_ogg_opus, samples, audio.sample_rate)
+            return HeardAudio(samples, audio.sample_rate, stored)
+        try:
+            samples = await asyncio.to_thread(
+                decode_audio, audio, CLIP_RATE, max_seconds=self.max_audio_seconds, max_bytes=self.max_audio_bytes
+            )
+        except AudioError as error:
+            log.info("rejected audio: %s", error)
+            raise BadInput(str(error)) from error
+        data = bytes(audio)
+        stored = data if is_ogg_opus(data) else await asyncio.to_thread(encode_ogg_opus, samples, CLIP_RATE)
+        return HeardAudio(samples, CLIP_RATE, stored)
 
     async def _answer(
         self,
@@ -181,7 +217,7 @@ class Conversation:
         who: Participant,
         history: list[Turn],
         said: str,
-        user_codes: asyncio.Future[Segment | None] | None,
+        user_speech: asyncio.Future[ContextTurn | None] | None,
         speak: bool,
         voice_name: str | None,
         timings: dict[str, float],
@@ -191,12 +227,12 @@ class Conversation:
     ) -> AsyncIterator[TurnEvent]:
         reply = ReplyDraft()
         speaking = speak
-        context: list[Segment] = [] if not speak else self.memory.spoken_context(history)
-        voice_segment: Segment | None = None
-        voice_key: str | None = None
+        uses_context = speak and self._tts.capabilities.uses_context
+        context: list[ContextTurn] = self._memory.spoken_context(history) if uses_context else []
+        voice: VoicePrompt | None = None
         if speak:
             try:
-                voice_segment, voice_key = await self._voice(user, who, voice_name)
+                voice = await self._voice(user, who, voice_name)
             except ServiceUnavailable as error:
                 log.error("no voice: %s", error.detail)
                 speaking = False
@@ -205,7 +241,7 @@ class Conversation:
         finished = False
         try:
             try:
-                deltas = self.llm.stream_reply(messages, said, language=language)
+                deltas = self._llm.stream_reply(messages, said, language=language)
                 sentences = speakable_sentences(deltas)
                 # Closing both on the way out (an interruption, say) closes the HTTP stream: the LLM server stops.
                 async with contextlib.aclosing(deltas), contextlib.aclosing(sentences):
@@ -217,11 +253,11 @@ class Conversation:
                         if not speaking:
                             continue
                         try:
-                            if user_codes is not None:
-                                if (segment := await user_codes) is not None:
-                                    context.append(segment)
-                                user_codes = None
-                            speech = self._speak(sentence, index, voice_segment, voice_key, context, reply)
+                            if user_speech is not None:
+                                if (heard := await user_speech) is not None:
+                                    context.append(heard)
+                                user_speech = None
+                            speech = self._speak(sentence, index, voice, context, reply)
                             async with contextlib.aclosing(speech):
                                 async for chunk in speech:
                                     timings.setdefault("first_audio_s", time.perf_counter() - started)
@@ -230,73 +266,61 @@ class Conversation:
                         except Exception as error:  # any model failure: the answer goes on as text
                             log.exception("speech failed for user %s: %s", user.id, error)
                             speaking = False
-                            yield SpeechUnavailable(
-                                str(error) if isinstance(error, ServiceUnavailable) else SPEECH_FAILED
-                            )
+                            yield SpeechUnavailable(_speech_failure(error))
             except LlmUnavailable as error:
                 log.error("LLM unavailable: %s", error)
                 raise ServiceUnavailable(LLM_DOWN, str(error)) from error
             if not reply.sentences:
                 log.warning("the LLM returned no speakable text for user %s", user.id)
                 raise ServiceUnavailable(LLM_DOWN, "the model's reply was empty")
-            if voice_segment is None and speaking and reply.segments:
-                await self.memory.make_house_voice(who.scope, reply)
+            if voice is None and speaking and reply.spoken:
+                await self._memory.make_house_voice(who.scope, reply)
             finished = True
         finally:
-            turn_id = await self.memory.store_reply(user.id, who.scope, reply, complete=finished, spoken=speaking)
+            turn_id = await self._memory.store_reply(user.id, who.scope, reply, complete=finished, spoken=speaking)
         if finished and turn_id is not None:
             timings["total_s"] = time.perf_counter() - started
             yield TurnFinished(reply.text, turn_id, timings)
 
-    async def _voice(
-        self, user: User, who: Participant, voice_name: str | None = None
-    ) -> tuple[Segment | None, str | None]:
+    async def _voice(self, user: User, who: Participant, voice_name: str | None = None) -> VoicePrompt | None:
+        """The voice to speak with here, or None for the synthesizer's own (checked to load: fail early)."""
         if voice_name is not None:
-            voice = await asyncio.to_thread(self.voices.find, user.id, voice_name)
+            voice = await self._voices.find(user.id, voice_name)
         else:
-            voice = await asyncio.to_thread(self.store.active_voice, user.id, who.scope, who.parent_scope)
-        if voice is None:
-            await self.models.tts()  # fail early and clearly if there is no voice model at all
-            return None, None
-        return await self.voices.prompt_segment(voice), voice_cache_key(voice.id)
+            voice = await asyncio.to_thread(self._store.active_voice, user.id, who.scope, who.parent_scope)
+        if voice is not None:
+            return await self._voices.prompt(voice)
+        try:
+            await self._tts.load()
+        except TtsUnavailableError as error:
+            raise voice_down(error) from error
+        return None
 
     async def _speak(
-        self,
-        sentence: str,
-        index: int,
-        voice: Segment | None,
-        voice_key: str | None,
-        context: list[Segment],
-        reply: ReplyDraft,
+        self, sentence: str, index: int, voice: VoicePrompt | None, context: list[ContextTurn], reply: ReplyDraft
     ) -> AsyncIterator[SpeechChunk]:
-        tts = await self.models.tts()
-        history = [*context, *reply.segments]
-        streams: list = []
-
-        def start():  # type: ignore[no-untyped-def]
-            stream = tts.stream(voice, history, sentence, BOT_SPEAKER, voice_cache_key=voice_key)
-            streams.append(stream)
-            return stream
-
+        stream = self._tts.stream(sentence, voice, [*context, *(spoken.as_context() for spoken in reply.spoken)])
         made: list[np.ndarray] = []
+        rate = self._tts.capabilities.sample_rate
         try:
-            async with contextlib.aclosing(self.models.worker.stream(start)) as chunks:
-                async for chunk in chunks:
-                    made.append(chunk)
-                    yield SpeechChunk(index, chunk, tts.sample_rate)
+            async with contextlib.aclosing(stream):
+                async for chunk in stream:
+                    made.append(chunk.samples)
+                    rate = chunk.sample_rate
+                    yield SpeechChunk(index, chunk.samples, chunk.sample_rate)
         finally:
             # Interrupted or not, what reached the listener is what was said: keep exactly that (the model may
             # have made a little more than was delivered) for the history.
-            if streams and streams[0].done:
-                frames = sum(len(chunk) for chunk in made) // SAMPLES_PER_FRAME
-                reply.segments.append(Segment(BOT_SPEAKER, sentence, streams[0].result.codes[:frames]))
-                reply.audio.extend(made)
+            delivered = sum(len(chunk) for chunk in made)
+            if delivered:
+                audio = np.concatenate(made)
+                reply.spoken.append(SpokenSentence(sentence, audio, rate, stream.spoken(delivered)))
 
     # Turns left unanswered -------------------------------------------------------------------------------
 
     async def unanswered(self, platform: str, since: datetime) -> list[PendingTurn]:
         """This platform's user turns since `since` that are still the last word in their scope, oldest first."""
-        rows = await asyncio.to_thread(self.store.unanswered_turns, platform, since)
+        rows = await asyncio.to_thread(self._store.unanswered_turns, platform, since)
         return [
             PendingTurn(
                 Participant(platform, user.platform_user_id, turn.scope, user.display_name),
@@ -318,12 +342,16 @@ class Conversation:
             return
         user, history = found
         pending, history = history[-1], history[:-1]
-        has_audio = pending.codes is not None or pending.audio is not None
-        user_codes = asyncio.ensure_future(self._stored_codes(pending)) if speak and has_audio else None
-        answer = self._answer(
-            user, who, history, pending.text, user_codes, speak, None, timings, started, language=pending.language
+        has_audio = pending.speech is not None or pending.audio is not None
+        user_speech = (
+            asyncio.ensure_future(self._stored_speech(pending))
+            if speak and has_audio and self._tts.capabilities.uses_context
+            else None
         )
-        async with self._answering(answer, user_codes):
+        answer = self._answer(
+            user, who, history, pending.text, user_speech, speak, None, timings, started, language=pending.language
+        )
+        async with self._answering(answer, user_speech):
             async for event in answer:
                 yield event
 
@@ -335,63 +363,80 @@ class Conversation:
         found = await self._waiting(who, turn_id, 1)
         if found is None:
             return False
-        await asyncio.to_thread(self.store.add_turn, found[0].id, who.scope, "assistant", said)
+        await asyncio.to_thread(self._store.add_turn, found[0].id, who.scope, "assistant", said)
         return True
 
     async def _waiting(self, who: Participant, turn_id: int, limit: int) -> tuple[User, list[Turn]] | None:
         """The user and their newest `limit` turns here, if the newest is still `turn_id`, unanswered."""
-        # find_user, not user(): someone who used /forget meanwhile must not be created again.
-        user = await asyncio.to_thread(self.store.find_user, who.platform, who.user_id)
+        # find_user, not _user(): someone who used /forget meanwhile must not be created again.
+        user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
         if user is None:
             return None
-        history = await asyncio.to_thread(self.store.recent_turns, user.id, who.scope, limit)
+        history = await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, limit)
         if not history or history[-1].id != turn_id or history[-1].role != "user":
             return None
         return user, history
 
-    async def _stored_codes(self, turn: Turn) -> Segment | None:
-        """A stored user turn as CSM context: its Mimi codes, made from its audio if it has none yet."""
-        if turn.codes is not None and turn.codes_codebooks:
-            return self.memory.spoken_context([turn])[0]
-        assert turn.audio is not None
-        wave = await asyncio.to_thread(decode_audio, turn.audio, CSM_RATE)
-        return await self.memory.add_user_codes(turn, wave)
+    async def _stored_speech(self, turn: Turn) -> ContextTurn | None:
+        """A stored user turn as the synthesizer's context: its payload, made from its audio if it has none."""
+        if kept := self._memory.spoken_context([turn]):
+            return kept[0]
+        if turn.audio is None:
+            return None
+        samples = await asyncio.to_thread(decode_audio, turn.audio, CLIP_RATE)
+        return await self._memory.add_user_speech(turn, samples, CLIP_RATE)
 
     # Commands --------------------------------------------------------------------------------------------
 
     async def say(self, who: Participant, text: str, *, voice_name: str | None = None) -> AsyncIterator[SpeechChunk]:
         """Speak `text` as it is, sentence by sentence, in the user's voice. No LLM, and no turn is stored."""
-        user = await self.user(who)
+        user = await self._user(who)
         text = self._read(text)
-        voice_segment, voice_key = await self._voice(user, who, voice_name)
+        voice = await self._voice(user, who, voice_name)
         reply = ReplyDraft()
         splitter = SentenceSplitter()
         spoken = [clean_for_speech(sentence) for sentence in [*splitter.feed(text), *splitter.flush()]]
         for index, sentence in enumerate(sentence for sentence in spoken if sentence):
             reply.sentences.append(sentence)
-            speech = self._speak(sentence, index, voice_segment, voice_key, [], reply)
+            speech = self._speak(sentence, index, voice, [], reply)
             try:
                 async with contextlib.aclosing(speech):
                     async for chunk in speech:
                         yield chunk
-            except BudgetError as error:
+            except SpeechTooLongError as error:
                 raise BadInput(f"I can't say that in one go: {error}") from error
+            except TtsUnavailableError as error:
+                raise voice_down(error) from error
+
+    async def replies_with_text(self, who: Participant) -> bool:
+        """Whether this person also gets the reply (and what was heard) as text: `/text on|off` (on by default)."""
+        # find_user: asking must not create someone (who may have used /forget).
+        user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
+        return True if user is None else user.reply_with_text
 
     async def set_reply_with_text(self, who: Participant, enabled: bool) -> None:
-        """Whether this user also gets the reply (and what was heard) as text."""
-        user = await self.user(who)
-        await asyncio.to_thread(self.store.set_reply_with_text, user.id, enabled)
+        user = await self._user(who)
+        await asyncio.to_thread(self._store.set_reply_with_text, user.id, enabled)
 
     async def reset(self, who: Participant) -> int:
         """Forget this conversation (here), keep the user's voices. Returns how many turns were deleted."""
-        user = await self.user(who)
-        return await asyncio.to_thread(self.store.clear_conversation, user.id, who.scope)
+        user = await self._user(who)
+        return await asyncio.to_thread(self._store.clear_conversation, user.id, who.scope)
 
-    async def forget(self, who: Participant) -> None:
-        """Delete everything stored about this user: voices, conversations, settings."""
-        user = await asyncio.to_thread(self.store.find_user, who.platform, who.user_id)
-        if user is not None:
-            await asyncio.to_thread(self.store.forget_user, user.id)
-            # Caches are rebuilt on demand; emptying them is the simple way to be sure nothing of theirs stays.
-            self.models.forget_cached()
-            log.info("forgot user %s on request", user.id)
+    async def forget(self, who: Participant) -> bool:
+        """Delete everything stored about this user: voices, conversations, settings. False: nothing was stored."""
+        user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
+        if user is None:
+            return False
+        await asyncio.to_thread(self._store.forget_user, user.id)
+        # Caches are rebuilt on demand; emptying them is the simple way to be sure nothing of theirs stays.
+        self._tts.forget()
+        log.info("forgot user %s on request", user.id)
+        return True
+
+
+def _speech_failure(error: Exception) -> str:
+    """What the person is told when speaking failed mid-answer (the rest comes as text)."""
+    if isinstance(error, TtsUnavailableError):
+        return str(voice_down(error))
+    return str(error) if isinstance(error, ServiceUnavailable) else SPEECH_FAILED

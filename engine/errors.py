@@ -17,3 +17,11 @@ class SttUnavailable(EngineUnavailable):
 
 class LlmUnavailable(EngineUnavailable):
     """The language model cannot answer: its server is down, refuses our key, lacks the model, or timed out."""
+
+
+class TtsUnavailableError(EngineUnavailable):
+    """The speech synthesizer cannot be loaded or run; the message is the operator's fix."""
+
+
+class SpeechTooLongError(ValueError):
+    """A text (or a voice's reference clip) can't fit in what the synthesizer can speak in one go."""

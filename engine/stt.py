@@ -23,13 +23,13 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from engine.errors import SttUnavailable
+from engine.speech_to_text import Transcript
 from engine.stt_decoding import (
     DEFAULT_BEAM_SIZE,
     DEFAULT_TEMPERATURES,
@@ -59,43 +59,6 @@ _COMPUTE_PREFERENCES: dict[str, tuple[str, ...]] = {
 WHISPER_FILES: tuple[str, ...] = ("model.bin", "config.json", "tokenizer.json")
 
 
-@dataclass(frozen=True)
-class Transcript:
-    """One utterance. `no_speech` is True when nothing in it should become a turn (then `text` is "")."""
-
-    text: str
-    language: str | None
-    language_probability: float
-    duration: float  # seconds of audio given
-    speech_duration: float  # seconds VAD judged to be speech
-    no_speech: bool
-    # Dropped segments as (reason, text). The texts are the person's words: log only `rejection_reasons`.
-    rejected: tuple[tuple[str, str], ...] = field(default=())
-
-    @property
-    def rejection_reasons(self) -> tuple[str, ...]:
-        """Why each dropped segment was dropped, without its words: what may go to the logs."""
-        return tuple(reason for reason, _ in self.rejected)
-
-    @classmethod
-    def nothing(
-        cls, duration: float, language: str | None = None, rejected: tuple[tuple[str, str], ...] = ()
-    ) -> Transcript:
-        return cls("", language, 0.0, duration, 0.0, True, rejected)
-
-
-class SpeechToText(Protocol):
-    """What the rest of aLAN needs from an STT engine (lets the pipeline tests use a fake)."""
-
-    def transcribe(
-        self, audio: np.ndarray, language: str | None = None, language_hint: str | None = None
-    ) -> Transcript: ...
-
-    async def transcribe_async(
-        self, audio: np.ndarray, language: str | None = None, language_hint: str | None = None
-    ) -> Transcript: ...
-
-
 def resolve_device(device: Device | str) -> tuple[str, str]:
     """Pick `(device, compute_type)`: CUDA in float16 when a GPU is there (or asked for), else CPU int8."""
     import ctranslate2
@@ -123,6 +86,8 @@ class WhisperTranscriber:
     `model` is a size ("small", "large-v3", …) or hub id of a CTranslate2 conversion (downloaded on first
     use into `download_root` or the Hugging Face cache), or a local folder holding a converted model.
     """
+
+    sample_rate = SAMPLE_RATE
 
     def __init__(
         self,

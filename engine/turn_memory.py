@@ -1,4 +1,4 @@
-"""What a conversation remembers: turns as stored rows, and stored turns as CSM context.
+"""What a conversation remembers: turns as stored rows, and stored turns as the synthesizer's context.
 
 Opus encoding and database writes run in worker threads: a two-minute voice note takes about half a second to
 encode, and the event loop serves every other chat meanwhile.
@@ -11,25 +11,40 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from sqlalchemy.exc import IntegrityError
 
-from engine.audio import CSM_RATE, encode_ogg_opus
-from engine.events import ServiceUnavailable, StorageUnavailable
-from engine.speech_models import SpeechModels
-from engine.store.codes import codes_from_bytes, codes_to_bytes
+from engine.audio import encode_ogg_opus
+from engine.errors import TtsUnavailableError
+from engine.events import StorageUnavailable
+from engine.speech_synthesizer import ASSISTANT, ContextTurn, SpeechPayload, SpeechSynthesizer
 from engine.store.models import Turn
 from engine.store.repository import Store
-from engine.tts import Segment
-from engine.voices import BOT_SPEAKER
 
 log = logging.getLogger(__name__)
 
-USER_SPEAKER = 1
-# The newest spoken turns offered to CSM as context; the budget planner keeps as many of them as fit.
-CSM_HISTORY_TURNS = 8
+# The person speaking, as the synthesizer's context names them (one person per conversation today).
+PERSON = "person"
+# The newest spoken turns offered to the synthesizer as context; it keeps as many of them as fit.
+SPOKEN_CONTEXT_TURNS = 8
 # The first reply in a scope without any voice becomes that scope's voice if it is at least this long.
 MIN_HOUSE_VOICE_SECONDS = 1.5
+
+
+@dataclass(frozen=True)
+class SpokenSentence:
+    """A sentence of the reply as the listener heard it: its audio, and the synthesizer's payload of that."""
+
+    text: str
+    audio: np.ndarray
+    sample_rate: int
+    payload: SpeechPayload | None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def as_context(self) -> ContextTurn:
+        return ContextTurn(ASSISTANT, self.text, self.payload)
 
 
 @dataclass
@@ -37,78 +52,84 @@ class ReplyDraft:
     """What has been said of a reply so far."""
 
     sentences: list[str] = field(default_factory=list)
-    segments: list[Segment] = field(default_factory=list)  # spoken sentences, as CSM context for the next
-    audio: list[np.ndarray] = field(default_factory=list)
+    spoken: list[SpokenSentence] = field(default_factory=list)
 
     @property
     def text(self) -> str:
         return " ".join(self.sentences)
 
 
-def _ogg_or_none(audio: np.ndarray | None) -> bytes | None:
-    return encode_ogg_opus(audio, CSM_RATE) if audio is not None and audio.size else None
+@dataclass(frozen=True)
+class HeardAudio:
+    """What a person said, as samples for the models and as the bytes to keep (encoded once, or as received)."""
+
+    samples: np.ndarray
+    sample_rate: int
+    stored: bytes
 
 
 class TurnMemory:
-    def __init__(self, store: Store, models: SpeechModels) -> None:
+    def __init__(self, store: Store, tts: SpeechSynthesizer) -> None:
         self.store = store
-        self.models = models
+        self.tts = tts
 
     async def remember_user_turn(
-        self, user_id: int, scope: str, said: str, language: str | None, audio: np.ndarray | None
+        self, user_id: int, scope: str, said: str, language: str | None, audio: HeardAudio | None
     ) -> Turn:
         def write() -> Turn:
-            return self.store.add_turn(user_id, scope, "user", said, language=language, audio=_ogg_or_none(audio))
+            stored = audio.stored if audio is not None else None
+            return self.store.add_turn(user_id, scope, "user", said, language=language, audio=stored)
 
         try:
             return await asyncio.to_thread(write)
         except StorageUnavailable as error:  # the one case where what they said is not kept: say so
             raise error.saying("I couldn't save your message, so I haven't answered it") from error
 
-    async def add_user_codes(self, turn: Turn, audio: np.ndarray) -> Segment | None:
-        """Mimi-encode what the user said and keep the codes with their turn; None without a voice model."""
+    async def add_user_speech(self, turn: Turn, audio: np.ndarray, sample_rate: int) -> ContextTurn | None:
+        """The synthesizer's payload of what the person said, kept with their turn; None without a voice model."""
         try:
-            codes = await self.models.encode(audio)
-        except ServiceUnavailable:
+            payload = await self.tts.encode(audio, sample_rate)
+        except TtsUnavailableError:
             return None  # the reply says once that there is no voice
-        data, codebooks = codes_to_bytes(codes.numpy())
+        if payload is None:
+            return ContextTurn(PERSON, turn.text)
         try:
-            if not await asyncio.to_thread(self.store.update_turn, turn.id, codes=data, codes_codebooks=codebooks):
+            if not await asyncio.to_thread(self.store.set_turn_speech, turn.id, payload):
                 log.info("turn %s was deleted (/reset or /forget) while its audio was encoded", turn.id)
         except StorageUnavailable:
-            pass  # logged by the store; the codes still serve this reply, only not later ones
-        return Segment(USER_SPEAKER, turn.text, codes)
+            pass  # logged by the store; the payload still serves this reply, only not later ones
+        return ContextTurn(PERSON, turn.text, payload)
 
-    @staticmethod
-    def spoken_context(history: list[Turn]) -> list[Segment]:
-        """The newest turns that have audio codes, as CSM segments: aLAN as speaker 0, the user as 1."""
-        spoken = [turn for turn in history if turn.codes is not None and turn.codes_codebooks][-CSM_HISTORY_TURNS:]
+    def spoken_context(self, history: list[Turn]) -> list[ContextTurn]:
+        """The newest turns that carry this synthesizer's payload, as its context."""
+        spoken = [turn for turn in history if turn.speech is not None and turn.speech_model == self.tts.tag]
         return [
-            Segment(
-                BOT_SPEAKER if turn.role == "assistant" else USER_SPEAKER,
+            ContextTurn(
+                ASSISTANT if turn.role == "assistant" else PERSON,
                 turn.text,
-                torch.from_numpy(codes_from_bytes(turn.codes, turn.codes_codebooks)),  # type: ignore[arg-type]
+                SpeechPayload(self.tts.tag, turn.speech),  # type: ignore[arg-type]
             )
-            for turn in spoken
+            for turn in spoken[-SPOKEN_CONTEXT_TURNS:]
         ]
 
     async def store_reply(
         self, user_id: int, scope: str, reply: ReplyDraft, *, complete: bool, spoken: bool
     ) -> int | None:
         """Store the reply as it was said; returns its turn id, or None when nothing of it was said."""
-        if not reply.sentences or (spoken and not complete and not reply.segments):
+        if not reply.sentences or (spoken and not complete and not reply.spoken):
             return None  # an interrupted spoken reply nobody heard isn't part of the conversation
-        codes = [segment.codes for segment in reply.segments if segment.codes is not None and len(segment.codes)]
         # A reply cut short keeps only the sentences that were spoken, so the LLM later knows what was heard.
-        interrupted = not complete and reply.segments
-        text = " ".join(segment.text for segment in reply.segments) if interrupted else reply.text
+        interrupted = not complete and reply.spoken
+        text = " ".join(sentence.text for sentence in reply.spoken) if interrupted else reply.text
+        payloads = [sentence.payload for sentence in reply.spoken if sentence.payload is not None]
 
         def write() -> Turn:
-            data, codebooks = codes_to_bytes(torch.cat(codes).numpy()) if codes else (None, None)
-            audio = np.concatenate(reply.audio) if reply.audio else None
-            return self.store.add_turn(
-                user_id, scope, "assistant", text, audio=_ogg_or_none(audio), codes=data, codes_codebooks=codebooks
-            )
+            audio = None
+            if reply.spoken:
+                samples = np.concatenate([sentence.audio for sentence in reply.spoken])
+                audio = encode_ogg_opus(samples, reply.spoken[0].sample_rate) if samples.size else None
+            speech = self.tts.join(payloads) if len(payloads) == len(reply.spoken) else None
+            return self.store.add_turn(user_id, scope, "assistant", text, audio=audio, speech=speech)
 
         try:
             return (await asyncio.to_thread(write)).id
@@ -121,29 +142,25 @@ class TurnMemory:
 
     async def make_house_voice(self, scope: str, reply: ReplyDraft) -> None:
         """Keep the first sentence of the first reply in a voiceless scope as that scope's voice."""
-        first = reply.segments[0]
-        if first.codes is None or first.seconds < MIN_HOUSE_VOICE_SECONDS:
+        first = reply.spoken[0]
+        if first.payload is None or first.seconds < MIN_HOUSE_VOICE_SECONDS:
             return
+        payload = first.payload
+
+        def write() -> int:
+            voice = self.store.add_voice(
+                None,
+                f"house voice of {scope}",
+                reference_audio=encode_ogg_opus(first.audio, first.sample_rate),
+                reference_seconds=first.seconds,
+                transcript=first.text,
+                speech=payload,
+                house_scope=scope,
+            )
+            self.store.set_scope_voice(scope, voice.id)
+            return voice.id
+
         try:
-            tts = await self.models.tts()
-            audio = await self.models.worker.call(tts.decode_codes, first.codes)
-            data, codebooks = codes_to_bytes(first.codes.numpy())
-
-            def write() -> int:
-                voice = self.store.add_voice(
-                    None,
-                    f"house voice of {scope}",
-                    reference_audio=encode_ogg_opus(audio, CSM_RATE),
-                    reference_seconds=first.seconds,
-                    transcript=first.text,
-                    codes=data,
-                    codes_codebooks=codebooks,
-                    codes_model=self.models.tts_model_name,
-                    house_scope=scope,
-                )
-                self.store.set_scope_voice(scope, voice.id)
-                return voice.id
-
             voice_id = await asyncio.to_thread(write)
         except Exception:  # the reply was spoken all the same; the next one tries again
             log.exception("could not keep a house voice for scope %s", scope)

@@ -121,7 +121,7 @@ def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_speech(tiny_csm_dir: Path):  # type: ignore[no-untyped-def]
     """The tiny CSM loaded once through the production loader."""
-    from engine.tts import CsmSpeech
+    from engine.tts.csm import CsmSpeech
 
     return CsmSpeech.load(str(tiny_csm_dir), device="cpu")
 
@@ -183,15 +183,15 @@ DISCORD_CLIP_TEXT = "This is my voice. I am reading a few sentences so that you 
 
 @pytest.fixture
 def sessions(conversation):  # type: ignore[no-untyped-def]
-    from bot.discord import VoiceSessions
-    from bot.turn_queue import TurnQueue
+    from alan.scheduler import TurnScheduler
+    from bot.discord.app import VoiceSessions
 
-    return VoiceSessions(conversation, TurnQueue(), rejoin_delays=())
+    return VoiceSessions(conversation, TurnScheduler(), rejoin_delays=())
 
 
 @pytest.fixture
 def cog(conversation, sessions):  # type: ignore[no-untyped-def]
-    from bot.discord_commands import AlanCommands
+    from bot.discord.commands import AlanCommands
 
     return AlanCommands(conversation, sessions)
 

@@ -26,7 +26,7 @@ import discord
 import numpy as np
 from discord.gateway import DiscordVoiceWebSocket
 
-from bot.discord_voice import ReceivingVoiceClient
+from bot.discord.receive import ReceivingVoiceClient
 from tests.discord_packets import BOT_SSRC, BOT_USER, CHANNEL_ID, USER_A, XCHACHA20, DaveVoiceServer
 
 WS = DiscordVoiceWebSocket

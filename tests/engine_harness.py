@@ -9,11 +9,10 @@ from typing import Any
 from engine.chat_model import ChatModel
 from engine.conversation import Conversation
 from engine.llm import OllamaChat
-from engine.speech_models import SpeechModels
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
-from engine.voices import VoiceLibrary
+from engine.tts.csm import CsmSpeech
+from engine.tts.csm_synthesizer import CsmSynthesizer
 
 LLM_MODEL = "llama3.2:3b"
 
@@ -42,13 +41,12 @@ def make_conversation(
     llm: ChatModel | None = None,  # another chat backend; by default Ollama's client at `host`
     max_bytes: int = 20 * 1024 * 1024,  # the real default cap
 ) -> Conversation:
-    models = SpeechModels(whisper, load_tts or (lambda: speech), tts_model_name=str(csm_dir))
     return Conversation(
         store,
-        models,
+        whisper,
+        CsmSynthesizer(str(csm_dir), load=load_tts or (lambda: speech)),
         # Generous timeouts: some tests hold the LLM's second sentence back on purpose.
         llm or OllamaChat(LLM_MODEL, host, first_token_timeout=30, token_timeout=30),
-        VoiceLibrary(store, models, max_upload_bytes=max_bytes),
         max_audio_seconds=60,
         max_audio_bytes=max_bytes,
     )

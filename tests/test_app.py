@@ -7,17 +7,22 @@ talks to them over HTTP exactly as it would to Telegram and Ollama, with the tin
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import importlib
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+from alan.platforms import PLATFORMS
 from engine.audio import CSM_RATE, decode_audio
 from tests.engine_harness import LLM_MODEL
 from tests.fakes.ollama_server import FakeOllama
@@ -101,3 +106,67 @@ def test_alan_run_answers_a_telegram_message_with_a_voice_note_and_stops_cleanly
     assert "Traceback" not in output, output
     assert TOKEN not in output and TOKEN.split(":")[1] not in output  # not even at DEBUG
     assert (tmp_path / "data" / "alan.db").is_file()
+
+
+# A platform that can't be imported: the message names what is really missing ---------------------------------
+
+
+def unavailable(monkeypatch: pytest.MonkeyPatch, module: str, missing: str | None = None) -> str:
+    """The message `alan run` gives when Telegram's adapter is `module` (which lacks `missing`, if given)."""
+    from alan import app
+    from alan.platforms import BY_NAME
+    from alan.settings import load_settings
+
+    monkeypatch.setitem(BY_NAME, "telegram", dataclasses.replace(BY_NAME["telegram"], module=module))
+    if missing is not None:
+
+        def import_module(name: str) -> object:
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+        monkeypatch.setattr(app, "importlib", types.SimpleNamespace(import_module=import_module))
+    with pytest.raises(app.PlatformUnavailable) as raised:
+        app.run_platforms(load_settings(telegram_token="123:abc"))  # fails before any model loads
+    return " ".join(str(raised.value).split())
+
+
+def test_a_missing_adapter_says_the_adapter_is_not_part_of_this_version(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = unavailable(monkeypatch, "bot.no_such_platform")
+    assert "The Telegram adapter (bot.no_such_platform) is not part of this version of aLAN" in message
+    assert "unset TELEGRAM_TOKEN" in message
+
+
+def test_a_missing_dependency_is_named_with_the_pip_fix(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An adapter that is there, but imports a library that is not installed (as bot.discord does davey and nacl).
+    (clean_env / "adapter_with_a_missing_dependency.py").write_text(
+        "import davey_not_installed\n\nasync def serve(settings, conversation):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(clean_env))
+    message = unavailable(monkeypatch, "adapter_with_a_missing_dependency")
+    assert "needs the Python module `davey_not_installed`, which is not installed" in message
+    assert "`pip install .` in aLAN's folder installs it" in message
+    assert "`pip install davey_not_installed`" in message
+    assert "not part of this version" not in message
+
+
+@pytest.mark.parametrize(
+    ("missing", "package"), [("telegram", "python-telegram-bot"), ("nacl.bindings", "PyNaCl"), ("davey", "davey")]
+)
+def test_the_pip_fix_names_the_package_that_brings_the_module(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, missing: str, package: str
+) -> None:
+    message = unavailable(monkeypatch, "bot.telegram", missing)
+    assert f"needs the Python module `{missing}`" in message and f"`pip install {package}`" in message
+
+
+def test_a_missing_module_of_alan_itself_asks_for_a_reinstall(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    message = unavailable(monkeypatch, "bot.telegram", "bot.telegram.clone")
+    assert "aLAN's own module bot.telegram.clone is missing" in message and "reinstall it" in message
+
+
+def test_every_platform_package_serves() -> None:
+    for platform in PLATFORMS:
+        serve = importlib.import_module(platform.module).serve
+        assert inspect.iscoroutinefunction(serve), platform.name
+        assert list(inspect.signature(serve).parameters)[:2] == ["settings", "conversation"], platform.name

@@ -8,7 +8,6 @@ import pytest
 
 from engine.audio import (
     CSM_RATE,
-    DISCORD_FRAME_BYTES,
     WHISPER_RATE,
     AudioTooLarge,
     AudioTooLong,
@@ -18,9 +17,7 @@ from engine.audio import (
     encode,
     encode_ogg_opus,
     encode_wav,
-    from_discord_pcm,
     resample,
-    to_discord_frames,
 )
 
 OPUS_FRAME_SECONDS = 0.020
@@ -79,16 +76,6 @@ def test_wav_round_trip_is_sample_exact_in_length(speech: np.ndarray) -> None:
     decoded = decode_audio(encode_wav(speech, CSM_RATE), CSM_RATE)
     assert len(decoded) == len(speech)
     assert np.max(np.abs(decoded - speech)) < 1e-3
-
-
-def test_discord_frames_are_20ms_of_48k_stereo_and_come_back(speech: np.ndarray) -> None:
-    frames = list(to_discord_frames(speech, CSM_RATE))
-    assert all(len(frame) == DISCORD_FRAME_BYTES for frame in frames)
-    assert len(frames) == int(np.ceil(duration_seconds(speech, CSM_RATE) / 0.020))
-    back = from_discord_pcm(b"".join(frames), CSM_RATE)
-    assert abs(duration_seconds(back, CSM_RATE) - duration_seconds(speech, CSM_RATE)) <= 0.020
-    n = min(len(back), len(speech))
-    assert np.corrcoef(back[:n], speech[:n])[0, 1] > 0.99
 
 
 def test_zero_byte_input_is_invalid(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ from engine.events import (
 )
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import SAMPLES_PER_FRAME, CsmSpeech
+from engine.tts.csm import CsmSpeech
+from engine.tts.streaming_decode import SAMPLES_PER_FRAME
 from tests.conftest import espeak_ogg
 from tests.engine_harness import make_conversation
 from tests.fakes.ollama_server import FakeOllama
@@ -86,7 +87,7 @@ async def test_text_turn_streams_each_sentence_then_its_audio_and_stores_both(
         ("assistant", "Hello there. How are you today?"),
     ]
     reply = turns[1]
-    assert reply.id == finished.turn_id and reply.audio is not None and reply.codes is not None
+    assert reply.id == finished.turn_id and reply.audio is not None and reply.speech is not None
     stored_audio = decode_audio(reply.audio, CSM_RATE)
     made = sum(len(chunk.audio) for chunk in chunks)
     assert abs(len(stored_audio) - made) <= 0.02 * CSM_RATE  # within one Opus frame
@@ -113,7 +114,7 @@ async def test_voice_note_end_to_end_from_espeak_to_ogg_reply_and_history(
     said = turns[0]
     assert said.text == heard[0].text
     assert said.audio is not None and said.audio[:4] == b"OggS"  # the user's own audio, kept
-    assert said.codes is not None  # and its Mimi codes, as CSM context for the next turn
+    assert said.speech is not None  # and its Mimi codes, as CSM context for the next turn
 
 
 async def test_second_turn_remembers_the_first(
@@ -143,7 +144,7 @@ async def test_first_reply_in_a_scope_becomes_its_house_voice(
     ollama.script("Hello there, I am here and I am listening to you now.")
     await collect(conversation.turn(ANN, text="hello"))
     house = store.active_voice(user.id, "chat-1")
-    assert house is not None and house.owner_id is None and house.codes is not None
+    assert house is not None and house.owner_id is None and house.speech is not None
     assert house.transcript == "Hello there, I am here and I am listening to you now."
 
     # The next reply speaks with it, through the voice prefix cache.
@@ -160,20 +161,20 @@ async def test_first_reply_in_a_scope_becomes_its_house_voice(
 
 
 async def test_cloned_voice_is_prepared_saved_and_spoken_with(
-    build: Callable[..., Conversation], ollama: FakeOllama, store: Store, tmp_path: Path
+    build: Callable[..., Conversation], ollama: FakeOllama, store: Store, tmp_path: Path, tiny_csm_dir: Path
 ) -> None:
     conversation = build(ollama.host)
     clip = espeak_ogg("This is my voice. I am reading a few sentences so that you can learn how I sound.", tmp_path)
-    draft = await conversation.voices.prepare(clip)
+    draft = await conversation.prepare_clone(clip)
     assert draft.transcript and 3 <= draft.seconds <= 30
-    user = await conversation.user(ANN)
-    voice = await conversation.voices.save(
-        user.id, "my voice", draft, "This is my voice. I am reading a few sentences."
-    )
+    voice = await conversation.save_clone(ANN, "my voice", draft, "This is my voice. I am reading a few sentences.")
     stored = store.voice(voice.id)
     assert stored.consent_at is not None and stored.consent_statement
-    assert stored.codes is not None and stored.reference_audio[:4] == b"OggS"
+    assert stored.speech is not None and stored.reference_audio[:4] == b"OggS"
+    assert stored.speech_model == f"csm:{tiny_csm_dir}"
+    user = store.find_user(ANN.platform, ANN.user_id)
     assert store.active_voice(user.id, "anywhere").id == voice.id
+    assert [(v.name, v.active) for v in await conversation.voices(ANN)] == [("my voice", True)]
 
     ollama.script("Now I sound like you.")
     events = await collect(conversation.turn(ANN, text="speak like me"))
@@ -191,7 +192,7 @@ async def test_clone_refuses_bad_clips(
     build: Callable[..., Conversation], ollama: FakeOllama, clip: bytes, error: type, message: str
 ) -> None:
     with pytest.raises(error, match=message):
-        await build(ollama.host).voices.prepare(clip)
+        await build(ollama.host).prepare_clone(clip)
 
 
 async def test_clone_refuses_too_short_and_silent_clips(
@@ -199,10 +200,10 @@ async def test_clone_refuses_too_short_and_silent_clips(
 ) -> None:
     conversation = build(ollama.host)
     with pytest.raises(BadInput, match="at least 3 seconds"):
-        await conversation.voices.prepare(espeak_ogg("Hi.", tmp_path))
+        await conversation.prepare_clone(espeak_ogg("Hi.", tmp_path))
     silence = encode_wav(np.zeros(5 * CSM_RATE, dtype=np.float32), CSM_RATE)
     with pytest.raises(NoSpeech):
-        await conversation.voices.prepare(silence)
+        await conversation.prepare_clone(silence)
 
 
 async def test_clone_refuses_a_clip_too_long_for_the_budget_saying_the_maximum(
@@ -210,7 +211,7 @@ async def test_clone_refuses_a_clip_too_long_for_the_budget_saying_the_maximum(
 ) -> None:
     long_text = " ".join(["I am talking for a long time so that this clip is far too long."] * 12)
     with pytest.raises(BadInput, match=r"the most I can use is \d+ s"):
-        await build(ollama.host).voices.prepare(espeak_ogg(long_text, tmp_path))
+        await build(ollama.host).prepare_clone(espeak_ogg(long_text, tmp_path))
 
 
 async def test_bad_audio_gets_a_clear_error_and_stores_nothing(
@@ -262,7 +263,7 @@ async def test_missing_voice_model_still_answers_in_text(
 
 
 async def test_interrupted_reply_keeps_only_what_was_spoken(
-    build: Callable[..., Conversation], ollama: FakeOllama, store: Store
+    build: Callable[..., Conversation], ollama: FakeOllama, store: Store, tiny_speech: CsmSpeech, tiny_csm_dir: Path
 ) -> None:
     ollama.script("First sentence here. Second sentence there. Third one too.")
     turn = build(ollama.host).turn(ANN, text="tell me things")
@@ -277,8 +278,8 @@ async def test_interrupted_reply_keeps_only_what_was_spoken(
     assert reply.role == "assistant"
     assert reply.text == "First sentence here."
     # The stored codes are exactly the frames the listener got, though the model had made more by then.
-    assert reply.codes is not None and reply.codes_codebooks
-    frames = len(reply.codes) // (2 * reply.codes_codebooks)
+    assert reply.speech is not None and reply.speech_model == f"csm:{tiny_csm_dir}"
+    frames = len(reply.speech) // (2 * tiny_speech.num_codebooks)  # int16 Mimi codes, [frames, codebooks]
     assert frames * SAMPLES_PER_FRAME == heard
     assert abs(len(decode_audio(reply.audio, CSM_RATE)) - heard) <= 0.02 * CSM_RATE
 
@@ -341,11 +342,11 @@ async def test_a_cancelled_first_load_of_the_voice_model_is_not_thrown_away(
     conversation = make_conversation(
         store, whisper, tiny_speech, tiny_csm_dir, "http://127.0.0.1:9", load_tts=slow_load
     )
-    first = asyncio.create_task(conversation.models.tts())
+    first = asyncio.create_task(conversation.load_models(hearing_too=False))
     await asyncio.sleep(0.05)
     first.cancel()  # the user who triggered the load gave up
     release.set()
-    assert await conversation.models.tts() is tiny_speech
+    await conversation.load_models(hearing_too=False)
     assert loads == 1
 
 
@@ -374,14 +375,13 @@ async def test_deleting_a_voice_or_forgetting_a_user_empties_the_model_caches(
 ) -> None:
     conversation = build(ollama.host)
     clip = espeak_ogg("This is my voice. I am reading a few sentences so that you can learn how I sound.", tmp_path)
-    user = await conversation.user(ANN)
-    draft = await conversation.voices.prepare(clip, "This is my voice.")
-    voice = await conversation.voices.save(user.id, "mine", draft, "This is my voice.")
+    draft = await conversation.prepare_clone(clip, "This is my voice.")
+    voice = await conversation.save_clone(ANN, "mine", draft, "This is my voice.")
     ollama.script("Hello.")
     await collect(conversation.turn(ANN, text="hi"))
     key = f"voice-{voice.id}:"
     assert any(cached.startswith(key) for cached in tiny_speech.prefix_cache._entries)
-    conversation.voices.delete(user.id, "mine")
+    await conversation.delete_voice(ANN, "mine")
     assert not any(cached.startswith(key) for cached in tiny_speech.prefix_cache._entries)
 
     ollama.script("Hello again.")

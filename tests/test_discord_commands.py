@@ -10,9 +10,9 @@ from typing import Any
 import discord
 import pytest
 
-from bot.discord import AlanVoiceClient
-from bot.discord_commands import AlanCommands, ForgetView
-from bot.discord_session import voice_queue_key
+from bot.discord.app import AlanVoiceClient
+from bot.discord.commands import AlanCommands, ForgetView
+from bot.discord.session import voice_queue_key
 from engine.conversation import Conversation
 from engine.store.repository import Store
 from tests.discord_doubles import (
@@ -163,9 +163,7 @@ async def test_voices_and_choosing_one_and_the_server_default(
 async def test_voices_lists_what_fits_in_one_message_and_counts_the_rest(
     cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
 ) -> None:
-    from bot.discord_session import participant
-
-    user = await conversation.user(participant(ann, 555))
+    user = store.user("discord", str(ann.id), ann.display_name)
     for index in range(80):
         store.add_voice(user.id, f"voice {index:02d} " + "x" * 30, reference_audio=b"-", reference_seconds=5.0,
                         transcript="hello")  # fmt: skip
@@ -180,10 +178,8 @@ async def test_voices_lists_what_fits_in_one_message_and_counts_the_rest(
 async def test_reset_forgets_the_conversation_here_but_keeps_voices(
     cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
 ) -> None:
-    from bot.discord_session import participant
-
     interaction = FakeInteraction(ann, guild, channel_id=4242)
-    user = await conversation.user(participant(ann, 4242))
+    user = store.user("discord", str(ann.id), ann.display_name)
     store.add_turn(user.id, "4242", "user", "hello")
     store.add_turn(user.id, "elsewhere", "user", "hi")
     await run(AlanCommands.reset, cog, interaction)
@@ -195,9 +191,7 @@ async def test_reset_forgets_the_conversation_here_but_keeps_voices(
 async def test_forget_asks_first_then_deletes_everything(
     cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
 ) -> None:
-    from bot.discord_session import participant
-
-    user = await conversation.user(participant(ann, 1))
+    user = store.user("discord", str(ann.id), ann.display_name)
     store.add_turn(user.id, "1", "user", "remember me")
     interaction = FakeInteraction(ann, guild)
     await run(AlanCommands.forget, cog, interaction)
@@ -219,9 +213,7 @@ async def test_forget_asks_first_then_deletes_everything(
 async def test_reset_and_forget_wait_for_the_voice_turn_in_progress(
     cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember, store: Store
 ) -> None:
-    from bot.discord_session import participant
-
-    user = await conversation.user(participant(ann, 555))
+    user = store.user("discord", str(ann.id), ann.display_name)
     store.add_turn(user.id, "555", "user", "hello")
     turn_done = asyncio.Event()
     # A voice turn holds the server's queue (VoiceSession.queue_key is this same key).
@@ -255,7 +247,7 @@ async def test_commands_are_synced_to_the_configured_servers_or_globally(
     conversation: Conversation, clean_env: Path, monkeypatch: pytest.MonkeyPatch, guild_ids: str, expected: list
 ) -> None:
     from alan.settings import load_settings
-    from bot.discord import AlanBot
+    from bot.discord.app import AlanBot
 
     settings = load_settings(discord_token="not-a-real-token", discord_guild_ids=guild_ids)
     bot = AlanBot(settings, conversation)

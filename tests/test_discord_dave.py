@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bot.discord_voice import PacketProcessor, TransitionWatch, looks_dave_encrypted
+from bot.discord.receive import PacketProcessor, TransitionWatch, looks_dave_encrypted
 from tests.discord_gateway import established_dave_call
 from tests.discord_packets import (
     BOT_USER,
@@ -54,7 +54,7 @@ def test_dave_failures_drop_without_raising(speech: Speech, key: bytes, dave_gro
     outsider = DaveVoiceServer(CHANNEL_ID).session(BOT_USER)  # DAVE negotiated but our group not formed yet
     packets = list(DiscordSender(SSRC_A, key).stream(speaker.encrypt_opus(f) for f in speech.opus[:10]))
     processor = PacketProcessor()
-    with caplog.at_level(logging.WARNING, logger="bot.discord_voice"):
+    with caplog.at_level(logging.WARNING, logger="bot.discord.receive"):
         assert run(processor, packets, keys_for(key, dave_session=outsider)) == []
     assert processor.stats.dave_failed == 10
     assert any("DAVE" in r.getMessage() for r in caplog.records)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from discord.gateway import DiscordVoiceWebSocket
 
-from bot.discord_voice import (
+from bot.discord.receive import (
     JitterBuffer,
     PacketProcessor,
     ReceivingVoiceClient,
@@ -27,7 +27,7 @@ from bot.discord_voice import (
     sequence_delta,
     supported_modes,
 )
-from bot.discord_voice.unmapped import MAX_AGE_SECONDS, MAX_PACKETS_PER_SSRC, MAX_SSRCS
+from bot.discord.receive.unmapped import MAX_AGE_SECONDS, MAX_PACKETS_PER_SSRC, MAX_SSRCS
 from engine.audio import resample
 from tests.discord_packets import (
     AES256_GCM,
@@ -175,7 +175,7 @@ def test_audio_that_beats_its_speaking_event_is_held_and_replayed(speech: Speech
 
 def test_held_audio_is_bounded_and_expires(speech: Speech, key: bytes, caplog: pytest.LogCaptureFixture) -> None:
     processor, unknown, start = PacketProcessor(), keys_for(key, users={}), 1000.0
-    with caplog.at_level(logging.DEBUG, logger="bot.discord_voice"):
+    with caplog.at_level(logging.DEBUG, logger="bot.discord.receive"):
         # three seconds from one unknown SSRC: only the newest second is kept
         for index, packet in enumerate(DiscordSender(SSRC_A, key).stream(speech.opus[:150])):
             processor.process(packet, unknown, now=start + index * FRAME)
@@ -234,7 +234,7 @@ def test_bad_packets_are_dropped_with_a_log_line(speech: Speech, key: bytes, cap
     header = struct.pack(">BBHIIHH", 0x90, 0x78, 1, 960, SSRC_A, 0xBEDE, 200)
     nonce = struct.pack(">I", 99)
     bad.append(header + seal(XCHACHA20, key, nonce, header, b"\x10\x00\x00\x00" + speech.opus[1]) + nonce)
-    with caplog.at_level(logging.DEBUG, logger="bot.discord_voice"):
+    with caplog.at_level(logging.DEBUG, logger="bot.discord.receive"):
         for packet in [*bad, garbage_opus]:
             assert processor.process(packet, keys_for(key)) == []
     stats = processor.stats

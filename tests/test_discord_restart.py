@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from bot.discord import AlanBot
+from bot.discord.app import AlanBot
 from bot.restart_followup import LOST
 from engine.conversation import Conversation
 from engine.store.repository import Store

@@ -8,8 +8,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from bot.discord_speak import FRAME_SECONDS, SILENCE_FRAME, StreamingSource
-from engine.audio import CSM_RATE, DISCORD_FRAME_BYTES, DISCORD_RATE, from_discord_pcm
+from bot.discord.audio import DISCORD_FRAME_BYTES, DISCORD_RATE, from_discord_pcm
+from bot.discord.speak import FRAME_SECONDS, SILENCE_FRAME, StreamingSource
+from engine.audio import CSM_RATE
 from tests.discord_doubles import FakeClock
 
 

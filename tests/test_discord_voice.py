@@ -15,16 +15,17 @@ import numpy as np
 import pytest
 from discord.gateway import DiscordVoiceWebSocket
 
-from bot.discord import LOST_CONNECTION, AlanVoiceClient, VoiceSessions
-from bot.discord_listen import VoiceListener
-from bot.discord_session import VoiceSession, participant
-from bot.discord_text import answer_mention
-from bot.turn_queue import TurnQueue
-from engine.audio import CSM_RATE, DISCORD_FRAME_BYTES, WHISPER_RATE, decode_audio
+from alan.scheduler import TurnScheduler
+from bot.discord.app import LOST_CONNECTION, AlanVoiceClient, VoiceSessions
+from bot.discord.audio import DISCORD_FRAME_BYTES
+from bot.discord.listen import VoiceListener
+from bot.discord.session import VoiceSession, participant
+from bot.discord.text import answer_mention
+from engine.audio import CSM_RATE, WHISPER_RATE, Samples, decode_audio, is_ogg_opus
 from engine.conversation import Conversation
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
+from engine.tts.csm import CsmSpeech
 from engine.vad import Utterance
 from tests.discord_doubles import (
     FakeClock,
@@ -72,17 +73,25 @@ class Room:
 
 async def joined(room: Room, conversation: Conversation, clock: FakeClock) -> tuple[VoiceSession, FakeVoiceClient]:
     client = await room.channel.connect(cls=AlanVoiceClient, reconnect=True, self_deaf=False)
-    session = VoiceSession(conversation, client, TurnQueue(), clock=clock)
+    session = VoiceSession(conversation, client, TurnScheduler(), clock=clock)
     session.start()
     return session, client
 
 
 async def test_a_members_words_become_a_turn_whose_answer_is_played(
-    conversation: Conversation, ollama: FakeOllama, store: Store, question: np.ndarray
+    conversation: Conversation, ollama: FakeOllama, store: Store, question: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock, room = FakeClock(), Room()
     session, client = await joined(room, conversation, clock)
     ollama.script("Yes, I hear you.")
+    given: list[object] = []
+    turn = conversation.turn
+
+    def spy(*args: object, **kwargs: object) -> object:
+        given.append(kwargs.get("audio"))
+        return turn(*args, **kwargs)
+
+    monkeypatch.setattr(conversation, "turn", spy)
     on_audio = client.receiver.on_audio
     assert on_audio is not None
     # The music bot plays all along: never a turn. Ann talks, with her media timestamps, 20 ms at a time.
@@ -104,12 +113,17 @@ async def test_a_members_words_become_a_turn_whose_answer_is_played(
     assert frames[-1] == b"" and all(len(frame) == DISCORD_FRAME_BYTES for frame in frames[:-1])
     audible = [frame for frame in frames[:-1] if any(frame)]
     assert audible, "the answer must be heard"
+    # Her PCM went in as it is, at the VAD's 16 kHz: no WAV file in between.
+    [heard_pcm] = given
+    assert isinstance(heard_pcm, Samples) and heard_pcm.sample_rate == WHISPER_RATE
+    assert heard_pcm.audio.dtype == np.float32 and heard_pcm.audio.ndim == 1
 
     user = store.find_user("discord", str(room.ann.id))
     assert user is not None and user.display_name == "Ann"
     turns = store.recent_turns(user.id, str(room.channel.id))  # her history, scoped to the voice channel
     assert [(turn.role, bool(turn.text)) for turn in turns] == [("user", True), ("assistant", True)]
     assert turns[1].text == "Yes, I hear you."
+    assert is_ogg_opus(turns[0].audio)  # encoded once, for storage
     heard = decode_audio(turns[0].audio, WHISPER_RATE)
     assert 0.8 * len(question) / WHISPER_RATE < len(heard) / WHISPER_RATE < len(question) / WHISPER_RATE + 1.0
     # What was played is what the engine made and stored (20 ms frames, one padded).
@@ -262,7 +276,7 @@ async def test_mentions_get_a_text_answer_and_a_spoken_one_in_our_voice_channel(
 ) -> None:
     clock, room, text_channel = FakeClock(), Room(), FakeTextChannel()
     alan = room.guild.me
-    queue = TurnQueue()
+    queue = TurnScheduler()
     carol = room.guild.add(FakeMember("carol"))  # not in voice
     ollama.script("Lima is the capital.")
     message = FakeMessage(carol, f"<@{alan.id}> what is the capital of Peru?", [alan], text_channel)
@@ -303,7 +317,7 @@ async def test_mentions_get_a_text_answer_and_a_spoken_one_in_our_voice_channel(
 
 async def test_leaves_when_the_last_person_leaves(conversation: Conversation) -> None:
     room = Room()
-    sessions = VoiceSessions(conversation, TurnQueue())
+    sessions = VoiceSessions(conversation, TurnScheduler())
     session = await sessions.join(room.channel)
     client = session.voice_client
     assert room.channel.connects == [{"cls": AlanVoiceClient, "reconnect": True, "self_deaf": False}]
@@ -324,7 +338,7 @@ async def test_leaves_when_the_last_person_leaves(conversation: Conversation) ->
 
 async def test_a_dropped_connection_is_re_established_unless_we_were_removed(conversation: Conversation) -> None:
     room = Room()
-    sessions = VoiceSessions(conversation, TurnQueue(), rejoin_delays=(0.0, 0.0, 0.0))
+    sessions = VoiceSessions(conversation, TurnScheduler(), rejoin_delays=(0.0, 0.0, 0.0))
     session = await sessions.join(room.channel)
     first = session.voice_client
     room.channel.fail_connects = 1  # the first attempt times out; the second works
@@ -359,7 +373,7 @@ async def test_a_dropped_connection_is_re_established_unless_we_were_removed(con
 
 async def test_discord_pys_own_reconnect_is_no_kick_and_a_later_drop_is_rejoined(conversation: Conversation) -> None:
     room = Room()
-    sessions = VoiceSessions(conversation, TurnQueue(), rejoin_delays=(0.0,))
+    sessions = VoiceSessions(conversation, TurnScheduler(), rejoin_delays=(0.0,))
     session = await sessions.join(room.channel)
     first, alan = session.voice_client, room.guild.me
     # discord.py reconnects by itself: it leaves voice first (channel None), then comes back in.

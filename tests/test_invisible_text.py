@@ -69,7 +69,7 @@ async def test_a_clone_transcript_of_invisible_characters_is_refused(
     owner = store.user("telegram", "1")
     draft = CloneDraft(np.zeros(5 * CSM_RATE, dtype=np.float32), 5.0, "hello there", "en")
     with pytest.raises(BadInput) as refused:
-        await conversation.voices.save(owner.id, "me", draft, "\u200b\u2060\u200d")
+        await conversation.save_clone(Participant("telegram", "1", "chat"), "me", draft, "\u200b\u2060\u200d")
     assert str(refused.value) == EMPTY_TRANSCRIPT and "no visible words" in EMPTY_TRANSCRIPT
     assert store.voices_of(owner.id) == []
 
@@ -77,4 +77,4 @@ async def test_a_clone_transcript_of_invisible_characters_is_refused(
     clip = espeak("This is my voice. I am reading a few sentences so that you can learn how I sound.",
                   tmp_path / "clip.wav").read_bytes()  # fmt: skip
     with pytest.raises(BadInput, match="no visible words"):
-        await conversation.voices.prepare(clip, "\ufeff\u00ad")
+        await conversation.prepare_clone(clip, "\ufeff\u00ad")

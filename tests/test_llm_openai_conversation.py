@@ -13,7 +13,7 @@ from engine.events import ReplySentence, ServiceUnavailable, TurnEvent, TurnFini
 from engine.llm import OpenAIChat
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
+from engine.tts.csm import CsmSpeech
 from tests.engine_harness import make_conversation
 from tests.fakes.openai_server import FakeOpenAI
 

@@ -73,3 +73,19 @@ def test_every_secret_is_listed_for_scrubbing_from_logs(clean_env: Path, monkeyp
     monkeypatch.setenv("ALAN_TELEGRAM_WEBHOOK_SECRET", "hook-secret")
     monkeypatch.setenv("OLLAMA_HOST", "https://alan:ollama-pass@llm.example:443")
     assert set(load_settings().secret_values()) == {"123:tg-secret", "dc-secret", "hook-secret", "ollama-pass"}
+
+
+def test_each_platform_entry_reads_its_own_token_setting(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from alan.platforms import PLATFORMS
+    from alan.settings import Settings, _variable_name
+
+    assert [platform.name for platform in PLATFORMS] == ["telegram", "discord"]
+    for platform in PLATFORMS:
+        assert platform.token_setting in Settings.model_fields, platform.name
+        assert _variable_name(platform.token_setting) == platform.token_variable, platform.name
+    for platform in PLATFORMS:  # one token set: that platform alone is configured
+        monkeypatch.setenv(platform.token_variable, f"{platform.name}-token")
+        settings = load_settings()
+        assert settings.configured_platforms == [platform.name]
+        assert platform.token(settings).get_secret_value() == f"{platform.name}-token"  # type: ignore[union-attr]
+        monkeypatch.delenv(platform.token_variable)

@@ -8,6 +8,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.speech_synthesizer import SpeechPayload
 from engine.store.codes import codes_from_bytes, codes_to_bytes
 from engine.store.database import create_db_engine, current_revision, downgrade, head_revision, open_database, upgrade
 from engine.store.models import Base, ScopeVoice, Turn, User, UserVoiceChoice, Voice
@@ -51,6 +52,43 @@ def test_migrated_schema_matches_the_orm(database_url: str) -> None:
         assert compare_metadata(context, Base.metadata) == []
 
 
+def test_upgrading_0001_keeps_every_row_and_tags_csm_payloads(database_url: str) -> None:
+    """0002 makes CSM's codes an opaque, tagged payload: a populated 0001 database keeps all it held."""
+    upgrade(database_url, "0001")
+    engine = create_db_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO users (id, platform, platform_user_id, created_at) "
+                                "VALUES (1, 'telegram', '42', '2026-11-30 10:00:00')"))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO voices (id, owner_id, name, reference_audio, reference_seconds, transcript, codes,"
+            " codes_codebooks, codes_model, created_at) VALUES (1, 1, 'me', x'4f676753', 4.0, 'hello', x'0100',"
+            " 1, 'sesame/csm-1b', '2026-11-30 10:00:00')"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO turns (id, user_id, scope, role, text, audio, codes, codes_codebooks, created_at)"
+            " VALUES (1, 1, 'chat', 'user', 'hi', x'4f676753', x'0200', 1, '2026-11-30 10:00:01'),"
+            " (2, 1, 'chat', 'assistant', 'hello', NULL, NULL, NULL, '2026-11-30 10:00:02')"
+        ))  # fmt: skip
+        connection.execute(text("INSERT INTO user_voice_choices (user_id, scope, voice_id) VALUES (1, '', 1)"))
+    upgrade(database_url)
+    store = Store(open_database(database_url))
+    voice = store.voice(1)
+    assert voice is not None and (voice.speech, voice.speech_model) == (b"\x01\x00", "csm:sesame/csm-1b")
+    turns = store.recent_turns(1, "chat")
+    assert [(t.text, t.audio, t.speech, t.speech_model) for t in turns] == [
+        ("hi", b"OggS", b"\x02\x00", ""),  # its model was never recorded: no backend will read it
+        ("hello", None, None, None),
+    ]
+    assert store.active_voice(1, "chat").id == 1
+
+    downgrade(database_url, "0001")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT codes, codes_codebooks, codes_model FROM voices")).one() == (
+            b"\x01\x00", 32, "sesame/csm-1b"
+        )
+        assert connection.execute(text("SELECT count(*) FROM turns")).scalar() == 2
+
+
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(database_url: str) -> None:
     upgrade(database_url)
     with create_db_engine(database_url).connect() as connection:
@@ -76,7 +114,7 @@ def test_forget_deletes_every_row_of_the_user_and_nothing_else(store: Store) -> 
         voice = add_voice(store, user.id, "me")
         store.choose_voice(user.id, voice.id)
         store.set_scope_voice(f"chat-{user.id}", voice.id, set_by_user_id=user.id)
-        store.add_turn(user.id, "chat", "user", "hi", audio=b"OggS", codes=b"\x00\x00", codes_codebooks=1)
+        store.add_turn(user.id, "chat", "user", "hi", audio=b"OggS", speech=SpeechPayload("csm:m", b"\x00\x00"))
         store.add_turn(user.id, "chat", "assistant", "hello")
     store.forget_user(ann.id)
 
@@ -190,4 +228,4 @@ def test_updating_a_turn_that_was_deleted_meanwhile_is_harmless(store: Store) ->
     ann = store.user("telegram", "1")
     turn = store.add_turn(ann.id, "chat", "user", "hi")
     store.clear_conversation(ann.id)
-    assert store.update_turn(turn.id, codes=b"\x00\x00", codes_codebooks=1) is False
+    assert store.set_turn_speech(turn.id, SpeechPayload("csm:m", b"\x00\x00")) is False

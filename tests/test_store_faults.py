@@ -16,16 +16,16 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from bot.discord_commands import ForgetView
-from bot.discord_session import participant
-from bot.discord_text import answer_mention
-from bot.turn_queue import TurnQueue
+from alan.scheduler import TurnScheduler
+from bot.discord.commands import ForgetView
+from bot.discord.session import participant
+from bot.discord.text import answer_mention
 from engine.conversation import Conversation, Participant
 from engine.events import ReplySentence, StorageUnavailable
 from engine.store.database import open_database
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
+from engine.tts.csm import CsmSpeech
 from tests import test_telegram as harness
 from tests.discord_doubles import FakeGuild, FakeInteraction, FakeMember
 from tests.engine_harness import make_conversation
@@ -123,7 +123,7 @@ async def test_a_lock_held_too_long_is_told_and_the_message_is_not_promised_kept
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     who = Participant("telegram", "1", "chat", "Ann")
-    user = await impatient_conversation.user(who)
+    user = impatient.user(who.platform, who.user_id, who.display_name)
     with exclusive_lock(database_url), pytest.raises(StorageUnavailable) as refused:
         [event async for event in impatient_conversation.turn(who, text="are you there?", speak=False)]
     assert str(refused.value) == NOT_KEPT_BUSY
@@ -141,7 +141,7 @@ async def test_a_full_disk_is_told_and_nothing_is_promised(
     conversation: Conversation, store: Store, ollama: FakeOllama
 ) -> None:
     who = Participant("telegram", "1", "chat", "Ann")
-    await conversation.user(who)
+    store.user(who.platform, who.user_id, who.display_name)
     full = PageLimit(store)
     full.fill()
     with pytest.raises(StorageUnavailable) as refused:
@@ -203,13 +203,13 @@ async def test_discord_tells_a_full_disk_and_a_busy_forget(
     full = PageLimit(impatient)
     full.fill()
     message = FakeMessage(carol, f"<@{guild.me.id}> hello there", [guild.me], channel)
-    assert await answer_mention(message, bot_user=guild.me, conversation=impatient_conversation, queue=TurnQueue(),
+    assert await answer_mention(message, bot_user=guild.me, conversation=impatient_conversation, queue=TurnScheduler(),
                                 session=None) is None  # fmt: skip
     assert message.replies == [NOT_KEPT_FULL]
     full.free()
 
     who = participant(carol, 1)
-    await impatient_conversation.user(who)
+    impatient.user(who.platform, who.user_id, who.display_name)
     view = ForgetView(impatient_conversation, who, carol.id)
     press = FakeInteraction(carol, guild)
     with exclusive_lock(database_url):

@@ -21,10 +21,10 @@ from telegram import Message
 
 from alan.logs import configure_logging
 from alan.settings import Settings
-from bot.telegram import is_addressed, serve
-from bot.telegram_common import TelegramOptions
-from bot.telegram_media import CLOUD_DOWNLOAD_LIMIT, download_limit, find_audio
-from bot.telegram_send import RetryPolicy
+from bot.telegram.app import is_addressed, serve
+from bot.telegram.common import TelegramOptions
+from bot.telegram.media import CLOUD_DOWNLOAD_LIMIT, download_limit, find_audio
+from bot.telegram.send import RetryPolicy
 from bot.text_split import split_text
 from engine.audio import CSM_RATE, decode_audio
 from engine.conversation import Conversation
@@ -56,7 +56,9 @@ async def start_bot(conversation: Conversation, database_url: str) -> AsyncItera
     """Start `serve()` against a fresh fake Bot API; returns the fake once the bot is polling."""
     running: list[tuple[asyncio.Task[None], FakeTelegram]] = []
 
-    async def start(options: TelegramOptions = FAST, **settings: Any) -> FakeTelegram:
+    async def start(
+        options: TelegramOptions = FAST, *, engine: Conversation | None = None, **settings: Any
+    ) -> FakeTelegram:
         telegram = await FakeTelegram().start()
         # Every Telegram setting explicit, so that nothing in the environment running the tests leaks in.
         defaults = {"telegram_allowed_users": "", "telegram_webhook_url": "", "telegram_webhook_secret": None}
@@ -69,7 +71,7 @@ async def start_bot(conversation: Conversation, database_url: str) -> AsyncItera
             max_audio_bytes=5_000_000,
             **{**defaults, **settings},
         )
-        task = asyncio.create_task(serve(config, conversation, options=options))
+        task = asyncio.create_task(serve(config, engine or conversation, options=options))
         running.append((task, telegram))
         polling = "setWebhook" if config.telegram_webhook_url else "getUpdates"
         await telegram.wait_until(lambda: bool(telegram.received(polling)) or task.done(), within=10)
@@ -233,7 +235,7 @@ async def test_commands_addressed_to_another_bot_are_ignored_in_private_chats_an
 ) -> None:
     telegram = await start_bot()
     chat, group = telegram.private_chat(ANN), telegram.group_chat(-100600)
-    with caplog.at_level(logging.DEBUG, logger="bot.telegram"):
+    with caplog.at_level(logging.DEBUG, logger="bot.telegram.app"):
         telegram.push_message(chat, ANN, text="/start@otherbot")  # one of ours, for another bot
         telegram.push_message(chat, ANN, text="/dance@OtherBot now")  # unknown to us, for another bot
         telegram.push_message(group, ANN, text="/help@otherbot")

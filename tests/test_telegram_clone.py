@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.telegram_common import APOLOGY
+from bot.telegram.common import APOLOGY
 from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice
 from engine.store.repository import Store
 from engine.voices import CONSENT_STATEMENT
@@ -59,7 +59,7 @@ async def test_clone_end_to_end_transcript_confirmed_consent_given_voice_stored_
     [voice] = store.voices_of(user.id)
     assert voice.name == "Ann's voice" and voice.transcript == transcript
     assert voice.consent_at is not None and voice.consent_statement == CONSENT_STATEMENT
-    assert voice.codes is not None and voice.reference_audio[:4] == b"OggS"
+    assert voice.speech is not None and voice.reference_audio[:4] == b"OggS"
     active = store.active_voice(user.id, str(ANN["id"]))
     assert active is not None and active.id == voice.id
     assert len(telegram.sent("answerCallbackQuery")) == 2

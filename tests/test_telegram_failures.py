@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 from telegram.error import NetworkError, TimedOut
 
-from bot.telegram_common import APOLOGY, TELEGRAM_TROUBLE
-from bot.telegram_media import DOWNLOAD_FAILED, NOT_AUDIO, TOO_BIG_FOR_TELEGRAM, UNSUPPORTED
-from bot.telegram_send import UploadTimeouts, may_have_arrived
+from bot.telegram.common import APOLOGY, TELEGRAM_TROUBLE
+from bot.telegram.media import DOWNLOAD_FAILED, NOT_AUDIO, TOO_BIG_FOR_TELEGRAM, UNSUPPORTED
+from bot.telegram.send import UploadTimeouts, may_have_arrived
 from engine.audio import CSM_RATE, encode_wav
 from engine.conversation import Conversation
-from engine.speech_models import SpeechModels
+from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
-from engine.tts import CsmSpeech
+from engine.tts.csm import CsmSpeech
 from tests import test_telegram as harness
 from tests.conftest import espeak_ogg
+from tests.engine_harness import make_conversation
 from tests.fakes.ollama_server import FakeOllama
-from tests.test_telegram import FAST, Start, assert_ogg_opus, eventually
+from tests.test_telegram import BOB, FAST, Start, assert_ogg_opus, eventually
 
 # The shared fixtures (see test_telegram.py).
 start_bot = harness.start_bot
@@ -109,7 +110,7 @@ async def test_a_voice_note_that_reached_telegram_before_its_answer_timed_out_is
     telegram = await start_bot(replace(FAST, read_timeout_s=0.5, uploads=UploadTimeouts(write_s=5.0, read_s=0.5)))
     telegram.answer_late("sendVoice", 1.5)
     ollama.script("First things first. Then the rest.")
-    with caplog.at_level(logging.WARNING, logger="bot.telegram_send"):
+    with caplog.at_level(logging.WARNING, logger="bot.telegram.send"):
         telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
         # The turn goes on: the second sentence is still sent, after the first note (the outbox keeps order).
         await telegram.wait_for("sendVoice", chat_id=ANN["id"], where=lambda c: c.text == "Then the rest.")
@@ -155,7 +156,7 @@ async def test_a_voice_note_telegram_does_not_hand_over_is_asked_for_again(
     note = espeak_ogg("Hello there, how are you today?", tmp_path)
     attempts = FAST.retry.attempts
     asked_again = DOWNLOAD_FAILED.format(kind="voice note")
-    with caplog.at_level(logging.WARNING, logger="bot.telegram_media"):
+    with caplog.at_level(logging.WARNING, logger="bot.telegram.media"):
         telegram.fail("download", 500, times=attempts)  # the file server fails every try
         telegram.push_message(telegram.private_chat(ANN), ANN, voice=telegram.voice(note))
         await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: c.text == asked_again)
@@ -165,7 +166,7 @@ async def test_a_voice_note_telegram_does_not_hand_over_is_asked_for_again(
         telegram.fail("getFile", 502, times=attempts)  # getFile itself fails every try
         telegram.push_message(telegram.private_chat(bob), bob, voice=telegram.voice(note))
         await telegram.wait_for("sendMessage", chat_id=bob["id"], where=lambda c: c.text == asked_again)
-        await eventually(lambda: len([r for r in caplog.records if r.name == "bot.telegram_media"]) >= 2)
+        await eventually(lambda: len([r for r in caplog.records if r.name == "bot.telegram.media"]) >= 2)
     assert "download a voice note" in caplog.text and "getFile" in caplog.text
     assert not [call for call in telegram.sent("sendMessage") if TELEGRAM_TROUBLE in call.text]
     assert ollama.chat_requests == []
@@ -204,31 +205,34 @@ async def test_engine_errors_are_told_and_bugs_get_an_apology_with_a_logged_trac
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(conversation, "turn", broken)
-    with caplog.at_level(logging.ERROR, logger="bot.telegram_common"):
+    with caplog.at_level(logging.ERROR, logger="bot.telegram.common"):
         telegram.push_message(chat, ANN, text="hello again")
         await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: c.text == APOLOGY)
-    [record] = [r for r in caplog.records if r.name == "bot.telegram_common" and r.exc_info]
+    [record] = [r for r in caplog.records if r.name == "bot.telegram.common" and r.exc_info]
     assert "a bug" in str(record.exc_info[1])  # type: ignore[index]
 
 
 async def test_a_full_queue_refuses_with_a_message(start_bot: Start, ollama: FakeOllama) -> None:
-    # No room at all: every turn is refused at once, which shows the refusal without slow turns.
-    telegram = await start_bot(replace(FAST, max_waiting_turns=0))
+    # One turn at a time and no room to wait: while Ann's turn runs, Bob's is refused at once.
+    telegram = await start_bot(replace(FAST, turn_concurrency=1, max_waiting_turns=0))
+    ollama.script("Hello Ann.", first_delay=3.0)
     telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
-    [refusal] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    await eventually(lambda: len(ollama.chat_requests) == 1)
+    telegram.push_message(telegram.private_chat(BOB), BOB, text="hello too")
+    [refusal] = await telegram.wait_for("sendMessage", chat_id=BOB["id"])
     assert "talking with a lot of people" in refusal.text
-    assert ollama.chat_requests == []
+    assert len(ollama.chat_requests) == 1  # Bob's words never reached the LLM
 
 
 async def test_without_a_voice_model_the_answer_comes_as_text(
-    start_bot: Start, ollama: FakeOllama, conversation: Conversation, whisper: WhisperTranscriber,
-    monkeypatch: pytest.MonkeyPatch,
+    start_bot: Start, ollama: FakeOllama, store: Store, whisper: WhisperTranscriber, tiny_speech: CsmSpeech,
+    tiny_csm_dir: Path,
 ) -> None:  # fmt: skip
     def no_model() -> CsmSpeech:
         raise OSError("sesame/csm-1b is a gated repository")
 
-    monkeypatch.setattr(conversation, "models", SpeechModels(whisper, no_model, tts_model_name="csm"))
-    telegram = await start_bot()
+    voiceless = make_conversation(store, whisper, tiny_speech, tiny_csm_dir, ollama.host, load_tts=no_model)
+    telegram = await start_bot(engine=voiceless)
     ollama.script("I can only write today.")
     telegram.push_message(telegram.private_chat(ANN), ANN, text="hello")
     notice, answer = await telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2)

@@ -22,7 +22,7 @@ import pytest
 
 from alan.settings import Settings
 from bot.telegram import serve
-from bot.telegram_recovery import LOST
+from bot.telegram.recovery import LOST
 from engine.conversation import Conversation
 from engine.store.repository import Store
 from tests import test_app
@@ -103,7 +103,7 @@ async def test_a_turn_left_unanswered_by_a_killed_process_is_answered_once_after
     asked = [message["content"] for message in request["messages"] if message["role"] != "system"]
     assert asked == ["I said hello before hello.", "Hello to you.", "Are you still there?"]
 
-    with caplog.at_level(logging.INFO, logger="bot.telegram_recovery"):
+    with caplog.at_level(logging.INFO, logger="bot.telegram.recovery"):
         async with bot_on(conversation, database_url) as telegram:
             assert f"0 {FOLLOWED_UP}" in caplog.text  # followed up before the first poll
         assert said(telegram) == []
@@ -124,7 +124,7 @@ async def test_a_voice_note_left_unanswered_is_answered_with_its_audio_as_contex
         assert answer.params["caption"] == "Hello Ann."
         await eventually(lambda: len(store.recent_turns(ann.id, scope)) == 2)
     [stored, reply] = store.recent_turns(ann.id, scope)
-    assert stored.id == turn.id and stored.codes is not None and stored.codes_codebooks
+    assert stored.id == turn.id and stored.speech is not None and stored.speech_model.startswith("csm:")
     assert reply.role == "assistant" and reply.text == "Hello Ann."
 
 
@@ -144,7 +144,7 @@ async def test_an_old_or_unanswerable_turn_gets_an_apology_once_and_only_telegra
     store.add_turn(ann.id, str(GROUP), "user", "Tell the group a joke.")  # recent, but the LLM fails
     ollama.script(error="model runner crashed")
 
-    with caplog.at_level(logging.INFO, logger="bot.telegram_recovery"):
+    with caplog.at_level(logging.INFO, logger="bot.telegram.recovery"):
         async with bot_on(conversation, database_url) as telegram:
             assert f"2 {FOLLOWED_UP}" in caplog.text
             await telegram.wait_for("sendMessage", chat_id=ANN["id"])

@@ -9,15 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.tts import (
-    SAMPLES_PER_FRAME,
-    CsmSpeech,
-    SamplingConfig,
-    Segment,
-    StreamConfig,
-    VoiceTooLongError,
-)
-from engine.tts.budget import estimate_reply_frames
+from engine.tts.budget import VoiceTooLongError, estimate_reply_frames
+from engine.tts.csm import CsmSpeech
+from engine.tts.sampling import SamplingConfig
+from engine.tts.streaming_decode import SAMPLES_PER_FRAME, StreamConfig
+from engine.tts.types import Segment
 from tests.tiny_models.csm import build_tiny_csm
 
 NO_GUARDS = StreamConfig(silence_dbfs=None, repeat_frames=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command
@@ -22,7 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The `migrations` package (env.py, script.py.mako, versions/), wherever it is installed: beside the source in a
+# checkout or an editable install, in site-packages from a wheel. Alembic needs it as a folder on disk.
+MIGRATIONS_DIR = Path(str(files("migrations")))
 
 
 # How long SQLite itself waits for another connection's lock before a write fails as "database is locked".

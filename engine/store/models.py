@@ -14,7 +14,6 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
-    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -78,10 +77,10 @@ class Voice(Base):
     reference_seconds: Mapped[float]
     transcript: Mapped[str] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(16))
-    # Mimi codes of the reference clip, int16 [frames, codebooks], computed once and reused every turn.
-    codes: Mapped[bytes | None] = mapped_column(LargeBinary)
-    codes_codebooks: Mapped[int | None] = mapped_column(Integer)
-    codes_model: Mapped[str | None] = mapped_column(String(200))  # which TTS model made the codes
+    # What the speech synthesizer keeps of the reference clip (CSM: its Mimi codes), computed once and reused
+    # every turn; opaque here, tagged "backend:model" so another model never reads it (it re-encodes the clip).
+    speech: Mapped[bytes | None] = mapped_column(LargeBinary)
+    speech_model: Mapped[str | None] = mapped_column(String(200))
     # For a house voice: the scope whose first reply it was (deleted with the last user who talked there).
     house_scope: Mapped[str | None] = mapped_column(String(128))
     consent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -107,9 +106,11 @@ class Turn(Base):
     role: Mapped[str] = mapped_column(String(16))  # "user" or "assistant"
     text: Mapped[str] = mapped_column(Text)
     language: Mapped[str | None] = mapped_column(String(16))
-    audio: Mapped[bytes | None] = mapped_column(LargeBinary)  # OGG/Opus of what was said, if spoken
-    codes: Mapped[bytes | None] = mapped_column(LargeBinary)  # its Mimi codes, int16 [frames, codebooks]
-    codes_codebooks: Mapped[int | None] = mapped_column(Integer)
+    # What was said, if spoken, as it arrived (a Telegram voice note) or as it was sent; anything PyAV decodes.
+    audio: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The speech synthesizer's payload for that audio (CSM: Mimi codes), tagged "backend:model" as for voices.
+    speech: Mapped[bytes | None] = mapped_column(LargeBinary)
+    speech_model: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

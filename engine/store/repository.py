@@ -18,6 +18,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.events import BadInput
+from engine.speech_synthesizer import SpeechPayload
 from engine.store.database import truncate_wal
 from engine.store.faults import RETRY_DELAYS_S, guarded
 from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
@@ -144,8 +145,7 @@ class Store:
         *,
         language: str | None = None,
         audio: bytes | None = None,
-        codes: bytes | None = None,
-        codes_codebooks: int | None = None,
+        speech: SpeechPayload | None = None,
     ) -> Turn:
         if role not in ("user", "assistant"):
             raise ValueError(f"unknown role {role!r}")
@@ -157,8 +157,8 @@ class Store:
                 text=text,
                 language=language,
                 audio=audio,
-                codes=codes,
-                codes_codebooks=codes_codebooks,
+                speech=speech.data if speech is not None else None,
+                speech_model=speech.tag if speech is not None else None,
             )
             session.add(turn)
             session.flush()
@@ -166,8 +166,16 @@ class Store:
             return turn
 
     @guarded("I couldn't save that")
+    def set_turn_speech(self, turn_id: int, speech: SpeechPayload) -> bool:
+        """Keep the synthesizer's payload of a turn's audio, made after the turn was stored.
+
+        Returns False when the turn is gone (deleted by /reset or /forget in the meantime).
+        """
+        return self.update_turn(turn_id, speech=speech.data, speech_model=speech.tag)
+
+    @guarded("I couldn't save that")
     def update_turn(self, turn_id: int, **values: object) -> bool:
-        """Fill in what became known after the turn was first stored (its codes, a truncated text).
+        """Fill in what became known after the turn was first stored (its speech payload, a truncated text).
 
         Returns False when the turn is gone (deleted by /reset or /forget in the meantime).
         """
@@ -257,9 +265,7 @@ class Store:
         reference_seconds: float,
         transcript: str,
         language: str | None = None,
-        codes: bytes | None = None,
-        codes_codebooks: int | None = None,
-        codes_model: str | None = None,
+        speech: SpeechPayload | None = None,
         consent_statement: str | None = None,
         consent_at: datetime | None = None,
         house_scope: str | None = None,
@@ -274,9 +280,8 @@ class Store:
                 reference_seconds=reference_seconds,
                 transcript=transcript,
                 language=language,
-                codes=codes,
-                codes_codebooks=codes_codebooks,
-                codes_model=codes_model,
+                speech=speech.data if speech is not None else None,
+                speech_model=speech.tag if speech is not None else None,
                 consent_statement=consent_statement,
                 consent_at=consent_at or (utcnow() if consent_statement else None),
                 house_scope=house_scope,
@@ -302,10 +307,10 @@ class Store:
             return session.scalars(select(Voice).where(Voice.owner_id == owner_id).order_by(Voice.name)).all()
 
     @guarded("I couldn't save the voice")
-    def set_voice_codes(self, voice_id: int, codes: bytes, codebooks: int, model: str) -> None:
+    def set_voice_speech(self, voice_id: int, speech: SpeechPayload) -> None:
         with self.sessions.begin() as session:
             voice = session.get_one(Voice, voice_id)
-            voice.codes, voice.codes_codebooks, voice.codes_model = codes, codebooks, model
+            voice.speech, voice.speech_model = speech.data, speech.tag
 
     @guarded("I couldn't rename the voice")
     def rename_voice(self, voice_id: int, new_name: str) -> None:

@@ -1,26 +1,29 @@
-"""Text-to-speech: CSM-1B with a prefix-cached voice, an exact position budget and streaming audio."""
+"""Speech synthesizers, one module each, chosen by ALAN_TTS_BACKEND.
 
-from .budget import BudgetError, ContextPlan, TextTooLongError, VoiceTooLongError, estimate_reply_frames
-from .csm import CsmSpeech, resolve_device
-from .sampling import SamplingConfig
-from .stream import SpeechStream
-from .streaming_decode import SAMPLES_PER_FRAME, StreamConfig
-from .types import SAMPLE_RATE, GenerationStats, Segment, SpeechResult
+A new backend is one module with a class implementing `engine.speech_synthesizer.SpeechSynthesizer`, built as
+`Class(model, device)`, plus one line here. Modules are imported only when chosen: CSM brings PyTorch and
+transformers, the tone backend nothing heavy.
+"""
 
-__all__ = [
-    "SAMPLES_PER_FRAME",
-    "SAMPLE_RATE",
-    "BudgetError",
-    "ContextPlan",
-    "CsmSpeech",
-    "GenerationStats",
-    "SamplingConfig",
-    "Segment",
-    "SpeechResult",
-    "SpeechStream",
-    "StreamConfig",
-    "TextTooLongError",
-    "VoiceTooLongError",
-    "estimate_reply_frames",
-    "resolve_device",
-]
+from __future__ import annotations
+
+import importlib
+
+from engine.speech_synthesizer import SpeechSynthesizer
+
+# backend name -> "module:class"
+SYNTHESIZERS: dict[str, str] = {
+    "csm": "engine.tts.csm_synthesizer:CsmSynthesizer",  # Sesame CSM-1B: cloned voices, conversation context
+    "tone": "engine.tts.tone:ToneSynthesizer",  # deterministic tones: tests, and trying aLAN without a GPU
+}
+
+
+def make_synthesizer(backend: str, model: str, device: str = "auto") -> SpeechSynthesizer:
+    """The synthesizer `backend` names, for `model` on `device`; nothing loads until it is first used."""
+    if backend not in SYNTHESIZERS:
+        raise ValueError(f"unknown speech synthesizer {backend!r}; known: {', '.join(SYNTHESIZERS)}")
+    module, _, name = SYNTHESIZERS[backend].partition(":")
+    return getattr(importlib.import_module(module), name)(model, device)  # type: ignore[no-any-return]
+
+
+__all__ = ["SYNTHESIZERS", "make_synthesizer"]

@@ -16,6 +16,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.errors import SpeechTooLongError
+
 FRAME_RATE_HZ = 12.5
 # CSM's backbone was trained on 2048 positions; a checkpoint's config may say so too, but never trust more.
 MAX_CSM_POSITIONS = 2048
@@ -30,7 +32,7 @@ REPLY_EXTRA_FRAMES = 19  # ≈ 1.5 s
 REPLY_MIN_FRAMES = 38  # ≈ 3 s
 
 
-class BudgetError(ValueError):
+class BudgetError(SpeechTooLongError):
     """The prompt cannot fit in the model's position budget."""
 
 

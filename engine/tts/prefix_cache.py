@@ -24,10 +24,6 @@ class PrefixEntry:
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per layer (keys, values): [1, kv_heads, L, head_dim]
     positions: int
 
-    @property
-    def nbytes(self) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.layers)
-
 
 def snapshot(cache: DynamicCache) -> PrefixEntry:
     layers = tuple((layer.keys.clone(), layer.values.clone()) for layer in cache.layers)

@@ -56,10 +56,6 @@ class GenerationStats:
         return len(self.frame_s)
 
     @property
-    def ms_per_frame(self) -> float:
-        return 1000.0 * float(np.median(self.frame_s)) if self.frame_s else float("nan")
-
-    @property
     def real_time_factor(self) -> float:
         """Generation time over audio duration (below 1 is faster than real time)."""
         audio_s = len(self.frame_s) / 12.5

@@ -18,10 +18,10 @@ from telegram import Bot, Chat, Message, Update, User
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
+from alan.scheduler import SchedulerFullError, TurnScheduler
 from alan.settings import Settings
-from bot.telegram_media import download_limit
-from bot.telegram_send import Replier, RetryPolicy, UploadTimeouts
-from bot.turn_queue import QueueFull, TurnQueue
+from bot.telegram.media import download_limit
+from bot.telegram.send import Replier, RetryPolicy, UploadTimeouts
 from engine.conversation import Conversation, Participant
 from engine.events import TurnError
 
@@ -61,11 +61,18 @@ def participant(user: User, chat: Chat) -> Participant:
 
 
 class TelegramServices:
-    def __init__(self, settings: Settings, conversation: Conversation, options: TelegramOptions) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        conversation: Conversation,
+        options: TelegramOptions,
+        scheduler: TurnScheduler | None = None,
+    ) -> None:
         self.settings = settings
         self.conversation = conversation
         self.options = options
-        self.queue = TurnQueue(
+        # The app's scheduler, shared with every platform; a Telegram-only one (tests, a bot on its own) otherwise.
+        self.queue = scheduler or TurnScheduler(
             concurrency=options.turn_concurrency,
             max_waiting=options.max_waiting_turns,
             max_per_chat=options.max_waiting_per_chat,
@@ -92,7 +99,7 @@ class TelegramServices:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def in_turn(self, chat_id: int, replier: Replier, job: Callable[[], Awaitable[T]]) -> T:
-        """Run `job` in this chat's place in the turn queue (raises `QueueFull`, a message for the user)."""
+        """Run `job` in this chat's place in the turn queue (raises `SchedulerFullError`, a message for the user)."""
 
         async def on_wait(count: int) -> None:
             # Told in the background: awaiting the message here would let a later update of the same chat
@@ -108,7 +115,7 @@ class TelegramServices:
         async def guarded(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             try:
                 await handler(update, context)
-            except (TurnError, QueueFull) as error:
+            except (TurnError, SchedulerFullError) as error:
                 await self.tell(update, context, str(error))
             except TelegramError as error:
                 log.warning("Bot API call failed while handling update %s: %s", update.update_id, error)

@@ -11,7 +11,6 @@ memory per (chat, user) and expires after `clone_timeout_s`: a restart only mean
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
@@ -24,10 +23,11 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
-from bot.telegram_common import TelegramServices, participant
-from bot.telegram_media import NOT_AUDIO, download, find_audio
-from bot.telegram_send import Replier, chat_action
+from bot.telegram.common import TelegramServices, participant
+from bot.telegram.media import NOT_AUDIO, download, find_audio
+from bot.telegram.send import Replier, chat_action
 from engine.events import BadInput, TurnError
+from engine.participant import Participant
 from engine.store.repository import VoiceNameTaken
 from engine.visible_text import visible_text
 from engine.voices import CONSENT_STATEMENT, EMPTY_TRANSCRIPT, MAX_UPLOAD_SECONDS, CloneDraft, check_voice_name
@@ -101,11 +101,9 @@ class CloneFlow:
         message, user = update.effective_message, update.effective_user
         assert message is not None and user is not None
         name = check_voice_name(" ".join(context.args or [])) if context.args else None
-        if name is not None:
-            owner = await self.services.conversation.user(participant(user, message.chat))
-            # The store retries a locked database with sleeps: off the event loop, like every store call.
-            if await asyncio.to_thread(self.services.conversation.store.voice_by_name, owner.id, name) is not None:
-                raise BadInput(f"You already have a voice called “{name}”: choose another name, or see /voices.")
+        who = participant(user, message.chat)
+        if name is not None and await self.services.conversation.voice_name_taken(who, name):
+            raise BadInput(f"You already have a voice called “{name}”: choose another name, or see /voices.")
         expires = time.monotonic() + self.services.options.clone_timeout_s
         session = CloneSession(user.id, secrets.token_hex(4), name, expires)
         self._sessions[(message.chat_id, user.id)] = session
@@ -169,7 +167,7 @@ class CloneFlow:
                     max_bytes=services.max_bytes,
                     policy=services.options.retry,
                 )
-                return await services.conversation.voices.prepare(data)
+                return await services.conversation.prepare_clone(data)
 
         try:
             # Through the turn queue: transcribing and the length check use the speech models.
@@ -248,10 +246,9 @@ class CloneFlow:
             async with chat_action(
                 context.bot, replier.chat_id, services.options.chat_action_every_s, ChatAction.TYPING
             ):
-                owner = await services.conversation.user(who)
-                name = session.name or await self._free_name(owner.id)
+                name = session.name or await self._free_name(who)
                 try:
-                    await services.conversation.voices.save(owner.id, name, draft, transcript)
+                    await services.conversation.save_clone(who, name, draft, transcript)
                 except VoiceNameTaken as error:
                     raise BadInput(f"{error} Start again with /clone and another name.") from error
                 return name
@@ -263,11 +260,11 @@ class CloneFlow:
             return
         await replier.text(f"Saved “{name}”. From now on I answer you in this voice. Use /voices to switch.")
 
-    async def _free_name(self, owner_id: int) -> str:
-        store = self.services.conversation.store
+    async def _free_name(self, who: Participant) -> str:
+        taken = {voice.name for voice in await self.services.conversation.voices(who)}
         for number in range(1, 1000):
             name = DEFAULT_NAME if number == 1 else f"{DEFAULT_NAME} {number}"
-            if await asyncio.to_thread(store.voice_by_name, owner_id, name) is None:
+            if name not in taken:
                 return name
         raise BadInput("You have a great many voices already: delete one, or name this one with /clone NAME.")
 

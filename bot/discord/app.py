@@ -19,13 +19,13 @@ from typing import Any
 import discord
 from discord.ext import commands
 
+from alan.scheduler import TurnScheduler
 from alan.settings import Settings
-from bot.discord_commands import AlanCommands
-from bot.discord_recovery import follow_up_unanswered
-from bot.discord_session import VoiceSession
-from bot.discord_text import answer_mention
-from bot.discord_voice import ReceivingVoiceClient
-from bot.turn_queue import TurnQueue
+from bot.discord.commands import AlanCommands
+from bot.discord.receive import ReceivingVoiceClient
+from bot.discord.recovery import follow_up_unanswered
+from bot.discord.session import VoiceSession
+from bot.discord.text import answer_mention
 from engine.audio import WHISPER_RATE
 from engine.conversation import Conversation
 
@@ -61,7 +61,7 @@ class VoiceSessions:
     def __init__(
         self,
         conversation: Conversation,
-        queue: TurnQueue,
+        queue: TurnScheduler,
         *,
         rejoin_delays: Sequence[float] = REJOIN_DELAYS,
         voice_client_class: type = AlanVoiceClient,
@@ -183,12 +183,12 @@ class VoiceSessions:
 
 
 class AlanBot(commands.Bot):
-    def __init__(self, settings: Settings, conversation: Conversation, *, queue: TurnQueue | None = None) -> None:
+    def __init__(self, settings: Settings, conversation: Conversation, *, queue: TurnScheduler | None = None) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), help_command=None)
         self.settings = settings
         self.conversation = conversation
         # One TTS model serves every server: at most two turns at once, and a bounded wait.
-        self.queue = queue or TurnQueue(concurrency=2, max_waiting=20)
+        self.queue = queue or TurnScheduler(concurrency=2, max_waiting=20)
         self.sessions = VoiceSessions(conversation, self.queue)
         # on_ready comes again after every reconnect; turns left by a stopped process are followed up once.
         self.follow_ups: asyncio.Task[int] | None = None
@@ -236,11 +236,11 @@ class AlanBot(commands.Bot):
         await super().close()
 
 
-async def serve(settings: Settings, conversation: Conversation) -> None:
-    """Run the Discord bot until cancelled (or until the token is refused)."""
+async def serve(settings: Settings, conversation: Conversation, scheduler: TurnScheduler | None = None) -> None:
+    """Run the Discord bot until cancelled (or until the token is refused); turns go through `scheduler`."""
     if settings.discord_token is None:
         raise ValueError("DISCORD_TOKEN is not set")
-    bot = AlanBot(settings, conversation)
+    bot = AlanBot(settings, conversation, queue=scheduler)
     try:
         await bot.start(settings.discord_token.get_secret_value())
     finally:

@@ -24,7 +24,7 @@ import av
 import discord
 import numpy as np
 
-from engine.audio import DISCORD_FRAME_BYTES, DISCORD_RATE
+from bot.discord.audio import DISCORD_FRAME_BYTES, DISCORD_RATE
 from engine.events import ReplySentence, SentenceSpoken, SpeechChunk, SpeechUnavailable, TurnEvent, TurnFinished
 
 log = logging.getLogger(__name__)

@@ -2,13 +2,10 @@
 
 `serve(settings, conversation)` runs until cancelled: long polling by default, a webhook when
 `ALAN_TELEGRAM_WEBHOOK_URL` is set. Updates are handled concurrently, and each turn takes its place in the
-`TurnQueue` (one at a time per chat, in order; chats in parallel). Every handler is guarded, so a bad file,
+`TurnScheduler` (one at a time per chat, in order; chats in parallel). Every handler is guarded, so a bad file,
 an engine error or a Bot API failure gets an answer in the chat and the bot goes on with the next update.
 
-Modules: `telegram_send` (retries, texts, chat action), `telegram_media` (audio in, size and length caps),
-`telegram_turn` (a turn as voice notes), `telegram_clone` (/clone), `telegram_commands` (the other
-commands), `telegram_webhook` (the webhook server), `telegram_recovery` (on start, the turns a stopped
-process left unanswered), `telegram_common` (what the handlers share).
+The other modules of `bot.telegram` are listed in its `__init__`.
 """
 
 from __future__ import annotations
@@ -32,15 +29,16 @@ from telegram.ext import (
     filters,
 )
 
+from alan.scheduler import TurnScheduler
 from alan.settings import Settings
-from bot.telegram_clone import CloneFlow
-from bot.telegram_commands import COMMANDS, Commands
-from bot.telegram_common import TelegramOptions, TelegramServices, participant, say_quietly
-from bot.telegram_media import NOT_AUDIO, UNSUPPORTED, check_before_download, download, find_audio
-from bot.telegram_recovery import follow_up_unanswered
-from bot.telegram_send import chat_action, with_retries
-from bot.telegram_turn import answer_turn
-from bot.telegram_webhook import start_webhook
+from bot.telegram.clone import CloneFlow
+from bot.telegram.commands import COMMANDS, Commands
+from bot.telegram.common import TelegramOptions, TelegramServices, participant, say_quietly
+from bot.telegram.media import NOT_AUDIO, UNSUPPORTED, check_before_download, download, find_audio
+from bot.telegram.recovery import follow_up_unanswered
+from bot.telegram.send import chat_action, with_retries
+from bot.telegram.turn import answer_turn
+from bot.telegram.webhook import start_webhook
 from engine.conversation import Conversation
 
 log = logging.getLogger(__name__)
@@ -158,14 +156,14 @@ class Router:
                         max_bytes=services.max_bytes,
                         policy=services.options.retry,
                     )
-                user = await services.conversation.user(who)
+                with_text = await services.conversation.replies_with_text(who)
                 await answer_turn(
                     services.conversation,
                     who,
                     replier,
                     audio=audio,
                     text=text,
-                    with_text=user.reply_with_text,
+                    with_text=with_text,
                     follow_up_min_seconds=services.options.follow_up_min_seconds,
                 )
 
@@ -205,7 +203,7 @@ def build_application(settings: Settings, services: TelegramServices) -> Applica
         .read_timeout(options.read_timeout_s)
         .connect_timeout(options.connect_timeout_s)
         .get_updates_read_timeout(options.read_timeout_s)  # PTB adds the long-poll time itself
-        .concurrent_updates(64)  # turns are bounded and ordered by the TurnQueue, not here
+        .concurrent_updates(64)  # turns are bounded and ordered by the TurnScheduler, not here
         .build()
     )
     clones = CloneFlow(services)
@@ -238,9 +236,15 @@ def build_application(settings: Settings, services: TelegramServices) -> Applica
     return application
 
 
-async def serve(settings: Settings, conversation: Conversation, *, options: TelegramOptions | None = None) -> None:
-    """Run the Telegram bot until cancelled."""
-    services = TelegramServices(settings, conversation, options or TelegramOptions())
+async def serve(
+    settings: Settings,
+    conversation: Conversation,
+    scheduler: TurnScheduler | None = None,
+    *,
+    options: TelegramOptions | None = None,
+) -> None:
+    """Run the Telegram bot until cancelled, its turns taking their go from `scheduler` (shared with the others)."""
+    services = TelegramServices(settings, conversation, options or TelegramOptions(), scheduler)
     application = build_application(settings, services)
     await _initialize(application, services.options)
     webhook: web.AppRunner | None = None

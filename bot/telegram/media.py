@@ -18,7 +18,7 @@ from telegram.error import BadRequest, TelegramError
 from telegram.warnings import PTBDeprecationWarning
 
 from alan.settings import DEFAULT_TELEGRAM_API_URL
-from bot.telegram_send import RetryPolicy, with_retries
+from bot.telegram.send import RetryPolicy, with_retries
 from engine.events import BadInput, TurnError
 
 log = logging.getLogger(__name__)

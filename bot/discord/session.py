@@ -1,8 +1,8 @@
 """aLAN in one server's voice channel: hears each member, answers each utterance aloud, one answer at a time, and
 stops talking as soon as someone talks over it.
 
-Flow: receiver (per-user PCM) -> `VoiceListener` (per-user VAD) -> utterance -> `TurnQueue` (one turn at a time
-per server) -> `Conversation.turn(audio=WAV)` -> `ReplyPlayback` (streaming `AudioSource`). A speech start while
+Flow: receiver (per-user PCM) -> `VoiceListener` (per-user VAD) -> utterance -> `TurnScheduler` (one turn at a time
+per server) -> `Conversation.turn(audio=Samples)` -> `ReplyPlayback` (streaming `AudioSource`). A speech start while
 a reply is audible interrupts it (`ReplyPlayback.interrupt`). Every member keeps their own history: the
 participant is the member, the scope is the voice channel.
 """
@@ -17,14 +17,14 @@ from typing import Any
 
 import discord
 
-from bot.discord_listen import Clock, VoiceListener
-from bot.discord_speak import PlaybackResult, ReplyPlayback
+from alan.scheduler import SchedulerFullError, TurnScheduler
+from bot.discord.listen import Clock, VoiceListener
+from bot.discord.speak import PlaybackResult, ReplyPlayback
 from bot.text_split import split_text
-from bot.turn_queue import QueueFull, TurnQueue
-from engine.audio import WHISPER_RATE, encode_wav
+from engine.audio import Samples
 from engine.conversation import Conversation, Participant
 from engine.events import NoSpeech, TurnError
-from engine.vad import Utterance, VadConfig
+from engine.vad import SAMPLE_RATE, Utterance, VadConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ MAX_MESSAGE = 2000
 
 
 def voice_queue_key(guild_id: int) -> str:
-    """The TurnQueue chat of a server's voice turns (and of the commands that must not race them)."""
+    """The TurnScheduler chat of a server's voice turns (and of the commands that must not race them)."""
     return f"discord-voice:{guild_id}"
 
 
@@ -58,7 +58,7 @@ class VoiceSession:
         self,
         conversation: Conversation,
         voice_client: Any,  # discord.VoiceClient with a `receiver` (ReceivingVoiceClient) — or a test double
-        queue: TurnQueue,
+        queue: TurnScheduler,
         *,
         clock: Clock = time.monotonic,
         vad_config: VadConfig | None = None,
@@ -142,17 +142,18 @@ class VoiceSession:
         scope = self.channel.id
         guild_id = str(self.voice_client.guild.id)
         who = participant(member, scope) if member else Participant(PLATFORM, str(user_id), str(scope), None, guild_id)
-        wav = encode_wav(utterance.audio, WHISPER_RATE)
-        task = asyncio.create_task(self._answer_utterance(who, wav), name=f"voice-turn-{user_id}")
+        # The PCM goes in as it is: the engine hears it at its own rate and stores it once, as OGG/Opus.
+        heard = Samples(utterance.audio, SAMPLE_RATE)
+        task = asyncio.create_task(self._answer_utterance(who, heard), name=f"voice-turn-{user_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer_utterance(self, who: Participant, wav: bytes) -> None:
+    async def _answer_utterance(self, who: Participant, heard: Samples) -> None:
         try:
-            result = await self.answer(who, audio=wav)
+            result = await self.answer(who, audio=heard)
         except NoSpeech:
             log.debug("no speech in an utterance of user %s", who.user_id)  # a cough or a laugh: say nothing
-        except (TurnError, QueueFull) as error:
+        except (TurnError, SchedulerFullError) as error:
             await self.post(str(error))
         except asyncio.CancelledError:
             raise
@@ -165,14 +166,16 @@ class VoiceSession:
 
     # -- speaking ---------------------------------------------------------------------------------------
 
-    async def answer(self, who: Participant, *, audio: bytes | None = None, text: str | None = None) -> PlaybackResult:
+    async def answer(
+        self, who: Participant, *, audio: Samples | None = None, text: str | None = None
+    ) -> PlaybackResult:
         """Queue a spoken turn for this channel and return once it has been heard out (or interrupted).
 
-        Raises `TurnError` / `QueueFull` with a message for the user.
+        Raises `TurnError` / `SchedulerFullError` with a message for the user.
         """
         return await self.queue.run(self.queue_key, lambda: self._speak(who, audio=audio, text=text))
 
-    async def _speak(self, who: Participant, *, audio: bytes | None, text: str | None) -> PlaybackResult:
+    async def _speak(self, who: Participant, *, audio: Samples | None, text: str | None) -> PlaybackResult:
         if self.closed:  # we left while this turn waited its go
             return PlaybackResult(interrupted=True)
         playback = ReplyPlayback(self.voice_client, clock=self.clock, on_start=lambda: self._still_talking(who))

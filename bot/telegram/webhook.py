@@ -18,7 +18,7 @@ from telegram.ext import Application
 
 from alan.logs import RedactSecrets
 from alan.settings import Settings
-from bot.telegram_send import RetryPolicy, with_retries
+from bot.telegram.send import RetryPolicy, with_retries
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,17 @@ from typing import Any
 
 import discord
 
-from bot.discord_session import MAX_MESSAGE, PLATFORM
+from alan.scheduler import SchedulerFullError, TurnScheduler
+from bot.discord.session import MAX_MESSAGE, PLATFORM
 from bot.restart_followup import follow_up, pending_turns
 from bot.text_split import split_text
-from bot.turn_queue import QueueFull, TurnQueue
 from engine.conversation import Conversation, PendingTurn
 from engine.events import ReplySentence, TurnError
 
 log = logging.getLogger(__name__)
 
 
-async def follow_up_unanswered(client: Any, conversation: Conversation, queue: TurnQueue) -> int:
+async def follow_up_unanswered(client: Any, conversation: Conversation, queue: TurnScheduler) -> int:
     """Follow up every Discord turn left unanswered (`client`: the bot); returns how many."""
     now = dt.datetime.now(dt.UTC)
     pending = await pending_turns(conversation, PLATFORM, now)
@@ -33,7 +33,7 @@ async def follow_up_unanswered(client: Any, conversation: Conversation, queue: T
     return len(pending)
 
 
-async def _follow_up(client: Any, conversation: Conversation, queue: TurnQueue, turn: PendingTurn,
+async def _follow_up(client: Any, conversation: Conversation, queue: TurnScheduler, turn: PendingTurn,
                      now: dt.datetime) -> None:  # fmt: skip
     channel_id = int(turn.who.scope)  # a Discord scope is its channel's id (see `participant`)
     try:
@@ -50,7 +50,7 @@ async def _follow_up(client: Any, conversation: Conversation, queue: TurnQueue, 
 
     try:
         await queue.run(f"discord-text:{channel_id}", job)  # the queue a mention there would wait in
-    except QueueFull:
+    except SchedulerFullError:
         log.warning("turn queue full: turn %s of channel %s stays unanswered until the next start", turn.turn_id,
                     channel_id)  # fmt: skip
     except Exception:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.telegram_send import Replier
+from bot.telegram.send import Replier
 from engine.audio import CSM_RATE, encode_ogg_opus
 from engine.conversation import Conversation, Participant
 from engine.events import (

@@ -12,9 +12,9 @@ from typing import Any
 
 import discord
 
-from bot.discord_session import APOLOGY, MAX_MESSAGE, VoiceSession, participant
+from alan.scheduler import SchedulerFullError, TurnScheduler
+from bot.discord.session import APOLOGY, MAX_MESSAGE, VoiceSession, participant
 from bot.text_split import split_text
-from bot.turn_queue import QueueFull, TurnQueue
 from engine.conversation import Conversation
 from engine.events import ReplySentence, TurnError
 
@@ -32,7 +32,7 @@ async def answer_mention(
     *,
     bot_user: discord.abc.User,
     conversation: Conversation,
-    queue: TurnQueue,
+    queue: TurnScheduler,
     session: VoiceSession | None,
 ) -> str | None:
     """Answer a message that mentions aLAN; returns the reply text (None when there was nothing to answer)."""
@@ -60,7 +60,7 @@ async def answer_mention(
                     return " ".join([event.text async for event in turn if isinstance(event, ReplySentence)])
 
             reply = await queue.run(f"discord-text:{message.channel.id}", write)
-    except (TurnError, QueueFull) as error:
+    except (TurnError, SchedulerFullError) as error:
         await message.reply(str(error), mention_author=False)
         return None
     except Exception:

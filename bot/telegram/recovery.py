@@ -10,18 +10,17 @@ stored and can't be recovered.)
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 
 from telegram import Bot
 from telegram.error import TelegramError
 
+from alan.scheduler import SchedulerFullError
 from bot.restart_followup import LOST, follow_up, pending_turns
-from bot.telegram_common import PLATFORM, TelegramServices, say_quietly
-from bot.telegram_send import chat_action
-from bot.telegram_turn import send_answer
-from bot.turn_queue import QueueFull
+from bot.telegram.common import PLATFORM, TelegramServices, say_quietly
+from bot.telegram.send import chat_action
+from bot.telegram.turn import send_answer
 from engine.conversation import PendingTurn
 from engine.events import TurnError
 
@@ -51,7 +50,7 @@ async def _follow_up(bot: Bot, services: TelegramServices, turn: PendingTurn, no
 
     try:
         await services.in_turn(chat_id, replier, job)
-    except QueueFull:
+    except SchedulerFullError:
         log.warning("turn queue full: turn %s of chat %s stays unanswered until the next start", turn.turn_id,
                     chat_id)  # fmt: skip
     except Exception:
@@ -61,16 +60,14 @@ async def _follow_up(bot: Bot, services: TelegramServices, turn: PendingTurn, no
 async def _answer(bot: Bot, services: TelegramServices, turn: PendingTurn, chat_id: int) -> bool:
     """Answer the turn now; False if that failed (what was made of the answer has been sent)."""
     conversation = services.conversation
-    # find_user, not user(): someone who used /forget since must not be created again.
-    user = await asyncio.to_thread(conversation.store.find_user, turn.who.platform, turn.who.user_id)
-    if user is None:
-        return True  # nothing of theirs is left to answer
+    # Someone who used /forget since has nothing left to answer: `resume` then yields nothing.
+    with_text = await conversation.replies_with_text(turn.who)
     try:
         async with chat_action(bot, chat_id, services.options.chat_action_every_s):
             await send_answer(
                 conversation.resume(turn.who, turn.turn_id),
                 services.replier_to(bot, chat_id),
-                with_text=user.reply_with_text,
+                with_text=with_text,
                 follow_up_min_seconds=services.options.follow_up_min_seconds,
             )
     except (TurnError, TelegramError) as error:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.ext import ContextTypes
 
-from bot.telegram_clone import CloneFlow
-from bot.telegram_common import TelegramServices, participant
-from bot.telegram_send import Replier
+from bot.telegram.clone import CloneFlow
+from bot.telegram.common import TelegramServices, participant
+from bot.telegram.send import Replier
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +91,7 @@ class Commands:
                 else "From now on I answer with voice notes only."
             )
             return
-        user = await self.services.conversation.user(who)
-        state = "on" if user.reply_with_text else "off"
+        state = "on" if await self.services.conversation.replies_with_text(who) else "off"
         await replier.text(f"Text with my answers is {state}. Use /text on or /text off to change it.")
 
     async def reset(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -132,23 +130,18 @@ class Commands:
             return
         message, replier = self._where(update, context)
         assert update.effective_user is not None
-        owner = await self.services.conversation.user(participant(update.effective_user, message.chat))
-        voice = await asyncio.to_thread(self.services.conversation.voices.use, owner.id, " ".join(context.args))
+        who = participant(update.effective_user, message.chat)
+        voice = await self.services.conversation.use_voice(who, " ".join(context.args))
         await replier.text(f"From now on I answer you in the voice “{voice.name}”.")
 
     async def _voice_menu(self, update: Update, message: Message) -> tuple[str, InlineKeyboardMarkup | None]:
         assert update.effective_user is not None
-        conversation = self.services.conversation
-        owner = await conversation.user(participant(update.effective_user, message.chat))
-        listing = await asyncio.to_thread(conversation.voices.listing, owner.id, str(message.chat_id))
+        listing = await self.services.conversation.voices(participant(update.effective_user, message.chat))
         if not listing:
             return "You have no voices of your own yet. Send /clone to make one from a voice note.", None
-        voices = await asyncio.to_thread(conversation.store.voices_of, owner.id)
-        ids = {voice.name: voice.id for voice in voices}
         rows = [
-            [InlineKeyboardButton(f"{'✓ ' if active else ''}{name}", callback_data=f"voice:{ids[name]}")]
-            for name, active in listing
-            if name in ids
+            [InlineKeyboardButton(f"{'✓ ' if voice.active else ''}{voice.name}", callback_data=f"voice:{voice.id}")]
+            for voice in listing
         ]
         return "Your voices (✓ = the one I answer you in here). Tap one to switch:", InlineKeyboardMarkup(rows)
 
@@ -172,13 +165,12 @@ class Commands:
     ) -> None:
         query, user = update.callback_query, update.effective_user
         assert query is not None and user is not None
-        conversation = self.services.conversation
-        owner = await conversation.user(participant(user, menu.chat))
-        voice = await asyncio.to_thread(conversation.store.voice, voice_id)
-        if voice is None or voice.owner_id != owner.id:
+        who = participant(user, menu.chat)
+        voice = next((v for v in await self.services.conversation.voices(who) if v.id == voice_id), None)
+        if voice is None:
             await query.answer("That isn't one of your voices (or it was deleted).", show_alert=True)
             return
-        await asyncio.to_thread(conversation.voices.use, owner.id, voice.name)
+        await self.services.conversation.use_voice(who, voice.name)
         await query.answer(f"Now speaking as “{voice.name}”")
         text, markup = await self._voice_menu(update, menu)
         await Replier(context.bot, menu.chat_id, None, self.services.options.retry).edit(menu, text, markup=markup)

@@ -8,7 +8,6 @@ not clutter the channel. Anything slow is deferred at once (Discord wants an ans
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -20,12 +19,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_session import APOLOGY, VoiceSession, participant, voice_queue_key
-from bot.turn_queue import QueueFull, TurnQueue
+from alan.scheduler import SchedulerFullError, TurnScheduler
+from bot.discord.session import APOLOGY, VoiceSession, participant, voice_queue_key
 from engine.conversation import Conversation, Participant
 from engine.events import TurnError
 from engine.store.repository import VoiceNameTaken
-from engine.voices import CONSENT_STATEMENT, NAME_PATTERN, CloneDraft
+from engine.voices import CONSENT_STATEMENT, NAME_PATTERN, CloneDraft, VoiceInfo
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +47,7 @@ MAX_REPLY_CHARS = 2000
 
 
 class Sessions(Protocol):
-    queue: TurnQueue
+    queue: TurnScheduler
 
     def get(self, guild_id: int) -> VoiceSession | None: ...
     async def join(self, channel: Any) -> VoiceSession: ...
@@ -151,7 +150,7 @@ class CloneView(OwnerOnlyView):
         self.draft = draft
         self.transcript = transcript
         self.name = name
-        self.saved: Any = None
+        self.saved: VoiceInfo | None = None
 
     def preview(self) -> str:
         language = f", {self.draft.language}" if self.draft.language else ""
@@ -166,8 +165,7 @@ class CloneView(OwnerOnlyView):
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
         await interaction.response.edit_message(content="Saving your voice…", view=None)
         try:
-            user = await self.conversation.user(self.who)
-            self.saved = await self.conversation.voices.save(user.id, self.name, self.draft, self.transcript)
+            saved = await self.conversation.save_clone(self.who, self.name, self.draft, self.transcript)
         except TurnError as error:
             hint = " Run /clone again with another name." if isinstance(error, VoiceNameTaken) else ""
             await self.finish(interaction, f"{error}{hint}")
@@ -175,7 +173,8 @@ class CloneView(OwnerOnlyView):
             log.exception("saving a cloned voice failed for user %s", self.who.user_id)
             await self.finish(interaction, APOLOGY)
         else:
-            await self.finish(interaction, f"Saved “{self.saved.name}”: I'll speak to you with it from now on.")
+            self.saved = saved
+            await self.finish(interaction, f"Saved “{saved.name}”: I'll speak to you with it from now on.")
 
     @discord.ui.button(label="Edit transcript", style=discord.ButtonStyle.secondary)
     async def edit(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
@@ -202,7 +201,7 @@ class ForgetView(OwnerOnlyView):
         try:
             job = functools.partial(self.conversation.forget, self.who)
             await (self.serialise(job) if self.serialise is not None else job())
-        except (TurnError, QueueFull) as error:  # e.g. storage busy or full: say so, nothing was deleted
+        except (TurnError, SchedulerFullError) as error:  # e.g. storage busy or full: say so, nothing was deleted
             await self.finish(interaction, str(error))
             return
         except Exception:
@@ -241,7 +240,7 @@ class AlanCommands(commands.Cog):
 
     @property
     def max_attachment_bytes(self) -> int:
-        return min(MAX_ATTACHMENT_BYTES, self.conversation.voices.max_upload_bytes)
+        return min(MAX_ATTACHMENT_BYTES, self.conversation.max_clone_bytes)
 
     @app_commands.command(name="join", description="Join your voice channel and talk with everyone there")
     @app_commands.guild_only()
@@ -296,7 +295,7 @@ class AlanCommands(commands.Cog):
             return
         try:
             clip = await audio.read()
-            draft = await self.conversation.voices.prepare(clip, given)  # a given transcript skips Whisper
+            draft = await self.conversation.prepare_clone(clip, given)  # a given transcript skips Whisper
         except TurnError as error:
             await say(interaction, str(error))
             return
@@ -320,13 +319,11 @@ class AlanCommands(commands.Cog):
     @app_commands.command(name="voices", description="List your cloned voices")
     async def voices(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True)  # the database may be slow: answer within 3 s
-        who = caller(interaction)
-        user = await self.conversation.user(who)
-        listing = await asyncio.to_thread(self.conversation.voices.listing, user.id, who.scope)
+        listing = await self.conversation.voices(caller(interaction))
         if not listing:
             await say(interaction, "You have no voices yet. Use /clone with a recording to make one.")
             return
-        lines = [f"• {name}{' — speaking to you here' if active else ''}" for name, active in listing]
+        lines = [f"• {voice.name}{' — speaking to you here' if voice.active else ''}" for voice in listing]
         await say(interaction, capped("Your voices:", lines))
 
     @app_commands.command(name="voice", description="Choose the voice I speak to you with")
@@ -334,11 +331,9 @@ class AlanCommands(commands.Cog):
     async def voice(self, interaction: discord.Interaction, name: str, server_default: bool = False) -> None:
         await interaction.response.defer(ephemeral=True)
         who = caller(interaction)
-        voices = self.conversation.voices
         try:
-            user = await self.conversation.user(who)
             if not server_default:
-                chosen = await asyncio.to_thread(voices.use, user.id, name)
+                chosen = await self.conversation.use_voice(who, name)
                 await say(interaction, f"I'll speak to you with “{chosen.name}” from now on.")
                 return
             guild = interaction.guild
@@ -347,7 +342,7 @@ class AlanCommands(commands.Cog):
                 await say(interaction, "Only members with the Manage Server permission can set the server's voice.")
                 return
             # The server is every member's parent scope: its default applies in all its channels, new ones too.
-            chosen = await asyncio.to_thread(voices.use_as_scope_default, user.id, name, str(guild.id))
+            chosen = await self.conversation.use_voice(who, name, for_everyone_in=str(guild.id))
             await say(
                 interaction,
                 f"“{chosen.name}” is now this server's voice (anyone who picked their own voice keeps theirs).",
@@ -357,10 +352,9 @@ class AlanCommands(commands.Cog):
 
     @voice.autocomplete("name")
     async def _voice_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        who = caller(interaction)
-        user = await self.conversation.user(who)
-        listing = await asyncio.to_thread(self.conversation.voices.listing, user.id, who.scope)
-        return [app_commands.Choice(name=n, value=n) for n, _ in listing if current.lower() in n.lower()][:25]
+        listing = await self.conversation.voices(caller(interaction))
+        names = [voice.name for voice in listing]
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
     @app_commands.command(name="reset", description="Forget our conversation here (your voices are kept)")
     async def reset(self, interaction: discord.Interaction) -> None:
@@ -377,7 +371,7 @@ class AlanCommands(commands.Cog):
 
         try:
             deleted = await self.after_turns(interaction, reset_all)
-        except QueueFull as error:
+        except SchedulerFullError as error:
             await say(interaction, str(error))
             return
         await say(interaction, f"Done: I forgot our conversation here ({deleted} messages). Your voices are kept.")

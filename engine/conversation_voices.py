@@ -1,0 +1,66 @@
+"""The conversation's voice operations: what a person can do with their voices, by name, from any platform.
+
+A mixin of `Conversation`, kept apart so that each module reads in one sitting; it needs the conversation's
+voice library and its way of finding the person.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from engine.participant import Participant
+from engine.store.repository import EVERYWHERE
+from engine.voices import CloneDraft, VoiceInfo, VoiceLibrary
+
+if TYPE_CHECKING:
+    from engine.store.models import User
+
+
+class ConversationVoices:
+    _voices: VoiceLibrary
+
+    async def _user(self, who: Participant) -> User:
+        raise NotImplementedError
+
+    @property
+    def max_clone_bytes(self) -> int:
+        """The largest clip a clone accepts (the audio byte cap)."""
+        return self._voices.max_upload_bytes
+
+    async def voices(self, who: Participant) -> list[VoiceInfo]:
+        """The person's voices by name, each with whether it speaks to them here."""
+        user = await self._user(who)
+        return await self._voices.listing(user.id, who.scope)
+
+    async def use_voice(self, who: Participant, name: str, *, for_everyone_in: str | None = None) -> VoiceInfo:
+        """Speak to this person with their voice `name` everywhere; or, with `for_everyone_in` (a scope such as
+        a Discord server, for its managers), make it that scope's default voice for everyone there."""
+        user = await self._user(who)
+        if for_everyone_in is not None:
+            voice = await self._voices.use_as_scope_default(user.id, name, for_everyone_in)
+        else:
+            voice = await self._voices.use(user.id, name, EVERYWHERE)
+        return VoiceInfo(voice.id, voice.name, voice.reference_seconds, True)
+
+    async def voice_name_taken(self, who: Participant, name: str) -> bool:
+        user = await self._user(who)
+        return await self._voices.name_taken(user.id, name)
+
+    async def prepare_clone(self, clip: bytes, transcript: str | None = None) -> CloneDraft:
+        """Step one of cloning: the clip decoded, trimmed, checked and (without `transcript`) transcribed."""
+        return await self._voices.prepare(clip, transcript)
+
+    async def save_clone(self, who: Participant, name: str, draft: CloneDraft, transcript: str) -> VoiceInfo:
+        """Step two, after the person confirmed the transcript and consented: the voice, now theirs everywhere."""
+        user = await self._user(who)
+        voice = await self._voices.save(user.id, name, draft, transcript)
+        return VoiceInfo(voice.id, voice.name, voice.reference_seconds, True)
+
+    async def rename_voice(self, who: Participant, name: str, new_name: str) -> VoiceInfo:
+        user = await self._user(who)
+        voice = await self._voices.rename(user.id, name, new_name)
+        return VoiceInfo(voice.id, voice.name, voice.reference_seconds, False)
+
+    async def delete_voice(self, who: Participant, name: str) -> None:
+        user = await self._user(who)
+        await self._voices.delete(user.id, name)

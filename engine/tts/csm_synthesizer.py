@@ -1,0 +1,195 @@
+"""Sesame CSM-1B behind the `SpeechSynthesizer` protocol: Mimi codes as payloads, one speech thread, lazy load.
+
+`CsmSpeech` (csm.py) is the synchronous engine; this adapter loads it on first use off the event loop (a load
+takes seconds to minutes, a download on first run), runs every generation and Mimi encode on one speech thread
+(`SpeechWorker`: two syntheses at once would only slow each other down and fight over GPU memory), and turns
+the conversation's speakers and payloads into CSM segments: aLAN is speaker 0, everyone else 1, 2, … in the
+order they first appear.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import numpy as np
+import torch
+
+from engine.audio import resample
+from engine.errors import TtsUnavailableError
+from engine.speech_synthesizer import (
+    ASSISTANT,
+    AudioChunk,
+    ContextTurn,
+    SpeechPayload,
+    SynthesizerCapabilities,
+    VoicePrompt,
+)
+from engine.speech_worker import SpeechWorker
+from engine.store.codes import codes_from_bytes, codes_to_bytes
+
+from .csm import CsmSpeech
+from .stream import SpeechStream
+from .streaming_decode import SAMPLES_PER_FRAME
+from .types import SAMPLE_RATE, Segment
+
+log = logging.getLogger(__name__)
+
+BOT_SPEAKER = 0
+
+
+class CsmSynthesizer:
+    """CSM-1B as a `SpeechSynthesizer`. `load` builds the engine (tests pass one over tiny models)."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        *,
+        load: Callable[[], CsmSpeech] | None = None,
+        worker: SpeechWorker | None = None,
+    ) -> None:
+        self.model = model
+        self.tag = f"csm:{model}"
+        self.capabilities = SynthesizerCapabilities(clones_voices=True, uses_context=True, sample_rate=SAMPLE_RATE)
+        self.worker = worker or SpeechWorker()
+        self._load = load or (lambda: CsmSpeech.load(model, device))
+        self._speech: CsmSpeech | None = None
+        self._loading: asyncio.Future[CsmSpeech] | None = None
+
+    async def speech(self) -> CsmSpeech:
+        """The loaded engine; raises `TtsUnavailableError` with the operator's fix when it can't load."""
+        if self._speech is not None:
+            return self._speech
+        # One load shared by every waiting turn, and shielded: a turn cancelled while it waits must not throw
+        # away a load that took minutes (the next turn would start it all over).
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self.worker.call(self._load))
+        loading = self._loading
+        try:
+            self._speech = await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # missing weights, gated repo, out of memory: all "no voice"
+            if self._loading is loading:
+                self._loading = None  # the next call tries again: the operator may have fixed it
+            log.error("speech synthesis model %s failed to load: %s", self.model, error)
+            raise TtsUnavailableError(_load_fix(self.model, error)) from error
+        return self._speech
+
+    async def load(self) -> None:
+        await self.speech()
+
+    # Payloads ------------------------------------------------------------------------------------------
+
+    async def encode(self, audio: np.ndarray, sample_rate: int) -> SpeechPayload:
+        speech = await self.speech()
+
+        def encode() -> torch.Tensor:  # on the speech thread, resampling included: nothing heavy on the loop
+            return speech.encode_audio(resample(audio, sample_rate, SAMPLE_RATE))
+
+        return self._payload(await self.worker.call(encode))
+
+    def _payload(self, codes: torch.Tensor) -> SpeechPayload:
+        return SpeechPayload(self.tag, codes_to_bytes(codes.numpy())[0])
+
+    def _codes(self, payload: SpeechPayload, num_codebooks: int) -> torch.Tensor:
+        if payload.tag != self.tag:
+            raise ValueError(f"a payload of {payload.tag!r} given to {self.tag!r}")
+        return torch.from_numpy(codes_from_bytes(payload.data, num_codebooks))
+
+    def join(self, payloads: Sequence[SpeechPayload]) -> SpeechPayload | None:
+        # Stored codes are row-major frames, so frames spoken back to back are their bytes back to back.
+        return SpeechPayload(self.tag, b"".join(payload.data for payload in payloads)) if payloads else None
+
+    def segments(
+        self, speech: CsmSpeech, voice: VoicePrompt | None, context: Sequence[ContextTurn]
+    ) -> tuple[Segment | None, list[Segment]]:
+        """The voice and the context as CSM segments, each speaker with their own id (aLAN 0)."""
+        speakers = {ASSISTANT: BOT_SPEAKER}
+        history = []
+        for turn in context:
+            speaker = speakers.setdefault(turn.speaker, len(speakers))
+            codes = self._codes(turn.payload, speech.num_codebooks) if turn.payload is not None else None
+            history.append(Segment(speaker, turn.text, codes))
+        if voice is None:
+            return None, history
+        return Segment(BOT_SPEAKER, voice.transcript, self._codes(voice.payload, speech.num_codebooks)), history
+
+    # What fits -----------------------------------------------------------------------------------------
+
+    async def fit_context(
+        self, voice: VoicePrompt | None, context: Sequence[ContextTurn], text: str
+    ) -> list[ContextTurn]:
+        speech = await self.speech()
+        voice_segment, history = self.segments(speech, voice, context)
+        kept, _ = await asyncio.to_thread(speech.plan_context, voice_segment, history, text, BOT_SPEAKER)
+        return list(context[len(context) - len(kept) :]) if kept else []
+
+    async def max_reference_seconds(self, transcript: str) -> float:
+        speech = await self.speech()
+        return await asyncio.to_thread(speech.max_reference_seconds, transcript, BOT_SPEAKER)
+
+    # Speaking ------------------------------------------------------------------------------------------
+
+    def stream(self, text: str, voice: VoicePrompt | None, context: Sequence[ContextTurn]) -> CsmSynthesisStream:
+        return CsmSynthesisStream(self, text, voice, list(context))
+
+    def forget(self, voice_key: str | None = None) -> None:
+        if self._speech is not None:
+            self._speech.forget_cached(voice_key)
+
+    async def aclose(self) -> None:
+        self.worker.shutdown()
+
+
+class CsmSynthesisStream:
+    """One text spoken by CSM on the speech thread; see `SynthesisStream`."""
+
+    def __init__(
+        self, synthesizer: CsmSynthesizer, text: str, voice: VoicePrompt | None, context: list[ContextTurn]
+    ) -> None:
+        self._synthesizer = synthesizer
+        self._text = text
+        self._voice = voice
+        self._context = context
+        self._started: list[SpeechStream] = []
+        self._chunks = self._run()
+
+    def __aiter__(self) -> AsyncIterator[AudioChunk]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        await self._chunks.aclose()
+
+    async def _run(self) -> AsyncIterator[AudioChunk]:
+        synthesizer = self._synthesizer
+        speech = await synthesizer.speech()
+        voice, history = synthesizer.segments(speech, self._voice, self._context)
+        key = self._voice.key if self._voice is not None else None
+
+        def start() -> SpeechStream:  # on the speech thread: budget errors are raised from here
+            stream = speech.stream(voice, history, self._text, BOT_SPEAKER, voice_cache_key=key)
+            self._started.append(stream)
+            return stream
+
+        async with contextlib.aclosing(synthesizer.worker.stream(start)) as chunks:
+            async for chunk in chunks:
+                yield AudioChunk(chunk, SAMPLE_RATE)
+
+    def spoken(self, samples: int) -> SpeechPayload | None:
+        # The model may have made a little more than was delivered: keep the codes of exactly what was heard.
+        frames = samples // SAMPLES_PER_FRAME
+        if not self._started or not self._started[0].done or frames == 0:
+            return None
+        return self._synthesizer._payload(self._started[0].result.codes[:frames])
+
+
+def _load_fix(model: str, error: BaseException) -> str:
+    return (
+        f"Could not load the CSM model {model!r} ({type(error).__name__}: {error}). Set ALAN_TTS_MODEL to a local "
+        "folder, or accept the licence of sesame/csm-1b on Hugging Face and log in with `hf auth login`; "
+        "`alan doctor` checks it."
+    )

@@ -1,0 +1,59 @@
+"""No blocking call on the event loop: a platform turn run with asyncio's debug mode reports no slow callback.
+
+Every chat shares one event loop, so a callback that holds it for 100 ms holds every other chat's audio and
+messages as long. The turns run through the real Telegram adapter and the real conversation engine (store,
+Whisper, audio codecs), with the tone synthesizer and a scripted chat model, which cost the loop nothing
+themselves, so whatever the loop waits on is our own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from engine.conversation import Conversation
+from engine.store.repository import Store
+from engine.stt import WhisperTranscriber
+from engine.tts.tone import ToneSynthesizer
+from tests import test_telegram as harness
+from tests.conftest import espeak_ogg
+from tests.fakes.scripted_chat import ScriptedChat
+from tests.test_telegram import ANN, Start, assert_ogg_opus
+
+start_bot = harness.start_bot
+SLOW_CALLBACK_S = 0.1
+
+
+@pytest.fixture
+def conversation(store: Store, whisper: WhisperTranscriber) -> Conversation:
+    """The engine on the tone synthesizer and the scripted chat model: fast, deterministic, torch-free."""
+    return Conversation(store, whisper, ToneSynthesizer(), ScriptedChat(), max_audio_seconds=60,
+                        max_audio_bytes=5_000_000)  # fmt: skip
+
+
+async def test_a_voice_note_and_a_text_turn_never_hold_the_event_loop(
+    start_bot: Start, store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    note = espeak_ogg("Hello, can you hear me? I would like to talk about the weather today.", tmp_path)
+    telegram = await start_bot()
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_S
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    try:
+        chat = telegram.private_chat(ANN)
+        telegram.push_message(chat, ANN, voice=telegram.voice(note, duration=4))
+        [first] = await telegram.wait_for("sendVoice", chat_id=ANN["id"])
+        telegram.push_message(chat, ANN, text="Tell me more, please. " * 20)
+        [_, second] = await telegram.wait_for("sendVoice", chat_id=ANN["id"], count=2)
+    finally:
+        loop.set_debug(False)
+    assert_ogg_opus(first)
+    assert_ogg_opus(second)
+    slow = [record.getMessage() for record in caplog.records if record.name == "asyncio"]
+    assert slow == []
+    user = store.find_user("telegram", str(ANN["id"]))
+    assert user is not None and len(store.recent_turns(user.id, str(ANN["id"]))) == 4
