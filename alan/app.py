@@ -22,7 +22,7 @@ OWN_PACKAGES = frozenset({"alan", "bot", "engine", "migrations"})
 DISTRIBUTIONS = {"telegram": "python-telegram-bot", "discord": "discord.py", "nacl": "PyNaCl"}
 
 
-class PlatformUnavailable(Exception):
+class PlatformUnavailableError(Exception):
     pass
 
 
@@ -31,7 +31,7 @@ def _platform_server(platform: Platform) -> Callable[..., Awaitable[None]]:
         # `serve` too: a platform package may import its adapter only when `serve` is first asked for.
         server: Callable[..., Awaitable[None]] = importlib.import_module(platform.module).serve
     except ModuleNotFoundError as error:
-        raise PlatformUnavailable(missing_module_message(platform, error)) from error
+        raise PlatformUnavailableError(missing_module_message(platform, error)) from error
     return server
 
 
@@ -60,12 +60,12 @@ def build_scheduler() -> TurnScheduler:
     return TurnScheduler(concurrency=2, max_waiting=20, max_per_chat=3)
 
 
-class AllPlatformsFailed(Exception):
+class AllPlatformsFailedError(Exception):
     pass
 
 
 def run_platforms(settings: Settings) -> None:
-    """Serve every configured platform until interrupted; raises `AllPlatformsFailed` if none could run."""
+    """Serve every configured platform until interrupted; raises `AllPlatformsFailedError` if none could run."""
     servers = {name: _platform_server(BY_NAME[name]) for name in settings.configured_platforms}
     from alan.engine_factory import build_conversation
 
@@ -98,4 +98,4 @@ async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, C
             failed.append(name)
     if failed and len(failed) == len(servers):
         # Exit non-zero so that a service manager (systemd's Restart=on-failure) notices.
-        raise AllPlatformsFailed("No chat platform could run: " + ", ".join(failed) + ". See the log above.")
+        raise AllPlatformsFailedError("No chat platform could run: " + ", ".join(failed) + ". See the log above.")

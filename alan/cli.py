@@ -37,13 +37,13 @@ def run() -> None:
             highlight=False,
         )
         raise typer.Exit(1)
-    from alan.app import AllPlatformsFailed, PlatformUnavailable, run_platforms
-    from alan.database_check import DatabaseUnusable, check_database
+    from alan.app import AllPlatformsFailedError, PlatformUnavailableError, run_platforms
+    from alan.database_check import DatabaseUnusableError, check_database
 
     try:
         check_database(settings)  # before the platforms and models load: a read-only data dir fails at once
         run_platforms(settings)
-    except (DatabaseUnusable, PlatformUnavailable, AllPlatformsFailed) as error:
+    except (DatabaseUnusableError, PlatformUnavailableError, AllPlatformsFailedError) as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
 
@@ -52,12 +52,12 @@ def run() -> None:
 def db_upgrade() -> None:
     """Apply database migrations (aLAN also does this on start)."""
     settings = settings_or_exit()
-    from alan.database_check import DatabaseUnusable, open_database_or_explain
+    from alan.database_check import DatabaseUnusableError, open_database_or_explain
     from engine.store.database import create_db_engine, current_revision
 
     try:
         open_database_or_explain(settings)  # migrates to the newest revision
-    except DatabaseUnusable as error:
+    except DatabaseUnusableError as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
     console.print(f"Database at revision {current_revision(create_db_engine(settings.resolved_database_url))}.")

@@ -40,24 +40,24 @@ def local_participant() -> Participant:
 
 
 def _conversation() -> Conversation:
-    from alan.database_check import DatabaseUnusable
+    from alan.database_check import DatabaseUnusableError
     from alan.engine_factory import build_conversation
 
     settings = settings_or_exit()
     try:
         return build_conversation(settings)
-    except DatabaseUnusable as error:
+    except DatabaseUnusableError as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run an engine call, turning the engine's user-facing errors into a message and exit code 1."""
-    from engine.events import ServiceUnavailable, TurnError
+    from engine.errors import ServiceUnavailableError, TurnError
 
     try:
         return asyncio.run(coroutine)
-    except ServiceUnavailable as error:
+    except ServiceUnavailableError as error:
         errors.print(f"[red]{error}[/red]\n{error.detail}", highlight=False)
     except TurnError as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
@@ -214,13 +214,13 @@ def voice_clone(
 
 
 async def _new_voice_name(conversation: Conversation, name: str) -> str:
-    """The name, tidied, if it is well-formed and not one of this user's voices yet; else a `BadInput`."""
-    from engine.store.repository import VoiceNameTaken
+    """The name, tidied, if it is well-formed and not one of this user's voices yet; else a `BadInputError`."""
+    from engine.errors import VoiceNameTakenError
     from engine.voices import check_voice_name
 
     tidy = check_voice_name(name)
     if await conversation.voice_name_taken(local_participant(), tidy):
-        raise VoiceNameTaken(tidy)
+        raise VoiceNameTakenError(tidy)
     return tidy
 
 

@@ -8,7 +8,7 @@ import typer
 
 from alan.cli_common import console, errors, settings_or_exit
 from alan.cli_engine import local_participant
-from engine.events import TurnError
+from engine.errors import TurnError
 
 
 def forget(
@@ -17,7 +17,7 @@ def forget(
     """Delete everything aLAN has stored about you: your voices, conversations and settings."""
     settings = settings_or_exit()
     # The store alone: forgetting needs no speech model.
-    from alan.database_check import DatabaseUnusable, open_database_or_explain
+    from alan.database_check import DatabaseUnusableError, open_database_or_explain
     from engine.store.repository import Store
 
     who = local_participant()
@@ -33,7 +33,7 @@ def forget(
             console.print("Nothing was deleted.")
             raise typer.Exit(1)
         store.forget_user(user.id)
-    except DatabaseUnusable as error:
+    except DatabaseUnusableError as error:
         errors.print(f"[red]{error}[/red]", highlight=False)
         raise typer.Exit(1) from None
     except TurnError as error:

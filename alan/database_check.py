@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 
-class DatabaseUnusable(Exception):
+class DatabaseUnusableError(Exception):
     """aLAN can't create, open or write its database; the message says where, why, and how to fix it."""
 
 
@@ -92,14 +92,14 @@ def _sentence(problem: tuple[str, str]) -> str:
 
 
 def check_database(settings: Settings) -> None:
-    """Raise `DatabaseUnusable` if the database can't be created or written."""
+    """Raise `DatabaseUnusableError` if the database can't be created or written."""
     problem = database_problem(settings)
     if problem is not None:
-        raise DatabaseUnusable(_sentence(problem))
+        raise DatabaseUnusableError(_sentence(problem))
 
 
 def open_database_or_explain(settings: Settings) -> sessionmaker[Session]:
-    """Check, then open and migrate the database; any failure becomes one `DatabaseUnusable` message."""
+    """Check, then open and migrate the database; any failure becomes one `DatabaseUnusableError` message."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from engine.store.database import open_database
@@ -108,4 +108,4 @@ def open_database_or_explain(settings: Settings) -> sessionmaker[Session]:
     try:
         return open_database(settings.resolved_database_url)
     except (SQLAlchemyError, OSError) as error:
-        raise DatabaseUnusable(_sentence(open_failure(settings, error))) from error
+        raise DatabaseUnusableError(_sentence(open_failure(settings, error))) from error

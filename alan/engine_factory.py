@@ -21,7 +21,7 @@ def build_chat_model(settings: Settings) -> ChatModel:
 def build_conversation(settings: Settings) -> Conversation:
     """Open (and migrate) the database and set up the models; models load on first use, not here.
 
-    Raises `DatabaseUnusable` (a message for the person) when the database can't be created or written.
+    Raises `DatabaseUnusableError` (a message for the person) when the database can't be created or written.
     """
     return Conversation(
         Store(open_database_or_explain(settings)),

@@ -22,6 +22,8 @@ import av
 import av.error
 import numpy as np
 
+from engine.errors import AudioTooLargeError, AudioTooLongError, InvalidAudioError
+
 # FFmpeg's own log (one line per damaged packet) stays off: PyAV leaves it off unless `av.logging.set_level` is
 # called, and nothing in aLAN calls it. Damage is summed up in one line per file instead (`_Damage`).
 log = logging.getLogger(__name__)
@@ -36,36 +38,6 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 AudioInput = bytes | bytearray | memoryview | Path | str | BinaryIO
 
 
-class AudioError(Exception):
-    """Audio that can't be used. `str(error)` is a sentence meant for the user."""
-
-
-class InvalidAudio(AudioError):
-    """Corrupt, truncated, empty or non-audio input."""
-
-
-class AudioTooLong(AudioError):
-    def __init__(self, max_seconds: float) -> None:
-        super().__init__(f"That audio is too long: the limit is {_format_seconds(max_seconds)}.")
-        self.max_seconds = max_seconds
-
-
-class AudioTooLarge(AudioError):
-    def __init__(self, size: int, max_bytes: int) -> None:
-        super().__init__(
-            f"That file is too large ({size / 1_048_576:.1f} MB): the limit is {max_bytes / 1_048_576:.0f} MB."
-        )
-        self.size = size
-        self.max_bytes = max_bytes
-
-
-def _format_seconds(seconds: float) -> str:
-    if seconds >= 60 and seconds % 60 == 0:
-        minutes = int(seconds // 60)
-        return f"{minutes} minute{'s' if minutes != 1 else ''}"
-    return f"{seconds:g} seconds"
-
-
 def _read_input(source: AudioInput, max_bytes: int) -> bytes:
     """Read the whole input, refusing anything over `max_bytes` before parsing any of it."""
     if isinstance(source, bytes | bytearray | memoryview):
@@ -75,16 +47,16 @@ def _read_input(source: AudioInput, max_bytes: int) -> bytes:
         try:
             size = path.stat().st_size
             if size > max_bytes:
-                raise AudioTooLarge(size, max_bytes)
+                raise AudioTooLargeError(size, max_bytes)
             data = path.read_bytes()
         except OSError as error:
-            raise InvalidAudio(f"Can't read {path.name}: {error.strerror or error}.") from error
+            raise InvalidAudioError(f"Can't read {path.name}: {error.strerror or error}.") from error
     else:
         data = source.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise AudioTooLarge(len(data), max_bytes)
+        raise AudioTooLargeError(len(data), max_bytes)
     if not data:
-        raise InvalidAudio("That file is empty.")
+        raise InvalidAudioError("That file is empty.")
     return data
 
 
@@ -106,7 +78,7 @@ def _check_complete(data: bytes) -> None:
         if declared_size in (0, 0xFFFFFFFF) or declared_size >= 0x7FFFF000:
             return
         if len(data) < declared_size + 8:
-            raise InvalidAudio(TRUNCATED_MESSAGE)
+            raise InvalidAudioError(TRUNCATED_MESSAGE)
 
 
 def _check_ogg_pages(data: bytes) -> None:
@@ -115,19 +87,19 @@ def _check_ogg_pages(data: bytes) -> None:
     ended = False
     while offset < len(data):
         if data[offset : offset + 4] != b"OggS" or offset + header_size > len(data):
-            raise InvalidAudio(TRUNCATED_MESSAGE)
+            raise InvalidAudioError(TRUNCATED_MESSAGE)
         flags = data[offset + 5]
         segment_count = data[offset + 26]
         table_end = offset + header_size + segment_count
         if table_end > len(data):
-            raise InvalidAudio(TRUNCATED_MESSAGE)
+            raise InvalidAudioError(TRUNCATED_MESSAGE)
         body_size = sum(data[offset + header_size : table_end])
         offset = table_end + body_size
         if offset > len(data):
-            raise InvalidAudio(TRUNCATED_MESSAGE)
+            raise InvalidAudioError(TRUNCATED_MESSAGE)
         ended = bool(flags & 0x04)
     if not ended:
-        raise InvalidAudio(TRUNCATED_MESSAGE)
+        raise InvalidAudioError(TRUNCATED_MESSAGE)
 
 
 def decode_audio(
@@ -139,8 +111,8 @@ def decode_audio(
 ) -> np.ndarray:
     """Decode the first audio stream of `source` to float32 mono at `sample_rate`.
 
-    Raises `AudioTooLarge` before parsing, `AudioTooLong` as soon as the decoded audio passes `max_seconds`,
-    and `InvalidAudio` for anything that isn't decodable audio or holds no samples.
+    Raises `AudioTooLargeError` before parsing, `AudioTooLongError` as soon as the decoded audio passes `max_seconds`,
+    and `InvalidAudioError` for anything that isn't decodable audio or holds no samples.
     """
     data = _read_input(source, max_bytes)
     _check_complete(data)
@@ -152,10 +124,10 @@ def decode_audio(
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
         log.info("audio rejected: not a readable media file (%s)", error)
-        raise InvalidAudio("That doesn't look like an audio file I can read.") from error
+        raise InvalidAudioError("That doesn't look like an audio file I can read.") from error
     try:
         if not container.streams.audio:
-            raise InvalidAudio("That file has no audio in it.")
+            raise InvalidAudioError("That file has no audio in it.")
         audio_stream = container.streams.audio[0]
         # A resampler locks onto the format of its first frame; one per decode keeps sources independent.
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
@@ -164,16 +136,16 @@ def decode_audio(
             for out in resampler.resample(frame):
                 total += _append(chunks, out)
             if total > max_samples:
-                raise AudioTooLong(max_seconds)
+                raise AudioTooLongError(max_seconds)
         for out in resampler.resample(None):  # flush, or the tail of the audio is lost
             total += _append(chunks, out)
     finally:
         container.close()
         damage.report()
     if total > max_samples:
-        raise AudioTooLong(max_seconds)
+        raise AudioTooLongError(max_seconds)
     if total == 0:
-        raise InvalidAudio("That file holds no audio.")
+        raise InvalidAudioError("That file holds no audio.")
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 

@@ -42,7 +42,7 @@ class ChatModel(Protocol):
     - `stream_reply(history, user_text, context=…, language=…)` sends the system prompt (with the person's
       `language`, a Whisper code, and any `context` added), the trimmed `history`, then `user_text`, and yields
       the reply's text as it is generated: non-empty deltas, in order. Every failure — server down, refused
-      credentials, unknown model, too slow, the stream broken — raises `engine.errors.LlmUnavailable` whose
+      credentials, unknown model, too slow, the stream broken — raises `engine.errors.LlmUnavailableError` whose
       message tells the operator the fix and holds no secret. Closing the iterator early (the person
       interrupted) closes the HTTP stream, so the server stops generating.
     - `check()` is the same diagnosis for `alan doctor`: reachable, the model present, the fix. It never raises

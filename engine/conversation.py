@@ -22,22 +22,20 @@ from datetime import UTC, datetime
 import numpy as np
 
 from engine import hearing
-from engine.audio import AudioError, AudioTooLong, Samples, decode_audio, encode_ogg_opus, is_ogg_opus
+from engine.audio import Samples, decode_audio, encode_ogg_opus, is_ogg_opus
 from engine.chat_model import ChatMessage, ChatModel
 from engine.conversation_voices import ConversationVoices
-from engine.errors import LlmUnavailable, SpeechTooLongError, TtsUnavailableError
-from engine.events import (
-    BadInput,
-    Heard,
-    NoSpeech,
-    ReplySentence,
-    SentenceSpoken,
-    ServiceUnavailable,
-    SpeechChunk,
-    SpeechUnavailable,
-    TurnEvent,
-    TurnFinished,
+from engine.errors import (
+    AudioError,
+    AudioTooLongError,
+    BadInputError,
+    LlmUnavailableError,
+    NoSpeechError,
+    ServiceUnavailableError,
+    SpeechTooLongError,
+    TtsUnavailableError,
 )
+from engine.events import Heard, ReplySentence, SentenceSpoken, SpeechChunk, SpeechUnavailable, TurnEvent, TurnFinished
 from engine.participant import Participant
 from engine.speech_synthesizer import ContextTurn, SpeechSynthesizer, VoicePrompt
 from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
@@ -89,7 +87,7 @@ class Conversation(ConversationVoices):
         self.max_audio_bytes = max_audio_bytes
 
     async def load_models(self, *, hearing_too: bool = True) -> None:
-        """Load the speech models now rather than on first use; raises `ServiceUnavailable` if one can't load."""
+        """Load the speech models now rather than on first use; raises `ServiceUnavailableError` if one can't load."""
         if hearing_too:
             await hearing.load(self._stt)
         try:
@@ -168,9 +166,9 @@ class Conversation(ConversationVoices):
     def _read(self, text: str | None) -> str:
         text = visible_text(text)  # zero-width and control characters alone are no message
         if not text:
-            raise BadInput("There's nothing to answer: send me a voice message or some text.")
+            raise BadInputError("There's nothing to answer: send me a voice message or some text.")
         if len(text) > MAX_TEXT_CHARS:
-            raise BadInput(f"That message is too long for me: please keep it under {MAX_TEXT_CHARS} characters.")
+            raise BadInputError(f"That message is too long for me: please keep it under {MAX_TEXT_CHARS} characters.")
         return text
 
     async def _hear(
@@ -189,14 +187,14 @@ class Conversation(ConversationVoices):
                 transcript.duration,
                 list(transcript.rejection_reasons),
             )
-            raise NoSpeech()
+            raise NoSpeechError()
         return transcript.text.strip(), transcript.language, heard
 
     async def _decode(self, audio: bytes | Samples) -> HeardAudio:
         """The audio as samples for the models and as the bytes to store: a voice note as it came, PCM encoded."""
         if isinstance(audio, Samples):
             if audio.seconds > self.max_audio_seconds:
-                raise BadInput(str(AudioTooLong(self.max_audio_seconds)))
+                raise BadInputError(str(AudioTooLongError(self.max_audio_seconds)))
             samples = np.asarray(audio.audio, dtype=np.float32)
             stored = await asyncio.to_thread(encode_ogg_opus, samples, audio.sample_rate)
             return HeardAudio(samples, audio.sample_rate, stored)
@@ -206,7 +204,7 @@ class Conversation(ConversationVoices):
             )
         except AudioError as error:
             log.info("rejected audio: %s", error)
-            raise BadInput(str(error)) from error
+            raise BadInputError(str(error)) from error
         data = bytes(audio)
         stored = data if is_ogg_opus(data) else await asyncio.to_thread(encode_ogg_opus, samples, CLIP_RATE)
         return HeardAudio(samples, CLIP_RATE, stored)
@@ -233,7 +231,7 @@ class Conversation(ConversationVoices):
         if speak:
             try:
                 voice = await self._voice(user, who, voice_name)
-            except ServiceUnavailable as error:
+            except ServiceUnavailableError as error:
                 log.error("no voice: %s", error.detail)
                 speaking = False
                 yield SpeechUnavailable(str(error))
@@ -267,12 +265,12 @@ class Conversation(ConversationVoices):
                             log.exception("speech failed for user %s: %s", user.id, error)
                             speaking = False
                             yield SpeechUnavailable(_speech_failure(error))
-            except LlmUnavailable as error:
+            except LlmUnavailableError as error:
                 log.error("LLM unavailable: %s", error)
-                raise ServiceUnavailable(LLM_DOWN, str(error)) from error
+                raise ServiceUnavailableError(LLM_DOWN, str(error)) from error
             if not reply.sentences:
                 log.warning("the LLM returned no speakable text for user %s", user.id)
-                raise ServiceUnavailable(LLM_DOWN, "the model's reply was empty")
+                raise ServiceUnavailableError(LLM_DOWN, "the model's reply was empty")
             if voice is None and speaking and reply.spoken:
                 await self._memory.make_house_voice(who.scope, reply)
             finished = True
@@ -404,7 +402,7 @@ class Conversation(ConversationVoices):
                     async for chunk in speech:
                         yield chunk
             except SpeechTooLongError as error:
-                raise BadInput(f"I can't say that in one go: {error}") from error
+                raise BadInputError(f"I can't say that in one go: {error}") from error
             except TtsUnavailableError as error:
                 raise voice_down(error) from error
 
@@ -439,4 +437,4 @@ def _speech_failure(error: Exception) -> str:
     """What the person is told when speaking failed mid-answer (the rest comes as text)."""
     if isinstance(error, TtsUnavailableError):
         return str(voice_down(error))
-    return str(error) if isinstance(error, ServiceUnavailable) else SPEECH_FAILED
+    return str(error) if isinstance(error, ServiceUnavailableError) else SPEECH_FAILED

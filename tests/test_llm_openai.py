@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from engine.chat_model import ChatModel
-from engine.errors import LlmUnavailable
+from engine.errors import LlmUnavailableError
 from engine.llm import SYSTEM_PROMPT, ChatMessage, OllamaChat, OpenAIChat
 from tests.fakes.openai_server import FakeOpenAI
 
@@ -119,7 +119,7 @@ async def test_closing_the_stream_early_closes_the_connection(chat: OpenAIChat, 
 async def test_server_down_names_the_url_and_the_setting() -> None:
     url = closed_port_url()
     async with OpenAIChat(MODEL, url, max_retries=0) as chat:
-        with pytest.raises(LlmUnavailable, match="Cannot reach") as raised:
+        with pytest.raises(LlmUnavailableError, match="Cannot reach") as raised:
             await collect(chat.stream_reply([], "Hello"))
     assert url in str(raised.value) and "ALAN_LLM_BASE_URL" in str(raised.value)
 
@@ -127,7 +127,7 @@ async def test_server_down_names_the_url_and_the_setting() -> None:
 async def test_a_missing_key_says_set_it(server: FakeOpenAI) -> None:
     server.api_key = KEY
     async with OpenAIChat(MODEL, server.base_url) as chat:
-        with pytest.raises(LlmUnavailable, match=r"wants an API key \(status 401\): set ALAN_LLM_API_KEY"):
+        with pytest.raises(LlmUnavailableError, match=r"wants an API key \(status 401\): set ALAN_LLM_API_KEY"):
             await collect(chat.stream_reply([], "Hello"))
 
 
@@ -137,7 +137,7 @@ async def test_a_wrong_key_is_refused_and_never_repeated(server: FakeOpenAI, cap
     caplog.set_level(logging.DEBUG)  # the openai client and httpx log requests at DEBUG
     async with OpenAIChat(MODEL, server.base_url, api_key=wrong) as chat:
         refused = r"refused the API key \(status 401\): check ALAN_LLM_API_KEY"
-        with pytest.raises(LlmUnavailable, match=refused) as raised:
+        with pytest.raises(LlmUnavailableError, match=refused) as raised:
             await collect(chat.stream_reply([], "Hello"))
         status = await chat.check()
     assert not status.ok and "ALAN_LLM_API_KEY" in status.message
@@ -150,7 +150,7 @@ async def test_server_text_passed_on_is_scrubbed_of_the_key(server: FakeOpenAI) 
     server.api_key = KEY
     server.script("Hel", error_event=f"upstream refused key {KEY}")  # a server that echoes what it got
     async with OpenAIChat(MODEL, server.base_url, api_key=KEY) as chat:
-        with pytest.raises(LlmUnavailable, match=r"upstream refused key \[REDACTED\]") as raised:
+        with pytest.raises(LlmUnavailableError, match=r"upstream refused key \[REDACTED\]") as raised:
             await collect(chat.stream_reply([], "Hello"))
     assert KEY not in str(raised.value)
 
@@ -159,13 +159,13 @@ async def test_forbidden_model_is_a_403_message(server: FakeOpenAI) -> None:
     server.api_key = KEY
     server.forbidden_models = {MODEL}
     async with OpenAIChat(MODEL, server.base_url, api_key=KEY) as chat:
-        with pytest.raises(LlmUnavailable, match=r"status 403.*ALAN_LLM_API_KEY"):
+        with pytest.raises(LlmUnavailableError, match=r"status 403.*ALAN_LLM_API_KEY"):
             await collect(chat.stream_reply([], "Hello"))
 
 
 async def test_unknown_model_names_it_and_lists_what_the_server_has(server: FakeOpenAI) -> None:
     async with OpenAIChat("mistral-7b", server.base_url) as chat:
-        with pytest.raises(LlmUnavailable) as raised:
+        with pytest.raises(LlmUnavailableError) as raised:
             await collect(chat.stream_reply([], "Hello"))
     message = str(raised.value)
     assert "no model 'mistral-7b'" in message and f"{MODEL}, qwen2.5-0.5b" in message and "ALAN_LLM_MODEL" in message
@@ -174,7 +174,7 @@ async def test_unknown_model_names_it_and_lists_what_the_server_has(server: Fake
 
 async def test_a_base_url_without_v1_says_where_the_api_is(server: FakeOpenAI) -> None:
     async with OpenAIChat(MODEL, server.host) as chat:  # the server's root, not its /v1
-        with pytest.raises(LlmUnavailable, match=r"ALAN_LLM_BASE_URL.*ending in /v1"):
+        with pytest.raises(LlmUnavailableError, match=r"ALAN_LLM_BASE_URL.*ending in /v1"):
             await collect(chat.stream_reply([], "Hello"))
         status = await chat.check()
     assert status.reachable and not status.ok and "/v1" in status.message
@@ -184,7 +184,7 @@ async def test_a_server_error_status_is_reported_with_its_text(server: FakeOpenA
     server.script(status=500)
     server.script(status=500)  # the client retries once
     async with OpenAIChat(MODEL, server.base_url) as chat:
-        with pytest.raises(LlmUnavailable, match=r"status 500\): The server had an error"):
+        with pytest.raises(LlmUnavailableError, match=r"status 500\): The server had an error"):
             await collect(chat.stream_reply([], "Hello"))
     assert len(server.chat_requests) == 2
 
@@ -193,7 +193,7 @@ async def test_slow_first_token_times_out(server: FakeOpenAI) -> None:
     server.script("Too late.", first_delay=10.0)
     async with OpenAIChat(MODEL, server.base_url, first_token_timeout=0.3) as chat:
         started = time.monotonic()
-        with pytest.raises(LlmUnavailable, match=r"did not start answering within 0\.3 s"):
+        with pytest.raises(LlmUnavailableError, match=r"did not start answering within 0\.3 s"):
             await collect(chat.stream_reply([], "Hello"))
     assert time.monotonic() - started < 5.0  # a generous bound: only "it did not wait the full 10 s"
 
@@ -202,7 +202,7 @@ async def test_stall_mid_reply_times_out_after_the_first_words(server: FakeOpenA
     server.script("Well,", " then.", chunk_delay=10.0)
     received: list[str] = []
     async with OpenAIChat(MODEL, server.base_url, token_timeout=0.3) as chat:
-        with pytest.raises(LlmUnavailable, match="stopped sending text"):
+        with pytest.raises(LlmUnavailableError, match="stopped sending text"):
             async for delta in chat.stream_reply([], "Hello"):
                 received.append(delta)
     assert received == ["Well,"]
@@ -211,7 +211,7 @@ async def test_stall_mid_reply_times_out_after_the_first_words(server: FakeOpenA
 async def test_a_connection_dropped_mid_stream_is_a_broken_stream(chat: OpenAIChat, server: FakeOpenAI) -> None:
     server.script("Hel", "lo", " there.", drop_after=2)
     received: list[str] = []
-    with pytest.raises(LlmUnavailable, match=r"Lost the connection .* in the middle of a reply"):
+    with pytest.raises(LlmUnavailableError, match=r"Lost the connection .* in the middle of a reply"):
         async for delta in chat.stream_reply([], "Hello"):
             received.append(delta)
     assert received == ["Hel", "lo"]
@@ -219,13 +219,13 @@ async def test_a_connection_dropped_mid_stream_is_a_broken_stream(chat: OpenAICh
 
 async def test_an_error_event_mid_stream_is_reported(chat: OpenAIChat, server: FakeOpenAI) -> None:
     server.script("Hel", error_event="llama_decode failed: out of memory")
-    with pytest.raises(LlmUnavailable, match=r"in the middle of a reply .*out of memory"):
+    with pytest.raises(LlmUnavailableError, match=r"in the middle of a reply .*out of memory"):
         await collect(chat.stream_reply([], "Hello"))
 
 
 async def test_an_empty_reply_is_an_error_that_says_what_to_check(chat: OpenAIChat, server: FakeOpenAI) -> None:
     server.script(finish_reason="stop")
-    with pytest.raises(LlmUnavailable, match=r"finished without writing anything \(finish_reason: stop\)"):
+    with pytest.raises(LlmUnavailableError, match=r"finished without writing anything \(finish_reason: stop\)"):
         await collect(chat.stream_reply([], "Hello"))
 
 
@@ -255,7 +255,7 @@ async def test_check_server_down() -> None:
 async def test_a_password_in_the_base_url_never_shows() -> None:
     async with OpenAIChat(MODEL, "http://alan:s3cret-pass@127.0.0.1:9/v1", max_retries=0) as chat:
         status = await chat.check()
-        with pytest.raises(LlmUnavailable) as raised:
+        with pytest.raises(LlmUnavailableError) as raised:
             await collect(chat.stream_reply([], "hello"))
     assert "s3cret-pass" not in status.message and "s3cret-pass" not in str(raised.value)
     assert "127.0.0.1:9/v1" in str(raised.value)

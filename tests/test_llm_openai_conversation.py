@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.conversation import Conversation, Participant
-from engine.events import ReplySentence, ServiceUnavailable, TurnEvent, TurnFinished
+from engine.errors import ServiceUnavailableError
+from engine.events import ReplySentence, TurnEvent, TurnFinished
 from engine.llm import OpenAIChat
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
@@ -79,7 +80,7 @@ async def test_a_refused_key_is_a_clear_message_and_the_users_turn_is_kept(
     build: Callable[..., Conversation], store: Store
 ) -> None:
     wrong = "sk-wrong-1357"
-    with pytest.raises(ServiceUnavailable, match="language model isn't answering") as raised:
+    with pytest.raises(ServiceUnavailableError, match="language model isn't answering") as raised:
         await collect(build(api_key=wrong).turn(ANN, text="are you there"))
     assert "ALAN_LLM_API_KEY" in raised.value.detail and wrong not in raised.value.detail
     assert stored(store) == [("user", "are you there")]
@@ -90,7 +91,7 @@ async def test_a_server_that_is_down_keeps_the_users_turn(
 ) -> None:
     llm = OpenAIChat(MODEL, "http://127.0.0.1:9/v1", max_retries=0)  # nothing listens on the discard port
     conversation = make_conversation(store, whisper, tiny_speech, tiny_csm_dir, "http://127.0.0.1:9", llm=llm)
-    with pytest.raises(ServiceUnavailable) as raised:
+    with pytest.raises(ServiceUnavailableError) as raised:
         try:
             await collect(conversation.turn(ANN, text="hello?"))
         finally:
@@ -103,7 +104,7 @@ async def test_a_stream_broken_mid_reply_keeps_the_users_turn(
     build: Callable[..., Conversation], server: FakeOpenAI, store: Store
 ) -> None:
     server.script("I was about to", " say something", drop_after=1)
-    with pytest.raises(ServiceUnavailable) as raised:
+    with pytest.raises(ServiceUnavailableError) as raised:
         await collect(build().turn(ANN, text="tell me a story", speak=False))
     assert "Lost the connection" in raised.value.detail
     assert stored(store)[0] == ("user", "tell me a story")

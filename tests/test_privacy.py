@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from alan.cli import app
 from alan.cli_engine import local_participant
 from engine.conversation import Conversation, Participant
-from engine.events import NoSpeech, ReplySentence
+from engine.errors import NoSpeechError
+from engine.events import ReplySentence
 from engine.store.database import open_database
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
@@ -131,7 +132,7 @@ async def test_what_whisper_heard_but_dropped_is_not_logged(
     conversation, dropped = rejecting_conversation
     caplog.set_level(logging.DEBUG)
     note = espeak_ogg("This is what I said, and it is nobody else's business.", tmp_path)
-    with pytest.raises(NoSpeech):
+    with pytest.raises(NoSpeechError):
         [event async for event in conversation.turn(Participant("telegram", "1", "chat"), audio=note)]
     heard = [text for text in dropped if len(text) >= 4]
     assert heard  # the tiny Whisper decoded something, and every segment was dropped

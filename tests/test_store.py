@@ -8,11 +8,12 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from engine.errors import VoiceNameTakenError
 from engine.speech_synthesizer import SpeechPayload
 from engine.store.codes import codes_from_bytes, codes_to_bytes
 from engine.store.database import create_db_engine, current_revision, downgrade, head_revision, open_database, upgrade
 from engine.store.models import Base, ScopeVoice, Turn, User, UserVoiceChoice, Voice
-from engine.store.repository import EVERYWHERE, Store, VoiceNameTaken
+from engine.store.repository import EVERYWHERE, Store
 
 APP_TABLES = {"users", "voices", "turns", "user_voice_choices", "scope_voices"}
 
@@ -167,10 +168,10 @@ def test_voice_names_are_unique_per_owner(store: Store) -> None:
     bob = store.user("telegram", "2")
     mine = add_voice(store, ann.id, "me")
     add_voice(store, bob.id, "me")  # another owner may use the same name
-    with pytest.raises(VoiceNameTaken):
+    with pytest.raises(VoiceNameTakenError):
         add_voice(store, ann.id, "me")
     other = add_voice(store, ann.id, "other")
-    with pytest.raises(VoiceNameTaken):
+    with pytest.raises(VoiceNameTakenError):
         store.rename_voice(other.id, "me")
     store.rename_voice(mine.id, "old me")
     assert [voice.name for voice in store.voices_of(ann.id)] == ["old me", "other"]

@@ -21,7 +21,8 @@ from bot.discord.commands import ForgetView
 from bot.discord.session import participant
 from bot.discord.text import answer_mention
 from engine.conversation import Conversation, Participant
-from engine.events import ReplySentence, StorageUnavailable
+from engine.errors import StorageUnavailableError
+from engine.events import ReplySentence
 from engine.store.database import open_database
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
@@ -80,7 +81,7 @@ class PageLimit:
         self.engine.dispose()  # pooled connections reconnect with the limit
         filler = self.store.user("test", "filler")
         for size in (3000, 300, 30, 1):
-            with contextlib.suppress(StorageUnavailable):
+            with contextlib.suppress(StorageUnavailableError):
                 while True:
                     self.store.add_turn(filler.id, "filler", "user", "x" * size)
 
@@ -124,7 +125,7 @@ async def test_a_lock_held_too_long_is_told_and_the_message_is_not_promised_kept
 ) -> None:  # fmt: skip
     who = Participant("telegram", "1", "chat", "Ann")
     user = impatient.user(who.platform, who.user_id, who.display_name)
-    with exclusive_lock(database_url), pytest.raises(StorageUnavailable) as refused:
+    with exclusive_lock(database_url), pytest.raises(StorageUnavailableError) as refused:
         [event async for event in impatient_conversation.turn(who, text="are you there?", speak=False)]
     assert str(refused.value) == NOT_KEPT_BUSY
     assert "locked" in refused.value.detail  # the operator's side
@@ -144,7 +145,7 @@ async def test_a_full_disk_is_told_and_nothing_is_promised(
     store.user(who.platform, who.user_id, who.display_name)
     full = PageLimit(store)
     full.fill()
-    with pytest.raises(StorageUnavailable) as refused:
+    with pytest.raises(StorageUnavailableError) as refused:
         [event async for event in conversation.turn(who, text="hello, is anyone there?", speak=False)]
     assert str(refused.value) == NOT_KEPT_FULL and "free some space" in refused.value.detail
     assert ollama.chat_requests == []
@@ -161,7 +162,7 @@ async def test_when_the_answer_cannot_be_stored_the_person_gets_it_and_is_told(
     full = PageLimit(store)
     ollama.script("Here is my answer. It has two sentences.")
     events: list[object] = []
-    with pytest.raises(StorageUnavailable) as refused:
+    with pytest.raises(StorageUnavailableError) as refused:
         async for event in conversation.turn(who, text="tell me everything", speak=False):
             events.append(event)
             if len(events) == 1:

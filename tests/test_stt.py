@@ -22,7 +22,7 @@ from faster_whisper import decode_audio
 from faster_whisper.transcribe import Segment
 
 from engine import stt
-from engine.errors import SttUnavailable
+from engine.errors import SttUnavailableError
 from engine.stt import (
     DEFAULT_BEAM_SIZE,
     SAMPLE_RATE,
@@ -94,9 +94,9 @@ def test_old_gpu_without_float16_falls_back(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_cuda_requested_without_gpu_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 0)
-    with pytest.raises(SttUnavailable, match="ALAN_DEVICE=auto or cpu"):
+    with pytest.raises(SttUnavailableError, match="ALAN_DEVICE=auto or cpu"):
         resolve_device("cuda")
-    with pytest.raises(SttUnavailable, match="Unknown device"):
+    with pytest.raises(SttUnavailableError, match="Unknown device"):
         resolve_device("tpu")
 
 
@@ -121,7 +121,7 @@ def test_loading_is_lazy(tiny_whisper_dir: Path) -> None:
 
 def test_missing_folder_says_how_to_get_a_model(tmp_path: Path) -> None:
     whisper = WhisperTranscriber(str(tmp_path / "no-such-model"), device="cpu")
-    with pytest.raises(SttUnavailable, match="does not exist") as caught:
+    with pytest.raises(SttUnavailableError, match="does not exist") as caught:
         whisper.load()
     assert "ALAN_STT_MODEL" in str(caught.value)
     assert not whisper.loaded
@@ -129,20 +129,20 @@ def test_missing_folder_says_how_to_get_a_model(tmp_path: Path) -> None:
 
 def test_folder_without_model_files_is_named(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(SttUnavailable, match=r"lacks model\.bin, tokenizer\.json") as caught:
+    with pytest.raises(SttUnavailableError, match=r"lacks model\.bin, tokenizer\.json") as caught:
         WhisperTranscriber(str(tmp_path), device="cpu").load()
     assert "ct2-transformers-converter" in str(caught.value)
 
 
 def test_size_not_downloadable_offline_says_how_to_get_it(tmp_path: Path) -> None:
     whisper = WhisperTranscriber("small", device="cpu", download_root=tmp_path, local_files_only=True)
-    with pytest.raises(SttUnavailable, match="Could not load the Whisper model 'small'") as caught:
+    with pytest.raises(SttUnavailableError, match="Could not load the Whisper model 'small'") as caught:
         whisper.load()
     assert "downloaded from Hugging Face on first use" in str(caught.value)
 
 
 def test_transcribing_speech_with_a_missing_model_raises(speech: np.ndarray, tmp_path: Path) -> None:
-    with pytest.raises(SttUnavailable):
+    with pytest.raises(SttUnavailableError):
         WhisperTranscriber(str(tmp_path / "gone"), device="cpu").transcribe(speech)
 
 
@@ -497,7 +497,7 @@ def test_missing_cuda_libraries_at_first_use_say_what_to_install(speech: np.ndar
 
     whisper = WhisperTranscriber("unused", device="cpu")
     whisper._model = NoCublas()  # type: ignore[assignment]
-    with pytest.raises(SttUnavailable, match="ALAN_DEVICE=cpu") as caught:
+    with pytest.raises(SttUnavailableError, match="ALAN_DEVICE=cpu") as caught:
         whisper.transcribe(speech)
     assert "libcublas.so.12" in str(caught.value)
 
@@ -523,10 +523,10 @@ def test_beam_search_by_default_on_every_device(monkeypatch: pytest.MonkeyPatch)
 
 def test_a_size_name_that_cannot_be_downloaded_says_how_to_get_it(tmp_path: Path) -> None:
     # HF_HUB_OFFLINE is set for the tests, standing in for a machine with no internet.
-    with pytest.raises(SttUnavailable, match="internet"):
+    with pytest.raises(SttUnavailableError, match="internet"):
         WhisperTranscriber("tiny", device="cpu", download_root=tmp_path).load()
 
 
 def test_an_unknown_size_name_lists_the_known_ones() -> None:
-    with pytest.raises(SttUnavailable, match=r"Unknown Whisper model 'huge-v9'.*large-v3"):
+    with pytest.raises(SttUnavailableError, match=r"Unknown Whisper model 'huge-v9'.*large-v3"):
         WhisperTranscriber("huge-v9", device="cpu").load()

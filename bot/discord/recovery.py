@@ -19,7 +19,8 @@ from bot.discord.session import MAX_MESSAGE, PLATFORM
 from bot.restart_followup import follow_up, pending_turns
 from bot.text_split import split_text
 from engine.conversation import Conversation, PendingTurn
-from engine.events import ReplySentence, TurnError
+from engine.errors import TurnError
+from engine.events import ReplySentence
 
 log = logging.getLogger(__name__)
 

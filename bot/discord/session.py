@@ -23,7 +23,7 @@ from bot.discord.speak import PlaybackResult, ReplyPlayback
 from bot.text_split import split_text
 from engine.audio import Samples
 from engine.conversation import Conversation, Participant
-from engine.events import NoSpeech, TurnError
+from engine.errors import NoSpeechError, TurnError
 from engine.vad import SAMPLE_RATE, Utterance, VadConfig
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class VoiceSession:
     async def _answer_utterance(self, who: Participant, heard: Samples) -> None:
         try:
             result = await self.answer(who, audio=heard)
-        except NoSpeech:
+        except NoSpeechError:
             log.debug("no speech in an utterance of user %s", who.user_id)  # a cough or a laugh: say nothing
         except (TurnError, SchedulerFullError) as error:
             await self.post(str(error))

@@ -16,7 +16,8 @@ from alan.scheduler import SchedulerFullError, TurnScheduler
 from bot.discord.session import APOLOGY, MAX_MESSAGE, VoiceSession, participant
 from bot.text_split import split_text
 from engine.conversation import Conversation
-from engine.events import ReplySentence, TurnError
+from engine.errors import TurnError
+from engine.events import ReplySentence
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ REFUSAL = (
 )
 
 
-class TelegramUnavailable(Exception):
+class TelegramUnavailableError(Exception):
     """Telegram can't be used with these settings; the message says why (never with the token)."""
 
 
@@ -192,7 +192,7 @@ class Router:
 def build_application(settings: Settings, services: TelegramServices) -> Application:
     """The python-telegram-bot application with aLAN's handlers, pointed at `telegram_api_url`."""
     if settings.telegram_token is None:
-        raise TelegramUnavailable("TELEGRAM_TOKEN is not set")
+        raise TelegramUnavailableError("TELEGRAM_TOKEN is not set")
     options = services.options
     api = settings.telegram_api_url
     application = (
@@ -284,7 +284,7 @@ async def _initialize(application: Application, options: TelegramOptions) -> Non
             return
         except InvalidToken:
             # PTB's message contains the token itself: replace it.
-            raise TelegramUnavailable("Telegram refused TELEGRAM_TOKEN: check it with @BotFather.") from None
+            raise TelegramUnavailableError("Telegram refused TELEGRAM_TOKEN: check it with @BotFather.") from None
         except NetworkError as error:
             log.warning("Telegram is not reachable (%s); retrying in %.0f s", error, delay)
             await asyncio.sleep(delay)

@@ -26,9 +26,8 @@ from telegram.ext import ContextTypes
 from bot.telegram.common import TelegramServices, participant
 from bot.telegram.media import NOT_AUDIO, download, find_audio
 from bot.telegram.send import Replier, chat_action
-from engine.events import BadInput, TurnError
+from engine.errors import BadInputError, TurnError, VoiceNameTakenError
 from engine.participant import Participant
-from engine.store.repository import VoiceNameTaken
 from engine.visible_text import visible_text
 from engine.voices import CONSENT_STATEMENT, EMPTY_TRANSCRIPT, MAX_UPLOAD_SECONDS, CloneDraft, check_voice_name
 
@@ -103,7 +102,7 @@ class CloneFlow:
         name = check_voice_name(" ".join(context.args or [])) if context.args else None
         who = participant(user, message.chat)
         if name is not None and await self.services.conversation.voice_name_taken(who, name):
-            raise BadInput(f"You already have a voice called “{name}”: choose another name, or see /voices.")
+            raise BadInputError(f"You already have a voice called “{name}”: choose another name, or see /voices.")
         expires = time.monotonic() + self.services.options.clone_timeout_s
         session = CloneSession(user.id, secrets.token_hex(4), name, expires)
         self._sessions[(message.chat_id, user.id)] = session
@@ -113,7 +112,7 @@ class CloneFlow:
             await self._take_clip(context, message, replied, session)
             return
         if replied is not None and replied.document is not None:
-            raise BadInput(NOT_AUDIO)
+            raise BadInputError(NOT_AUDIO)
         ask = ASK_FOR_CLIP + (IN_GROUP if message.chat.type != ChatType.PRIVATE else "")
         await self.services.replier(context.bot, message).text(ask, markup=self._cancel_only(session))
 
@@ -142,9 +141,11 @@ class CloneFlow:
             words = re.sub(rf"@{re.escape(context.bot.username)}\b", "", message.text, flags=re.IGNORECASE)
             transcript = visible_text(words)
             if not transcript:  # only invisible characters: say so rather than wait in silence
-                raise BadInput(EMPTY_TRANSCRIPT)
+                raise BadInputError(EMPTY_TRANSCRIPT)
             if len(transcript) > MAX_TRANSCRIPT_CHARS:
-                raise BadInput("That transcript is too long for a 30-second clip: send just the words in the clip.")
+                raise BadInputError(
+                    "That transcript is too long for a 30-second clip: send just the words in the clip."
+                )
             session.transcript = transcript
             await self._ask_consent(replier, session)
 
@@ -249,8 +250,8 @@ class CloneFlow:
                 name = session.name or await self._free_name(who)
                 try:
                     await services.conversation.save_clone(who, name, draft, transcript)
-                except VoiceNameTaken as error:
-                    raise BadInput(f"{error} Start again with /clone and another name.") from error
+                except VoiceNameTakenError as error:
+                    raise BadInputError(f"{error} Start again with /clone and another name.") from error
                 return name
 
         try:
@@ -266,7 +267,7 @@ class CloneFlow:
             name = DEFAULT_NAME if number == 1 else f"{DEFAULT_NAME} {number}"
             if name not in taken:
                 return name
-        raise BadInput("You have a great many voices already: delete one, or name this one with /clone NAME.")
+        raise BadInputError("You have a great many voices already: delete one, or name this one with /clone NAME.")
 
     def _touch(self, session: CloneSession) -> None:
         """Each step the user takes gives them the full timeout again for the next."""

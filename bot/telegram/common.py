@@ -23,7 +23,7 @@ from alan.settings import Settings
 from bot.telegram.media import download_limit
 from bot.telegram.send import Replier, RetryPolicy, UploadTimeouts
 from engine.conversation import Conversation, Participant
-from engine.events import TurnError
+from engine.errors import TurnError
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from telegram.warnings import PTBDeprecationWarning
 
 from alan.settings import DEFAULT_TELEGRAM_API_URL
 from bot.telegram.send import RetryPolicy, with_retries
-from engine.events import BadInput, TurnError
+from engine.errors import BadInputError, TurnError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ TOO_BIG_FOR_TELEGRAM = "That file is too large for me to download from Telegram 
 DOWNLOAD_FAILED = "I couldn't download your {kind} from Telegram. Please send it again."
 
 
-class DownloadFailed(TurnError):
+class DownloadFailedError(TurnError):
     """Telegram didn't hand the file over, even after retries: the person is asked to send it again."""
 
 
@@ -105,12 +105,12 @@ def _describe_seconds(seconds: float) -> str:
 def check_before_download(attachment: Attachment, *, max_seconds: float, max_bytes: int) -> None:
     """Refuse, with a message for the user, what Telegram already says is too long or too large."""
     if attachment.seconds is not None and attachment.seconds > max_seconds:
-        raise BadInput(
+        raise BadInputError(
             f"That {attachment.kind} is {_describe_seconds(attachment.seconds)} long: I can listen to at most "
             f"{_describe_seconds(max_seconds)}. Please send a shorter one."
         )
     if attachment.size is not None and attachment.size > max_bytes:
-        raise BadInput(_too_large(attachment.kind, attachment.size, max_bytes))
+        raise BadInputError(_too_large(attachment.kind, attachment.size, max_bytes))
 
 
 def _too_large(kind: str, size: int, max_bytes: int) -> str:
@@ -122,7 +122,7 @@ async def download(
 ) -> bytes:
     """Check the caps, then fetch the file's bytes (retrying Bot API trouble).
 
-    Raises `BadInput` (too long, too large, empty) or `DownloadFailed`, both messages for the person.
+    Raises `BadInputError` (too long, too large, empty) or `DownloadFailedError`, both messages for the person.
     """
     check_before_download(attachment, max_seconds=max_seconds, max_bytes=max_bytes)
     try:
@@ -130,20 +130,20 @@ async def download(
     except BadRequest as error:
         log.info("getFile refused %s: %s", attachment.kind, error)
         if "too big" in str(error).lower():
-            raise BadInput(TOO_BIG_FOR_TELEGRAM) from error
-        raise DownloadFailed(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
+            raise BadInputError(TOO_BIG_FOR_TELEGRAM) from error
+        raise DownloadFailedError(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
     except TelegramError as error:  # still failing after the retries
         log.warning("could not get a %s from Telegram (getFile: %s)", attachment.kind, error)
-        raise DownloadFailed(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
+        raise DownloadFailedError(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
     if file.file_size is not None and file.file_size > max_bytes:
-        raise BadInput(_too_large(attachment.kind, file.file_size, max_bytes))
+        raise BadInputError(_too_large(attachment.kind, file.file_size, max_bytes))
     try:
         data = await with_retries(file.download_as_bytearray, policy, "file download")
     except TelegramError as error:  # a 404 arrives as InvalidToken, a 5xx or a broken connection as NetworkError
         log.warning("could not download a %s from Telegram: %s", attachment.kind, error)
-        raise DownloadFailed(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
+        raise DownloadFailedError(DOWNLOAD_FAILED.format(kind=attachment.kind)) from error
     if len(data) > max_bytes:
-        raise BadInput(_too_large(attachment.kind, len(data), max_bytes))
+        raise BadInputError(_too_large(attachment.kind, len(data), max_bytes))
     if not data:
-        raise BadInput(f"That {attachment.kind} arrived empty: please send it again.")
+        raise BadInputError(f"That {attachment.kind} arrived empty: please send it again.")
     return bytes(data)

@@ -22,7 +22,7 @@ from bot.telegram.common import PLATFORM, TelegramServices, say_quietly
 from bot.telegram.send import chat_action
 from bot.telegram.turn import send_answer
 from engine.conversation import PendingTurn
-from engine.events import TurnError
+from engine.errors import TurnError
 
 log = logging.getLogger(__name__)
 

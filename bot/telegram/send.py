@@ -51,7 +51,7 @@ def retry_after_seconds(error: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
 
 
-class MaybeDelivered(NetworkError):
+class MaybeDeliveredError(NetworkError):
     """A send whose request reached Telegram but whose answer never came: it was most likely delivered."""
 
 
@@ -79,7 +79,7 @@ async def with_retries(
     """Run one Bot API call, retrying flood control and transient network errors.
 
     With `resend_if_unsure=False` (uploads), a call that may have reached Telegram isn't made again: it
-    raises `MaybeDelivered` instead.
+    raises `MaybeDeliveredError` instead.
     """
     for attempt in range(1, policy.attempts + 1):
         try:
@@ -94,7 +94,7 @@ async def with_retries(
             raise  # a NetworkError subclass, but the same request would fail the same way
         except NetworkError as error:  # TimedOut included; a 5xx arrives as a NetworkError too
             if not resend_if_unsure and may_have_arrived(error):
-                raise MaybeDelivered(f"no answer after the request was sent ({error})") from error
+                raise MaybeDeliveredError(f"no answer after the request was sent ({error})") from error
             if attempt == policy.attempts:
                 raise
             wait = policy.backoff_s * 2 ** (attempt - 1)
@@ -202,7 +202,7 @@ class Replier:
         """Send an upload; one that most likely arrived although its answer didn't counts as sent."""
         try:
             await with_retries(send, self.policy, what, resend_if_unsure=False)
-        except MaybeDelivered as error:
+        except MaybeDeliveredError as error:
             # Telegram offers no way to check; a voice note twice is worse than the small chance of a gap.
             log.warning("%s to chat %s: %s; not sending it again", what, self.chat_id, error)
 

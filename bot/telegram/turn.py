@@ -20,15 +20,8 @@ import numpy as np
 from bot.telegram.send import Replier
 from engine.audio import CSM_RATE, encode_ogg_opus
 from engine.conversation import Conversation, Participant
-from engine.events import (
-    Heard,
-    ReplySentence,
-    SentenceSpoken,
-    SpeechChunk,
-    SpeechUnavailable,
-    TurnError,
-    TurnEvent,
-)
+from engine.errors import TurnError
+from engine.events import Heard, ReplySentence, SentenceSpoken, SpeechChunk, SpeechUnavailable, TurnEvent
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 `OllamaChat` implements `engine.chat_model.ChatModel`: `stream_reply` yields text deltas as Ollama produces
 them; the pipeline feeds them to `engine.speech_text.SentenceSplitter` so the TTS can speak sentence one while
 sentence two is generated. Every way Ollama can fail — not running, model not pulled, too slow, connection
-lost — surfaces as one `LlmUnavailable` whose message tells the operator the fix. `check()` is the same
+lost — surfaces as one `LlmUnavailableError` whose message tells the operator the fix. `check()` is the same
 diagnosis for `alan doctor`.
 """
 
@@ -18,7 +18,7 @@ import httpx
 import ollama
 
 from engine.chat_model import ChatMessage, LlmStatus
-from engine.errors import LlmUnavailable
+from engine.errors import LlmUnavailableError
 from engine.llm.prompt import (
     HISTORY_CHARS,
     MAX_REPLY_TOKENS,
@@ -91,7 +91,7 @@ class OllamaChat(PromptedChat):
         context: str | None = None,
         language: str | None = None,
     ) -> AsyncIterator[str]:
-        """Yield the reply's text deltas as they arrive. Raises `LlmUnavailable` (with the fix) on failure.
+        """Yield the reply's text deltas as they arrive. Raises `LlmUnavailableError` (with the fix) on failure.
 
         Closing the iterator early (the user interrupted) closes the HTTP stream, which makes Ollama stop
         generating.
@@ -133,12 +133,12 @@ class OllamaChat(PromptedChat):
             return None
         except TimeoutError as error:
             if first:
-                raise LlmUnavailable(
+                raise LlmUnavailableError(
                     f"Ollama did not start answering within {limit_s:g} s with model {self.model!r}. It may "
                     "still be loading the model, or the model is too big for this machine: check `ollama ps`, "
                     "try a smaller ALAN_LLM_MODEL, or give the first answer more time."
                 ) from error
-            raise LlmUnavailable(
+            raise LlmUnavailableError(
                 f"Ollama stopped sending text for {limit_s:g} s in the middle of a reply from {self.model!r}; "
                 "check the Ollama server's log."
             ) from error
@@ -186,24 +186,24 @@ class OllamaChat(PromptedChat):
             "ALAN_LLM_MODEL to one that `ollama list` shows."
         )
 
-    def _unavailable(self, error: BaseException) -> LlmUnavailable:
+    def _unavailable(self, error: BaseException) -> LlmUnavailableError:
         """Translate what the ollama client / httpx raised into one error that says the fix."""
-        if isinstance(error, LlmUnavailable):
+        if isinstance(error, LlmUnavailableError):
             return error
         if isinstance(error, ConnectionError | httpx.ConnectError | httpx.ConnectTimeout):
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"Cannot reach Ollama at {self.shown_host}. Start it with `ollama serve` (or the Ollama app), or "
                 "set OLLAMA_HOST to where it runs."
             )
         if isinstance(error, ollama.ResponseError):
             if error.status_code == 404:
-                return LlmUnavailable(self._missing_model_message())
-            return LlmUnavailable(
+                return LlmUnavailableError(self._missing_model_message())
+            return LlmUnavailableError(
                 f"Ollama at {self.shown_host} failed to answer with {self.model!r} "
                 f"(status {error.status_code}): {error.error}"
             )
         if isinstance(error, httpx.HTTPError):
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"Lost the connection to Ollama at {self.shown_host} ({type(error).__name__}); is it restarting?"
             )
-        return LlmUnavailable(f"Ollama call failed: {type(error).__name__}: {error}")
+        return LlmUnavailableError(f"Ollama call failed: {type(error).__name__}: {error}")

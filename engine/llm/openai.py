@@ -3,7 +3,7 @@
 `OpenAIChat` implements `engine.chat_model.ChatModel` with the official `openai` client against
 `{base_url}/chat/completions` (`stream=True`: server-sent events, `choices[0].delta.content`, then `[DONE]`) and
 `{base_url}/models`. Every failure — server down, a refused key, an unknown model, too slow, the stream broken
-off, an empty reply — is one `LlmUnavailable` that says the fix; no message ever holds the API key.
+off, an empty reply — is one `LlmUnavailableError` that says the fix; no message ever holds the API key.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import openai
 
 from engine.chat_model import ChatMessage, LlmStatus
-from engine.errors import LlmUnavailable
+from engine.errors import LlmUnavailableError
 from engine.llm.prompt import (
     HISTORY_CHARS,
     MAX_REPLY_TOKENS,
@@ -97,7 +97,7 @@ class OpenAIChat(PromptedChat):
         context: str | None = None,
         language: str | None = None,
     ) -> AsyncIterator[str]:
-        """Yield the reply's text deltas as they arrive. Raises `LlmUnavailable` (with the fix) on failure.
+        """Yield the reply's text deltas as they arrive. Raises `LlmUnavailableError` (with the fix) on failure.
 
         Closing the iterator early (the user interrupted) closes the HTTP response, which makes the server stop.
         """
@@ -142,7 +142,7 @@ class OpenAIChat(PromptedChat):
         if finish_reason == "length":
             log.info("Reply cut at max_tokens=%s", self.max_tokens)
         if not received_text:
-            raise LlmUnavailable(
+            raise LlmUnavailableError(
                 f"The model {self.model!r} at {self.shown_url} finished without writing anything "
                 f"(finish_reason: {finish_reason or 'none'}). Check the server's log and the model's chat template, "
                 "or set ALAN_LLM_MODEL to another model."
@@ -174,7 +174,7 @@ class OpenAIChat(PromptedChat):
     # --- errors ---
 
     async def _within(self, step: Awaitable[T], limit_s: float, *, waiting_for_first: bool, streaming: bool) -> T:
-        """Await one step of a request within `limit_s`, turning every failure into an `LlmUnavailable`."""
+        """Await one step of a request within `limit_s`, turning every failure into an `LlmUnavailableError`."""
         try:
             async with asyncio.timeout(limit_s):
                 return await step
@@ -182,69 +182,69 @@ class OpenAIChat(PromptedChat):
             raise
         except TimeoutError as error:
             if waiting_for_first:
-                raise LlmUnavailable(
+                raise LlmUnavailableError(
                     f"The server at {self.shown_url} did not start answering within {self.first_token_timeout:g} s "
                     f"with model {self.model!r}. It may still be loading the model, or the model is too big for "
                     "the machine: check the server's log, or try a smaller ALAN_LLM_MODEL."
                 ) from error
-            raise LlmUnavailable(
+            raise LlmUnavailableError(
                 f"The server at {self.shown_url} stopped sending text for {limit_s:g} s in the middle of a reply "
                 f"from {self.model!r}; check the server's log."
             ) from error
         except openai.NotFoundError as error:
-            raise LlmUnavailable(await self._not_found_message(error)) from error
+            raise LlmUnavailableError(await self._not_found_message(error)) from error
         except Exception as error:
             raise self._unavailable(error, streaming=streaming) from error
 
-    def _unavailable(self, error: BaseException, *, streaming: bool) -> LlmUnavailable:
+    def _unavailable(self, error: BaseException, *, streaming: bool) -> LlmUnavailableError:
         """Translate what the openai client raised into one error that says the fix (and holds no secret)."""
-        if isinstance(error, LlmUnavailable):
+        if isinstance(error, LlmUnavailableError):
             return error
         if isinstance(error, openai.APITimeoutError):
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"The server at {self.shown_url} did not accept the connection in time; is it overloaded, or is "
                 "ALAN_LLM_BASE_URL pointing at the wrong machine?"
             )
         if isinstance(error, openai.APIConnectionError):
             if streaming:
-                return LlmUnavailable(
+                return LlmUnavailableError(
                     f"Lost the connection to the server at {self.shown_url} in the middle of a reply from "
                     f"{self.model!r}; is it restarting? Check its log."
                 )
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"Cannot reach an OpenAI-compatible server at {self.shown_url}. Start it (for example "
                 "`vllm serve MODEL` or `python -m llama_cpp.server --model FILE.gguf`), or set ALAN_LLM_BASE_URL "
                 "to where it runs."
             )
         if isinstance(error, openai.AuthenticationError):
             if not self._has_key:
-                return LlmUnavailable(
+                return LlmUnavailableError(
                     f"The server at {self.shown_url} wants an API key (status 401): set ALAN_LLM_API_KEY."
                 )
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"The server at {self.shown_url} refused the API key (status 401): check ALAN_LLM_API_KEY."
             )
         if isinstance(error, openai.PermissionDeniedError):
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"The server at {self.shown_url} does not allow this API key to use {self.model!r} (status 403): "
                 "check ALAN_LLM_API_KEY and the key's permissions on the server."
             )
         if isinstance(error, openai.APIStatusError):
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"The server at {self.shown_url} failed to answer with {self.model!r} "
                 f"(status {error.status_code}): {self._server_says(error)}"
             )
         if isinstance(error, openai.APIError):  # an error event in the middle of the stream
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"The server at {self.shown_url} reported an error in the middle of a reply from {self.model!r}: "
                 f"{self._server_says(error)}"
             )
         if streaming:  # older openai releases let the HTTP library's own error out of a broken stream unwrapped
-            return LlmUnavailable(
+            return LlmUnavailableError(
                 f"Lost the connection to the server at {self.shown_url} in the middle of a reply from "
                 f"{self.model!r} ({type(error).__name__}); is it restarting? Check its log."
             )
-        return LlmUnavailable(self._scrub(f"The call to {self.shown_url} failed: {type(error).__name__}: {error}"))
+        return LlmUnavailableError(self._scrub(f"The call to {self.shown_url} failed: {type(error).__name__}: {error}"))
 
     async def _not_found_message(self, error: openai.NotFoundError) -> str:
         """A 404 is an unknown model, or a base URL that is not the API's root: `/models` tells which."""

@@ -1,4 +1,4 @@
-"""When the database fails: a lock is waited out and retried, anything else becomes a `StorageUnavailable`.
+"""When the database fails: a lock is waited out and retried, anything else becomes a `StorageUnavailableError`.
 
 SQLite waits `busy_timeout` for another connection's lock by itself, but some conflicts (a read that must
 become a write after another connection wrote, a lock held past the timeout) fail at once with "database is
@@ -17,7 +17,7 @@ from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
-from engine.events import StorageUnavailable
+from engine.errors import StorageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def guarded(consequence: str) -> Callable[[Callable[Concatenate[S, P], R]], Call
                         # The driver's own message only: the SQL statement and its parameters stay out of logs.
                         log.error("database %s in %s (%s): %s", problem, operation.__name__, error.orig,
                                   _FIXES[problem])  # fmt: skip
-                        raise StorageUnavailable(problem, _FIXES[problem], consequence) from error
+                        raise StorageUnavailableError(problem, _FIXES[problem], consequence) from error
                     log.info("database locked in %s; trying again in %.1f s", operation.__name__, delay)
                     time.sleep(delay)
 

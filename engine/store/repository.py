@@ -1,7 +1,7 @@
 """Everything the engine and the bots read or write in the database, as small named operations.
 
 Each operation is one transaction, retried when it meets a lock; a database that stays locked, a full disk or
-a broken file raise `StorageUnavailable`, whose message says what could not be done and why.
+a broken file raise `StorageUnavailableError`, whose message says what could not be done and why.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.events import BadInput
+from engine.errors import VoiceNameTakenError
 from engine.speech_synthesizer import SpeechPayload
 from engine.store.database import truncate_wal
 from engine.store.faults import RETRY_DELAYS_S, guarded
@@ -46,13 +46,6 @@ def erasing_deleted_pages(operation: Callable[Concatenate[Store, P], R]) -> Call
         return result
 
     return run
-
-
-class VoiceNameTaken(BadInput):
-    """A user's message like every `TurnError`, so callers need no special case for it."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"You already have a voice called “{name}”.")
 
 
 class Store:
@@ -271,7 +264,7 @@ class Store:
         house_scope: str | None = None,
     ) -> Voice:
         if owner_id is not None and self.voice_by_name(owner_id, name) is not None:
-            raise VoiceNameTaken(name)
+            raise VoiceNameTakenError(name)
         with self.sessions.begin() as session:
             voice = Voice(
                 owner_id=owner_id,
@@ -319,7 +312,7 @@ class Store:
             if voice.owner_id is not None and session.scalar(
                 select(Voice).where(Voice.owner_id == voice.owner_id, Voice.name == new_name)
             ):
-                raise VoiceNameTaken(new_name)
+                raise VoiceNameTakenError(new_name)
             voice.name = new_name
 
     @erasing_deleted_pages

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.chat_model import ChatMessage, LlmStatus
-from engine.errors import LlmUnavailable
+from engine.errors import LlmUnavailableError
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ScriptedChat:
             await asyncio.sleep(0)  # a delta at a time, as from a server
             yield chunk
         if error is not None:
-            raise LlmUnavailable(error)
+            raise LlmUnavailableError(error)
 
     async def check(self) -> LlmStatus:
         return LlmStatus("in-process", self.model, True, True, "ready", (self.model,))
