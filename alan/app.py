@@ -56,8 +56,12 @@ def missing_module_message(platform: Platform, error: ModuleNotFoundError) -> st
 
 
 def build_scheduler() -> TurnScheduler:
-    """The app's one turn scheduler: two turns at once (one speech model serves them), 20 waiting, 3 per chat."""
-    return TurnScheduler(concurrency=2, max_waiting=20, max_per_chat=3)
+    """The app's one turn scheduler: two turns at once (one speech model serves them), 20 waiting in all.
+
+    No per-chat bound here: each platform sets its own per turn (Telegram: 3 of one person's messages; a Discord
+    voice channel's turns are everyone's in it, bounded only by the total).
+    """
+    return TurnScheduler(concurrency=2, max_waiting=20)
 
 
 class AllPlatformsFailedError(Exception):

@@ -115,8 +115,12 @@ class TurnScheduler:
         job: Callable[[], Awaitable[T]],
         *,
         on_wait: Callable[[int], Awaitable[None]] | None = None,
+        max_per_chat: int | None = None,
     ) -> T:
         """Run `job` when it is this chat's turn and its go comes up, and return (or raise) what it does.
+
+        `max_per_chat` replaces the scheduler's own per-chat bound for this turn: platforms differ in what a
+        "chat" is (a Telegram chat is one person's; a Discord server's voice channel is everyone's in it).
 
         The turn takes its place in line before `run` first suspends, so turns of one chat run in the order their
         `run` calls started. Raises `SchedulerFullError` at once if the turn would have to wait and the scheduler
@@ -124,7 +128,7 @@ class TurnScheduler:
         background with the number of turns waiting, this one included; its failure is only logged. Cancelling
         the caller while it waits takes the turn out of line; while the job runs, cancels the job.
         """
-        turn = self._enter(chat)
+        turn = self._enter(chat, max_per_chat)
         if not turn.started:
             if on_wait is not None:
                 # Told in the background: awaiting the message first would hold this turn's caller back for
@@ -143,14 +147,15 @@ class TurnScheduler:
         finally:
             self._finish(chat)
 
-    def _enter(self, chat: str) -> _Turn:
+    def _enter(self, chat: str, max_per_chat: int | None = None) -> _Turn:
         """Admit a turn of `chat` (or raise `SchedulerFullError`), put it in line and start it if it may."""
         state = self._chats.get(chat)
+        per_chat = self.max_per_chat if max_per_chat is None else max_per_chat
         must_wait = state is not None or self._running >= self._concurrency
         if must_wait and self._waiting >= self.max_waiting:
             log.warning("turn scheduler full (%d waiting): refusing a turn for chat %s", self._waiting, chat)
             raise SchedulerFullError()
-        if state is not None and self.max_per_chat is not None and len(state.waiting) >= self.max_per_chat:
+        if state is not None and per_chat is not None and len(state.waiting) >= per_chat:
             log.warning("chat %s has %d turns waiting: refusing another", chat, len(state.waiting))
             raise SchedulerFullError(CHAT_BUSY)
         if state is None:

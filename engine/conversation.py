@@ -286,6 +286,10 @@ class Conversation(ConversationVoices):
             voice = await self._voices.find(user.id, voice_name)
         else:
             voice = await asyncio.to_thread(self._store.active_voice, user.id, who.scope, who.parent_scope)
+        if voice is not None and voice.owner_id is None and voice.speech_model != self._tts.tag:
+            # A house voice another synthesizer made (tones, say): speaking it again would copy that sound for
+            # good. The synthesizer's own voice speaks instead, and this reply becomes the new house voice.
+            voice = None
         if voice is not None:
             return await self._voices.prompt(voice)
         try:

@@ -1,6 +1,6 @@
 """The speech-synthesizer seam: what the conversation needs from any text-to-speech backend.
 
-A backend is one module under `engine/tts/` and one line in `engine.tts.SYNTHESIZERS`: `csm.py` (Sesame CSM-1B,
+A backend is one module under `engine/tts/` and one line in `engine.tts.SYNTHESIZERS`: `csm_synthesizer.py` (Sesame CSM-1B,
 which clones voices and listens to the conversation) and `tone.py` (deterministic tones, for tests and for trying
 aLAN without a GPU). The conversation, the voice library and the bots see only this protocol: Mimi codes, frames
 and position budgets stay behind the CSM backend.
@@ -88,14 +88,14 @@ class SpeechSynthesizer(Protocol):
     Contract:
     - `tag` is "backend:model"; payloads with another tag are never passed in.
     - `load()` makes the backend ready; every failure to load or run (missing weights, a gated repository, no
-      GPU memory) raises `engine.errors.TtsUnavailable` whose message is the operator's fix. Any method may load
+      GPU memory) raises `engine.errors.TtsUnavailableError` whose message is the operator's fix. Any method may load
       on first use; a failed load is tried again on the next call (the operator may have fixed it meanwhile).
     - `encode(audio, rate)` turns audio (a reference clip, or what a person said) into the payload the backend
       keeps for it; None when it keeps nothing.
     - `fit_context(voice, context, text)` is the newest part of `context` that fits with the voice and the text
       (CSM: its 2048 positions); `stream()` applies the same rule. `max_reference_seconds(transcript)` is the
       longest reference clip that still leaves room for a reply. Text or a voice that can't fit at all raises
-      `engine.errors.SpeechTooLong` (a message for the person).
+      `engine.errors.SpeechTooLongError` (a message for the person).
     - `stream(text, voice, context)` speaks `text` (voice None: the backend's own default voice).
     - `join(payloads)` is one payload for those pieces spoken back to back (a reply's sentences).
     - `forget(voice_key)` drops what memory holds of a deleted voice; `forget(None)` everything cached about

@@ -24,7 +24,7 @@ from engine.stt import WhisperTranscriber
 from engine.tts.csm import CsmSpeech
 from engine.tts.streaming_decode import SAMPLES_PER_FRAME
 from tests.conftest import espeak_ogg
-from tests.engine_harness import make_conversation
+from tests.engine_harness import LLM_MODEL, make_conversation
 from tests.fakes.ollama_server import FakeOllama
 
 ANN = Participant("telegram", "1001", "chat-1", "Ann")
@@ -412,3 +412,24 @@ async def test_a_speech_stream_cancelled_twice_waits_for_its_thread_then_stays_c
         await task
     assert closed.is_set()  # the stream was let go of before the task ended
     worker.shutdown()
+
+
+async def test_a_house_voice_another_synthesizer_made_is_made_anew(
+    build: Callable[..., Conversation], ollama: FakeOllama, store: Store, whisper: WhisperTranscriber,
+    tiny_csm_dir: Path,
+) -> None:  # fmt: skip
+    # Tried first with the tone synthesizer, then switched to CSM: CSM must not copy the tones for good.
+    from engine.llm import OllamaChat
+    from engine.tts.tone import ToneSynthesizer
+
+    toned = Conversation(store, whisper, ToneSynthesizer(), OllamaChat(LLM_MODEL, ollama.host),
+                         max_audio_seconds=60, max_audio_bytes=20 * 1024 * 1024)  # fmt: skip
+    ollama.script("This first answer is long enough to become the voice of this chat.")
+    await collect(toned.turn(ANN, text="hello"))
+    user = store.find_user("telegram", "1001")
+    assert store.active_voice(user.id, "chat-1").speech_model == "tone:tone"
+
+    ollama.script("Now I speak with the voice model, in a voice of my own that is made anew.")
+    events = await collect(build(ollama.host).turn(ANN, text="hello again"))
+    assert of_type(events, SpeechChunk)
+    assert store.active_voice(user.id, "chat-1").speech_model == f"csm:{tiny_csm_dir}"

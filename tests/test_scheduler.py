@@ -538,3 +538,24 @@ async def test_many_chats_leave_nothing_behind() -> None:
     results = await asyncio.gather(*(scheduler.run(f"chat-{i % 50}", lambda i=i: echo(i)) for i in range(150)))
     assert results == list(range(150))
     assert_idle(scheduler)
+
+
+async def test_a_turns_own_per_chat_bound_replaces_the_schedulers() -> None:
+    # A Discord voice channel's turns are everyone's in it: the app's scheduler has no per-chat bound, and each
+    # platform brings its own (Telegram: a few of one person's messages).
+    scheduler = TurnScheduler(concurrency=1, max_waiting=20)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        await release.wait()
+
+    running = asyncio.create_task(scheduler.run("voice", hold))
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(scheduler.run("voice", hold)) for _ in range(4)]
+    await asyncio.sleep(0)
+    assert scheduler.waiting_in("voice") == 4  # no bound of the scheduler's own
+    with pytest.raises(SchedulerFullError, match="still have a few of your messages"):
+        await scheduler.run("voice", hold, max_per_chat=4)
+    release.set()
+    await asyncio.gather(running, *waiting)
+    assert_idle(scheduler)

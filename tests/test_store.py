@@ -81,13 +81,18 @@ def test_upgrading_0001_keeps_every_row_and_tags_csm_payloads(database_url: str)
         ("hello", None, None, None),
     ]
     assert store.active_voice(1, "chat").id == 1
+    store.add_turn(1, "chat", "assistant", "beep", speech=SpeechPayload("tone:tone", b"\x00\x00\x34\x43"))
 
     downgrade(database_url, "0001")
     with engine.connect() as connection:
         assert connection.execute(text("SELECT codes, codes_codebooks, codes_model FROM voices")).one() == (
             b"\x01\x00", 32, "sesame/csm-1b"
         )
-        assert connection.execute(text("SELECT count(*) FROM turns")).scalar() == 2
+        assert connection.execute(text("SELECT count(*) FROM turns")).scalar() == 3
+        # Only CSM's codes go back as codes: 0001 would read the tone synthesizer's bytes as Mimi codes.
+        assert connection.execute(text("SELECT codes, codes_codebooks FROM turns WHERE text = 'beep'")).one() == (
+            None, None
+        )
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(database_url: str) -> None:

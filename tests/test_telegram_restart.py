@@ -111,7 +111,7 @@ async def test_a_turn_left_unanswered_by_a_killed_process_is_answered_once_after
 
 
 async def test_a_voice_note_left_unanswered_is_answered_with_its_audio_as_context(
-    conversation: Conversation, store: Store, ollama: FakeOllama, database_url: str, tmp_path: Path
+    csm_conversation: Conversation, store: Store, ollama: FakeOllama, database_url: str, tmp_path: Path
 ) -> None:
     ann = store.user("telegram", str(ANN["id"]), "Ann")
     scope = str(ANN["id"])
@@ -119,7 +119,7 @@ async def test_a_voice_note_left_unanswered_is_answered_with_its_audio_as_contex
     turn = store.add_turn(ann.id, scope, "user", "Hello there.", language="en",
                           audio=espeak_ogg("Hello there.", tmp_path))  # fmt: skip
     ollama.script("Hello Ann.")
-    async with bot_on(conversation, database_url) as telegram:
+    async with bot_on(csm_conversation, database_url) as telegram:
         [answer] = await telegram.wait_for("sendVoice", chat_id=ANN["id"])
         assert answer.params["caption"] == "Hello Ann."
         await eventually(lambda: len(store.recent_turns(ann.id, scope)) == 2)

@@ -1,4 +1,4 @@
-"""aLAN on Discord: `serve(settings, conversation)` runs the bot until cancelled.
+"""aLAN on Discord: `serve(settings, conversation, scheduler)` runs the bot until cancelled.
 
 Modules: `app` (the client, voice connections per server, and `serve`), `commands` (the slash commands and
 /clone), `text` (mentions in text channels), `session` (one voice channel: listening, turns, replies), `listen`

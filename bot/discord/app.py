@@ -1,4 +1,4 @@
-"""aLAN on Discord: `serve(settings, conversation)` runs the bot until cancelled.
+"""aLAN on Discord: `serve(settings, conversation, scheduler)` runs the bot until cancelled.
 
 The bot syncs its slash commands on start (to the servers in ALAN_DISCORD_GUILD_IDS at once, else globally,
 which Discord may take up to an hour to show), answers mentions in text channels, and keeps one `VoiceSession`

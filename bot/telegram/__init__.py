@@ -1,4 +1,4 @@
-"""aLAN on Telegram: `serve(settings, conversation)` runs the bot until cancelled.
+"""aLAN on Telegram: `serve(settings, conversation, scheduler)` runs the bot until cancelled.
 
 Modules: `app` (the application, its handlers, and `serve`), `send` (retries, texts, chat action), `media`
 (audio in, size and length caps), `turn` (a turn as voice notes), `clone` (/clone), `commands` (the other

@@ -1,6 +1,6 @@
 """aLAN on Telegram: voice notes (and text) in, voice notes out.
 
-`serve(settings, conversation)` runs until cancelled: long polling by default, a webhook when
+`serve(settings, conversation, scheduler)` runs until cancelled: long polling by default, a webhook when
 `ALAN_TELEGRAM_WEBHOOK_URL` is set. Updates are handled concurrently, and each turn takes its place in the
 `TurnScheduler` (one at a time per chat, in order; chats in parallel). Every handler is guarded, so a bad file,
 an engine error or a Bot API failure gets an answer in the chat and the bot goes on with the next update.

@@ -106,7 +106,9 @@ class TelegramServices:
             # queue up first, and turns must run in the order they came.
             self.spawn(say_quietly(replier, WAITING.format(count=count)), name=f"queue-notice-{chat_id}")
 
-        return await self.queue.run(str(chat_id), job, on_wait=on_wait)
+        return await self.queue.run(
+            str(chat_id), job, on_wait=on_wait, max_per_chat=self.options.max_waiting_per_chat
+        )
 
     def guard(self, handler: Handler) -> Handler:
         """Wrap a handler so that every failure is logged and answered, and none escapes."""

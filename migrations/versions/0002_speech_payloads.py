@@ -36,7 +36,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Mimi's 32 codebooks: the only shape CSM-1B's payloads had when the codebook count was a column.
+    # Mimi's 32 codebooks: the only shape CSM-1B's payloads had when the codebook count was a column. Other
+    # backends' payloads (the tone synthesizer's) meant nothing to 0001: they go.
+    op.execute("UPDATE turns SET speech = NULL WHERE speech_model <> '' AND speech_model NOT LIKE 'csm:%'")
     with op.batch_alter_table("turns") as batch:
         batch.add_column(sa.Column("codes_codebooks", sa.Integer(), nullable=True))
         batch.drop_column("speech_model")
