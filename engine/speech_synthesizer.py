@@ -2,8 +2,8 @@
 
 A backend is one module under `engine/tts/` and one line in `engine.tts.SYNTHESIZERS`: `csm_synthesizer.py`
 (Sesame CSM-1B, which clones voices and listens to the conversation) and `tone.py` (deterministic tones, for
-tests and for trying aLAN without a GPU). The conversation, the voice library and the bots see only this protocol: Mimi codes, frames
-and position budgets stay behind the CSM backend.
+tests and for trying aLAN without a GPU). The conversation, the voice library and the bots see only this
+protocol: Mimi codes, frames and position budgets stay behind the CSM backend.
 """
 
 from __future__ import annotations
