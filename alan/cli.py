@@ -1,8 +1,9 @@
 """The `alan` command line: the root app, built from the command modules.
 
 Imports go one way: `alan.cli` imports the command modules (`alan.cli_engine`, `alan.cli_privacy`) and adds their
-commands here; they import only `alan.cli_common`. Every module keeps its heavy imports (PyTorch, transformers,
-the chat libraries) inside the command functions, so `alan --help` starts at once.
+commands here; they import `alan.cli_common` (`alan.cli_privacy` also the engine helpers of `alan.cli_engine`),
+never `alan.cli`. Every module keeps its heavy imports (PyTorch, transformers, the chat libraries) inside the
+command functions, so `alan --help` starts at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.table import Table
 from alan.cli_common import console, errors, settings_or_exit
 from alan.cli_engine import say, talk, voice_app
 from alan.cli_privacy import forget
+from alan.platforms import token_instructions
 
 app = typer.Typer(
     help="aLAN, your everyday companion: a self-hosted voice companion for Discord and Telegram.",
@@ -32,8 +34,8 @@ def run() -> None:
     settings = settings_or_exit()
     if not settings.configured_platforms:
         errors.print(
-            "No chat platform is configured. Set TELEGRAM_TOKEN (from @BotFather) and/or DISCORD_TOKEN "
-            "(from the Discord developer portal) in the environment or in .env, then run `alan run` again.",
+            f"No chat platform is configured. Set {token_instructions()} in the environment or in .env, "
+            "then run `alan run` again.",
             highlight=False,
         )
         raise typer.Exit(1)

@@ -21,9 +21,8 @@ from alan.cli_common import console, errors, settings_or_exit
 from engine.consent import CONSENT_STATEMENT
 
 if TYPE_CHECKING:  # the engine brings PyTorch and transformers (seconds): imported when a command runs, not for --help
-    import numpy as np
-
     from engine.conversation import Conversation, Participant
+    from engine.events import SpeechChunk
 
 voice_app = typer.Typer(help="Clone, list and delete voices.", no_args_is_help=True)
 
@@ -39,7 +38,8 @@ def local_participant() -> Participant:
     return Participant("local", getpass.getuser(), "cli", getpass.getuser())
 
 
-def _conversation() -> Conversation:
+def conversation_or_exit() -> Conversation:
+    """The conversation the settings describe (no model loads yet); a bad setting or database ends the command."""
     from alan.database_check import DatabaseUnusableError
     from alan.engine_factory import build_conversation
 
@@ -51,7 +51,7 @@ def _conversation() -> Conversation:
         raise typer.Exit(1) from None
 
 
-def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+def run_or_exit(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run an engine call, turning the engine's user-facing errors into a message and exit code 1."""
     from engine.errors import ServiceUnavailableError, TurnError
 
@@ -65,6 +65,7 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 AUDIO_SUFFIXES = (".ogg", ".wav")
+EMPTY_AUDIO_RATE = 48_000  # of a reply with no audio at all: any rate will do, this is Opus's own
 
 
 def output_problem(path: Path) -> str | None:
@@ -95,19 +96,22 @@ def _check_output(path: Path) -> None:
         raise typer.Exit(2)
 
 
-def _write_audio(path: Path, chunks: list[np.ndarray]) -> float:
+def _write_audio(path: Path, chunks: list[SpeechChunk]) -> float:
+    """Write the chunks back to back at the synthesizer's rate; returns the seconds written."""
     import numpy as np
 
-    from engine.audio import CSM_RATE, encode_ogg_opus, encode_wav
+    from engine.audio import encode_ogg_opus, encode_wav, resample
 
-    audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-    data = encode_wav(audio, CSM_RATE) if path.suffix.lower() == ".wav" else encode_ogg_opus(audio, CSM_RATE)
+    rate = chunks[0].sample_rate if chunks else EMPTY_AUDIO_RATE
+    parts = [resample(chunk.audio, chunk.sample_rate, rate) for chunk in chunks]  # one backend: one rate, as a rule
+    audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    data = encode_wav(audio, rate) if path.suffix.lower() == ".wav" else encode_ogg_opus(audio, rate)
     try:
         path.write_bytes(data)
     except OSError as error:  # the disk filled up, or the folder went away, during the turn
         errors.print(f"[red]Couldn't write the reply to {path}: {error.strerror or error}.[/red]", highlight=False)
         raise typer.Exit(1) from None
-    return len(audio) / CSM_RATE
+    return len(audio) / rate
 
 
 async def _load_models(conversation: Conversation, *, listen: bool) -> None:
@@ -133,13 +137,13 @@ def talk(
             errors.print(f"No such file: {audio}")
             raise typer.Exit(2)
         clip = audio.read_bytes()
-    conversation = _conversation()
+    conversation = conversation_or_exit()
 
     from engine.events import Heard, ReplySentence, SpeechChunk, SpeechUnavailable, TurnFinished
 
     async def run() -> None:
         await _load_models(conversation, listen=clip is not None)
-        chunks: list[np.ndarray] = []
+        chunks: list[SpeechChunk] = []
         events = conversation.turn(local_participant(), audio=clip, text=text, voice_name=voice)
         async for event in events:
             if isinstance(event, Heard):
@@ -147,7 +151,7 @@ def talk(
             elif isinstance(event, ReplySentence):
                 console.print(f"[bold]aLAN:[/bold] {event.text}")
             elif isinstance(event, SpeechChunk):
-                chunks.append(event.audio)
+                chunks.append(event)
             elif isinstance(event, SpeechUnavailable):
                 errors.print(f"[yellow]{event.message}[/yellow]")
             elif isinstance(event, TurnFinished):
@@ -157,7 +161,7 @@ def talk(
                 timings = "  ".join(f"{name} {value:.2f}s" for name, value in event.timings.items())
                 console.print(f"[dim]Timings: {timings}[/dim]")
 
-    _run(run())
+    run_or_exit(run())
 
 
 def say(
@@ -167,16 +171,16 @@ def say(
 ) -> None:
     """Speak a text as it is (no LLM) in your active voice, or --voice NAME."""
     _check_output(output)
-    conversation = _conversation()
+    conversation = conversation_or_exit()
 
     async def run() -> None:
         await _load_models(conversation, listen=False)
         start = time.perf_counter()
-        chunks = [chunk.audio async for chunk in conversation.say(local_participant(), text, voice_name=voice)]
+        chunks = [chunk async for chunk in conversation.say(local_participant(), text, voice_name=voice)]
         seconds = _write_audio(output, chunks)
         console.print(f"Wrote {seconds:.1f} s of speech to {output} in {time.perf_counter() - start:.1f} s")
 
-    _run(run())
+    run_or_exit(run())
 
 
 @voice_app.command("clone")
@@ -192,7 +196,7 @@ def voice_clone(
     if not clip.is_file():
         errors.print(f"No such file: {clip}")
         raise typer.Exit(2)
-    conversation = _conversation()
+    conversation = conversation_or_exit()
 
     async def run() -> None:
         # The name is checked before minutes of Whisper and CSM work, not after them.
@@ -210,7 +214,7 @@ def voice_clone(
         voice = await conversation.save_clone(local_participant(), voice_name, draft, final)
         console.print(f"Voice “{voice.name}” saved and active.")
 
-    _run(run())
+    run_or_exit(run())
 
 
 async def _new_voice_name(conversation: Conversation, name: str) -> str:
@@ -227,10 +231,10 @@ async def _new_voice_name(conversation: Conversation, name: str) -> str:
 @voice_app.command("list")
 def voice_list() -> None:
     """List your voices; * marks the active one."""
-    conversation = _conversation()
+    conversation = conversation_or_exit()
     who = local_participant()
 
-    voices = _run(conversation.voices(who))
+    voices = run_or_exit(conversation.voices(who))
     if not voices:
         console.print("No voices yet: `alan voice clone FILE --name NAME`.")
     for voice in voices:
@@ -240,17 +244,17 @@ def voice_list() -> None:
 @voice_app.command("delete")
 def voice_delete(name: Annotated[str, typer.Argument(help="The voice to delete.")]) -> None:
     """Delete one of your voices, its clip and its codes."""
-    conversation = _conversation()
+    conversation = conversation_or_exit()
 
-    _run(conversation.delete_voice(local_participant(), name))
+    run_or_exit(conversation.delete_voice(local_participant(), name))
     console.print(f"Deleted “{name}”.")
 
 
 @voice_app.command("use")
 def voice_use(name: Annotated[str, typer.Argument(help="The voice aLAN should answer you in.")]) -> None:
     """Make one of your voices the active one."""
-    conversation = _conversation()
-    voice = _run(conversation.use_voice(local_participant(), name))
+    conversation = conversation_or_exit()
+    voice = run_or_exit(conversation.use_voice(local_participant(), name))
     console.print(f"aLAN now answers you in “{voice.name}”.")
 
 
@@ -260,6 +264,6 @@ def voice_rename(
     new_name: Annotated[str, typer.Argument(help="Its new name.")],
 ) -> None:
     """Rename one of your voices."""
-    conversation = _conversation()
-    voice = _run(conversation.rename_voice(local_participant(), name, new_name))
+    conversation = conversation_or_exit()
+    voice = run_or_exit(conversation.rename_voice(local_participant(), name, new_name))
     console.print(f"Renamed “{name}” to “{voice.name}”.")

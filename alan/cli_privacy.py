@@ -6,37 +6,24 @@ from typing import Annotated
 
 import typer
 
-from alan.cli_common import console, errors, settings_or_exit
-from alan.cli_engine import local_participant
-from engine.errors import TurnError
+from alan.cli_common import console
+from alan.cli_engine import conversation_or_exit, local_participant, run_or_exit
 
 
 def forget(
     yes: Annotated[bool, typer.Option("--yes", help="Don't ask for confirmation.")] = False,
 ) -> None:
     """Delete everything aLAN has stored about you: your voices, conversations and settings."""
-    settings = settings_or_exit()
-    # The store alone: forgetting needs no speech model.
-    from alan.database_check import DatabaseUnusableError, open_database_or_explain
-    from engine.store.repository import Store
-
+    # Through the conversation like /forget on a platform; building it loads no model, so this stays quick.
+    conversation = conversation_or_exit()
     who = local_participant()
-    try:
-        store = Store(open_database_or_explain(settings))
-        user = store.find_user(who.platform, who.user_id)
-        if user is None:
-            console.print(f"Nothing is stored about you ({who.user_id}).")
-            return
-        if not yes and not typer.confirm(
-            f"Delete everything stored about {who.user_id}: your voices, conversations and settings?"
-        ):
-            console.print("Nothing was deleted.")
-            raise typer.Exit(1)
-        store.forget_user(user.id)
-    except DatabaseUnusableError as error:
-        errors.print(f"[red]{error}[/red]", highlight=False)
-        raise typer.Exit(1) from None
-    except TurnError as error:
-        errors.print(f"[red]{error}[/red]\n{getattr(error, 'detail', '')}".rstrip(), highlight=False)
-        raise typer.Exit(1) from None
+    if not run_or_exit(conversation.knows(who)):
+        console.print(f"Nothing is stored about you ({who.user_id}).")
+        return
+    if not yes and not typer.confirm(
+        f"Delete everything stored about {who.user_id}: your voices, conversations and settings?"
+    ):
+        console.print("Nothing was deleted.")
+        raise typer.Exit(1)
+    run_or_exit(conversation.forget(who))
     console.print("Done: your voices, our conversations and your settings are deleted.")

@@ -149,9 +149,23 @@ def _csm_folder_problem(folder: Path) -> str | None:
 
 
 def check_tts_model(settings: Settings) -> Check:
+    """The chosen synthesizer's model (ALAN_TTS_BACKEND; the backends are engine.tts.SYNTHESIZERS)."""
+    name = "speech synthesis"
+    if settings.tts_backend == "csm":
+        return _check_csm_model(settings, name)
+    if settings.tts_backend == "tone":
+        return Check(name, Status.OK, "the tone synthesizer (ALAN_TTS_BACKEND=tone) needs no model: replies are tones")
+    return Check(
+        name,
+        Status.MISSING,
+        f"the {settings.tts_backend} synthesizer's model is not checked here",
+        "It loads on first use: `alan say Hello` tries it.",
+    )
+
+
+def _check_csm_model(settings: Settings, name: str) -> Check:
     from huggingface_hub import try_to_load_from_cache
 
-    name = "speech synthesis"
     model = settings.tts_model
     fix = "Point ALAN_TTS_MODEL at a folder saved with save_pretrained (CSM-1B in transformers format), or leave it "
     fix += "at sesame/csm-1b to download it."

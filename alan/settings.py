@@ -7,12 +7,14 @@ they never show up in logs, reprs or error messages.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from alan.platforms import PLATFORMS
@@ -37,10 +39,10 @@ class Settings(BaseSettings):
 
     stt_model: str = Field("small", validation_alias="ALAN_STT_MODEL")
     tts_model: str = Field("sesame/csm-1b", validation_alias="ALAN_TTS_MODEL")
-    # Which speech synthesizer speaks (engine.tts.SYNTHESIZERS): CSM, or "tone" to try aLAN without a model.
-    tts_backend: Literal["csm", "tone"] = Field("csm", validation_alias="ALAN_TTS_BACKEND")
-    # Which chat-model backend writes the replies (see LLM_BACKENDS in alan/engine_factory.py).
-    llm_backend: Literal["ollama", "openai"] = Field("ollama", validation_alias="ALAN_LLM_BACKEND")
+    # Which speech synthesizer speaks, a key of engine.tts.SYNTHESIZERS: CSM, or "tone" to try aLAN without a model.
+    tts_backend: str = Field("csm", validation_alias="ALAN_TTS_BACKEND")
+    # Which chat-model backend writes the replies, a key of engine.llm.CHAT_BACKENDS.
+    llm_backend: str = Field("ollama", validation_alias="ALAN_LLM_BACKEND")
     llm_model: str = Field("llama3.2:3b", validation_alias="ALAN_LLM_MODEL")
     ollama_host: str = Field("http://127.0.0.1:11434", validation_alias=AliasChoices("OLLAMA_HOST", "ALAN_OLLAMA_HOST"))
     # The OpenAI-compatible API's root for the `openai` backend, e.g. http://127.0.0.1:8000/v1.
@@ -86,6 +88,21 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_backend(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    # The registries are read when the settings load, not on import: `alan --help` needs neither.
+    @field_validator("tts_backend")
+    @classmethod
+    def _known_synthesizer(cls, value: str) -> str:
+        from engine.tts import SYNTHESIZERS
+
+        return _one_of(value, SYNTHESIZERS)
+
+    @field_validator("llm_backend")
+    @classmethod
+    def _known_chat_backend(cls, value: str) -> str:
+        from engine.llm import CHAT_BACKENDS
+
+        return _one_of(value, CHAT_BACKENDS)
 
     @model_validator(mode="after")
     def _openai_needs_a_base_url(self) -> Settings:
@@ -162,6 +179,15 @@ class Settings(BaseSettings):
     def configured_platforms(self) -> list[str]:
         """The names of the platforms whose token is set, in `PLATFORMS` order."""
         return [platform.name for platform in PLATFORMS if platform.is_configured(self)]
+
+
+def _one_of(value: str, choices: Collection[str]) -> str:
+    """`value` if it is one of `choices` (a backend registry's names); else pydantic's own wording for a Literal."""
+    names = [repr(choice) for choice in choices]
+    if value not in choices:
+        either = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        raise PydanticCustomError("unknown_choice", "Input should be {either}", {"either": either})
+    return value
 
 
 def _variable_name(field_name: str) -> str:

@@ -253,10 +253,6 @@ def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
     return encode(audio, sample_rate, "wav", "pcm_s16le")
 
 
-def duration_seconds(audio: np.ndarray, sample_rate: int) -> float:
-    return float(audio.shape[-1]) / sample_rate
-
-
 @dataclass(frozen=True)
 class Samples:
     """Decoded audio: float32 mono at its own rate (a platform's PCM enters a turn as this, not as a file)."""

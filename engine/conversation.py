@@ -16,18 +16,15 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 
 from engine import hearing
-from engine.audio import Samples, decode_audio, encode_ogg_opus, is_ogg_opus
+from engine.audio import Samples
 from engine.chat_model import ChatMessage, ChatModel
+from engine.conversation_resume import LLM_HISTORY_TURNS, ConversationResume, PendingTurn
 from engine.conversation_voices import ConversationVoices
 from engine.errors import (
-    AudioError,
-    AudioTooLongError,
     BadInputError,
     LlmUnavailableError,
     NoSpeechError,
@@ -35,36 +32,37 @@ from engine.errors import (
     SpeechTooLongError,
     TtsUnavailableError,
 )
-from engine.events import Heard, ReplySentence, SentenceSpoken, SpeechChunk, SpeechUnavailable, TurnEvent, TurnFinished
+from engine.events import (
+    Heard,
+    ReplySentence,
+    SentenceSpoken,
+    SpeechChunk,
+    SpeechUnavailable,
+    TurnEvent,
+    TurnFinished,
+    VoiceNote,
+)
 from engine.participant import Participant
 from engine.speech_synthesizer import ContextTurn, SpeechSynthesizer, VoicePrompt
 from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
 from engine.speech_to_text import SpeechToText
 from engine.store.models import Turn, User
 from engine.store.repository import Store
+from engine.turn_input import decode_input, read_text
 from engine.turn_memory import HeardAudio, ReplyDraft, SpokenSentence, TurnMemory
-from engine.visible_text import visible_text
-from engine.voices import CLIP_RATE, VoiceLibrary, voice_down
+from engine.voice_notes import NoteCutter, NotePolicy, encode_note
+from engine.voices import VoiceLibrary, voice_down
+
+__all__ = ["Conversation", "NotePolicy", "Participant", "PendingTurn"]
 
 log = logging.getLogger(__name__)
 
-LLM_HISTORY_TURNS = 40
-MAX_TEXT_CHARS = 4000
 
 LLM_DOWN = "I can't think right now: my language model isn't answering. I kept your message; please try again soon."
 SPEECH_FAILED = "Something went wrong while I was speaking, so the rest of my answer comes as text."
 
 
-@dataclass(frozen=True)
-class PendingTurn:
-    """A stored user turn that nothing answered: the process stopped (or the answer failed) mid-turn."""
-
-    who: Participant
-    turn_id: int
-    said_at: datetime  # UTC
-
-
-class Conversation(ConversationVoices):
+class Conversation(ConversationVoices, ConversationResume):
     """Everything a platform or the CLI can ask of aLAN; see the module docstring."""
 
     def __init__(
@@ -111,11 +109,13 @@ class Conversation(ConversationVoices):
         text: str | None = None,
         speak: bool = True,
         voice_name: str | None = None,
+        notes: NotePolicy | None = None,
     ) -> AsyncIterator[TurnEvent]:
         """Run one turn. Raises `TurnError` (message for the user) when there is nothing to answer or no LLM.
 
         `audio` is an encoded file (a voice note, kept as it came when it is OGG/Opus) or decoded `Samples` (a
-        platform's PCM, kept at its own rate). `voice_name` speaks this reply with one of the user's voices
+        platform's PCM, kept at its own rate). With `notes`, the reply also comes as `VoiceNote`s cut at sentence
+        ends, each encoded once and stored as sent. `voice_name` speaks this reply with one of the user's voices
         instead of their active one.
         """
         started = time.perf_counter()
@@ -128,7 +128,7 @@ class Conversation(ConversationVoices):
             known_language = await asyncio.to_thread(self._store.user_language, user.id)
             said, language, heard_audio = await self._hear(audio, timings, known_language)
         else:
-            said, language, heard_audio = self._read(text), None, None
+            said, language, heard_audio = read_text(text), None, None
         history = await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, LLM_HISTORY_TURNS)
         # Stored before anything else can go wrong or be interrupted: what the user said is never lost.
         user_turn = await self._memory.remember_user_turn(user.id, who.scope, said, language, heard_audio)
@@ -143,7 +143,7 @@ class Conversation(ConversationVoices):
             else None
         )
         answer = self._answer(
-            user, who, history, said, user_speech, speak, voice_name, timings, started, language=language
+            user, who, history, said, user_speech, speak, voice_name, timings, started, language=language, notes=notes
         )
         async with self._answering(answer, user_speech):
             async for event in answer:
@@ -163,19 +163,11 @@ class Conversation(ConversationVoices):
             if user_speech is not None and not user_speech.done():
                 user_speech.cancel()
 
-    def _read(self, text: str | None) -> str:
-        text = visible_text(text)  # zero-width and control characters alone are no message
-        if not text:
-            raise BadInputError("There's nothing to answer: send me a voice message or some text.")
-        if len(text) > MAX_TEXT_CHARS:
-            raise BadInputError(f"That message is too long for me: please keep it under {MAX_TEXT_CHARS} characters.")
-        return text
-
     async def _hear(
         self, audio: bytes | Samples, timings: dict[str, float], language_hint: str | None = None
     ) -> tuple[str, str | None, HeardAudio]:
         start = time.perf_counter()
-        heard = await self._decode(audio)
+        heard = await decode_input(audio, self.max_audio_seconds, self.max_audio_bytes)
         transcript = await hearing.transcribe(
             self._stt, heard.samples, heard.sample_rate, language_hint=language_hint
         )
@@ -190,25 +182,6 @@ class Conversation(ConversationVoices):
             raise NoSpeechError()
         return transcript.text.strip(), transcript.language, heard
 
-    async def _decode(self, audio: bytes | Samples) -> HeardAudio:
-        """The audio as samples for the models and as the bytes to store: a voice note as it came, PCM encoded."""
-        if isinstance(audio, Samples):
-            if audio.seconds > self.max_audio_seconds:
-                raise BadInputError(str(AudioTooLongError(self.max_audio_seconds)))
-            samples = np.asarray(audio.audio, dtype=np.float32)
-            stored = await asyncio.to_thread(encode_ogg_opus, samples, audio.sample_rate)
-            return HeardAudio(samples, audio.sample_rate, stored)
-        try:
-            samples = await asyncio.to_thread(
-                decode_audio, audio, CLIP_RATE, max_seconds=self.max_audio_seconds, max_bytes=self.max_audio_bytes
-            )
-        except AudioError as error:
-            log.info("rejected audio: %s", error)
-            raise BadInputError(str(error)) from error
-        data = bytes(audio)
-        stored = data if is_ogg_opus(data) else await asyncio.to_thread(encode_ogg_opus, samples, CLIP_RATE)
-        return HeardAudio(samples, CLIP_RATE, stored)
-
     async def _answer(
         self,
         user: User,
@@ -222,8 +195,10 @@ class Conversation(ConversationVoices):
         started: float,
         *,
         language: str | None = None,  # the person's, for the LLM to answer in
+        notes: NotePolicy | None = None,
     ) -> AsyncIterator[TurnEvent]:
         reply = ReplyDraft()
+        cutter = NoteCutter(notes) if notes is not None else None
         speaking = speak
         uses_context = speak and self._tts.capabilities.uses_context
         context: list[ContextTurn] = self._memory.spoken_context(history) if uses_context else []
@@ -250,6 +225,7 @@ class Conversation(ConversationVoices):
                         yield ReplySentence(index, sentence)
                         if not speaking:
                             continue
+                        spoken_before = len(reply.spoken)
                         try:
                             if user_speech is not None:
                                 if (heard := await user_speech) is not None:
@@ -264,10 +240,20 @@ class Conversation(ConversationVoices):
                         except Exception as error:  # any model failure: the answer goes on as text
                             log.exception("speech failed for user %s: %s", user.id, error)
                             speaking = False
+                            async for note in self._encode_notes(_rest(cutter), reply):
+                                yield note
                             yield SpeechUnavailable(_speech_failure(error))
+                        else:
+                            if cutter is not None and len(reply.spoken) > spoken_before:
+                                async for note in self._encode_notes(cutter.add(index, reply.spoken[-1]), reply):
+                                    yield note
             except LlmUnavailableError as error:
                 log.error("LLM unavailable: %s", error)
+                async for note in self._encode_notes(_rest(cutter), reply):  # what was spoken still goes out
+                    yield note
                 raise ServiceUnavailableError(LLM_DOWN, str(error)) from error
+            async for note in self._encode_notes(_rest(cutter), reply):
+                yield note
             if not reply.sentences:
                 log.warning("the LLM returned no speakable text for user %s", user.id)
                 raise ServiceUnavailableError(LLM_DOWN, "the model's reply was empty")
@@ -279,6 +265,15 @@ class Conversation(ConversationVoices):
         if finished and turn_id is not None:
             timings["total_s"] = time.perf_counter() - started
             yield TurnFinished(reply.text, turn_id, timings)
+
+    @staticmethod
+    async def _encode_notes(
+        groups: list[list[tuple[int, SpokenSentence]]], reply: ReplyDraft
+    ) -> AsyncIterator[VoiceNote]:
+        for group in groups:
+            note = await encode_note(group)
+            reply.notes.append(note)  # the stored reply keeps what was sent
+            yield note
 
     async def _voice(self, user: User, who: Participant, voice_name: str | None = None) -> VoicePrompt | None:
         """The voice to speak with here, or None for the synthesizer's own (checked to load: fail early)."""
@@ -318,82 +313,12 @@ class Conversation(ConversationVoices):
                 audio = np.concatenate(made)
                 reply.spoken.append(SpokenSentence(sentence, audio, rate, stream.spoken(delivered)))
 
-    # Turns left unanswered -------------------------------------------------------------------------------
-
-    async def unanswered(self, platform: str, since: datetime) -> list[PendingTurn]:
-        """This platform's user turns since `since` that are still the last word in their scope, oldest first."""
-        rows = await asyncio.to_thread(self._store.unanswered_turns, platform, since)
-        return [
-            PendingTurn(
-                Participant(platform, user.platform_user_id, turn.scope, user.display_name),
-                turn.id,
-                turn.created_at if turn.created_at.tzinfo else turn.created_at.replace(tzinfo=UTC),
-            )
-            for turn, user in rows
-        ]
-
-    async def resume(self, who: Participant, turn_id: int, *, speak: bool = True) -> AsyncIterator[TurnEvent]:
-        """Answer a stored user turn that has no reply yet, exactly as `turn()` answers; it isn't stored again.
-
-        Yields nothing when the turn no longer waits for an answer (answered, /reset or /forget meanwhile).
-        """
-        started = time.perf_counter()
-        timings: dict[str, float] = {}
-        found = await self._waiting(who, turn_id, LLM_HISTORY_TURNS + 1)
-        if found is None:
-            return
-        user, history = found
-        pending, history = history[-1], history[:-1]
-        has_audio = pending.speech is not None or pending.audio is not None
-        user_speech = (
-            asyncio.ensure_future(self._stored_speech(pending))
-            if speak and has_audio and self._tts.capabilities.uses_context
-            else None
-        )
-        answer = self._answer(
-            user, who, history, pending.text, user_speech, speak, None, timings, started, language=pending.language
-        )
-        async with self._answering(answer, user_speech):
-            async for event in answer:
-                yield event
-
-    async def close_unanswered(self, who: Participant, turn_id: int, said: str) -> bool:
-        """Store `said` (what the person was told instead of an answer) as the reply to a waiting turn.
-
-        Returns False, storing nothing, when the turn no longer waits (answered or deleted meanwhile).
-        """
-        found = await self._waiting(who, turn_id, 1)
-        if found is None:
-            return False
-        await asyncio.to_thread(self._store.add_turn, found[0].id, who.scope, "assistant", said)
-        return True
-
-    async def _waiting(self, who: Participant, turn_id: int, limit: int) -> tuple[User, list[Turn]] | None:
-        """The user and their newest `limit` turns here, if the newest is still `turn_id`, unanswered."""
-        # find_user, not _user(): someone who used /forget meanwhile must not be created again.
-        user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
-        if user is None:
-            return None
-        history = await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, limit)
-        if not history or history[-1].id != turn_id or history[-1].role != "user":
-            return None
-        return user, history
-
-    async def _stored_speech(self, turn: Turn) -> ContextTurn | None:
-        """A stored user turn as the synthesizer's context: its payload, made from its audio if it has none."""
-        if kept := self._memory.spoken_context([turn]):
-            return kept[0]
-        if turn.audio is None:
-            return None
-        samples = await asyncio.to_thread(decode_audio, turn.audio, CLIP_RATE)
-        return await self._memory.add_user_speech(turn, samples, CLIP_RATE)
-
     # Commands --------------------------------------------------------------------------------------------
 
     async def say(self, who: Participant, text: str, *, voice_name: str | None = None) -> AsyncIterator[SpeechChunk]:
         """Speak `text` as it is, sentence by sentence, in the user's voice. No LLM, and no turn is stored."""
         user = await self._user(who)
-        text = self._read(text)
+        text = read_text(text)
         voice = await self._voice(user, who, voice_name)
         reply = ReplyDraft()
         splitter = SentenceSplitter()
@@ -425,6 +350,10 @@ class Conversation(ConversationVoices):
         user = await self._user(who)
         return await asyncio.to_thread(self._store.clear_conversation, user.id, who.scope)
 
+    async def knows(self, who: Participant) -> bool:
+        """Whether anything is stored about this person (asking stores nothing)."""
+        return await asyncio.to_thread(self._store.find_user, who.platform, who.user_id) is not None
+
     async def forget(self, who: Participant) -> bool:
         """Delete everything stored about this user: voices, conversations, settings. False: nothing was stored."""
         user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
@@ -435,6 +364,11 @@ class Conversation(ConversationVoices):
         self._tts.forget()
         log.info("forgot user %s on request", user.id)
         return True
+
+
+def _rest(cutter: NoteCutter | None) -> list[list[tuple[int, SpokenSentence]]]:
+    """The sentences spoken since the last note, as a last note (none without notes)."""
+    return cutter.flush() if cutter is not None else []
 
 
 def _speech_failure(error: Exception) -> str:

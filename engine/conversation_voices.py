@@ -13,7 +13,7 @@ from engine.store.repository import EVERYWHERE
 from engine.voices import CloneDraft, VoiceInfo, VoiceLibrary
 
 if TYPE_CHECKING:
-    from engine.store.models import User
+    from engine.store.models import User, Voice
 
 
 class ConversationVoices:
@@ -40,7 +40,7 @@ class ConversationVoices:
             voice = await self._voices.use_as_scope_default(user.id, name, for_everyone_in)
         else:
             voice = await self._voices.use(user.id, name, EVERYWHERE)
-        return VoiceInfo(voice.id, voice.name, voice.reference_seconds, True)
+        return await self._info(who, voice)
 
     async def voice_name_taken(self, who: Participant, name: str) -> bool:
         user = await self._user(who)
@@ -54,12 +54,17 @@ class ConversationVoices:
         """Step two, after the person confirmed the transcript and consented: the voice, now theirs everywhere."""
         user = await self._user(who)
         voice = await self._voices.save(user.id, name, draft, transcript)
-        return VoiceInfo(voice.id, voice.name, voice.reference_seconds, True)
+        return await self._info(who, voice)
 
     async def rename_voice(self, who: Participant, name: str, new_name: str) -> VoiceInfo:
         user = await self._user(who)
         voice = await self._voices.rename(user.id, name, new_name)
-        return VoiceInfo(voice.id, voice.name, voice.reference_seconds, False)
+        return await self._info(who, voice)
+
+    async def _info(self, who: Participant, voice: Voice) -> VoiceInfo:
+        """The voice as the person's listing shows it here (whether it is the one speaking to them, say)."""
+        listed = next((info for info in await self.voices(who) if info.id == voice.id), None)
+        return listed or VoiceInfo(voice.id, voice.name, voice.reference_seconds, False)  # deleted meanwhile
 
     async def delete_voice(self, who: Participant, name: str) -> None:
         user = await self._user(who)

@@ -40,6 +40,17 @@ class SentenceSpoken:
 
 
 @dataclass(frozen=True)
+class VoiceNote:
+    """Spoken sentences encoded once as one OGG/Opus file, for a turn asked to cut its reply into notes (a
+    Telegram voice note): sent as it is, and the stored reply keeps these very bytes."""
+
+    data: bytes
+    seconds: float
+    text: str  # the sentences it says
+    sentence_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class SpeechUnavailable:
     """Speech synthesis failed; the reply continues as text. `message` is for the user."""
 
@@ -53,4 +64,4 @@ class TurnFinished:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-TurnEvent = Heard | ReplySentence | SpeechChunk | SentenceSpoken | SpeechUnavailable | TurnFinished
+TurnEvent = Heard | ReplySentence | SpeechChunk | SentenceSpoken | VoiceNote | SpeechUnavailable | TurnFinished

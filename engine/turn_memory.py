@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from engine.audio import encode_ogg_opus
 from engine.errors import StorageUnavailableError, TtsUnavailableError
+from engine.events import VoiceNote
 from engine.speech_synthesizer import ASSISTANT, ContextTurn, SpeechPayload, SpeechSynthesizer
 from engine.store.models import Turn
 from engine.store.repository import Store
@@ -52,6 +53,7 @@ class ReplyDraft:
 
     sentences: list[str] = field(default_factory=list)
     spoken: list[SpokenSentence] = field(default_factory=list)
+    notes: list[VoiceNote] = field(default_factory=list)  # as sent, when the platform asked for voice notes
 
     @property
     def text(self) -> str:
@@ -124,7 +126,10 @@ class TurnMemory:
 
         def write() -> Turn:
             audio = None
-            if reply.spoken:
+            if reply.notes:
+                # The notes as they were sent, one after another: a chained Ogg stream, which decodes as one.
+                audio = b"".join(note.data for note in reply.notes)
+            elif reply.spoken:
                 samples = np.concatenate([sentence.audio for sentence in reply.spoken])
                 audio = encode_ogg_opus(samples, reply.spoken[0].sample_rate) if samples.size else None
             speech = self.tts.join(payloads) if len(payloads) == len(reply.spoken) else None
@@ -145,12 +150,15 @@ class TurnMemory:
         if first.payload is None or first.seconds < MIN_HOUSE_VOICE_SECONDS:
             return
         payload = first.payload
+        # The first voice note is often that very sentence: its bytes serve, encoded once.
+        note = reply.notes[0] if reply.notes and len(reply.notes[0].sentence_indices) == 1 else None
+        sent = note.data if note is not None and note.text == first.text else None
 
         def write() -> int:
             voice = self.store.add_voice(
                 None,
                 f"house voice of {scope}",
-                reference_audio=encode_ogg_opus(first.audio, first.sample_rate),
+                reference_audio=sent or encode_ogg_opus(first.audio, first.sample_rate),
                 reference_seconds=first.seconds,
                 transcript=first.text,
                 speech=payload,

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from tests.fakes.ollama_server import FakeOllama
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -22,6 +24,7 @@ SETTING_VARIABLES = (
     "ALAN_DATABASE_URL",
     "ALAN_STT_MODEL",
     "ALAN_TTS_MODEL",
+    "ALAN_TTS_BACKEND",
     "ALAN_LLM_MODEL",
     "ALAN_LLM_BACKEND",
     "ALAN_LLM_BASE_URL",
@@ -35,6 +38,11 @@ SETTING_VARIABLES = (
     "DISCORD_TOKEN",
     "TELEGRAM_TOKEN",
     "TELEGRAM_API_URL",
+    "ALAN_TELEGRAM_ALLOWED_USERS",
+    "ALAN_TELEGRAM_WEBHOOK_URL",
+    "ALAN_TELEGRAM_WEBHOOK_PORT",
+    "ALAN_TELEGRAM_WEBHOOK_SECRET",
+    "ALAN_DISCORD_GUILD_IDS",
 )
 
 
@@ -45,6 +53,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def duration_seconds(audio: np.ndarray, sample_rate: int) -> float:
+    return float(audio.shape[-1]) / sample_rate
 
 
 def espeak(text: str, path: Path, *, voice: str = "en", words_per_minute: int = 160) -> Path:

@@ -22,9 +22,9 @@ import numpy as np
 from discord.opus import Encoder
 from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
 
-from bot.discord.audio import to_discord_frames
 from bot.discord.receive import ConnectionKeys, DecodedAudio, PacketProcessor
 from engine.audio import decode_audio
+from tests.discord_pcm import to_discord_frames
 
 try:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM

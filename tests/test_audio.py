@@ -10,13 +10,13 @@ from engine.audio import (
     CSM_RATE,
     WHISPER_RATE,
     decode_audio,
-    duration_seconds,
     encode,
     encode_ogg_opus,
     encode_wav,
     resample,
 )
 from engine.errors import AudioTooLargeError, AudioTooLongError, InvalidAudioError
+from tests.conftest import duration_seconds
 
 OPUS_FRAME_SECONDS = 0.020
 

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from alan.cli import app
 from engine.audio import CSM_RATE, decode_audio, encode_wav
+from engine.tts import tone
 from tests.conftest import espeak, fake_ollama_in_thread
 from tests.fakes.ollama_server import FakeOllama
 
@@ -74,6 +75,34 @@ def test_say_speaks_the_text_as_is(env: Path, ollama: FakeOllama) -> None:
     assert ollama.chat_requests == []  # no LLM involved
 
 
+@pytest.fixture
+def tone_env(clean_env: Path, monkeypatch: pytest.MonkeyPatch, ollama: FakeOllama) -> Path:
+    """The tone synthesizer: no speech model at all."""
+    monkeypatch.setenv("ALAN_TTS_BACKEND", "tone")
+    monkeypatch.setenv("ALAN_LLM_MODEL", MODEL)
+    monkeypatch.setenv("OLLAMA_HOST", ollama.host)
+    monkeypatch.setenv("ALAN_DEVICE", "cpu")
+    monkeypatch.setenv("COLUMNS", "200")
+    return clean_env
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".ogg"])
+@pytest.mark.parametrize("rate", [tone.SAMPLE_RATE, 16_000], ids=["tone-as-shipped", "16kHz"])
+@pytest.mark.parametrize("command", [["say", "Good morning."], ["talk", "--text", "hello"]], ids=["say", "talk"])
+def test_the_reply_is_written_at_the_rate_it_was_made(
+    tone_env: Path, ollama: FakeOllama, monkeypatch: pytest.MonkeyPatch, command: list[str], rate: int, suffix: str
+) -> None:
+    """A synthesizer whose rate is not CSM's 24 kHz: the file lasts exactly as long as the audio made."""
+    monkeypatch.setattr(tone, "SAMPLE_RATE", rate)  # the tone backend's chunks and capabilities now say `rate`
+    ollama.script("Good morning.")
+    result = runner.invoke(app, [*command, "-o", f"reply{suffix}"])
+    assert result.exit_code == 0, result.output
+    made = len(tone.tone_speech("Good morning.", tone.DEFAULT_PITCH_HZ)) / rate
+    written = decode_audio(tone_env / f"reply{suffix}", 48_000)
+    assert len(written) / 48_000 == pytest.approx(made, abs=0.025)  # Opus: within a frame or so
+    assert f"Wrote {made:.1f} s of speech" in result.output
+
+
 def test_voice_clone_list_use_and_delete(env: Path) -> None:
     espeak("This is my voice. I am reading a few sentences so that you can learn how I sound.", env / "me.wav")
     result = runner.invoke(
@@ -92,7 +121,23 @@ def test_voice_clone_list_use_and_delete(env: Path) -> None:
     again = runner.invoke(app, ["voice", "clone", "me.wav", "--name", "me", "--transcript", "Again.", "--yes"])
     assert again.exit_code == 1 and "already have a voice" in again.output
 
-    assert runner.invoke(app, ["voice", "delete", "me"]).exit_code == 0
+    # A second voice becomes the active one; `use` and `rename` work by name.
+    second = runner.invoke(app, ["voice", "clone", "me.wav", "--name", "other", "--transcript", "Mine.", "--yes"])
+    assert second.exit_code == 0, second.output
+    assert "* other" in runner.invoke(app, ["voice", "list"]).output
+    used = runner.invoke(app, ["voice", "use", "me"])
+    assert used.exit_code == 0 and "now answers you in “me”" in used.output
+    assert "* me" in runner.invoke(app, ["voice", "list"]).output
+    renamed = runner.invoke(app, ["voice", "rename", "me", "Ann's voice"])
+    assert renamed.exit_code == 0 and "to “Ann's voice”" in renamed.output
+    assert "* Ann's voice" in runner.invoke(app, ["voice", "list"]).output
+    taken = runner.invoke(app, ["voice", "rename", "other", "Ann's voice"])
+    assert taken.exit_code == 1 and "already have a voice" in taken.output
+    missing = runner.invoke(app, ["voice", "use", "nobody"])
+    assert missing.exit_code == 1 and "no voice called" in missing.output
+
+    assert runner.invoke(app, ["voice", "delete", "Ann's voice"]).exit_code == 0
+    assert runner.invoke(app, ["voice", "delete", "other"]).exit_code == 0
     assert "No voices yet" in runner.invoke(app, ["voice", "list"]).output
 
 

@@ -433,3 +433,21 @@ async def test_a_house_voice_another_synthesizer_made_is_made_anew(
     events = await collect(build(ollama.host).turn(ANN, text="hello again"))
     assert of_type(events, SpeechChunk)
     assert store.active_voice(user.id, "chat-1").speech_model == f"csm:{tiny_csm_dir}"
+
+
+async def test_a_reply_asked_as_voice_notes_is_stored_as_the_notes_sent(
+    build: Callable[..., Conversation], ollama: FakeOllama, store: Store
+) -> None:
+    from engine.events import VoiceNote
+    from engine.voice_notes import NotePolicy
+
+    ollama.script("First sentence here. Second sentence there.")
+    events = await collect(build(ollama.host).turn(ANN, text="hello", notes=NotePolicy()))
+    notes = of_type(events, VoiceNote)
+    assert [note.sentence_indices for note in notes] == [(0,), (1,)]
+    assert [note.text for note in notes] == ["First sentence here.", "Second sentence there."]
+    made = sum(len(chunk.audio) for chunk in of_type(events, SpeechChunk))
+    assert abs(sum(note.seconds for note in notes) * CSM_RATE - made) < 1
+    user = store.find_user("telegram", "1001")
+    reply = store.recent_turns(user.id, "chat-1")[-1]
+    assert reply.audio == b"".join(note.data for note in notes)  # encoded once: sent and stored alike

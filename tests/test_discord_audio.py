@@ -1,4 +1,5 @@
-"""Discord's PCM framing (`bot.discord.audio`): 20 ms frames of 48 kHz stereo s16, to and from the engine's audio."""
+"""The tests' Discord PCM framing (tests/discord_pcm.py), which the receive and playback tests rely on: 20 ms frames
+of 48 kHz stereo s16 (`bot.discord.audio`'s constants), to and from the engine's audio."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bot.discord.audio import DISCORD_FRAME_BYTES, from_discord_pcm, to_discord_frames
-from engine.audio import CSM_RATE, decode_audio, duration_seconds
+from bot.discord.audio import DISCORD_FRAME_BYTES
+from engine.audio import CSM_RATE, decode_audio
+from tests.conftest import duration_seconds
+from tests.discord_pcm import from_discord_pcm, to_discord_frames
 
 
 @pytest.fixture(scope="module")

@@ -217,7 +217,7 @@ async def test_reset_and_forget_wait_for_the_voice_turn_in_progress(
     store.add_turn(user.id, "555", "user", "hello")
     turn_done = asyncio.Event()
     # A voice turn holds the server's queue (VoiceSession.queue_key is this same key).
-    turn = asyncio.create_task(cog.sessions.queue.run(voice_queue_key(guild.id), turn_done.wait))
+    turn = asyncio.create_task(cog.sessions.scheduler.run(voice_queue_key(guild.id), turn_done.wait))
     await asyncio.sleep(0)
     reset = asyncio.create_task(run(AlanCommands.reset, cog, interaction := FakeInteraction(ann, guild)))
     forget = FakeInteraction(ann, guild)

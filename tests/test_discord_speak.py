@@ -8,10 +8,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from bot.discord.audio import DISCORD_FRAME_BYTES, DISCORD_RATE, from_discord_pcm
+from bot.discord.audio import DISCORD_FRAME_BYTES, DISCORD_RATE
 from bot.discord.speak import FRAME_SECONDS, SILENCE_FRAME, StreamingSource
 from engine.audio import CSM_RATE
 from tests.discord_doubles import FakeClock
+from tests.discord_pcm import from_discord_pcm
 
 
 def tone(seconds: float, rate: int = CSM_RATE, freq: float = 220.0) -> np.ndarray:

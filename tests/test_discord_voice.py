@@ -280,7 +280,7 @@ async def test_mentions_get_a_text_answer_and_a_spoken_one_in_our_voice_channel(
     carol = room.guild.add(FakeMember("carol"))  # not in voice
     ollama.script("Lima is the capital.")
     message = FakeMessage(carol, f"<@{alan.id}> what is the capital of Peru?", [alan], text_channel)
-    reply = await answer_mention(message, bot_user=alan, conversation=conversation, queue=queue, session=None)
+    reply = await answer_mention(message, bot_user=alan, conversation=conversation, scheduler=queue, session=None)
     assert reply == message.replies[0] == "Lima is the capital."
     assert text_channel.typing_entered == 1
     assert ollama.chat_requests[-1]["messages"][-1]["content"] == "what is the capital of Peru?"
@@ -295,7 +295,7 @@ async def test_mentions_get_a_text_answer_and_a_spoken_one_in_our_voice_channel(
     ollama.script("Spoken and written.")
     message = FakeMessage(room.ann, f"<@!{alan.id}> say it aloud", [alan], text_channel)
     replying = asyncio.create_task(
-        answer_mention(message, bot_user=alan, conversation=conversation, queue=queue, session=session)
+        answer_mention(message, bot_user=alan, conversation=conversation, scheduler=queue, session=session)
     )
     frames = await play_out(client, clock)
     assert await replying == "Spoken and written."
@@ -305,12 +305,12 @@ async def test_mentions_get_a_text_answer_and_a_spoken_one_in_our_voice_channel(
 
     # Not for us, from a bot, or too long: ignored, ignored, and a clear answer.
     assert await answer_mention(FakeMessage(carol, "hi all", [], text_channel), bot_user=alan,
-                                conversation=conversation, queue=queue, session=None) is None  # fmt: skip
+                                conversation=conversation, scheduler=queue, session=None) is None  # fmt: skip
     robot = FakeMessage(room.music_bot, f"<@{alan.id}> hi", [alan], text_channel)
-    assert await answer_mention(robot, bot_user=alan, conversation=conversation, queue=queue, session=None) is None
+    assert await answer_mention(robot, bot_user=alan, conversation=conversation, scheduler=queue, session=None) is None
     assert robot.replies == []
     long = FakeMessage(carol, f"<@{alan.id}> " + "word " * 2000, [alan], text_channel)
-    await answer_mention(long, bot_user=alan, conversation=conversation, queue=queue, session=None)
+    await answer_mention(long, bot_user=alan, conversation=conversation, scheduler=queue, session=None)
     assert "too long" in long.replies[0]
     await session.close()
 

@@ -28,6 +28,19 @@ def test_a_tts_folder_that_does_not_exist_fails_with_its_path(clean_env: Path, m
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a message, not a traceback
 
 
+def test_the_tone_synthesizer_needs_no_model(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ALAN_TTS_BACKEND", "tone")
+    monkeypatch.setenv("ALAN_TTS_MODEL", str(clean_env / "no-such-csm-folder"))  # a CSM setting the tones don't use
+    check = check_tts_model(load_settings())
+    assert check.status is Status.OK
+    assert "tone synthesizer" in check.detail and "needs no model" in check.detail
+    assert "no-such-csm-folder" not in check.detail
+
+    result = runner.invoke(app, [*ONLY_MODELS, "--skip", "stt", "--skip", "database"])
+    assert result.exit_code == 0, result.output
+    assert "needs no model" in result.output
+
+
 def test_a_whisper_path_that_does_not_exist_fails(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     missing = clean_env / "models" / "whisper-small"
     monkeypatch.setenv("ALAN_STT_MODEL", str(missing))

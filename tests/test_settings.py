@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 
 from alan.settings import DEFAULT_TELEGRAM_API_URL, SettingsError, load_settings
+from engine.llm import CHAT_BACKENDS
+from engine.tts import SYNTHESIZERS
 
 
 def test_defaults_point_at_local_services(clean_env: Path) -> None:
@@ -37,6 +39,25 @@ def test_bad_values_are_reported_by_variable_name(clean_env: Path, monkeypatch: 
     assert "ALAN_DEVICE" in message
     assert "OLLAMA_HOST" in message
     assert "ALAN_MAX_AUDIO_SECONDS" in message
+
+
+def test_an_unknown_speech_synthesizer_is_refused_with_the_choices(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALAN_TTS_BACKEND", "espeak")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "ALAN_TTS_BACKEND: Input should be 'csm' or 'tone'" in str(raised.value)
+
+
+def test_the_backend_settings_accept_what_the_registries_hold(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new backend is its module plus one registry line: the settings need no change."""
+    monkeypatch.setitem(SYNTHESIZERS, "espeak", "engine.tts.espeak:EspeakSynthesizer")
+    monkeypatch.setitem(CHAT_BACKENDS, "llamacpp", CHAT_BACKENDS["openai"])
+    monkeypatch.setenv("ALAN_TTS_BACKEND", "eSpeak")
+    monkeypatch.setenv("ALAN_LLM_BACKEND", "llamacpp")
+    settings = load_settings()
+    assert (settings.tts_backend, settings.llm_backend) == ("espeak", "llamacpp")
 
 
 def test_tokens_never_show_in_reprs_or_errors(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

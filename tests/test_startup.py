@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from engine.voices import MAX_CLONE_SECONDS
 ROOT = Path(__file__).resolve().parents[1]
 # Each takes from a tenth of a second (discord, telegram) to seconds (torch, transformers) to import.
 HEAVY_MODULES = ("torch", "transformers", "faster_whisper", "ctranslate2", "discord", "telegram")
+SETTING_PREFIXES = ("ALAN_", "OLLAMA_", "TELEGRAM_", "DISCORD_")  # the settings' variables (see .env.example)
 
 # Import the CLI and render the help of every command, in a fresh interpreter; print what got imported.
 HELP_EVERY_COMMAND = """
@@ -52,6 +54,40 @@ def test_importing_the_cli_leaves_heavy_modules_unloaded() -> None:
     result = python_in_a_fresh_process(code)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == []
+
+
+# `alan forget` through the conversation API, in a fresh interpreter; print its output, then what got imported.
+FORGET = """
+import json, sys
+from typer.testing import CliRunner
+from alan.cli import app
+
+result = CliRunner().invoke(app, ["forget", "--yes"])
+assert result.exit_code == 0, result.output
+print(result.output)
+print(json.dumps(sorted(set(sys.modules) & set(json.loads(sys.argv[1])))))
+print(json.dumps(["engine.tts.csm_synthesizer" in sys.modules, "engine.stt" in sys.modules]))
+"""
+
+
+def test_forget_builds_the_conversation_without_loading_a_speech_library(tmp_path: Path) -> None:
+    """Building a Conversation (CSM synthesizer, Whisper transcriber, chat client) imports no model library."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(SETTING_PREFIXES)}
+    env |= {"ALAN_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+    result = subprocess.run(
+        [sys.executable, "-c", FORGET, json.dumps(HEAVY_MODULES)],
+        cwd=tmp_path,  # no .env here: the default backends, CSM included
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    *output, imported, built = result.stdout.strip().splitlines()
+    assert "Nothing is stored about you" in "\n".join(output)
+    assert json.loads(built) == [True, True]  # the CSM synthesizer and Whisper were set up, not bypassed
+    assert json.loads(imported) == []
 
 
 # "10–30 s", "10-20 seconds": the recommended clip length wherever a person reads it.

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -10,7 +9,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engine.errors import VoiceNameTakenError
 from engine.speech_synthesizer import SpeechPayload
-from engine.store.codes import codes_from_bytes, codes_to_bytes
 from engine.store.database import create_db_engine, current_revision, downgrade, head_revision, open_database, upgrade
 from engine.store.models import Base, ScopeVoice, Turn, User, UserVoiceChoice, Voice
 from engine.store.repository import EVERYWHERE, Store
@@ -194,17 +192,6 @@ def test_recent_turns_are_the_newest_in_order_and_reset_clears_them(store: Store
     assert [turn.text for turn in store.recent_turns(ann.id, "elsewhere")] == ["not here"]
     with pytest.raises(ValueError, match="role"):
         store.add_turn(ann.id, "chat", "system", "no")
-
-
-def test_codes_survive_storage_exactly() -> None:
-    codes = np.random.default_rng(1).integers(0, 2048, size=(37, 32))
-    data, codebooks = codes_to_bytes(codes)
-    assert len(data) == 37 * 32 * 2
-    np.testing.assert_array_equal(codes_from_bytes(data, codebooks), codes)
-    with pytest.raises(ValueError):
-        codes_to_bytes(np.zeros(5, dtype=np.int64))
-    with pytest.raises(ValueError):
-        codes_from_bytes(data[:-2], codebooks)
 
 
 def test_forget_takes_the_house_voice_of_a_chat_only_they_talked_in(store: Store) -> None:

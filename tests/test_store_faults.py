@@ -204,8 +204,8 @@ async def test_discord_tells_a_full_disk_and_a_busy_forget(
     full = PageLimit(impatient)
     full.fill()
     message = FakeMessage(carol, f"<@{guild.me.id}> hello there", [guild.me], channel)
-    assert await answer_mention(message, bot_user=guild.me, conversation=impatient_conversation, queue=TurnScheduler(),
-                                session=None) is None  # fmt: skip
+    assert await answer_mention(message, bot_user=guild.me, conversation=impatient_conversation,
+                                scheduler=TurnScheduler(), session=None) is None  # fmt: skip
     assert message.replies == [NOT_KEPT_FULL]
     full.free()
 

@@ -102,7 +102,7 @@ def assert_ogg_opus(call: Call) -> None:
 
 
 async def test_a_voice_note_is_answered_with_a_captioned_voice_note(
-    start_bot: Start, ollama: FakeOllama, tmp_path: Path
+    start_bot: Start, ollama: FakeOllama, store: Store, tmp_path: Path
 ) -> None:
     telegram = await start_bot()
     ollama.script("Nice to hear you.")
@@ -119,6 +119,13 @@ async def test_a_voice_note_is_answered_with_a_captioned_voice_note(
     assert any(call.params.get("action") == "record_voice" for call in telegram.sent("sendChatAction"))
     assert [call.method for call in telegram.calls].count("getFile") == 1
     assert TOKEN not in str([call.params for call in telegram.calls])
+    # Kept as they were: the voice note as received, the reply as sent (each encoded once).
+    user = store.find_user("telegram", str(ANN["id"]))
+    assert user is not None
+    await eventually(lambda: len(store.recent_turns(user.id, str(ANN["id"]))) == 2)
+    said, reply = store.recent_turns(user.id, str(ANN["id"]))
+    assert said.audio == note
+    assert reply.audio == answer.files["voice"]
 
 
 async def test_a_text_message_is_answered_with_a_voice_note_and_text_can_be_switched_off(
@@ -144,20 +151,32 @@ async def test_a_text_message_is_answered_with_a_voice_note_and_text_can_be_swit
 
 
 async def test_a_long_answer_comes_as_several_notes_cut_at_sentence_ends_the_first_one_early(
-    start_bot: Start, ollama: FakeOllama
+    start_bot: Start, ollama: FakeOllama, store: Store
 ) -> None:
     telegram = await start_bot(replace(FAST, follow_up_min_seconds=1000.0))
     # The third sentence only exists a second after the first: the first note must not wait for it.
-    ollama.script("First sentence here. Second one is", " here.", " Third one too.", chunk_delay=0.5)
+    ollama.script("This first sentence is long enough to be a voice. Second one is", " here.", " Third one too.",
+                  chunk_delay=0.5)  # fmt: skip
     telegram.push_message(telegram.private_chat(ANN), ANN, text="tell me three things")
     first, rest = await telegram.wait_for("sendVoice", chat_id=ANN["id"], count=2)
-    assert first.params["caption"] == "First sentence here."
+    assert first.params["caption"] == "This first sentence is long enough to be a voice."
     assert rest.params["caption"] == "Second one is here. Third one too."
     assert rest.at - first.at > 0.5
     # "recording voice…" was kept up while the answer was made (it fades after 5 s otherwise).
     assert len([call for call in telegram.sent("sendChatAction") if call.params["action"] == "record_voice"]) >= 2
     assert_ogg_opus(first)
     assert_ogg_opus(rest)
+    # The stored reply is the notes as sent, back to back (a chained Ogg stream, which decodes as one).
+    user = store.find_user("telegram", str(ANN["id"]))
+    assert user is not None
+    await eventually(lambda: len(store.recent_turns(user.id, str(ANN["id"]))) == 2)
+    reply = store.recent_turns(user.id, str(ANN["id"]))[-1]
+    assert reply.audio == first.files["voice"] + rest.files["voice"]
+    heard = len(decode_audio(first.files["voice"], CSM_RATE)) + len(decode_audio(rest.files["voice"], CSM_RATE))
+    assert len(decode_audio(reply.audio, CSM_RATE)) == heard
+    # This chat had no voice: its first note, that first sentence alone, is its house voice, byte for byte.
+    house = store.active_voice(user.id, str(ANN["id"]))
+    assert house is not None and house.reference_audio == first.files["voice"]
 
 
 async def test_two_chats_are_answered_at_once_and_a_chat_keeps_its_order(start_bot: Start, ollama: FakeOllama) -> None:

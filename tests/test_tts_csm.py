@@ -3,6 +3,7 @@ streaming decode, stopping."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,40 @@ from engine.tts.budget import VoiceTooLongError, estimate_reply_frames
 from engine.tts.csm import CsmSpeech
 from engine.tts.sampling import SamplingConfig
 from engine.tts.streaming_decode import SAMPLES_PER_FRAME, StreamConfig
-from engine.tts.types import Segment
+from engine.tts.types import Segment, SpeechResult
 from tests.tiny_models.csm import build_tiny_csm
+
+
+def prompt_token_ids(
+    speech: CsmSpeech, voice: Segment | None, history: list[Segment], text: str, speaker: int = 0
+) -> list[int]:
+    """Our prompt as the processor would tokenize it (audio frames as `<|AUDIO|>`, end frames as
+    `<|audio_eos|>`), to check it against the chat template."""
+    ids: list[int] = []
+    for seg in [*([voice] if voice is not None else []), *history]:
+        ids += speech.segment_token_ids(seg.text, seg.speaker)
+        if seg.codes is not None:
+            ids += [speech.processor.audio_token_id] * seg.codes.shape[0] + [speech.processor.audio_eos_token_id]
+    return ids + list(speech.segment_token_ids(text, speaker))
+
+
+@dataclass
+class Synthesized:
+    """A whole reply: the stream's result and all its audio."""
+
+    result: SpeechResult
+    audio: np.ndarray
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.result, name)
+
+
+def synthesize(speech: CsmSpeech, voice: Segment | None, history: list[Segment], text: str, speaker: int = 0,
+               **kwargs: object) -> Synthesized:  # fmt: skip
+    stream = speech.stream(voice, history, text, speaker, **kwargs)  # type: ignore[arg-type]
+    chunks = list(stream)
+    return Synthesized(stream.result, np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32))
+
 
 NO_GUARDS = StreamConfig(silence_dbfs=None, repeat_frames=None)
 GREEDY = SamplingConfig.greedy()
@@ -85,7 +118,7 @@ def test_prompt_matches_chat_template(speech: CsmSpeech, conversation, clips) ->
     voice, history = conversation
     text = "nice to see you"
     inputs = speech.processor.apply_chat_template(_chat(voice.text, clips, text), tokenize=True, return_dict=True)
-    ours = speech.prompt_token_ids(voice, history, text, speaker=0)
+    ours = prompt_token_ids(speech, voice, history, text, speaker=0)
     assert ours == inputs["input_ids"][0].tolist()
     # and the budget counts exactly those positions
     _, plan = speech.plan_context(voice, history, text, 0)
@@ -128,19 +161,19 @@ def test_parity_without_voice_or_history(speech: CsmSpeech) -> None:
     )
     with torch.inference_mode():
         expected = speech.model.generate(**inputs, do_sample=False, depth_decoder_do_sample=False, max_new_tokens=8)
-    result = speech.synthesize(None, [], text, 1, sampling=GREEDY, streaming=NO_GUARDS, max_frames=8)
+    result = synthesize(speech, None, [], text, 1, sampling=GREEDY, streaming=NO_GUARDS, max_frames=8)
     assert torch.equal(result.codes, expected[0])
 
 
 def test_prefix_cache_prefills_only_the_rest_and_is_not_mutated(speech: CsmSpeech, conversation) -> None:
     voice, history = conversation
     speech.prefix_cache.clear()
-    first = speech.synthesize(voice, history, "one two", 0, voice_cache_key="v", sampling=GREEDY, max_frames=6)
+    first = synthesize(speech, voice, history, "one two", 0, voice_cache_key="v", sampling=GREEDY, max_frames=6)
     assert not first.stats.prefix_cache_hit and len(speech.prefix_cache) == 1
     (entry,) = speech.prefix_cache._entries.values()
     saved = [(k.clone(), v.clone()) for k, v in entry.layers]
     assert entry.positions == speech.segment_positions(voice)
-    second = speech.synthesize(voice, history, "one two", 0, voice_cache_key="v", sampling=GREEDY, max_frames=6)
+    second = synthesize(speech, voice, history, "one two", 0, voice_cache_key="v", sampling=GREEDY, max_frames=6)
     assert second.stats.prefix_cache_hit
     assert second.stats.prefill_positions == first.stats.prefill_positions - entry.positions
     assert torch.equal(first.codes, second.codes)
@@ -148,7 +181,7 @@ def test_prefix_cache_prefills_only_the_rest_and_is_not_mutated(speech: CsmSpeec
         assert torch.equal(k, k0) and torch.equal(v, v0)
     # same key, different audio: a different entry, never a stale hit
     changed = Segment(voice.speaker, voice.text, voice.codes.flip(0))
-    third = speech.synthesize(changed, [], "one two", 0, voice_cache_key="v", sampling=GREEDY, max_frames=2)
+    third = synthesize(speech, changed, [], "one two", 0, voice_cache_key="v", sampling=GREEDY, max_frames=2)
     assert not third.stats.prefix_cache_hit and len(speech.prefix_cache) == 2
 
 
@@ -175,14 +208,14 @@ def test_streaming_chunks_match_one_shot_decode(speech: CsmSpeech, conversation)
 def test_sampling_is_seeded_and_valid(speech: CsmSpeech, conversation) -> None:
     voice, history = conversation
     runs = [
-        speech.synthesize(
+        synthesize(speech,
             voice, history, "sure", 0, sampling=SamplingConfig(seed=7), streaming=NO_GUARDS, max_frames=10
         ).codes
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
     assert int(runs[0].min()) >= 0 and int(runs[0].max()) < speech.config.vocab_size
-    other = speech.synthesize(
+    other = synthesize(speech,
         voice, history, "sure", 0, sampling=SamplingConfig(seed=8), streaming=NO_GUARDS, max_frames=10
     ).codes
     assert not torch.equal(runs[0], other)
@@ -212,7 +245,7 @@ def test_end_frame_stops_generation(speech: CsmSpeech, monkeypatch) -> None:
     frames = [torch.full((speech.num_codebooks,), 5), torch.full((speech.num_codebooks,), 6), end]
     calls = iter(frames)
     monkeypatch.setattr(speech.loop, "sample_frame", lambda *_: next(calls))
-    result = speech.synthesize(None, [], "hi", 0, streaming=NO_GUARDS)
+    result = synthesize(speech, None, [], "hi", 0, streaming=NO_GUARDS)
     assert result.stop_reason == "eos" and result.codes.shape[0] == 2
     assert result.audio is not None and result.audio.size == 2 * SAMPLES_PER_FRAME
 
@@ -221,7 +254,7 @@ def test_repeat_guard_stops_a_stuck_model(speech: CsmSpeech, monkeypatch) -> Non
     stuck = torch.full((speech.num_codebooks,), 9)
     monkeypatch.setattr(speech.loop, "sample_frame", lambda *_: stuck.clone())
     cfg = StreamConfig(first_chunk_frames=5, silence_dbfs=None, repeat_frames=12)
-    result = speech.synthesize(None, [], "this is a longer sentence to say", 0, streaming=cfg)
+    result = synthesize(speech, None, [], "this is a longer sentence to say", 0, streaming=cfg)
     assert result.stop_reason == "repeat" and result.generated_frames == 12
     assert result.codes.shape[0] == 5  # the first chunk was already played; the rest of the run is dropped
 
@@ -246,7 +279,7 @@ def test_silence_is_trimmed_and_endless_silence_stops(speech: CsmSpeech, monkeyp
         max_silence_frames=25,
         repeat_frames=None,
     )
-    result = speech.synthesize(None, [], "this is a much longer sentence to say out loud", 0, streaming=cfg)
+    result = synthesize(speech, None, [], "this is a much longer sentence to say out loud", 0, streaming=cfg)
     assert result.stop_reason == "silence"
     assert result.codes.shape[0] == 23  # 20 voiced + 3 kept silent frames
     assert result.audio is not None and result.audio.size == 23 * SAMPLES_PER_FRAME
@@ -269,5 +302,7 @@ def test_close_cancels_and_keeps_emitted_codes(speech: CsmSpeech, conversation) 
 def test_only_decodable_codes_are_picked(speech: CsmSpeech, monkeypatch) -> None:
     # real CSM heads have 2051 outputs for Mimi's 2048 codes; the loop must never pick beyond valid_codes
     monkeypatch.setattr(speech.loop, "valid_codes", 4)
-    result = speech.synthesize(None, [], "hello", 0, sampling=SamplingConfig(seed=0), streaming=NO_GUARDS, max_frames=6)
+    result = synthesize(
+        speech, None, [], "hello", 0, sampling=SamplingConfig(seed=0), streaming=NO_GUARDS, max_frames=6
+    )
     assert result.codes.shape[0] > 0 and int(result.codes.max()) < 4

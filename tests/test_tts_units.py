@@ -1,4 +1,4 @@
-"""Model-free tests of the TTS engine's pieces: budget, sampling, prefix cache, chunking and stop guards."""
+"""Model-free tests of the TTS engine's pieces: budget, sampling, prefix cache, chunking, stop guards, stored codes."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from engine.tts.budget import (
     plan_positions,
     segment_positions,
 )
+from engine.tts.codes import codes_from_bytes, codes_to_bytes
 from engine.tts.prefix_cache import PrefixCache, content_key, restore, snapshot
 from engine.tts.sampling import SamplingConfig, TokenPicker, make_generator
 from engine.tts.streaming_decode import (
@@ -71,6 +72,24 @@ def test_plan_never_drops_voice_and_raises_when_it_cannot_fit() -> None:
 def test_max_reference_frames_leaves_exactly_the_reserve() -> None:
     frames = max_reference_frames(transcript_positions=30, reserved_positions=500, max_positions=2048)
     assert segment_positions(30, frames) + 500 == 2048
+
+
+# ---------------------------------------------------------------- stored codes
+
+
+def test_codes_survive_storage_exactly() -> None:
+    codes = np.random.default_rng(1).integers(0, 2048, size=(37, 32))
+    data = codes_to_bytes(codes)
+    assert len(data) == 37 * 32 * 2  # int16: a quarter of int64
+    np.testing.assert_array_equal(codes_from_bytes(data, 32), codes)
+    # Frames spoken back to back are their bytes back to back (the CSM adapter's `join` relies on it).
+    np.testing.assert_array_equal(codes_from_bytes(data + codes_to_bytes(codes[:3]), 32), np.vstack([codes, codes[:3]]))
+    with pytest.raises(ValueError):
+        codes_to_bytes(np.zeros(5, dtype=np.int64))
+    with pytest.raises(ValueError):
+        codes_to_bytes(np.full((1, 32), 40_000))
+    with pytest.raises(ValueError):
+        codes_from_bytes(data[:-2], 32)
 
 
 # ---------------------------------------------------------------- sampling

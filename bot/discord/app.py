@@ -61,13 +61,13 @@ class VoiceSessions:
     def __init__(
         self,
         conversation: Conversation,
-        queue: TurnScheduler,
+        scheduler: TurnScheduler,
         *,
         rejoin_delays: Sequence[float] = REJOIN_DELAYS,
         voice_client_class: type = AlanVoiceClient,
     ) -> None:
         self.conversation = conversation
-        self.queue = queue
+        self.scheduler = scheduler
         self.rejoin_delays = rejoin_delays
         self.voice_client_class = voice_client_class
         self._sessions: dict[int, VoiceSession] = {}
@@ -91,7 +91,7 @@ class VoiceSessions:
             await self._drop(guild_id)
             await session.voice_client.disconnect(force=True)
         voice_client = await self._connect(channel)
-        session = VoiceSession(self.conversation, voice_client, self.queue)
+        session = VoiceSession(self.conversation, voice_client, self.scheduler)
         self._sessions[guild_id], self._homes[guild_id] = session, channel
         session.start()
         log.info("joined voice channel %s in guild %s", channel.id, guild_id)
@@ -183,13 +183,15 @@ class VoiceSessions:
 
 
 class AlanBot(commands.Bot):
-    def __init__(self, settings: Settings, conversation: Conversation, *, queue: TurnScheduler | None = None) -> None:
+    def __init__(
+        self, settings: Settings, conversation: Conversation, *, scheduler: TurnScheduler | None = None
+    ) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), help_command=None)
         self.settings = settings
         self.conversation = conversation
         # One TTS model serves every server: at most two turns at once, and a bounded wait.
-        self.queue = queue or TurnScheduler(concurrency=2, max_waiting=20)
-        self.sessions = VoiceSessions(conversation, self.queue)
+        self.scheduler = scheduler or TurnScheduler(concurrency=2, max_waiting=20)
+        self.sessions = VoiceSessions(conversation, self.scheduler)
         # on_ready comes again after every reconnect; turns left by a stopped process are followed up once.
         self.follow_ups: asyncio.Task[int] | None = None
 
@@ -213,14 +215,14 @@ class AlanBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("logged in to Discord as %s (%s)", self.user, getattr(self.user, "id", "?"))
         if self.follow_ups is None:  # in the background: events keep being handled meanwhile
-            self.follow_ups = asyncio.create_task(follow_up_unanswered(self, self.conversation, self.queue))
+            self.follow_ups = asyncio.create_task(follow_up_unanswered(self, self.conversation, self.scheduler))
 
     async def on_message(self, message: discord.Message) -> None:
         if self.user is None or message.author.bot:
             return
         session = self.sessions.get(message.guild.id) if message.guild is not None else None
         await answer_mention(
-            message, bot_user=self.user, conversation=self.conversation, queue=self.queue, session=session
+            message, bot_user=self.user, conversation=self.conversation, scheduler=self.scheduler, session=session
         )
 
     async def on_voice_state_update(
@@ -240,7 +242,7 @@ async def serve(settings: Settings, conversation: Conversation, scheduler: TurnS
     """Run the Discord bot until cancelled (or until the token is refused); turns go through `scheduler`."""
     if settings.discord_token is None:
         raise ValueError("DISCORD_TOKEN is not set")
-    bot = AlanBot(settings, conversation, queue=scheduler)
+    bot = AlanBot(settings, conversation, scheduler=scheduler)
     try:
         await bot.start(settings.discord_token.get_secret_value())
     finally:

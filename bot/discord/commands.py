@@ -46,7 +46,7 @@ MAX_REPLY_CHARS = 2000
 
 
 class Sessions(Protocol):
-    queue: TurnScheduler
+    scheduler: TurnScheduler
 
     def get(self, guild_id: int) -> VoiceSession | None: ...
     async def join(self, channel: Any) -> VoiceSession: ...
@@ -235,7 +235,7 @@ class AlanCommands(commands.Cog):
         """Run `job` in the server's voice-turn queue: not while a turn that writes the history is under way."""
         if interaction.guild is None:
             return await job()
-        return await self.sessions.queue.run(voice_queue_key(interaction.guild.id), job)
+        return await self.sessions.scheduler.run(voice_queue_key(interaction.guild.id), job)
 
     @property
     def max_attachment_bytes(self) -> int:

@@ -25,16 +25,16 @@ from engine.events import ReplySentence
 log = logging.getLogger(__name__)
 
 
-async def follow_up_unanswered(client: Any, conversation: Conversation, queue: TurnScheduler) -> int:
+async def follow_up_unanswered(client: Any, conversation: Conversation, scheduler: TurnScheduler) -> int:
     """Follow up every Discord turn left unanswered (`client`: the bot); returns how many."""
     now = dt.datetime.now(dt.UTC)
     pending = await pending_turns(conversation, PLATFORM, now)
     log.info("Discord: %d turn(s) were left unanswered before this start", len(pending))
-    await asyncio.gather(*(_follow_up(client, conversation, queue, turn, now) for turn in pending))
+    await asyncio.gather(*(_follow_up(client, conversation, scheduler, turn, now) for turn in pending))
     return len(pending)
 
 
-async def _follow_up(client: Any, conversation: Conversation, queue: TurnScheduler, turn: PendingTurn,
+async def _follow_up(client: Any, conversation: Conversation, scheduler: TurnScheduler, turn: PendingTurn,
                      now: dt.datetime) -> None:  # fmt: skip
     channel_id = int(turn.who.scope)  # a Discord scope is its channel's id (see `participant`)
     try:
@@ -50,7 +50,7 @@ async def _follow_up(client: Any, conversation: Conversation, queue: TurnSchedul
         await follow_up(conversation, turn, now, answer=answer, tell=channel.send)
 
     try:
-        await queue.run(f"discord-text:{channel_id}", job)  # the queue a mention there would wait in
+        await scheduler.run(f"discord-text:{channel_id}", job)  # the queue a mention there would wait in
     except SchedulerFullError:
         log.warning("turn queue full: turn %s of channel %s stays unanswered until the next start", turn.turn_id,
                     channel_id)  # fmt: skip

@@ -58,7 +58,7 @@ class VoiceSession:
         self,
         conversation: Conversation,
         voice_client: Any,  # discord.VoiceClient with a `receiver` (ReceivingVoiceClient) — or a test double
-        queue: TurnScheduler,
+        scheduler: TurnScheduler,
         *,
         clock: Clock = time.monotonic,
         vad_config: VadConfig | None = None,
@@ -66,7 +66,7 @@ class VoiceSession:
     ) -> None:
         self.conversation = conversation
         self.voice_client = voice_client
-        self.queue = queue
+        self.scheduler = scheduler
         self.clock = clock
         self.post = post or self._post_in_channel
         self.listener = VoiceListener(
@@ -105,7 +105,7 @@ class VoiceSession:
             self._ticker = asyncio.create_task(self.listener.run(), name=f"vad-tick-{self.guild_id}")
 
     def attach(self, voice_client: Any) -> None:
-        """A new connection after a drop: listen on it, keep everything else (histories, queue, VAD state)."""
+        """A new connection after a drop: listen on it, keep everything else (histories, scheduler, VAD state)."""
         self.voice_client = voice_client
         if not voice_client.receiver.listening:
             voice_client.receiver.start(self.listener.on_audio)
@@ -173,7 +173,7 @@ class VoiceSession:
 
         Raises `TurnError` / `SchedulerFullError` with a message for the user.
         """
-        return await self.queue.run(self.queue_key, lambda: self._speak(who, audio=audio, text=text))
+        return await self.scheduler.run(self.queue_key, lambda: self._speak(who, audio=audio, text=text))
 
     async def _speak(self, who: Participant, *, audio: Samples | None, text: str | None) -> PlaybackResult:
         if self.closed:  # we left while this turn waited its go

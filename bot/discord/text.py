@@ -33,7 +33,7 @@ async def answer_mention(
     *,
     bot_user: discord.abc.User,
     conversation: Conversation,
-    queue: TurnScheduler,
+    scheduler: TurnScheduler,
     session: VoiceSession | None,
 ) -> str | None:
     """Answer a message that mentions aLAN; returns the reply text (None when there was nothing to answer)."""
@@ -60,7 +60,7 @@ async def answer_mention(
                     turn = conversation.turn(who, text=text, speak=False)
                     return " ".join([event.text async for event in turn if isinstance(event, ReplySentence)])
 
-            reply = await queue.run(f"discord-text:{message.channel.id}", write)
+            reply = await scheduler.run(f"discord-text:{message.channel.id}", write)
     except (TurnError, SchedulerFullError) as error:
         await message.reply(str(error), mention_author=False)
         return None

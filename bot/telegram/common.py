@@ -45,6 +45,8 @@ class TelegramOptions:
     connect_timeout_s: float = 10.0
     chat_action_every_s: float = 4.0  # a chat action fades after 5 s
     clone_timeout_s: float = 600.0  # an unfinished /clone is dropped after this
+    # These two size the Telegram-only scheduler, made only when none is passed in (tests, Telegram embedded on
+    # its own); under `alan run` every platform shares the app's, sized in alan/app.py `build_scheduler`.
     turn_concurrency: int = 2  # turns of different chats running at once (the TTS itself is one worker)
     max_waiting_turns: int = 20
     max_waiting_per_chat: int = 3  # so that one chat flooding the bot doesn't lock the others out
@@ -72,7 +74,7 @@ class TelegramServices:
         self.conversation = conversation
         self.options = options
         # The app's scheduler, shared with every platform; a Telegram-only one (tests, a bot on its own) otherwise.
-        self.queue = scheduler or TurnScheduler(
+        self.scheduler = scheduler or TurnScheduler(
             concurrency=options.turn_concurrency,
             max_waiting=options.max_waiting_turns,
             max_per_chat=options.max_waiting_per_chat,
@@ -106,7 +108,7 @@ class TelegramServices:
             # queue up first, and turns must run in the order they came.
             self.spawn(say_quietly(replier, WAITING.format(count=count)), name=f"queue-notice-{chat_id}")
 
-        return await self.queue.run(
+        return await self.scheduler.run(
             str(chat_id), job, on_wait=on_wait, max_per_chat=self.options.max_waiting_per_chat
         )
 

@@ -20,7 +20,7 @@ from alan.scheduler import SchedulerFullError
 from bot.restart_followup import LOST, follow_up, pending_turns
 from bot.telegram.common import PLATFORM, TelegramServices, say_quietly
 from bot.telegram.send import chat_action
-from bot.telegram.turn import send_answer
+from bot.telegram.turn import note_policy, send_answer
 from engine.conversation import PendingTurn
 from engine.errors import TurnError
 
@@ -64,11 +64,11 @@ async def _answer(bot: Bot, services: TelegramServices, turn: PendingTurn, chat_
     with_text = await conversation.replies_with_text(turn.who)
     try:
         async with chat_action(bot, chat_id, services.options.chat_action_every_s):
+            notes = note_policy(services.options.follow_up_min_seconds)
             await send_answer(
-                conversation.resume(turn.who, turn.turn_id),
+                conversation.resume(turn.who, turn.turn_id, notes=notes),
                 services.replier_to(bot, chat_id),
                 with_text=with_text,
-                follow_up_min_seconds=services.options.follow_up_min_seconds,
             )
     except (TurnError, TelegramError) as error:
         log.warning("could not answer turn %s of chat %s after the restart: %s", turn.turn_id, chat_id, error)

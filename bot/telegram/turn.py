@@ -1,9 +1,10 @@
 """One conversation turn as Telegram messages: the reply as voice notes, cut at sentence ends.
 
-The first voice note goes out as soon as its sentence is spoken, while the engine makes the rest; later
-notes gather at least `follow_up_min_seconds` of audio so that a long answer is a few notes, not one per
-sentence. Sending happens in the background, in order, so uploading never holds up the voice model. If
-speech fails, the engine says so (`SpeechUnavailable`) and the unspoken rest of the answer goes as text.
+The engine cuts the reply into notes (`NotePolicy`: the first as soon as its sentence is spoken, later ones
+gathering at least `follow_up_min_seconds` of audio, so that a long answer is a few notes, not one per sentence)
+and encodes each once; those very bytes are sent here and kept in the stored turn. Sending happens in the
+background, in order, so uploading never holds up the voice model. If speech fails, the engine says so
+(`SpeechUnavailable`) and the unspoken rest of the answer goes as text.
 """
 
 from __future__ import annotations
@@ -11,17 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-
-import numpy as np
 
 from bot.telegram.send import Replier
-from engine.audio import CSM_RATE, encode_ogg_opus
-from engine.conversation import Conversation, Participant
+from engine.conversation import Conversation, NotePolicy, Participant
 from engine.errors import TurnError
-from engine.events import Heard, ReplySentence, SentenceSpoken, SpeechChunk, SpeechUnavailable, TurnEvent
+from engine.events import Heard, ReplySentence, SpeechUnavailable, TurnEvent, VoiceNote
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +25,6 @@ log = logging.getLogger(__name__)
 VOICE_BUBBLE_BYTES = 1_000_000
 # At the encoder's 32 kb/s this is about 720 KB: a note never gets near the bubble limit.
 MAX_NOTE_SECONDS = 180.0
-
-
-@dataclass(frozen=True)
-class SpokenSentence:
-    text: str
-    audio: np.ndarray
-    sample_rate: int
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / self.sample_rate
 
 
 class Outbox:
@@ -72,20 +57,11 @@ class Outbox:
             await send()
 
 
-async def send_note(replier: Replier, sentences: list[SpokenSentence], with_text: bool) -> None:
-    """Encode sentences as one OGG/Opus voice note and send it, captioned with their text if wanted."""
-    audio = np.concatenate([sentence.audio for sentence in sentences])
-    rate = sentences[0].sample_rate
-    ogg = await asyncio.to_thread(encode_ogg_opus, audio, rate)
-    if len(ogg) > VOICE_BUBBLE_BYTES and len(sentences) > 1:
-        half = len(sentences) // 2  # too big for a bubble: two notes, still cut at a sentence end
-        await send_note(replier, sentences[:half], with_text)
-        await send_note(replier, sentences[half:], with_text)
-        return
-    if len(ogg) > VOICE_BUBBLE_BYTES:
-        log.warning("one sentence made a %d byte voice note: it will arrive as a file", len(ogg))
-    spoken = " ".join(sentence.text for sentence in sentences)
-    await replier.voice(ogg, len(audio) / rate, spoken if with_text else None, spoken)
+async def send_note(replier: Replier, note: VoiceNote, with_text: bool) -> None:
+    """Send one voice note, captioned with its text if wanted."""
+    if len(note.data) > VOICE_BUBBLE_BYTES:
+        log.warning("a %d byte voice note will arrive as a file", len(note.data))
+    await replier.voice(note.data, note.seconds, note.text if with_text else None, note.text)
 
 
 async def answer_turn(
@@ -99,32 +75,20 @@ async def answer_turn(
     text: str | None = None,
 ) -> None:
     """Run a turn and send its answer. Raises `TurnError` (for the user) after sending what was made."""
-    await send_answer(
-        conversation.turn(who, audio=audio, text=text),
-        replier,
-        with_text=with_text,
-        follow_up_min_seconds=follow_up_min_seconds,
-    )
+    notes = note_policy(follow_up_min_seconds)
+    await send_answer(conversation.turn(who, audio=audio, text=text, notes=notes), replier, with_text=with_text)
 
 
-async def send_answer(
-    turn: AsyncIterator[TurnEvent], replier: Replier, *, with_text: bool, follow_up_min_seconds: float
-) -> None:
+def note_policy(follow_up_min_seconds: float) -> NotePolicy:
+    """How Telegram wants a reply cut: the first note at once, then notes of a bubble's size at most."""
+    return NotePolicy(min_seconds=follow_up_min_seconds, max_seconds=MAX_NOTE_SECONDS)
+
+
+async def send_answer(turn: AsyncIterator[TurnEvent], replier: Replier, *, with_text: bool) -> None:
     """Send a turn's events as they come (a new turn's, or a resumed one's). Raises `TurnError` likewise."""
     outbox = Outbox()
     texts: dict[int, str] = {}
-    chunks: dict[int, list[np.ndarray]] = defaultdict(list)
     spoken: set[int] = set()
-    pending: list[SpokenSentence] = []
-    notes = 0
-    rate = CSM_RATE
-
-    def flush() -> None:
-        nonlocal pending, notes
-        if pending:
-            outbox.put(lambda note=pending: send_note(replier, note, with_text))
-            pending = []
-            notes += 1
 
     def say(message: str) -> None:
         outbox.put(lambda: _send_text(replier, message))
@@ -139,23 +103,13 @@ async def send_answer(
                         say(f"I heard: “{event.text}”")
                     elif isinstance(event, ReplySentence):
                         texts[event.index] = event.text
-                    elif isinstance(event, SpeechChunk):
-                        chunks[event.sentence_index].append(event.audio)
-                        rate = event.sample_rate
-                    elif isinstance(event, SentenceSpoken) and chunks.get(event.index):
-                        sentence = SpokenSentence(texts[event.index], np.concatenate(chunks.pop(event.index)), rate)
-                        spoken.add(event.index)
-                        if pending and sum(s.seconds for s in pending) + sentence.seconds > MAX_NOTE_SECONDS:
-                            flush()
-                        pending.append(sentence)
-                        if notes == 0 or sum(s.seconds for s in pending) >= follow_up_min_seconds:
-                            flush()
+                    elif isinstance(event, VoiceNote):
+                        spoken.update(event.sentence_indices)
+                        outbox.put(lambda note=event: send_note(replier, note, with_text))
                     elif isinstance(event, SpeechUnavailable):
-                        flush()
                         say(event.message)
         except TurnError as error:
             failure = error  # send what was made first, then let the guard tell the user
-        flush()
         unspoken = " ".join(texts[index] for index in sorted(texts) if index not in spoken)
         if unspoken:
             say(unspoken)

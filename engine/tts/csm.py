@@ -34,12 +34,13 @@ from .budget import (
     plan_positions,
     segment_positions,
 )
+from .codes import SAMPLE_RATE
 from .frame_loop import CsmFrameLoop
 from .prefix_cache import PrefixCache, content_key, restore, snapshot
 from .sampling import SamplingConfig, make_generator
 from .stream import SpeechStream
 from .streaming_decode import ChunkAssembler, RepeatGuard, StreamConfig, WindowedDecoder, is_end_frame
-from .types import SAMPLE_RATE, GenerationStats, Segment, SpeechResult
+from .types import GenerationStats, Segment, SpeechResult
 
 
 def resolve_device(device: str) -> torch.device:
@@ -194,18 +195,6 @@ class CsmSpeech:
         frames = max_reference_frames(self.count_text_tokens(transcript, speaker), reserved, self.max_positions)
         return frames_to_seconds(frames)
 
-    def prompt_token_ids(
-        self, voice: Segment | None, history: Sequence[Segment], text: str, speaker: int = 0
-    ) -> list[int]:
-        """The prompt as the processor would tokenize it (audio frames as `<|AUDIO|>`, end frames as
-        `<|audio_eos|>`); for checking our prompt against the chat template."""
-        ids: list[int] = []
-        for seg in [*([voice] if voice is not None else []), *history]:
-            ids += self.segment_token_ids(seg.text, seg.speaker)
-            if seg.codes is not None:
-                ids += [self.processor.audio_token_id] * seg.codes.shape[0] + [self.processor.audio_eos_token_id]
-        return ids + list(self.segment_token_ids(text, speaker))
-
     # ------------------------------------------------------------------ prompt embedding
     def _embed_segments(self, segments: Sequence[Segment], text: str | None, speaker: int) -> torch.Tensor:
         parts: list[torch.Tensor] = []
@@ -291,16 +280,6 @@ class CsmSpeech:
         stream = SpeechStream(plan, kept, self.num_codebooks)
         stream._attach(self._run(stream, request))
         return stream
-
-    def synthesize(
-        self, voice: Segment | None, history: Sequence[Segment], text: str, speaker: int = 0, **kwargs
-    ) -> SpeechResult:
-        """Non-streaming convenience: the whole reply's audio in `result.audio`."""
-        stream = self.stream(voice, history, text, speaker, **kwargs)
-        chunks = list(stream)
-        result = stream.result
-        result.audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-        return result
 
     def _run(self, stream: SpeechStream, req: _Request) -> Generator[np.ndarray, None, None]:
         cfg, max_frames, t0 = req.streaming, req.max_frames, req.t0

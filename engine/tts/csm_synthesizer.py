@@ -4,7 +4,8 @@
 takes seconds to minutes, a download on first run), runs every generation and Mimi encode on one speech thread
 (`SpeechWorker`: two syntheses at once would only slow each other down and fight over GPU memory), and turns
 the conversation's speakers and payloads into CSM segments: aLAN is speaker 0, everyone else 1, 2, … in the
-order they first appear.
+order they first appear. Budget questions (what fits, how long a clip may be) need only the tokenizer, which is
+thread-safe here: they run in a plain worker thread, so a clone's checks don't wait behind a reply being spoken.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from engine.audio import resample
 from engine.errors import TtsUnavailableError
@@ -28,12 +29,15 @@ from engine.speech_synthesizer import (
     VoicePrompt,
 )
 from engine.speech_worker import SpeechWorker
-from engine.store.codes import codes_from_bytes, codes_to_bytes
 
-from .csm import CsmSpeech
-from .stream import SpeechStream
-from .streaming_decode import SAMPLES_PER_FRAME
-from .types import SAMPLE_RATE, Segment
+from .codes import SAMPLE_RATE, SAMPLES_PER_FRAME, codes_from_bytes, codes_to_bytes
+
+if TYPE_CHECKING:  # PyTorch and transformers take seconds to import: only once the model loads (`alan forget` never)
+    import torch
+
+    from .csm import CsmSpeech
+    from .stream import SpeechStream
+    from .types import Segment
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,7 @@ class CsmSynthesizer:
         self.tag = f"csm:{model}"
         self.capabilities = SynthesizerCapabilities(clones_voices=True, uses_context=True, sample_rate=SAMPLE_RATE)
         self.worker = worker or SpeechWorker()
-        self._load = load or (lambda: CsmSpeech.load(model, device))
+        self._load = load or (lambda: _load_csm(model, device))
         self._speech: CsmSpeech | None = None
         self._loading: asyncio.Future[CsmSpeech] | None = None
 
@@ -93,9 +97,11 @@ class CsmSynthesizer:
         return self._payload(await self.worker.call(encode))
 
     def _payload(self, codes: torch.Tensor) -> SpeechPayload:
-        return SpeechPayload(self.tag, codes_to_bytes(codes.numpy())[0])
+        return SpeechPayload(self.tag, codes_to_bytes(codes.numpy()))
 
     def _codes(self, payload: SpeechPayload, num_codebooks: int) -> torch.Tensor:
+        import torch
+
         if payload.tag != self.tag:
             raise ValueError(f"a payload of {payload.tag!r} given to {self.tag!r}")
         return torch.from_numpy(codes_from_bytes(payload.data, num_codebooks))
@@ -108,6 +114,8 @@ class CsmSynthesizer:
         self, speech: CsmSpeech, voice: VoicePrompt | None, context: Sequence[ContextTurn]
     ) -> tuple[Segment | None, list[Segment]]:
         """The voice and the context as CSM segments, each speaker with their own id (aLAN 0)."""
+        from .types import Segment
+
         speakers = {ASSISTANT: BOT_SPEAKER}
         history = []
         for turn in context:
@@ -185,6 +193,12 @@ class CsmSynthesisStream:
         if not self._started or not self._started[0].done or frames == 0:
             return None
         return self._synthesizer._payload(self._started[0].result.codes[:frames])
+
+
+def _load_csm(model: str, device: str) -> CsmSpeech:
+    from .csm import CsmSpeech
+
+    return CsmSpeech.load(model, device)
 
 
 def _load_fix(model: str, error: BaseException) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SAMPLES_PER_FRAME = 1920  # 24 kHz / 12.5 Hz
+from .codes import SAMPLES_PER_FRAME
 
 
 @dataclass(frozen=True)

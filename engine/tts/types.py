@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .budget import ContextPlan
-
-SAMPLE_RATE = 24_000
 
 
 @dataclass
@@ -72,7 +69,6 @@ class SpeechResult:
     generated_frames: int  # frames produced by the model (before trimming)
     plan: ContextPlan
     stats: GenerationStats
-    audio: np.ndarray | None = None  # only filled by `CsmSpeech.synthesize()`
 
     def segment(self, speaker: int, text: str) -> Segment:
         return Segment(speaker=speaker, text=text, codes=self.codes)
