@@ -28,7 +28,6 @@ class PlatformUnavailableError(Exception):
 
 def _platform_server(platform: Platform) -> Callable[..., Awaitable[None]]:
     try:
-        # `serve` too: a platform package may import its adapter only when `serve` is first asked for.
         server: Callable[..., Awaitable[None]] = importlib.import_module(platform.module).serve
     except ModuleNotFoundError as error:
         raise PlatformUnavailableError(missing_module_message(platform, error)) from error

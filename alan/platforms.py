@@ -1,7 +1,8 @@
 """The chat platforms aLAN runs on, one entry each.
 
-A platform is a package in `bot/` whose `serve(settings, conversation, scheduler)` runs it until cancelled (every
-platform shares the one conversation engine and the one turn scheduler `alan run` builds), plus its token
+A platform is a package in `bot/` with a module whose `serve(settings, conversation, scheduler)` runs it until
+cancelled (every platform shares the one conversation engine and the one turn scheduler `alan run` builds), plus
+its token
 setting in `alan.settings.Settings`. Settings (`configured_platforms`), `alan doctor` and `alan run` read
 everything else from `PLATFORMS`, so a new platform is one more entry here.
 
@@ -26,7 +27,7 @@ class Platform:
     token_variable: str  # the environment variable of its token: "TELEGRAM_TOKEN"
     token_setting: str  # the `Settings` field that holds the token (a SecretStr, None when unset)
     token_source: str  # where the operator gets a token: "from @BotFather"
-    module: str  # the package whose `async def serve(settings, conversation, scheduler) -> None` runs it
+    module: str  # the module whose `async def serve(settings, conversation, scheduler) -> None` runs it
 
     def token(self, settings: Settings) -> SecretStr | None:
         token: SecretStr | None = getattr(settings, self.token_setting)
@@ -43,7 +44,7 @@ PLATFORMS: tuple[Platform, ...] = (
         token_variable="TELEGRAM_TOKEN",
         token_setting="telegram_token",
         token_source="from @BotFather",
-        module="bot.telegram",
+        module="bot.telegram.app",
     ),
     Platform(
         name="discord",
@@ -51,7 +52,7 @@ PLATFORMS: tuple[Platform, ...] = (
         token_variable="DISCORD_TOKEN",
         token_setting="discord_token",
         token_source="from the Discord developer portal",
-        module="bot.discord",
+        module="bot.discord.app",
     ),
 )
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from alan.settings import Settings
-from bot.telegram import serve
+from bot.telegram.app import serve
 from bot.telegram.recovery import LOST
 from engine.conversation import Conversation
 from engine.store.repository import Store

@@ -1,4 +1,4 @@
-"""aLAN on Discord: `serve(settings, conversation, scheduler)` runs the bot until cancelled.
+"""aLAN on Discord: `app.serve(settings, conversation, scheduler)` runs the bot until cancelled.
 
 Modules: `app` (the client, voice connections per server, and `serve`), `commands` (the slash commands and
 /clone), `text` (mentions in text channels), `session` (one voice channel: listening, turns, replies), `listen`
@@ -9,22 +9,3 @@ which discord.py lacks: RTP, transport decryption, DAVE, jitter buffer, Opus).
 `import discord` in these modules is discord.py: imports are absolute, so this package (`bot.discord`) never
 shadows it.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from bot.discord.app import serve
-
-__all__ = ["serve"]
-
-
-def __getattr__(name: str) -> Any:
-    # `serve` is imported on first use, so that a part of this package (say `bot.discord.audio`) can be imported
-    # without the whole adapter and the engine behind it.
-    if name == "serve":
-        from bot.discord.app import serve
-
-        return serve
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
