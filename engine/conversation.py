@@ -1,12 +1,13 @@
 """One conversation turn: the user's audio or text in, the reply's sentences and speech out, all stored.
 
     async for event in conversation.turn(participant, audio=voice_note_bytes):
-        ...  # Heard, ReplySentence, SpeechChunk, SentenceSpoken, SpeechUnavailable, TurnFinished
+        ...  # Heard, ReplySentence, SpeechChunk, SentenceSpoken, VoiceNote, SpeechUnavailable, TurnFinished
 
 The bots and the CLI call only this object's async methods (turns, `say`, voices, settings, `reset`, `forget`);
 the store, the voice library and the models behind it are its own. A turn stores the user's words as soon as
 they are known, so nothing they said is lost if the LLM or the voice model fails afterwards; the reply is stored
-with the audio that was actually made (all of it, or, if the listener interrupted, what was made until then).
+with the audio that was actually made (all of it, or, if the listener interrupted, what was made until then); a
+reply cut into voice notes is stored as the notes that were sent.
 """
 
 from __future__ import annotations
@@ -197,7 +198,7 @@ class Conversation(ConversationVoices, ConversationResume):
         language: str | None = None,  # the person's, for the LLM to answer in
         notes: NotePolicy | None = None,
     ) -> AsyncIterator[TurnEvent]:
-        reply = ReplyDraft()
+        reply = ReplyDraft(notes=[] if notes is not None else None)
         cutter = NoteCutter(notes) if notes is not None else None
         speaking = speak
         uses_context = speak and self._tts.capabilities.uses_context
@@ -240,19 +241,19 @@ class Conversation(ConversationVoices, ConversationResume):
                         except Exception as error:  # any model failure: the answer goes on as text
                             log.exception("speech failed for user %s: %s", user.id, error)
                             speaking = False
-                            async for note in self._encode_notes(_rest(cutter), reply):
+                            for note in await self._encode_notes(_rest(cutter), reply):
                                 yield note
                             yield SpeechUnavailable(_speech_failure(error))
                         else:
                             if cutter is not None and len(reply.spoken) > spoken_before:
-                                async for note in self._encode_notes(cutter.add(index, reply.spoken[-1]), reply):
+                                for note in await self._encode_notes(cutter.add(index, reply.spoken[-1]), reply):
                                     yield note
             except LlmUnavailableError as error:
                 log.error("LLM unavailable: %s", error)
-                async for note in self._encode_notes(_rest(cutter), reply):  # what was spoken still goes out
+                for note in await self._encode_notes(_rest(cutter), reply):  # what was spoken still goes out
                     yield note
                 raise ServiceUnavailableError(LLM_DOWN, str(error)) from error
-            async for note in self._encode_notes(_rest(cutter), reply):
+            for note in await self._encode_notes(_rest(cutter), reply):
                 yield note
             if not reply.sentences:
                 log.warning("the LLM returned no speakable text for user %s", user.id)
@@ -261,19 +262,22 @@ class Conversation(ConversationVoices, ConversationResume):
                 await self._memory.make_house_voice(who.scope, reply)
             finished = True
         finally:
+            if reply.notes is not None:
+                # Said is what went out in a note: not a sentence spoken after the last one (the turn stopped, or
+                # speech failed mid-sentence), which the person never got as audio.
+                reply.spoken = reply.spoken[: sum(len(note.sentence_indices) for note in reply.notes)]
             turn_id = await self._memory.store_reply(user.id, who.scope, reply, complete=finished, spoken=speaking)
         if finished and turn_id is not None:
             timings["total_s"] = time.perf_counter() - started
             yield TurnFinished(reply.text, turn_id, timings)
 
     @staticmethod
-    async def _encode_notes(
-        groups: list[list[tuple[int, SpokenSentence]]], reply: ReplyDraft
-    ) -> AsyncIterator[VoiceNote]:
-        for group in groups:
-            note = await encode_note(group)
-            reply.notes.append(note)  # the stored reply keeps what was sent
-            yield note
+    async def _encode_notes(groups: list[list[tuple[int, SpokenSentence]]], reply: ReplyDraft) -> list[VoiceNote]:
+        made = [await encode_note(group) for group in groups]
+        if made:
+            assert reply.notes is not None  # notes come only from a reply asked for them
+            reply.notes.extend(made)  # the stored reply keeps what was sent
+        return made
 
     async def _voice(self, user: User, who: Participant, voice_name: str | None = None) -> VoicePrompt | None:
         """The voice to speak with here, or None for the synthesizer's own (checked to load: fail early)."""

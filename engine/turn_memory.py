@@ -53,7 +53,7 @@ class ReplyDraft:
 
     sentences: list[str] = field(default_factory=list)
     spoken: list[SpokenSentence] = field(default_factory=list)
-    notes: list[VoiceNote] = field(default_factory=list)  # as sent, when the platform asked for voice notes
+    notes: list[VoiceNote] | None = None  # as sent, when the platform asked for voice notes (else None)
 
     @property
     def text(self) -> str:
@@ -126,9 +126,9 @@ class TurnMemory:
 
         def write() -> Turn:
             audio = None
-            if reply.notes:
+            if reply.notes is not None:
                 # The notes as they were sent, one after another: a chained Ogg stream, which decodes as one.
-                audio = b"".join(note.data for note in reply.notes)
+                audio = b"".join(note.data for note in reply.notes) or None
             elif reply.spoken:
                 samples = np.concatenate([sentence.audio for sentence in reply.spoken])
                 audio = encode_ogg_opus(samples, reply.spoken[0].sample_rate) if samples.size else None

@@ -1,5 +1,8 @@
 """A reply cut into voice notes at sentence ends, each encoded once: what is sent is what is stored.
 
+Only what went into a note counts as said: a sentence spoken after the last note (the turn was stopped, or
+speech failed mid-sentence) never reached the person as audio, so the stored reply leaves it out too.
+
 The first note goes out as soon as its sentence is spoken (the person hears something at once, while the rest is
 made); later notes gather at least `min_seconds` of audio, so that a long answer is a few notes rather than one
 per sentence, and never more than `max_seconds` (a note must stay small enough to show as a voice bubble).
@@ -12,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.audio import encode_ogg_opus
+from engine.audio import encode_ogg_opus, resample
 from engine.events import VoiceNote
 from engine.turn_memory import SpokenSentence
 
@@ -56,9 +59,17 @@ class NoteCutter:
 
 
 async def encode_note(sentences: list[tuple[int, SpokenSentence]]) -> VoiceNote:
-    """One OGG/Opus file of the sentences back to back (encoded in a worker thread: it takes a while)."""
-    audio = np.concatenate([sentence.audio for _, sentence in sentences])
+    """One OGG/Opus file of the sentences back to back, made in a worker thread (minutes of audio take a while).
+
+    Encoding a few seconds of speech takes tens of milliseconds, against seconds to synthesize a sentence, so a
+    reply's next sentence waits for its note without anyone hearing the difference.
+    """
     rate = sentences[0][1].sample_rate
-    data = await asyncio.to_thread(encode_ogg_opus, audio, rate)
+
+    def encode() -> tuple[bytes, int]:
+        audio = np.concatenate([resample(s.audio, s.sample_rate, rate) for _, s in sentences])
+        return encode_ogg_opus(audio, rate), len(audio)
+
+    data, samples = await asyncio.to_thread(encode)
     text = " ".join(sentence.text for _, sentence in sentences)
-    return VoiceNote(data, len(audio) / rate, text, tuple(index for index, _ in sentences))
+    return VoiceNote(data, samples / rate, text, tuple(index for index, _ in sentences))

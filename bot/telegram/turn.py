@@ -85,7 +85,10 @@ def note_policy(follow_up_min_seconds: float) -> NotePolicy:
 
 
 async def send_answer(turn: AsyncIterator[TurnEvent], replier: Replier, *, with_text: bool) -> None:
-    """Send a turn's events as they come (a new turn's, or a resumed one's). Raises `TurnError` likewise."""
+    """Send a turn's events as they come (a new turn's, or a resumed one's). Raises `TurnError` likewise.
+
+    The turn must have been asked for voice notes (`note_policy`): a sentence that comes in no note is sent as text.
+    """
     outbox = Outbox()
     texts: dict[int, str] = {}
     spoken: set[int] = set()
