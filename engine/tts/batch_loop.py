@@ -1,0 +1,168 @@
+"""CSM frames for several requests at once: one backbone step and one depth-decoder pass for every slot.
+
+The groundwork of the batched speech service (issue 10): each request in flight holds a *slot* of a static,
+preallocated backbone KV cache (the full position budget per slot, allocated once); a frame step feeds every
+active slot its last frame at that slot's own next position, and the depth decoder then makes codebooks 1..N-1 for
+all of them together (its positions are the same for every slot, so its batch needs no padding at all).
+
+Active slots are always the first `active` rows, so attention reads a view of the buffers, never a copy: a request
+that leaves has the last active slot moved into its place. A new request's prompt is prefilled on its own (the
+solo loop, with the voice prefix cache) and its cache copied into a free slot.
+
+Attention over a slot reads the whole static buffer with a mask hiding the positions past that slot's length;
+the layers are transformers' own, called as `CsmFrameLoop` calls them, with a cache object whose `update` writes
+each row's new key and value at that row's position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .frame_loop import CsmFrameLoop
+from .sampling import TokenPicker
+
+
+class SlotCache:
+    """Static backbone keys and values: `[slots, kv_heads, positions, head_dim]` per layer, and each slot's length.
+
+    Passed to the decoder layers as their `cache`: `update()` writes the active rows' new key/value at each row's
+    position and returns the active rows' full buffers (a view).
+    """
+
+    def __init__(self, layers: int, slots: int, kv_heads: int, positions: int, head_dim: int, *,
+                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+        shape = (slots, kv_heads, positions, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.positions = positions
+        self.active = 0  # rows [0, active) are in use
+
+    @property
+    def slots(self) -> int:
+        return self.lengths.shape[0]
+
+    def load(self, slot: int, cache: DynamicCache) -> None:
+        """Copy a prefilled solo cache (batch 1) into `slot`."""
+        length = cache.get_seq_length()
+        if length > self.positions:
+            raise ValueError(f"a prompt of {length} positions does not fit a slot of {self.positions}")
+        for layer, (keys, values) in enumerate(zip(self.keys, self.values, strict=True)):
+            keys[slot, :, :length] = cache.layers[layer].keys[0]
+            values[slot, :, :length] = cache.layers[layer].values[0]
+        self.lengths[slot] = length
+
+    def move(self, source: int, target: int) -> None:
+        """Move slot `source`'s contents into `target` (a request left `target`; `source` was the last active)."""
+        for keys, values in zip(self.keys, self.values, strict=True):
+            keys[target] = keys[source]
+            values[target] = values[source]
+        self.lengths[target] = self.lengths[source]
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs: object = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.arange(self.active, device=key.device)
+        position = self.lengths[: self.active]
+        self.keys[layer_idx][rows, :, position] = key[:, :, 0]
+        self.values[layer_idx][rows, :, position] = value[:, :, 0]
+        return self.keys[layer_idx][: self.active], self.values[layer_idx][: self.active]
+
+
+class BatchedFrameLoop:
+    """Frame steps for the active slots of a `SlotCache`, on the layers of a `CsmFrameLoop`."""
+
+    def __init__(self, loop: CsmFrameLoop, *, max_batch: int, max_positions: int | None = None) -> None:
+        self.loop = loop
+        config = loop.config
+        self.max_positions = max_positions or int(config.max_position_embeddings)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.cache = SlotCache(
+            len(loop.backbone.layers), max_batch, config.num_key_value_heads, self.max_positions, head_dim,
+            device=loop.device, dtype=loop.dtype,
+        )  # fmt: skip
+        self._masked = torch.finfo(loop.dtype).min
+        self._columns = torch.arange(self.max_positions, device=loop.device)
+
+    @property
+    def active(self) -> int:
+        return self.cache.active
+
+    def join(self, cache: DynamicCache) -> int:
+        """Take a prefilled request into the next free slot; returns its row."""
+        if self.cache.active == self.cache.slots:
+            raise RuntimeError("every slot is in use")
+        row = self.cache.active
+        self.cache.load(row, cache)
+        self.cache.active += 1
+        return row
+
+    def leave(self, row: int) -> int | None:
+        """Free `row`; the last active row moves into it. Returns the row that moved (its new row is `row`)."""
+        last = self.cache.active - 1
+        moved = None
+        if row != last:
+            self.cache.move(last, row)
+            moved = last
+        self.cache.active = last
+        return moved
+
+    def step(self, frames: torch.Tensor) -> torch.Tensor:
+        """Feed each active row its frame (`[active, num_codebooks]`) at the row's next position; returns the
+        backbone's new last hidden states `[active, 1, hidden]`."""
+        active = self.cache.active
+        position = self.cache.lengths[:active]
+        if int(position.max()) >= self.max_positions:  # a host sync; the service checks budgets before stepping
+            raise ValueError("a slot is full: its request ran past the position budget")
+        hidden = self.loop.backbone.embed_tokens(frames.view(active, 1, -1))
+        cos, sin = self.loop._backbone_rope
+        rope = (cos[0, position].unsqueeze(1), sin[0, position].unsqueeze(1))  # [active, 1, head_dim]
+        # Each row sees its own positions up to and including the new one.
+        visible = self._columns.unsqueeze(0) <= position.unsqueeze(1)  # [active, positions]
+        mask = torch.where(visible, 0.0, self._masked).to(self.loop.dtype)[:, None, None, :]
+        for layer in self.loop.backbone.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=mask,
+                position_ids=position.unsqueeze(1),
+                cache=self.cache,
+                use_cache=True,
+                position_embeddings=rope,
+            )
+        self.cache.lengths[:active] += 1
+        return self.loop.backbone.norm(hidden)
+
+    def sample_frames(
+        self, last_hidden: torch.Tensor, pick0: Sequence[TokenPicker], pick_depth: Sequence[TokenPicker]
+    ) -> torch.Tensor:
+        """Codebook 0 for each row from its last hidden state `[active, 1, hidden]`, then every row's depth
+        codebooks in one pass; each row picks with its own pickers. Returns `[active, num_codebooks]`."""
+        loop = self.loop
+        rows = last_hidden.shape[0]
+        logits0 = loop.model.lm_head(last_hidden)[:, -1, : loop.valid_codes]
+        code = _pick_rows(logits0, pick0)  # [rows]
+        codes = [code]
+        cache = DynamicCache(config=loop.depth_config)
+        first = loop.depth.embed_tokens(code.view(rows, 1))
+        hidden = torch.cat([last_hidden, first], dim=1)
+        # The first step's causal mask is the same for every row: built for one, it broadcasts over the batch.
+        hidden = loop._depth_forward(hidden, cache, start=0, mask=loop._first_mask(hidden[:1], cache))
+        for k in range(1, loop.num_codebooks):
+            logits = torch.nn.functional.linear(hidden[:, -1, :], loop.depth_heads[k - 1].T)[:, : loop.valid_codes]
+            code = _pick_rows(logits, pick_depth)
+            codes.append(code)
+            if k == loop.num_codebooks - 1:
+                break
+            embeds = loop.depth.embed_tokens((code + k * loop.depth_vocab_size).view(rows, 1))
+            hidden = loop._depth_forward(embeds, cache, start=k + 1, mask=None)
+        return torch.stack(codes, dim=1)
+
+
+def _pick_rows(logits: torch.Tensor, pickers: Sequence[TokenPicker]) -> torch.Tensor:
+    """One token per row, each row with its own picker (its sampling settings and random generator)."""
+    if all(picker.greedy for picker in pickers):
+        return torch.argmax(logits.float(), dim=-1)
+    return torch.cat([pick(logits[row : row + 1]) for row, pick in enumerate(pickers)])
