@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.tts import build, sync
 from engine.tts.batch_loop import BatchedFrameLoop
 from engine.tts.csm import CsmSpeech
-from engine.tts.sampling import TokenPicker
+from engine.tts.sampling import SamplingConfig, TokenPicker
 from engine.tts.types import GenerationStats, Segment
 
 GREEDY = TokenPicker(False, 0.9, 50, None)
@@ -67,13 +67,13 @@ def batched(speech: CsmSpeech, count: int, frames: int) -> float:
     hidden = []
     for index in range(count):
         last_hidden, cache = prefill(speech, index)
-        batch.join(cache)  # type: ignore[arg-type]
+        batch.join(cache, SamplingConfig.greedy())  # type: ignore[arg-type]
         hidden.append(last_hidden)
     last = torch.cat(hidden)
     sync(speech.device)
     start = time.perf_counter()
     for _ in range(frames):
-        picked = batch.sample_frames(last, [GREEDY] * count, [GREEDY] * count)
+        picked = batch.sample_frames(last)
         last = batch.step(picked)
     sync(speech.device)
     return time.perf_counter() - start

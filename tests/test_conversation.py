@@ -8,7 +8,6 @@ production loader, and everything is stored in a migrated SQLite database.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -379,39 +378,6 @@ async def test_deleting_a_voice_or_forgetting_a_user_empties_the_model_caches(
     await conversation.forget(ANN)
     assert len(tiny_speech.prefix_cache) == 0
     assert not tiny_speech._text_ids
-
-
-async def test_a_speech_stream_cancelled_twice_waits_for_its_thread_then_stays_cancelled() -> None:
-    import threading
-
-    from engine.speech_worker import SpeechWorker
-
-    worker = SpeechWorker()
-    closed = threading.Event()
-
-    class SlowStream:
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            yield np.zeros(10, dtype=np.float32)
-            threading.Event().wait(0.3)  # the model busy on the next chunk
-            yield np.zeros(10, dtype=np.float32)
-
-        def close(self) -> None:
-            closed.set()
-
-    async def listen() -> None:
-        async with contextlib.aclosing(worker.stream(SlowStream)) as chunks:
-            async for _ in chunks:
-                await asyncio.sleep(10)  # playing, until interrupted
-
-    task = asyncio.create_task(listen())
-    await asyncio.sleep(0.05)
-    task.cancel()
-    await asyncio.sleep(0.05)
-    task.cancel()  # a second cancel while the thread still works (a bot shutting down)
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert closed.is_set()  # the stream was let go of before the task ended
-    worker.shutdown()
 
 
 async def test_a_house_voice_another_synthesizer_made_is_made_anew(

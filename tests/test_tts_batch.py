@@ -1,7 +1,8 @@
 """Several CSM requests stepped together (the groundwork of the batched speech service) on the tiny model.
 
 fp32 greedy: each request's frames in a batch of mixed prompt lengths equal the frames it gets alone, with
-requests joining and leaving mid-stream (a leaving request's slot is taken by the last active one).
+requests joining and leaving mid-stream (a leaving request's slot is taken by the last active one). Sampled: a
+request keeps its own settings and seed, so it makes the same frames in any batch.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import torch
 
 from engine.tts.batch_loop import BatchedFrameLoop
 from engine.tts.csm import CsmSpeech
-from engine.tts.sampling import TokenPicker
+from engine.tts.sampling import SamplingConfig, TokenPicker
 from engine.tts.types import GenerationStats, Segment
 
 GREEDY = TokenPicker(False, 0.9, 50, None)
+GREEDY_CONFIG = SamplingConfig.greedy()
 
 PROMPTS = [
     ([], "Hello."),
@@ -46,13 +48,13 @@ def test_a_batch_of_mixed_prompts_makes_each_requests_own_frames(tiny_speech: Cs
         hidden = []
         for prompt in range(3):
             last_hidden, cache = prefill(tiny_speech, prompt)
-            assert batch.join(cache) == prompt  # type: ignore[arg-type]
+            assert batch.join(cache, GREEDY_CONFIG) == prompt  # type: ignore[arg-type]
             hidden.append(last_hidden)
         assert len({int(length) for length in batch.cache.lengths[:3]}) == 3  # mixed prompt lengths
         last = torch.cat(hidden)
         made: list[list[torch.Tensor]] = [[], [], []]
         for _ in range(6):
-            frames = batch.sample_frames(last, [GREEDY] * 3, [GREEDY] * 3)
+            frames = batch.sample_frames(last)
             for row in range(3):
                 made[row].append(frames[row])
             last = batch.step(frames)
@@ -69,7 +71,7 @@ def test_requests_join_and_leave_mid_stream_without_disturbing_the_others(tiny_s
 
     def join(prompt: int) -> None:
         last_hidden, cache = prefill(tiny_speech, prompt)
-        assert batch.join(cache) == len(owner)  # type: ignore[arg-type]
+        assert batch.join(cache, GREEDY_CONFIG) == len(owner)  # type: ignore[arg-type]
         owner.append(prompt)
         hidden.append(last_hidden)
 
@@ -84,7 +86,7 @@ def test_requests_join_and_leave_mid_stream_without_disturbing_the_others(tiny_s
     def frames(count: int) -> None:
         for _ in range(count):
             last = torch.cat(hidden)
-            picked = batch.sample_frames(last, [GREEDY] * len(owner), [GREEDY] * len(owner))
+            picked = batch.sample_frames(last)
             for row, prompt in enumerate(owner):
                 made[prompt].append(picked[row])
             stepped = batch.step(picked)
@@ -111,8 +113,33 @@ def test_a_full_batch_and_a_prompt_too_long_for_a_slot_are_refused(tiny_speech: 
     with torch.inference_mode():
         _, cache = prefill(tiny_speech, 2)
         with pytest.raises(ValueError, match="does not fit a slot of 8"):
-            batch.join(cache)  # type: ignore[arg-type]
+            batch.join(cache, GREEDY_CONFIG)  # type: ignore[arg-type]
         small = BatchedFrameLoop(tiny_speech.loop, max_batch=1)
-        small.join(prefill(tiny_speech, 0)[1])  # type: ignore[arg-type]
+        small.join(prefill(tiny_speech, 0)[1], GREEDY_CONFIG)  # type: ignore[arg-type]
         with pytest.raises(RuntimeError, match="every slot is in use"):
-            small.join(prefill(tiny_speech, 1)[1])  # type: ignore[arg-type]
+            small.join(prefill(tiny_speech, 1)[1], GREEDY_CONFIG)  # type: ignore[arg-type]
+
+
+def test_a_sampled_request_makes_the_same_frames_alone_and_beside_others(tiny_speech: CsmSpeech) -> None:
+    def run(mine: SamplingConfig, neighbours: list[tuple[int, SamplingConfig]], frames: int) -> list[torch.Tensor]:
+        batch = BatchedFrameLoop(tiny_speech.loop, max_batch=4)
+        hidden = []
+        for prompt, config in [(1, mine), *neighbours]:
+            last_hidden, cache = prefill(tiny_speech, prompt)
+            batch.join(cache, config)  # type: ignore[arg-type]
+            hidden.append(last_hidden)
+        last = torch.cat(hidden)
+        made = []
+        for _ in range(frames):
+            picked = batch.sample_frames(last)
+            made.append(picked[0])
+            last = batch.step(picked)
+        return made
+
+    warm = SamplingConfig(temperature=0.9, top_k=50, seed=1234)
+    with torch.inference_mode():
+        alone = run(warm, [], 6)
+        beside = run(warm, [(0, SamplingConfig(seed=5)), (2, SamplingConfig(temperature=0.5, top_k=10, seed=9))], 6)
+        reseeded = run(SamplingConfig(temperature=0.9, top_k=50, seed=4321), [], 6)
+    assert all(torch.equal(a, b) for a, b in zip(alone, beside, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(alone, reseeded, strict=True))  # the seed matters

@@ -16,13 +16,12 @@ each row's new key and value at that row's position.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from transformers import DynamicCache
 
 from .frame_loop import CsmFrameLoop
-from .sampling import TokenPicker
+from .race_sampling import race_pick
+from .sampling import SamplingConfig
 
 
 class SlotCache:
@@ -72,10 +71,45 @@ class SlotCache:
         return self.keys[layer_idx][: self.active], self.values[layer_idx][: self.active]
 
 
+class SlotSampling:
+    """Each slot's sampling settings and random state, on the device, moving with its slot.
+
+    Draws use `race_pick`: a request's tokens depend on its own seed and draw count only, so it makes the same
+    codes alone or in any batch.
+    """
+
+    def __init__(self, slots: int, device: torch.device) -> None:
+        def zeros(dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros(slots, dtype=dtype, device=device)
+
+        self.temperature, self.depth_temperature = zeros(torch.float32), zeros(torch.float32)
+        self.top_k, self.depth_top_k = zeros(torch.long), zeros(torch.long)
+        self.seeds, self.draws = zeros(torch.long), zeros(torch.long)
+        self._fields = (self.temperature, self.depth_temperature, self.top_k, self.depth_top_k, self.seeds,
+                        self.draws)  # fmt: skip
+
+    def set(self, slot: int, config: SamplingConfig) -> None:
+        greedy = not config.do_sample
+        self.temperature[slot] = 0.0 if greedy else config.temperature
+        depth = config.temperature if config.depth_temperature is None else config.depth_temperature
+        self.depth_temperature[slot] = 0.0 if greedy else depth
+        self.top_k[slot] = config.top_k
+        self.depth_top_k[slot] = config.top_k if config.depth_top_k is None else config.depth_top_k
+        seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()))
+        self.seeds[slot] = seed
+        self.draws[slot] = 0
+
+    def move(self, source: int, target: int) -> None:
+        for field in self._fields:
+            field[target] = field[source]
+
+
 class BatchedFrameLoop:
     """Frame steps for the active slots of a `SlotCache`, on the layers of a `CsmFrameLoop`."""
 
-    def __init__(self, loop: CsmFrameLoop, *, max_batch: int, max_positions: int | None = None) -> None:
+    def __init__(
+        self, loop: CsmFrameLoop, *, max_batch: int, max_positions: int | None = None, max_top_k: int = 64
+    ) -> None:
         self.loop = loop
         config = loop.config
         self.max_positions = max_positions or int(config.max_position_embeddings)
@@ -84,6 +118,8 @@ class BatchedFrameLoop:
             len(loop.backbone.layers), max_batch, config.num_key_value_heads, self.max_positions, head_dim,
             device=loop.device, dtype=loop.dtype,
         )  # fmt: skip
+        self.sampling = SlotSampling(max_batch, loop.device)
+        self.max_top_k = max_top_k  # a Python int: the sampler's shapes stay fixed whatever each slot asks
         self._masked = torch.finfo(loop.dtype).min
         self._columns = torch.arange(self.max_positions, device=loop.device)
 
@@ -91,12 +127,16 @@ class BatchedFrameLoop:
     def active(self) -> int:
         return self.cache.active
 
-    def join(self, cache: DynamicCache) -> int:
-        """Take a prefilled request into the next free slot; returns its row."""
+    def join(self, cache: DynamicCache, sampling: SamplingConfig) -> int:
+        """Take a prefilled request, with its own sampling settings and seed, into the next free slot; returns
+        its row."""
         if self.cache.active == self.cache.slots:
             raise RuntimeError("every slot is in use")
+        if max(sampling.top_k, sampling.depth_top_k or 0) > self.max_top_k:
+            raise ValueError(f"top-k above {self.max_top_k} is not supported here")
         row = self.cache.active
         self.cache.load(row, cache)
+        self.sampling.set(row, sampling)
         self.cache.active += 1
         return row
 
@@ -106,6 +146,7 @@ class BatchedFrameLoop:
         moved = None
         if row != last:
             self.cache.move(last, row)
+            self.sampling.move(last, row)
             moved = last
         self.cache.active = last
         return moved
@@ -135,15 +176,21 @@ class BatchedFrameLoop:
         self.cache.lengths[:active] += 1
         return self.loop.backbone.norm(hidden)
 
-    def sample_frames(
-        self, last_hidden: torch.Tensor, pick0: Sequence[TokenPicker], pick_depth: Sequence[TokenPicker]
-    ) -> torch.Tensor:
+    def sample_frames(self, last_hidden: torch.Tensor) -> torch.Tensor:
         """Codebook 0 for each row from its last hidden state `[active, 1, hidden]`, then every row's depth
-        codebooks in one pass; each row picks with its own pickers. Returns `[active, num_codebooks]`."""
+        codebooks in one pass, each row drawn with its own settings and seed. Returns `[active, num_codebooks]`."""
         loop = self.loop
         rows = last_hidden.shape[0]
+        s = self.sampling
+        first_draw = s.draws[:rows] * loop.num_codebooks
+
+        def pick(logits: torch.Tensor, codebook: int) -> torch.Tensor:
+            temperature, top_k = (s.temperature, s.top_k) if codebook == 0 else (s.depth_temperature, s.depth_top_k)
+            return race_pick(logits, temperature[:rows], top_k[:rows], s.seeds[:rows], first_draw + codebook,
+                             self.max_top_k)  # fmt: skip
+
         logits0 = loop.model.lm_head(last_hidden)[:, -1, : loop.valid_codes]
-        code = _pick_rows(logits0, pick0)  # [rows]
+        code = pick(logits0, 0)  # [rows]
         codes = [code]
         cache = DynamicCache(config=loop.depth_config)
         first = loop.depth.embed_tokens(code.view(rows, 1))
@@ -152,17 +199,11 @@ class BatchedFrameLoop:
         hidden = loop._depth_forward(hidden, cache, start=0, mask=loop._first_mask(hidden[:1], cache))
         for k in range(1, loop.num_codebooks):
             logits = torch.nn.functional.linear(hidden[:, -1, :], loop.depth_heads[k - 1].T)[:, : loop.valid_codes]
-            code = _pick_rows(logits, pick_depth)
+            code = pick(logits, k)
             codes.append(code)
             if k == loop.num_codebooks - 1:
                 break
             embeds = loop.depth.embed_tokens((code + k * loop.depth_vocab_size).view(rows, 1))
             hidden = loop._depth_forward(embeds, cache, start=k + 1, mask=None)
+        s.draws[:rows] += 1
         return torch.stack(codes, dim=1)
-
-
-def _pick_rows(logits: torch.Tensor, pickers: Sequence[TokenPicker]) -> torch.Tensor:
-    """One token per row, each row with its own picker (its sampling settings and random generator)."""
-    if all(picker.greedy for picker in pickers):
-        return torch.argmax(logits.float(), dim=-1)
-    return torch.cat([pick(logits[row : row + 1]) for row, pick in enumerate(pickers)])

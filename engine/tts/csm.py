@@ -37,9 +37,10 @@ from .budget import (
 from .codes import SAMPLE_RATE
 from .frame_loop import CsmFrameLoop
 from .prefix_cache import PrefixCache, content_key, restore, snapshot
+from .reply_frames import ReplyFrames
 from .sampling import SamplingConfig, make_generator
 from .stream import SpeechStream
-from .streaming_decode import ChunkAssembler, RepeatGuard, StreamConfig, WindowedDecoder, is_end_frame
+from .streaming_decode import StreamConfig
 from .types import GenerationStats, Segment, SpeechResult
 
 
@@ -54,7 +55,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 @dataclass(frozen=True)
-class _Request:
+class SpeechRequest:
+    """One text to speak, planned: the context that fits, the frame cap, the sampling and streaming settings."""
+
     voice: Segment | None
     history: list[Segment]
     text: str
@@ -261,89 +264,70 @@ class CsmSpeech:
         prefix cache for the voice segment; the key is combined with a hash of its codes and text. `max_frames`
         can only lower the cap derived from the text length.
         """
+        request = self.plan_request(voice, history, text, speaker, voice_cache_key, sampling, streaming, max_frames)
+        stream = SpeechStream(request.plan, request.history, self.num_codebooks)
+        stream._attach(self._run(stream, request))
+        return stream
+
+    def plan_request(
+        self,
+        voice: Segment | None,
+        history: Sequence[Segment],
+        text: str,
+        speaker: int = 0,
+        voice_cache_key: str | None = None,
+        sampling: SamplingConfig | None = None,
+        streaming: StreamConfig | None = None,
+        max_frames: int | None = None,
+    ) -> SpeechRequest:
+        """What to speak and with what context, its budget checked (budget errors raise here); see `stream`."""
         if not text.strip():
             raise ValueError("nothing to say")
         kept, plan = self.plan_context(voice, history, text, speaker)
         limit = plan.reply_frames if max_frames is None else max(1, min(max_frames, plan.reply_frames))
-        request = _Request(
-            voice,
-            kept,
-            text,
-            speaker,
-            voice_cache_key,
-            sampling or SamplingConfig(),
-            streaming or StreamConfig(),
-            limit,
-            plan,
-            time.perf_counter(),
-        )
-        stream = SpeechStream(plan, kept, self.num_codebooks)
-        stream._attach(self._run(stream, request))
-        return stream
+        return SpeechRequest(voice, kept, text, speaker, voice_cache_key, sampling or SamplingConfig(),
+                             streaming or StreamConfig(), limit, plan, time.perf_counter())  # fmt: skip
 
-    def _run(self, stream: SpeechStream, req: _Request) -> Generator[np.ndarray, None, None]:
-        cfg, max_frames, t0 = req.streaming, req.max_frames, req.t0
+    def prefill(self, request: SpeechRequest, stats: GenerationStats) -> tuple[torch.Tensor, DynamicCache]:
+        """The request's prompt through the backbone (the voice from the prefix cache when it is there)."""
+        return self._prefill(request.voice, request.history, request.text, request.speaker, request.key, stats)
+
+    def _run(self, stream: SpeechStream, req: SpeechRequest) -> Generator[np.ndarray, None, None]:
         stats = GenerationStats()
         # inference_mode is entered per step, never across a `yield`: grad mode is thread-local and the
         # consumer's code runs between our yields.
         with torch.inference_mode():
-            last_hidden, cache = self._prefill(req.voice, req.history, req.text, req.speaker, req.key, stats)
+            last_hidden, cache = self.prefill(req, stats)
             generator = make_generator(req.sampling.seed, self.device)
             pick0, pick_depth = req.sampling.backbone_picker(generator), req.sampling.depth_picker(generator)
-            codes = torch.zeros(max_frames, self.num_codebooks, dtype=torch.long, device=self.device)
-        decoder = WindowedDecoder(self._decode_tensor, cfg.left_context_frames)
-        assembler = ChunkAssembler(cfg)
-        repeats = RepeatGuard(cfg.repeat_frames)
-        generated = 0  # frames kept in `codes`
-        produced = 0  # frames the model produced (a dropped repeat run included)
-        stop: str | None = None
+            reply = self.new_reply(req.streaming, req.max_frames)
 
         def finish(reason: str) -> None:
-            stats.total_s = time.perf_counter() - t0
-            kept_codes = codes[: assembler.emitted_frames].to("cpu").clone()
-            stream._finish(SpeechResult(kept_codes, reason, produced, req.plan, stats))
+            stats.total_s = time.perf_counter() - req.t0
+            stats.decode_s = reply.decode_s
+            stream._finish(SpeechResult(reply.kept_codes(), reason, reply.produced, req.plan, stats))
 
         try:
-            while stop is None:
+            while reply.stop is None:
                 with torch.inference_mode():
-                    first = decoder.decoded_frames == 0
-                    target = cfg.first_chunk_frames if first else decoder.decoded_frames + cfg.chunk_frames
-                    while generated < target:
+                    while reply.needs_frames():
                         t_frame = time.perf_counter()
                         frame = self.loop.sample_frame(last_hidden, pick0, pick_depth)
-                        values = frame.tolist()  # the one host sync per frame: needed to decide stopping
-                        if is_end_frame(values, int(self.config.codebook_eos_token_id or 0)):
-                            stop = "eos"
-                        else:
-                            codes[generated] = frame
-                            generated += 1
-                            produced += 1
-                            if repeats.push(values):
-                                stop = "repeat"
-                                # drop the stuck run (but never frames already decoded)
-                                generated = max(decoder.decoded_frames, generated - repeats.run + 1)
-                            elif generated >= max_frames:
-                                stop = "max_frames"
-                            else:
-                                last_hidden = self.loop.step(frame, cache)
+                        # the one host sync per frame: needed to decide stopping
+                        if reply.accept(frame, frame.tolist()):
+                            last_hidden = self.loop.step(frame, cache)
                         stats.frame_s.append(time.perf_counter() - t_frame)
-                        if stop is not None:
-                            break
-                    t_dec = time.perf_counter()
-                    assembler.add(decoder.decode_until(codes, generated))
-                    stats.decode_s += time.perf_counter() - t_dec
-                    if (
-                        stop is None
-                        and cfg.silence_dbfs is not None
-                        and (assembler.trailing_silence_frames >= cfg.max_silence_frames)
-                    ):
-                        stop = "silence"
-                chunk = assembler.take(force=first and stop is None)
+                    chunk = reply.decode()
                 if chunk is not None:
                     if stats.first_audio_s is None:
-                        stats.first_audio_s = time.perf_counter() - t0
+                        stats.first_audio_s = time.perf_counter() - req.t0
                     yield chunk
         except GeneratorExit:
             finish("cancelled")
             raise
-        finish(stop or "max_frames")
+        finish(reply.stop or "max_frames")
+
+    def new_reply(self, streaming: StreamConfig, max_frames: int) -> ReplyFrames:
+        """The stopping rules and streamed decode of one reply of at most `max_frames` frames."""
+        eos = int(self.config.codebook_eos_token_id or 0)
+        return ReplyFrames(self._decode_tensor, streaming, max_frames, self.num_codebooks, self.device, eos)

@@ -1,11 +1,11 @@
-"""Sesame CSM-1B behind the `SpeechSynthesizer` protocol: Mimi codes as payloads, one speech thread, lazy load.
+"""Sesame CSM-1B behind the `SpeechSynthesizer` protocol: Mimi codes as payloads, one speech service, lazy load.
 
 `CsmSpeech` (csm.py) is the synchronous engine; this adapter loads it on first use off the event loop (a load
-takes seconds to minutes, a download on first run), runs every generation and Mimi encode on one speech thread
-(`SpeechWorker`: two syntheses at once would only slow each other down and fight over GPU memory), and turns
-the conversation's speakers and payloads into CSM segments: aLAN is speaker 0, everyone else 1, 2, … in the
-order they first appear. Budget questions (what fits, how long a clip may be) need only the tokenizer, which is
-thread-safe here: they run in a plain worker thread, so a clone's checks don't wait behind a reply being spoken.
+takes seconds to minutes, a download on first run) and speaks every text through one `SpeechService`: a single
+frame loop that runs every request in flight, from every chat, together. Loading and Mimi encodes (clips, what
+people said) run on the `SpeechWorker` thread. The conversation's speakers and payloads become CSM segments: aLAN
+is speaker 0, everyone else 1, 2, … in the order they first appear. Budget questions (what fits, how long a clip
+may be) need only the tokenizer, which is thread-safe here: they run in a plain worker thread.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # PyTorch and transformers take seconds to import: only once 
     import torch
 
     from .csm import CsmSpeech
-    from .stream import SpeechStream
+    from .speech_service import SpeechService
     from .types import Segment
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class CsmSynthesizer:
         *,
         load: Callable[[], CsmSpeech] | None = None,
         worker: SpeechWorker | None = None,
+        max_batch: int = 8,
     ) -> None:
         self.model = model
         self.tag = f"csm:{model}"
@@ -61,6 +62,8 @@ class CsmSynthesizer:
         self.worker = worker or SpeechWorker()
         self._load = load or (lambda: _load_csm(model, device))
         self._speech: CsmSpeech | None = None
+        self._service: SpeechService | None = None
+        self.max_batch = max_batch
         self._loading: asyncio.Future[CsmSpeech] | None = None
 
     async def speech(self) -> CsmSpeech:
@@ -149,7 +152,17 @@ class CsmSynthesizer:
         if self._speech is not None:
             self._speech.forget_cached(voice_key)
 
+    def service(self, speech: CsmSpeech) -> SpeechService:
+        """The one speech service every stream goes through (started with the loaded model)."""
+        if self._service is None:
+            from .speech_service import SpeechService
+
+            self._service = SpeechService(speech, max_batch=self.max_batch)
+        return self._service
+
     async def aclose(self) -> None:
+        if self._service is not None:
+            self._service.close()
         self.worker.shutdown()
 
 
@@ -163,7 +176,7 @@ class CsmSynthesisStream:
         self._text = text
         self._voice = voice
         self._context = context
-        self._started: list[SpeechStream] = []
+        self._codes: torch.Tensor | None = None  # of what the listener got, once the service let go
         self._chunks = self._run()
 
     def __aiter__(self) -> AsyncIterator[AudioChunk]:
@@ -177,22 +190,23 @@ class CsmSynthesisStream:
         speech = await synthesizer.speech()
         voice, history = synthesizer.segments(speech, self._voice, self._context)
         key = self._voice.key if self._voice is not None else None
+        # The budget is checked here (only the tokenizer: a plain thread), so a text too long never queues.
+        request = await asyncio.to_thread(speech.plan_request, voice, history, self._text, BOT_SPEAKER, key)
 
-        def start() -> SpeechStream:  # on the speech thread: budget errors are raised from here
-            stream = speech.stream(voice, history, self._text, BOT_SPEAKER, voice_cache_key=key)
-            self._started.append(stream)
-            return stream
+        def delivered(codes: torch.Tensor, reason: str) -> None:
+            self._codes = codes
 
-        async with contextlib.aclosing(synthesizer.worker.stream(start)) as chunks:
+        service = synthesizer.service(speech)
+        async with contextlib.aclosing(service.stream(request, delivered)) as chunks:
             async for chunk in chunks:
                 yield AudioChunk(chunk, SAMPLE_RATE)
 
     def spoken(self, samples: int) -> SpeechPayload | None:
         # The model may have made a little more than was delivered: keep the codes of exactly what was heard.
         frames = samples // SAMPLES_PER_FRAME
-        if not self._started or not self._started[0].done or frames == 0:
+        if self._codes is None or frames == 0:
             return None
-        return self._synthesizer._payload(self._started[0].result.codes[:frames])
+        return self._synthesizer._payload(self._codes[:frames])
 
 
 def _load_csm(model: str, device: str) -> CsmSpeech:

@@ -1,0 +1,217 @@
+"""One speech service: every sentence in flight, from every chat, in one CSM frame loop.
+
+A single thread owns the model's frame loop. Between frames it takes in new requests (prefilling each, the voice
+from the prefix cache) and lets go of the ones that stopped (end frame, length cap, repeat or silence guard) or
+were cancelled (barge-in); every frame it samples all active requests together (`BatchedFrameLoop`: one backbone
+step, one depth-decoder pass), reads the frames back once, and hands each request's audio chunks to its listener
+as its streamed decode releases them. Each request keeps its own sampling settings and seed, budget plan and
+stopping rules (`ReplyFrames`, the same as the solo loop's).
+
+Still to come (issue 10): prefill in chunks between frames (today a newcomer's whole prompt runs between two
+frames), Mimi decode batched across requests, the end/repeat decisions on the device, CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .batch_loop import BatchedFrameLoop
+from .csm import CsmSpeech, SpeechRequest
+from .reply_frames import ReplyFrames
+from .types import GenerationStats
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """A request as the service thread sees it, and the way back to its listener."""
+
+    request: SpeechRequest
+    deliver: Callable[[object], None]  # thread-safe: a chunk, an exception, or _DONE
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    reply: ReplyFrames | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    codes: torch.Tensor | None = None  # what the listener got, once finished
+    stop_reason: str | None = None
+
+    def finish(self, reason: str, error: BaseException | None = None) -> None:
+        if self.reply is not None:
+            self.codes = self.reply.kept_codes()
+        self.stop_reason = reason
+        self.stats.total_s = time.perf_counter() - self.request.t0
+        self.deliver(error if error is not None else _DONE)
+        self.finished.set()
+
+
+@dataclass
+class ServiceStats:
+    """What the service has done: frame steps, and how many requests each step served."""
+
+    steps: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)  # requests in a step -> steps with that many
+
+    @property
+    def largest_batch(self) -> int:
+        return max(self.batch_sizes, default=0)
+
+
+class SpeechService:
+    """Runs every request in one frame loop on its own thread; `stream()` is the asyncio side."""
+
+    def __init__(self, speech: CsmSpeech, *, max_batch: int = 8) -> None:
+        self.speech = speech
+        self.max_batch = max_batch
+        self.batch = BatchedFrameLoop(speech.loop, max_batch=max_batch, max_positions=speech.max_positions)
+        self.stats = ServiceStats()
+        self._incoming: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
+        self._active: list[_InFlight] = []  # in row order
+        self._hidden: list[torch.Tensor] = []  # each active row's last hidden state [1, 1, hidden]
+        self._waiting: list[_InFlight] = []  # taken in, no free slot yet
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="alan-speech-service", daemon=True)
+        self._thread.start()
+
+    # The asyncio side ----------------------------------------------------------------------------------
+
+    async def stream(self, request: SpeechRequest, on_finish: Callable[[torch.Tensor, str], None]) -> AsyncIterator[
+        np.ndarray
+    ]:
+        """The request's audio chunks as they are made. Closing this early (barge-in) cancels the request at the
+        next frame without disturbing the others; `on_finish(codes, reason)` gets the codes of what was
+        delivered before this returns, however it ends."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[object] = asyncio.Queue()
+        flight = _InFlight(request, lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item))
+        self._incoming.put(flight)
+        try:
+            while True:
+                item = await chunks.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            flight.cancelled.set()
+            # The thread lets go of the request at its next frame; the caller reads what was delivered next.
+            cancelled = False
+            while not flight.finished.is_set():
+                try:
+                    await asyncio.shield(asyncio.to_thread(flight.finished.wait, 0.5))
+                except asyncio.CancelledError:
+                    cancelled = True  # passed on once the thread is done, not swallowed
+            if flight.codes is not None:
+                on_finish(flight.codes, flight.stop_reason or "cancelled")
+            if cancelled:
+                raise asyncio.CancelledError
+
+    def close(self) -> None:
+        self._closed = True
+        self._incoming.put(None)
+
+    # The frame loop ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                self._take_in(block=not self._active)
+                if self._active:
+                    with torch.inference_mode():
+                        self._frame()
+            except Exception as error:  # a model failure: every request in flight hears of it, the loop goes on
+                log.exception("speech service frame failed")
+                for flight in [*self._active]:
+                    self._leave(self._active.index(flight), "failed", error)
+        for flight in [*self._active, *self._waiting]:
+            flight.finish("cancelled")
+
+    def _take_in(self, *, block: bool) -> None:
+        """New requests join between frames, as many as there are free slots."""
+        while True:
+            try:
+                flight = self._incoming.get(block=block and not self._waiting, timeout=0.5 if block else None)
+            except queue.Empty:
+                break
+            if flight is None:  # close()
+                return
+            self._waiting.append(flight)
+            block = False
+        while self._waiting and len(self._active) < self.max_batch:
+            flight = self._waiting.pop(0)
+            if flight.cancelled.is_set():
+                flight.finish("cancelled")
+                continue
+            try:
+                with torch.inference_mode():
+                    last_hidden, cache = self.speech.prefill(flight.request, flight.stats)
+                    flight.reply = self.speech.new_reply(flight.request.streaming, flight.request.max_frames)
+                    self.batch.join(cache, flight.request.sampling)
+            except Exception as error:  # this request's prompt failed: it alone hears of it
+                log.exception("speech service could not take a request in")
+                flight.finish("failed", error)
+                continue
+            self._active.append(flight)
+            self._hidden.append(last_hidden)
+
+    def _frame(self) -> None:
+        for row in reversed(range(len(self._active))):
+            if self._active[row].cancelled.is_set():
+                self._leave(row, "cancelled")
+        if not self._active:
+            return
+        started = time.perf_counter()
+        count = len(self._active)
+        frames = self.batch.sample_frames(torch.cat(self._hidden))
+        values = frames.tolist()  # the one host sync per frame, for all requests: needed to decide stopping
+        rows = list(frames)
+        stopped = []
+        for row, flight in enumerate(self._active):
+            reply = flight.reply
+            assert reply is not None
+            reply.accept(rows[row], values[row])
+            if not reply.needs_frames():  # a chunk's worth is there, or the reply stopped: decode
+                chunk = reply.decode()
+                if chunk is not None:
+                    if flight.stats.first_audio_s is None:
+                        flight.stats.first_audio_s = time.perf_counter() - flight.request.t0
+                    flight.deliver(chunk)
+            if reply.stop is not None:
+                stopped.append(row)
+        for row in reversed(stopped):
+            moved = self._leave(row, None)
+            if moved is not None:
+                rows[row] = rows[moved]
+            rows.pop()
+        if self._active:
+            stepped = self.batch.step(torch.stack(rows))
+            self._hidden = list(stepped.split(1))
+        elapsed = time.perf_counter() - started
+        for flight in self._active:
+            flight.stats.frame_s.append(elapsed)
+        self.stats.steps += 1
+        self.stats.batch_sizes[count] = self.stats.batch_sizes.get(count, 0) + 1
+
+    def _leave(self, row: int, reason: str | None, error: BaseException | None = None) -> int | None:
+        """Free `row` (the last row moves into it, as in the batch); the request hears it has ended."""
+        flight = self._active[row]
+        moved = self.batch.leave(row)
+        if moved is not None:
+            self._active[row], self._hidden[row] = self._active[moved], self._hidden[moved]
+        self._active.pop()
+        self._hidden.pop()
+        assert flight.reply is not None or reason is not None
+        flight.finish(reason or (flight.reply.stop if flight.reply else None) or "max_frames", error)
+        return moved

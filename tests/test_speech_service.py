@@ -1,0 +1,141 @@
+"""The speech service: every request in flight in one frame loop, each as if it were alone.
+
+fp32 greedy on the tiny CSM: requests of mixed prompt lengths, running together, joining late, with a neighbour
+cancelled mid-stream, each make exactly the codes and audio the solo loop makes for them; conversations of
+several chats speaking at once are batched together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.conversation import Conversation, Participant
+from engine.events import SpeechChunk
+from engine.tts.csm import CsmSpeech
+from engine.tts.sampling import SamplingConfig
+from engine.tts.speech_service import SpeechService
+from engine.tts.streaming_decode import StreamConfig
+from engine.tts.types import Segment
+from tests.fakes.ollama_server import FakeOllama
+
+GREEDY = SamplingConfig.greedy()
+NO_GUARDS = StreamConfig(silence_dbfs=None, repeat_frames=None)
+PROMPTS = [
+    ([], "Hello there."),
+    ([Segment(1, "How are you doing today, my friend?")], "I am fine, thank you for asking me."),
+    ([Segment(1, "Hi."), Segment(0, "Hello."), Segment(1, "What is the weather like today?")], "Sunny and warm."),
+]
+
+
+def request(speech: CsmSpeech, prompt: int, frames: int):  # type: ignore[no-untyped-def]
+    history, text = PROMPTS[prompt]
+    return speech.plan_request(None, history, text, 0, sampling=GREEDY, streaming=NO_GUARDS, max_frames=frames)
+
+
+def alone(speech: CsmSpeech, prompt: int, frames: int) -> tuple[torch.Tensor, np.ndarray]:
+    history, text = PROMPTS[prompt]
+    stream = speech.stream(None, history, text, 0, sampling=GREEDY, streaming=NO_GUARDS, max_frames=frames)
+    audio = np.concatenate(list(stream))
+    return stream.result.codes, audio
+
+
+async def listen(service: SpeechService, req, stop_after: int | None = None) -> tuple[torch.Tensor, np.ndarray]:  # type: ignore[no-untyped-def]
+    finished: list[torch.Tensor] = []
+    chunks = []
+    async with contextlib.aclosing(service.stream(req, lambda codes, reason: finished.append(codes))) as stream:
+        async for chunk in stream:
+            chunks.append(chunk)
+            if stop_after is not None and len(chunks) >= stop_after:
+                break  # barge-in
+    return finished[0], np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+
+async def test_requests_together_make_what_each_makes_alone(tiny_speech: CsmSpeech) -> None:
+    service = SpeechService(tiny_speech, max_batch=4)
+    try:
+        late = asyncio.create_task(asyncio.sleep(0.05))
+        together = [asyncio.create_task(listen(service, request(tiny_speech, prompt, 20))) for prompt in (0, 1)]
+        await late
+        together.append(asyncio.create_task(listen(service, request(tiny_speech, 2, 20))))  # joins mid-stream
+        results = await asyncio.gather(*together)
+    finally:
+        service.close()
+    for prompt, (codes, audio) in zip((0, 1, 2), results, strict=True):
+        solo_codes, solo_audio = alone(tiny_speech, prompt, 20)
+        assert torch.equal(codes, solo_codes), prompt
+        assert np.allclose(audio, solo_audio, atol=1e-5), prompt
+    assert service.stats.largest_batch >= 2
+
+
+async def test_a_cancelled_neighbour_leaves_the_others_undisturbed(tiny_speech: CsmSpeech) -> None:
+    service = SpeechService(tiny_speech, max_batch=4)
+    try:
+        first, interrupted, third = await asyncio.gather(
+            listen(service, request(tiny_speech, 0, 30)),
+            listen(service, request(tiny_speech, 1, 30), stop_after=1),
+            listen(service, request(tiny_speech, 2, 30)),
+        )
+    finally:
+        service.close()
+    assert torch.equal(first[0], alone(tiny_speech, 0, 30)[0])
+    assert torch.equal(third[0], alone(tiny_speech, 2, 30)[0])
+    codes, audio = interrupted
+    assert 0 < len(codes) < 30 and len(audio) == len(codes) * 1920  # only what was heard
+    assert torch.equal(codes, alone(tiny_speech, 1, 30)[0][: len(codes)])
+
+
+async def test_several_chats_speaking_at_once_are_batched_together(
+    csm_conversation: Conversation, ollama: FakeOllama
+) -> None:
+    conversation = csm_conversation
+    ollama.default_reply = "This reply is long enough to keep the voice model busy for a while."
+
+    async def turn(chat: int) -> int:
+        who = Participant("telegram", str(chat), f"chat-{chat}", f"Person {chat}")
+        events = [event async for event in conversation.turn(who, text="hello")]
+        return sum(1 for event in events if isinstance(event, SpeechChunk))
+
+    spoken = await asyncio.gather(*(turn(chat) for chat in range(3)))
+    assert all(spoken)
+    service = conversation._tts._service  # type: ignore[attr-defined]
+    assert service is not None and service.stats.largest_batch >= 2
+
+
+def test_a_service_closes_even_with_nothing_to_do(tiny_speech: CsmSpeech, tmp_path: Path) -> None:
+    service = SpeechService(tiny_speech, max_batch=2)
+    service.close()
+    service._thread.join(timeout=5)
+    assert not service._thread.is_alive()
+
+
+async def test_a_listener_cancelled_twice_waits_for_the_service_to_let_go_then_stays_cancelled(
+    tiny_speech: CsmSpeech,
+) -> None:
+    service = SpeechService(tiny_speech, max_batch=2)
+    finished: list[torch.Tensor] = []
+    playing = asyncio.Event()
+
+    async def play() -> None:
+        stream = service.stream(request(tiny_speech, 1, 200), lambda codes, reason: finished.append(codes))
+        async with contextlib.aclosing(stream) as chunks:
+            async for _ in chunks:
+                playing.set()
+                await asyncio.sleep(10)  # playing, until interrupted
+
+    try:
+        task = asyncio.create_task(play())
+        await playing.wait()
+        task.cancel()
+        await asyncio.sleep(0.01)
+        task.cancel()  # a second cancel while the service still holds the request (a bot shutting down)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+        assert finished and len(finished[0]) < 200  # let go of, with the codes of what was heard, before it ended
+    finally:
+        service.close()
