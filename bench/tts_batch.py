@@ -63,7 +63,7 @@ def sequential(speech: CsmSpeech, count: int, frames: int) -> float:
 
 def batched(speech: CsmSpeech, count: int, frames: int) -> float:
     """Seconds to make `frames` frames for `count` requests stepped together (prefill excluded)."""
-    batch = BatchedFrameLoop(speech.loop, max_batch=count, max_positions=512)
+    batch = BatchedFrameLoop(speech.loop, max_batch=count)
     hidden = []
     for index in range(count):
         last_hidden, cache = prefill(speech, index)

@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from engine.conversation import Conversation, Participant
@@ -139,3 +140,59 @@ async def test_a_listener_cancelled_twice_waits_for_the_service_to_let_go_then_s
         assert finished and len(finished[0]) < 200  # let go of, with the codes of what was heard, before it ended
     finally:
         service.close()
+
+
+async def test_a_request_given_up_while_waiting_for_a_slot_ends_at_once(tiny_speech: CsmSpeech) -> None:
+    service = SpeechService(tiny_speech, max_batch=1)
+    try:
+        first_chunk = asyncio.Event()
+
+        async def speak() -> None:
+            stream = service.stream(request(tiny_speech, 0, 200), lambda codes, reason: None)
+            async with contextlib.aclosing(stream) as chunks:
+                async for _ in chunks:
+                    first_chunk.set()
+
+        speaking = asyncio.create_task(speak())
+        await first_chunk.wait()  # the first request holds the only slot
+        waiting = asyncio.create_task(listen(service, request(tiny_speech, 1, 20)))
+        await asyncio.sleep(0.1)
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(waiting, timeout=5)  # not after the other request's 200 frames
+        assert waiting.cancelled() and not speaking.done()
+        speaking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await speaking
+    finally:
+        service.close()
+
+
+async def test_a_model_failure_ends_the_requests_in_flight_and_the_service_goes_on(
+    tiny_speech: CsmSpeech, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = SpeechService(tiny_speech, max_batch=2)
+    real = service.batch.sample_frames
+    failures = iter([RuntimeError("CUDA error: an illegal memory access was encountered")])
+
+    def fail_once(last_hidden: torch.Tensor) -> torch.Tensor:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real(last_hidden)
+
+    monkeypatch.setattr(service.batch, "sample_frames", fail_once)
+    try:
+        with pytest.raises(RuntimeError, match="speech failed: CUDA error"):
+            await listen(service, request(tiny_speech, 0, 10))
+        codes, _ = await listen(service, request(tiny_speech, 0, 10))  # the next request is served as ever
+        assert torch.equal(codes, alone(tiny_speech, 0, 10)[0])
+    finally:
+        service.close()
+
+
+async def test_a_closed_service_refuses_new_requests(tiny_speech: CsmSpeech) -> None:
+    service = SpeechService(tiny_speech, max_batch=1)
+    service.close()
+    with pytest.raises(RuntimeError, match="has stopped"):
+        await listen(service, request(tiny_speech, 0, 5))

@@ -39,6 +39,7 @@ class SlotCache:
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
         self.positions = positions
         self.active = 0  # rows [0, active) are in use
+        self.visible = positions  # positions attention reads this step: up to the longest active slot's
 
     @property
     def slots(self) -> int:
@@ -56,10 +57,11 @@ class SlotCache:
 
     def move(self, source: int, target: int) -> None:
         """Move slot `source`'s contents into `target` (a request left `target`; `source` was the last active)."""
+        length = int(self.lengths[source])  # only what it holds: the rest of a slot is never read
         for keys, values in zip(self.keys, self.values, strict=True):
-            keys[target] = keys[source]
-            values[target] = values[source]
-        self.lengths[target] = self.lengths[source]
+            keys[target, :, :length] = keys[source, :, :length]
+            values[target, :, :length] = values[source, :, :length]
+        self.lengths[target] = length
 
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs: object = None
@@ -68,7 +70,10 @@ class SlotCache:
         position = self.lengths[: self.active]
         self.keys[layer_idx][rows, :, position] = key[:, :, 0]
         self.values[layer_idx][rows, :, position] = value[:, :, 0]
-        return self.keys[layer_idx][: self.active], self.values[layer_idx][: self.active]
+        return (
+            self.keys[layer_idx][: self.active, :, : self.visible],
+            self.values[layer_idx][: self.active, :, : self.visible],
+        )
 
 
 class SlotSampling:
@@ -88,13 +93,15 @@ class SlotSampling:
         self._fields = (self.temperature, self.depth_temperature, self.top_k, self.depth_top_k, self.seeds,
                         self.draws)  # fmt: skip
 
-    def set(self, slot: int, config: SamplingConfig) -> None:
+    def set(self, slot: int, config: SamplingConfig, max_top_k: int) -> None:
         greedy = not config.do_sample
         self.temperature[slot] = 0.0 if greedy else config.temperature
         depth = config.temperature if config.depth_temperature is None else config.depth_temperature
         self.depth_temperature[slot] = 0.0 if greedy else depth
-        self.top_k[slot] = config.top_k
-        self.depth_top_k[slot] = config.top_k if config.depth_top_k is None else config.depth_top_k
+        # top-k 0 means none, as in the solo loop: here that is the widest the sampler ranks (`max_top_k`).
+        self.top_k[slot] = config.top_k if config.top_k > 0 else max_top_k
+        depth_top_k = config.top_k if config.depth_top_k is None else config.depth_top_k
+        self.depth_top_k[slot] = depth_top_k if depth_top_k > 0 else max_top_k
         seed = config.seed if config.seed is not None else int(torch.randint(0, 2**62, ()))
         self.seeds[slot] = seed
         self.draws[slot] = 0
@@ -112,6 +119,9 @@ class BatchedFrameLoop:
     ) -> None:
         self.loop = loop
         config = loop.config
+        attention = getattr(config, "_attn_implementation", None)
+        if attention not in (None, "sdpa", "eager"):  # a padded 4-D mask per row is what these two take
+            raise ValueError(f"batched CSM needs sdpa or eager attention, not {attention}")
         self.max_positions = max_positions or int(config.max_position_embeddings)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.cache = SlotCache(
@@ -136,7 +146,7 @@ class BatchedFrameLoop:
             raise ValueError(f"top-k above {self.max_top_k} is not supported here")
         row = self.cache.active
         self.cache.load(row, cache)
-        self.sampling.set(row, sampling)
+        self.sampling.set(row, sampling, self.max_top_k)
         self.cache.active += 1
         return row
 
@@ -156,14 +166,18 @@ class BatchedFrameLoop:
         backbone's new last hidden states `[active, 1, hidden]`."""
         active = self.cache.active
         position = self.cache.lengths[:active]
-        if int(position.max()) >= self.max_positions:  # a host sync; the service checks budgets before stepping
+        # A host sync (to go on the device with CUDA graphs): attention reads only as far as the longest slot,
+        # not the whole budget, and never a position no request has written (stale values of an earlier one).
+        visible = int(position.max()) + 1
+        if visible > self.max_positions:  # the budget plan keeps every reply inside its slot: a bug if it fires
             raise ValueError("a slot is full: its request ran past the position budget")
+        self.cache.visible = visible
         hidden = self.loop.backbone.embed_tokens(frames.view(active, 1, -1))
         cos, sin = self.loop._backbone_rope
         rope = (cos[0, position].unsqueeze(1), sin[0, position].unsqueeze(1))  # [active, 1, head_dim]
         # Each row sees its own positions up to and including the new one.
-        visible = self._columns.unsqueeze(0) <= position.unsqueeze(1)  # [active, positions]
-        mask = torch.where(visible, 0.0, self._masked).to(self.loop.dtype)[:, None, None, :]
+        seen = self._columns[:visible].unsqueeze(0) <= position.unsqueeze(1)  # [active, visible]
+        mask = torch.where(seen, 0.0, self._masked).to(self.loop.dtype)[:, None, None, :]
         for layer in self.loop.backbone.layers:
             hidden = layer(
                 hidden,

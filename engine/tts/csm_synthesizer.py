@@ -63,6 +63,7 @@ class CsmSynthesizer:
         self._load = load or (lambda: _load_csm(model, device))
         self._speech: CsmSpeech | None = None
         self._service: SpeechService | None = None
+        self._service_lock = asyncio.Lock()
         self.max_batch = max_batch
         self._loading: asyncio.Future[CsmSpeech] | None = None
 
@@ -152,17 +153,28 @@ class CsmSynthesizer:
         if self._speech is not None:
             self._speech.forget_cached(voice_key)
 
-    def service(self, speech: CsmSpeech) -> SpeechService:
-        """The one speech service every stream goes through (started with the loaded model)."""
-        if self._service is None:
-            from .speech_service import SpeechService
+    async def service(self) -> SpeechService:
+        """The one speech service every stream goes through, started once with the loaded model (on the worker
+        thread: its caches are allocated whole, which takes a moment); `TtsUnavailableError` if that fails."""
+        speech = await self.speech()
+        async with self._service_lock:
+            if self._service is None:
+                from .speech_service import SpeechService
 
-            self._service = SpeechService(speech, max_batch=self.max_batch)
+                try:
+                    self._service = await self.worker.call(lambda: SpeechService(speech, max_batch=self.max_batch))
+                except Exception as error:  # out of memory for the caches, most likely
+                    log.error("the speech service could not start: %s", error)
+                    raise TtsUnavailableError(
+                        f"The speech service could not start ({type(error).__name__}: {error}): its caches for "
+                        f"{self.max_batch} requests at once need memory the device doesn't have."
+                    ) from error
         return self._service
 
     async def aclose(self) -> None:
         if self._service is not None:
             self._service.close()
+            self._service = None
         self.worker.shutdown()
 
 
@@ -196,7 +208,7 @@ class CsmSynthesisStream:
         def delivered(codes: torch.Tensor, reason: str) -> None:
             self._codes = codes
 
-        service = synthesizer.service(speech)
+        service = await synthesizer.service()
         async with contextlib.aclosing(service.stream(request, delivered)) as chunks:
             async for chunk in chunks:
                 yield AudioChunk(chunk, SAMPLE_RATE)

@@ -4,7 +4,8 @@ A token is drawn by the exponential race: `argmax(p / E)` with `E ~ Exponential(
 token i with probability p_i (gpt-fast samples this way). The exponentials come from a counter-based hash of
 (the request's seed, its own draw counter, the token index) instead of a random generator, so that:
 - a request's tokens depend only on its own seed and how far it has got: the same codes whether it runs alone or
-  beside others, joins late or outlives its neighbours;
+  beside others, joins late or outlives its neighbours (as far as the logits are the same: exactly so in fp32 on
+  the CPU; in bf16 on a GPU, kernels chosen by batch size can move the last bits and so, rarely, a pick);
 - everything is plain tensor arithmetic on the device: nothing to read back, nothing a CUDA graph can't replay.
 Per row: temperature (0 = greedy) and top-k (the top `max(top_k)` logits are ranked once; each row keeps its own
 first k).
@@ -36,7 +37,8 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 def uniform_noise(seeds: torch.Tensor, counters: torch.Tensor, width: int) -> torch.Tensor:
     """`[rows, width]` float32 in (0, 1), a pure function of each row's seed, its counter and the column."""
     columns = torch.arange(width, device=seeds.device, dtype=torch.int64)
-    row = _mix(_mix(seeds * _GOLDEN) + counters * _COUNTER)  # hashed in stages: no (seed, column) pair aliases
+    # Hashed in stages, so no (seed, column) pair aliases another; offset first, as splitmix does (mix(0) is 0).
+    row = _mix(_mix(seeds * _GOLDEN + _GOLDEN) + counters * _COUNTER)
     x = _mix(row.unsqueeze(1) + columns.unsqueeze(0) * _GOLDEN)
     return (_shift(x, 40).to(torch.float32) + 0.5) / float(1 << 24)
 

@@ -48,12 +48,26 @@ class _InFlight:
     stop_reason: str | None = None
 
     def finish(self, reason: str, error: BaseException | None = None) -> None:
-        if self.reply is not None:
-            self.codes = self.reply.kept_codes()
-        self.stop_reason = reason
-        self.stats.total_s = time.perf_counter() - self.request.t0
-        self.deliver(error if error is not None else _DONE)
-        self.finished.set()
+        """Tell the listener it has ended; whatever fails here (a broken device, a closed event loop), the
+        request counts as finished, so nobody waits for it forever."""
+        if self.finished.is_set():
+            return
+        try:
+            if self.reply is not None:
+                self.codes = self.reply.kept_codes()
+            self.stop_reason = reason
+            self.stats.total_s = time.perf_counter() - self.request.t0
+        finally:
+            try:
+                # Each listener its own exception (one object raised in several tasks would pile up tracebacks).
+                told: object = _DONE
+                if error is not None:
+                    told = RuntimeError(f"speech failed: {error}")
+                    told.__cause__ = error
+                self.deliver(told)
+            except Exception:  # the listener's event loop has closed: nobody is listening any more
+                log.debug("a finished request's listener was gone")
+            self.finished.set()
 
 
 @dataclass
@@ -81,6 +95,7 @@ class SpeechService:
         self._hidden: list[torch.Tensor] = []  # each active row's last hidden state [1, 1, hidden]
         self._waiting: list[_InFlight] = []  # taken in, no free slot yet
         self._closed = False
+        self._lock = threading.Lock()  # a request is either queued before close() or refused
         self._thread = threading.Thread(target=self._run, name="alan-speech-service", daemon=True)
         self._thread.start()
 
@@ -95,22 +110,30 @@ class SpeechService:
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[object] = asyncio.Queue()
         flight = _InFlight(request, lambda item: loop.call_soon_threadsafe(chunks.put_nowait, item))
-        self._incoming.put(flight)
+        with self._lock:
+            if self._closed or not self._thread.is_alive():
+                raise RuntimeError("the speech service has stopped")
+            self._incoming.put(flight)
+        ended = False
         try:
             while True:
-                item = await chunks.get()
+                item = await self._next(chunks, flight)
                 if item is _DONE:
+                    ended = True
                     break
                 if isinstance(item, BaseException):
+                    ended = True
                     raise item
                 yield item  # type: ignore[misc]
         finally:
             flight.cancelled.set()
-            # The thread lets go of the request at its next frame; the caller reads what was delivered next.
+            # The thread lets go of the request at its next frame, and says so; the caller reads what was
+            # delivered right after this.
             cancelled = False
-            while not flight.finished.is_set():
+            while not ended:
                 try:
-                    await asyncio.shield(asyncio.to_thread(flight.finished.wait, 0.5))
+                    item = await self._next(chunks, flight)
+                    ended = item is _DONE or isinstance(item, BaseException)
                 except asyncio.CancelledError:
                     cancelled = True  # passed on once the thread is done, not swallowed
             if flight.codes is not None:
@@ -118,25 +141,55 @@ class SpeechService:
             if cancelled:
                 raise asyncio.CancelledError
 
+    async def _next(self, chunks: asyncio.Queue[object], flight: _InFlight) -> object:
+        """The next thing for this listener; an error if the service's thread died without a word."""
+        while True:
+            try:
+                return await asyncio.wait_for(chunks.get(), timeout=1.0)
+            except TimeoutError:
+                if not self._thread.is_alive() and chunks.empty():
+                    flight.finished.set()
+                    return RuntimeError("the speech service stopped")
+
     def close(self) -> None:
-        self._closed = True
-        self._incoming.put(None)
+        """Stop taking requests; those in flight or queued end (cancelled) and the thread exits."""
+        with self._lock:
+            self._closed = True
+            self._incoming.put(None)
 
     # The frame loop ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._closed:
-            try:
-                self._take_in(block=not self._active)
-                if self._active:
-                    with torch.inference_mode():
-                        self._frame()
-            except Exception as error:  # a model failure: every request in flight hears of it, the loop goes on
-                log.exception("speech service frame failed")
-                for flight in [*self._active]:
-                    self._leave(self._active.index(flight), "failed", error)
-        for flight in [*self._active, *self._waiting]:
-            flight.finish("cancelled")
+        try:
+            while not self._closed:
+                try:
+                    self._take_in(block=not self._active)
+                    if self._active:
+                        with torch.inference_mode():
+                            self._frame()
+                except Exception as error:  # a model failure: every request in flight hears of it, and the loop
+                    log.exception("speech service frame failed")  # goes on for the next ones
+                    while self._active:
+                        self._drop_last(error)
+        finally:
+            # However the loop ends, nobody is left waiting: in flight, waiting for a slot, or still queued.
+            leftovers = [*self._active, *self._waiting]
+            while True:
+                try:
+                    queued = self._incoming.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is not None:
+                    leftovers.append(queued)
+            for flight in leftovers:
+                flight.finish("cancelled")
+
+    def _drop_last(self, error: BaseException) -> None:
+        """Let the last active request go after a failure, whatever state the batch is in."""
+        flight = self._active.pop()
+        self._hidden.pop()
+        self.batch.cache.active = len(self._active)
+        flight.finish("failed", error)
 
     def _take_in(self, *, block: bool) -> None:
         """New requests join between frames, as many as there are free slots."""
@@ -149,6 +202,9 @@ class SpeechService:
                 return
             self._waiting.append(flight)
             block = False
+        for flight in [flight for flight in self._waiting if flight.cancelled.is_set()]:
+            self._waiting.remove(flight)  # gave up while waiting for a slot: told at once, not when one frees
+            flight.finish("cancelled")
         while self._waiting and len(self._active) < self.max_batch:
             flight = self._waiting.pop(0)
             if flight.cancelled.is_set():
@@ -178,20 +234,25 @@ class SpeechService:
         values = frames.tolist()  # the one host sync per frame, for all requests: needed to decide stopping
         rows = list(frames)
         stopped = []
+        failed: dict[int, BaseException] = {}
         for row, flight in enumerate(self._active):
             reply = flight.reply
             assert reply is not None
-            reply.accept(rows[row], values[row])
-            if not reply.needs_frames():  # a chunk's worth is there, or the reply stopped: decode
-                chunk = reply.decode()
-                if chunk is not None:
-                    if flight.stats.first_audio_s is None:
-                        flight.stats.first_audio_s = time.perf_counter() - flight.request.t0
-                    flight.deliver(chunk)
-            if reply.stop is not None:
+            try:
+                reply.accept(rows[row], values[row])
+                if not reply.needs_frames():  # a chunk's worth is there, or the reply stopped: decode
+                    chunk = reply.decode()
+                    if chunk is not None:
+                        if flight.stats.first_audio_s is None:
+                            flight.stats.first_audio_s = time.perf_counter() - flight.request.t0
+                        flight.deliver(chunk)
+            except Exception as error:  # this reply's decode failed: it alone ends
+                log.exception("a reply failed in the speech service")
+                failed[row] = error
+            if reply.stop is not None or row in failed:
                 stopped.append(row)
         for row in reversed(stopped):
-            moved = self._leave(row, None)
+            moved = self._leave(row, "failed" if row in failed else None, failed.get(row))
             if moved is not None:
                 rows[row] = rows[moved]
             rows.pop()
