@@ -196,3 +196,41 @@ async def test_a_closed_service_refuses_new_requests(tiny_speech: CsmSpeech) -> 
     service.close()
     with pytest.raises(RuntimeError, match="has stopped"):
         await listen(service, request(tiny_speech, 0, 5))
+
+
+async def test_a_long_prompt_is_prefilled_a_chunk_between_two_frames(tiny_speech: CsmSpeech) -> None:
+    service = SpeechService(tiny_speech, max_batch=2, prefill_chunk=4)
+    order: list[str] = []
+    frame, chunk = service._frame, service._prefill_chunk
+
+    def recorded_frame() -> None:
+        order.append("F")
+        frame()
+
+    def recorded_chunk() -> None:
+        order.append("P")
+        chunk()
+
+    service._frame, service._prefill_chunk = recorded_frame, recorded_chunk  # type: ignore[method-assign]
+    try:
+        first_chunk = asyncio.Event()
+        results: list[tuple[torch.Tensor, np.ndarray]] = []
+
+        async def playing() -> None:
+            finished: list[torch.Tensor] = []
+            stream = service.stream(request(tiny_speech, 0, 60), lambda codes, reason: finished.append(codes))
+            async with contextlib.aclosing(stream) as chunks:
+                async for _ in chunks:
+                    first_chunk.set()
+            results.append((finished[0], np.zeros(0)))
+
+        task = asyncio.create_task(playing())
+        await first_chunk.wait()
+        late_codes, _ = await listen(service, request(tiny_speech, 2, 10))  # a prompt of many chunks of 4
+        await task
+    finally:
+        service.close()
+    assert torch.equal(late_codes, alone(tiny_speech, 2, 10)[0])  # chunked, its prompt makes the same codes
+    assert torch.equal(results[0][0], alone(tiny_speech, 0, 60)[0])
+    after_join = "".join(order[order.index("F") :])
+    assert after_join.count("P") >= 5 and "PP" not in after_join  # never two chunks without a frame between

@@ -219,8 +219,30 @@ class CsmSpeech:
         key: str | None,
         stats: GenerationStats,
     ) -> tuple[torch.Tensor, DynamicCache]:
-        """Backbone KV cache for the whole prompt and the last hidden state. With a cache key, the voice
-        segment's KV comes from (or goes into) the prefix cache and only history + text are prefilled here."""
+        """Backbone KV cache for the whole prompt and the last hidden state, in one go (see `prefill_steps`)."""
+        steps = self.prefill_steps(voice, history, text, speaker, key, stats)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+
+    def prefill_steps(
+        self,
+        voice: Segment | None,
+        history: Sequence[Segment],
+        text: str,
+        speaker: int,
+        key: str | None,
+        stats: GenerationStats,
+        chunk: int | None = None,
+    ) -> Generator[None, None, tuple[torch.Tensor, DynamicCache]]:
+        """The prompt through the backbone, `chunk` positions at a time (pausing between chunks, so that a
+        long prompt can be interleaved with other requests' frames); returns its cache and last hidden state.
+
+        With a cache key, the voice segment's KV comes from (or goes into) the prefix cache and only history +
+        text are prefilled here.
+        """
         start = time.perf_counter()
         if voice is not None and key is not None:
             codes = voice.codes if voice.codes is not None else torch.zeros(0, 0, dtype=torch.long)
@@ -231,20 +253,33 @@ class CsmSpeech:
                 stats.prefix_cache_hit = True
             else:
                 cache = self.loop.new_cache()
-                self.loop.prefill(self._embed_segments([voice], None, speaker), cache)
+                yield from self._prefill_embeds(self._embed_segments([voice], None, speaker), cache, chunk)
                 self.prefix_cache.put(full_key, snapshot(cache))
+                yield
             cached = cache.get_seq_length()
             embeds = self._embed_segments(history, text, speaker)
         else:
             cache = self.loop.new_cache()
             cached = 0
             embeds = self._embed_segments([*([voice] if voice is not None else []), *history], text, speaker)
-        last_hidden = self.loop.prefill(embeds, cache)
+        last_hidden = yield from self._prefill_embeds(embeds, cache, chunk)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         stats.prefill_positions = cache.get_seq_length() - (cached if stats.prefix_cache_hit else 0)
         stats.prefill_s = time.perf_counter() - start
         return last_hidden, cache
+
+    def _prefill_embeds(
+        self, embeds: torch.Tensor, cache: DynamicCache, chunk: int | None
+    ) -> Generator[None, None, torch.Tensor]:
+        """`embeds` after what `cache` holds, `chunk` positions at a time; the last hidden state."""
+        size = chunk or embeds.shape[1]
+        last_hidden = torch.empty(0)
+        for begin in range(0, embeds.shape[1], size):
+            last_hidden = self.loop.prefill(embeds[:, begin : begin + size], cache)
+            if begin + size < embeds.shape[1]:
+                yield
+        return last_hidden
 
     # ------------------------------------------------------------------ generation
     def stream(
@@ -291,6 +326,14 @@ class CsmSpeech:
     def prefill(self, request: SpeechRequest, stats: GenerationStats) -> tuple[torch.Tensor, DynamicCache]:
         """The request's prompt through the backbone (the voice from the prefix cache when it is there)."""
         return self._prefill(request.voice, request.history, request.text, request.speaker, request.key, stats)
+
+    def prefill_request_steps(
+        self, request: SpeechRequest, stats: GenerationStats, chunk: int | None
+    ) -> Generator[None, None, tuple[torch.Tensor, DynamicCache]]:
+        """`prefill`, `chunk` positions at a time (see `prefill_steps`)."""
+        return self.prefill_steps(
+            request.voice, request.history, request.text, request.speaker, request.key, stats, chunk
+        )
 
     def _run(self, stream: SpeechStream, req: SpeechRequest) -> Generator[np.ndarray, None, None]:
         stats = GenerationStats()

@@ -7,8 +7,11 @@ step, one depth-decoder pass), reads the frames back once, and hands each reques
 as its streamed decode releases them. Each request keeps its own sampling settings and seed, budget plan and
 stopping rules (`ReplyFrames`, the same as the solo loop's).
 
-Still to come (issue 10): prefill in chunks between frames (today a newcomer's whole prompt runs between two
-frames), Mimi decode batched across requests, the end/repeat decisions on the device, CUDA graphs.
+A newcomer's prompt is prefilled `prefill_chunk` positions at a time, one chunk between two frames, so a long
+prompt never holds up audio that is already playing by more than one chunk.
+
+Still to come (issue 10): Mimi decode batched across requests, the end/repeat decisions on the device, CUDA
+graphs.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,15 +88,18 @@ class ServiceStats:
 class SpeechService:
     """Runs every request in one frame loop on its own thread; `stream()` is the asyncio side."""
 
-    def __init__(self, speech: CsmSpeech, *, max_batch: int = 8) -> None:
+    def __init__(self, speech: CsmSpeech, *, max_batch: int = 8, prefill_chunk: int = 64) -> None:
         self.speech = speech
         self.max_batch = max_batch
+        self.prefill_chunk = prefill_chunk
         self.batch = BatchedFrameLoop(speech.loop, max_batch=max_batch, max_positions=speech.max_positions)
         self.stats = ServiceStats()
         self._incoming: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._active: list[_InFlight] = []  # in row order
         self._hidden: list[torch.Tensor] = []  # each active row's last hidden state [1, 1, hidden]
         self._waiting: list[_InFlight] = []  # taken in, no free slot yet
+        # Holding a slot, prompt still going through the backbone a chunk at a time.
+        self._prefilling: list[tuple[_InFlight, Generator[None, None, tuple[torch.Tensor, object]]]] = []
         self._closed = False
         self._lock = threading.Lock()  # a request is either queued before close() or refused
         self._thread = threading.Thread(target=self._run, name="alan-speech-service", daemon=True)
@@ -163,9 +169,11 @@ class SpeechService:
         try:
             while not self._closed:
                 try:
-                    self._take_in(block=not self._active)
-                    if self._active:
-                        with torch.inference_mode():
+                    self._take_in(block=not self._active and not self._prefilling)
+                    with torch.inference_mode():
+                        if self._prefilling:
+                            self._prefill_chunk()
+                        if self._active:
                             self._frame()
                 except Exception as error:  # a model failure: every request in flight hears of it, and the loop
                     log.exception("speech service frame failed")  # goes on for the next ones
@@ -173,7 +181,7 @@ class SpeechService:
                         self._drop_last(error)
         finally:
             # However the loop ends, nobody is left waiting: in flight, waiting for a slot, or still queued.
-            leftovers = [*self._active, *self._waiting]
+            leftovers = [*self._active, *(flight for flight, _ in self._prefilling), *self._waiting]
             while True:
                 try:
                     queued = self._incoming.get_nowait()
@@ -205,22 +213,43 @@ class SpeechService:
         for flight in [flight for flight in self._waiting if flight.cancelled.is_set()]:
             self._waiting.remove(flight)  # gave up while waiting for a slot: told at once, not when one frees
             flight.finish("cancelled")
-        while self._waiting and len(self._active) < self.max_batch:
+        while self._waiting and len(self._active) + len(self._prefilling) < self.max_batch:
             flight = self._waiting.pop(0)
+            steps = self.speech.prefill_request_steps(flight.request, flight.stats, self.prefill_chunk)
+            self._prefilling.append((flight, steps))
+
+    def _prefill_chunk(self) -> None:
+        """One chunk of the oldest newcomer's prompt (all of it when nobody is listening yet); in it goes, once
+        its prompt is through."""
+        flight, steps = self._prefilling[0]
+        while True:
             if flight.cancelled.is_set():
+                self._prefilling.pop(0)
+                steps.close()
                 flight.finish("cancelled")
-                continue
+                return
             try:
-                with torch.inference_mode():
-                    last_hidden, cache = self.speech.prefill(flight.request, flight.stats)
-                    flight.reply = self.speech.new_reply(flight.request.streaming, flight.request.max_frames)
-                    self.batch.join(cache, flight.request.sampling)
+                next(steps)
+            except StopIteration as done:
+                last_hidden, cache = done.value
+                break
             except Exception as error:  # this request's prompt failed: it alone hears of it
                 log.exception("speech service could not take a request in")
+                self._prefilling.pop(0)
                 flight.finish("failed", error)
-                continue
-            self._active.append(flight)
-            self._hidden.append(last_hidden)
+                return
+            if self._active:
+                return  # the others' next frame first
+        self._prefilling.pop(0)
+        try:
+            flight.reply = self.speech.new_reply(flight.request.streaming, flight.request.max_frames)
+            self.batch.join(cache, flight.request.sampling)  # type: ignore[arg-type]
+        except Exception as error:
+            log.exception("speech service could not take a request in")
+            flight.finish("failed", error)
+            return
+        self._active.append(flight)
+        self._hidden.append(last_hidden)
 
     def _frame(self) -> None:
         for row in reversed(range(len(self._active))):
