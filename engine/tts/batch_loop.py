@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from .frame_loop import CsmFrameLoop
+from .frame_loop import CsmFrameLoop, new_depth_cache
 from .race_sampling import race_pick
 from .sampling import SamplingConfig
 
@@ -129,6 +129,7 @@ class BatchedFrameLoop:
             device=loop.device, dtype=loop.dtype,
         )  # fmt: skip
         self.sampling = SlotSampling(max_batch, loop.device)
+        self._depth_cache = new_depth_cache(loop.model, max_batch)
         self.max_top_k = max_top_k  # a Python int: the sampler's shapes stay fixed whatever each slot asks
         self._masked = torch.finfo(loop.dtype).min
         self._columns = torch.arange(self.max_positions, device=loop.device)
@@ -206,11 +207,12 @@ class BatchedFrameLoop:
         logits0 = loop.model.lm_head(last_hidden)[:, -1, : loop.valid_codes]
         code = pick(logits0, 0)  # [rows]
         codes = [code]
-        cache = DynamicCache(config=loop.depth_config)
+        cache = self._depth_cache
+        cache.reset(rows)
         first = loop.depth.embed_tokens(code.view(rows, 1))
         hidden = torch.cat([last_hidden, first], dim=1)
         # The first step's causal mask is the same for every row: built for one, it broadcasts over the batch.
-        hidden = loop._depth_forward(hidden, cache, start=0, mask=loop._first_mask(hidden[:1], cache))
+        hidden = loop._depth_forward(hidden, cache, start=0, mask=loop._first_mask(hidden[:1]))
         for k in range(1, loop.num_codebooks):
             logits = torch.nn.functional.linear(hidden[:, -1, :], loop.depth_heads[k - 1].T)[:, : loop.valid_codes]
             code = pick(logits, k)

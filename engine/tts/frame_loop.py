@@ -22,6 +22,44 @@ from transformers.masking_utils import create_causal_mask
 from .sampling import TokenPicker
 
 
+class DepthCache:
+    """The depth decoder's keys and values within one frame: at most `num_codebooks + 1` positions, the same for
+    every row. Allocated once and reused every frame (nothing is allocated inside a frame); passed to the decoder
+    layers as their `cache`, whose `update` writes each step's keys after the ones before it."""
+
+    def __init__(self, layers: int, rows: int, kv_heads: int, positions: int, head_dim: int, *,
+                 device: torch.device, dtype: torch.dtype) -> None:  # fmt: skip
+        shape = (rows, kv_heads, positions, head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
+        self.filled = [0] * layers
+        self.rows = rows
+
+    def reset(self, rows: int) -> None:
+        """A new frame for `rows` rows: what the last frame wrote is overwritten, never read."""
+        self.rows = rows
+        self.filled = [0] * len(self.keys)
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs: object = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start = self.filled[layer_idx]
+        end = start + key.shape[2]
+        self.keys[layer_idx][: self.rows, :, start:end] = key
+        self.values[layer_idx][: self.rows, :, start:end] = value
+        self.filled[layer_idx] = end
+        return self.keys[layer_idx][: self.rows, :, :end], self.values[layer_idx][: self.rows, :, :end]
+
+
+def new_depth_cache(model: CsmForConditionalGeneration, rows: int) -> DepthCache:
+    """A depth cache for `rows` rows of this model's depth decoder, on its device and in its dtype."""
+    config = model.depth_decoder.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    weight = model.lm_head.weight
+    return DepthCache(len(model.depth_decoder.model.layers), rows, config.num_key_value_heads,
+                      model.config.num_codebooks + 1, head_dim, device=weight.device, dtype=weight.dtype)  # fmt: skip
+
+
 def _rope_table(rotary: nn.Module, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin for positions [0, length): the same values the module computes per call, computed once."""
     position_ids = torch.arange(length, device=like.device).unsqueeze(0)
@@ -54,6 +92,7 @@ class CsmFrameLoop:
         self._depth_positions = torch.arange(self.num_codebooks + 1, device=self.device).unsqueeze(0)
         self._first_step_mask: torch.Tensor | None = None
         self._first_step_mask_ready = False
+        self._depth_cache = new_depth_cache(model, 1)
 
     # ---------------------------------------------------------------- backbone
     def new_cache(self) -> DynamicCache:
@@ -101,11 +140,12 @@ class CsmFrameLoop:
         logits0 = self.model.lm_head(last_hidden)[:, -1, : self.valid_codes]
         code = pick0(logits0)  # [1]
         codes = [code]
-        cache = DynamicCache(config=self.depth_config)
+        cache = self._depth_cache
+        cache.reset(1)
         # position 0 carries the backbone state, position 1 the first codebook (codebook index 0 embedding)
         first = self.depth.embed_tokens(code.view(1, 1))
         hidden = torch.cat([last_hidden, first], dim=1)
-        hidden = self._depth_forward(hidden, cache, start=0, mask=self._first_mask(hidden, cache))
+        hidden = self._depth_forward(hidden, cache, start=0, mask=self._first_mask(hidden))
         for k in range(1, self.num_codebooks):
             logits = nn.functional.linear(hidden[:, -1, :], self.depth_heads[k - 1].T)[:, : self.valid_codes]
             code = pick_depth(logits)
@@ -118,7 +158,7 @@ class CsmFrameLoop:
         return torch.cat(codes)
 
     def _depth_forward(
-        self, embeds: torch.Tensor, cache: DynamicCache, start: int, mask: torch.Tensor | None
+        self, embeds: torch.Tensor, cache: DepthCache, start: int, mask: torch.Tensor | None
     ) -> torch.Tensor:
         hidden = self.depth.inputs_embeds_projector(embeds)
         length = hidden.shape[1]
@@ -136,7 +176,7 @@ class CsmFrameLoop:
             )
         return self.depth.norm(hidden)
 
-    def _first_mask(self, hidden: torch.Tensor, cache: DynamicCache) -> torch.Tensor | None:
+    def _first_mask(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Causal mask for the depth decoder's 2-token first step; the same every frame, so built once.
         (None for SDPA/flash, which use their causal flag; a real mask for eager attention.)"""
         if not self._first_step_mask_ready:
@@ -144,7 +184,7 @@ class CsmFrameLoop:
                 config=self.depth_config,
                 inputs_embeds=hidden,
                 attention_mask=None,
-                cache=cache,
+                cache=DynamicCache(config=self.depth_config),  # an empty cache: the first step starts the frame
                 position_ids=self._depth_positions[:, :2],
             )
             self._first_step_mask_ready = True
