@@ -55,12 +55,14 @@ def missing_module_message(platform: Platform, error: ModuleNotFoundError) -> st
 
 
 def build_scheduler() -> TurnScheduler:
-    """The app's one turn scheduler: two turns at once (one speech model serves them), 20 waiting in all.
+    """The app's one turn scheduler: up to 8 turns at once, 20 waiting in all.
 
-    No per-chat bound here: each platform sets its own per turn (Telegram: 3 of one person's messages; a Discord
-    voice channel's turns are everyone's in it, bounded only by the total).
+    Eight, as many as the speech service speaks in one frame loop (`CsmSynthesizer`'s `max_batch`): on a GPU a
+    frame for eight costs about what one does, and on a CPU eight together make 2.9× the frames of one after
+    another (bench/tts_batch.py). No per-chat bound here: each platform sets its own per turn (Telegram: 3 of one
+    person's messages; a Discord voice channel's turns are everyone's in it, bounded only by the total).
     """
-    return TurnScheduler(concurrency=2, max_waiting=20)
+    return TurnScheduler(concurrency=8, max_waiting=20)
 
 
 class AllPlatformsFailedError(Exception):

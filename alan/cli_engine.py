@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the engine brings PyTorch and transformers (seconds): impor
     from engine.conversation import Conversation, Participant
     from engine.events import SpeechChunk
 
-voice_app = typer.Typer(help="Clone, list and delete voices.", no_args_is_help=True)
+voice_app = typer.Typer(help="Clone, list, choose, rename and delete voices.", no_args_is_help=True)
 
 T = TypeVar("T")
 

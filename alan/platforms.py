@@ -2,8 +2,7 @@
 
 A platform is a package in `bot/` with a module whose `serve(settings, conversation, scheduler)` runs it until
 cancelled (every platform shares the one conversation engine and the one turn scheduler `alan run` builds), plus
-its token
-setting in `alan.settings.Settings`. Settings (`configured_platforms`), `alan doctor` and `alan run` read
+its token setting in `alan.settings.Settings`. Settings (`configured_platforms`), `alan doctor` and `alan run` read
 everything else from `PLATFORMS`, so a new platform is one more entry here.
 
 Nothing here imports a platform's package (or its chat library): `alan --help` stays fast.

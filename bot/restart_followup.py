@@ -2,7 +2,7 @@
 
 A process that stops mid-turn (`kill -9`, a crash, a power cut) has stored what the person said but not the
 answer. On start-up each platform looks for those turns (`pending_turns`) and follows each up (`follow_up`),
-in its place in that platform's turn queue:
+in its place in the turn scheduler:
 
 - said less than `ANSWER_WITHIN` ago: it is answered now, through the same engine path as any turn (the
   person is most likely still in the conversation, and the answer reads as a late reply);

@@ -1,8 +1,9 @@
-"""Cloned voices: from a user's clip to a stored reference segment that CSM speaks with.
+"""Cloned voices: from a user's clip to a stored voice that the speech synthesizer speaks with.
 
 Cloning is two steps so the user can check the transcript (CSM copies the voice best when the transcript is
 exactly what is said): `prepare` decodes, trims, normalises, checks the length and transcribes; `save` takes
-the confirmed transcript and the user's consent, computes the Mimi codes once and stores everything.
+the confirmed transcript and the user's consent, has the synthesizer make its payload of the clip once (CSM: its
+Mimi codes) and stores everything.
 """
 
 from __future__ import annotations

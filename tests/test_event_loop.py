@@ -53,7 +53,9 @@ async def test_a_voice_note_and_a_text_turn_never_hold_the_event_loop(
         loop.set_debug(False)
     assert_ogg_opus(first)
     assert_ogg_opus(second)
+    # The fake Bot API server shares the loop; its request handlers (aiohttp's server side, which aLAN doesn't
+    # run when polling) are a test double, not the code under test.
     slow = [record.getMessage() for record in caplog.records if record.name == "asyncio"]
-    assert slow == []
+    assert [message for message in slow if "aiohttp/web_protocol.py" not in message] == []
     user = store.find_user("telegram", str(ANN["id"]))
     assert user is not None and len(store.recent_turns(user.id, str(ANN["id"]))) == 4

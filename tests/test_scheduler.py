@@ -80,7 +80,7 @@ async def notifications_done(scheduler: TurnScheduler) -> None:
     await asyncio.gather(*list(scheduler._notifications), return_exceptions=True)
 
 
-# --- Ported from tests/test_turn_queue.py ---------------------------------------------------------------------
+# --- The old per-platform TurnQueue's tests, ported ------------------------------------------------------------
 
 
 async def test_turns_of_one_chat_run_in_order_and_chats_run_in_parallel() -> None:

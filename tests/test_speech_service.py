@@ -152,6 +152,7 @@ async def test_a_request_given_up_while_waiting_for_a_slot_ends_at_once(tiny_spe
             async with contextlib.aclosing(stream) as chunks:
                 async for _ in chunks:
                     first_chunk.set()
+                    await asyncio.sleep(30)  # listening, and holding the only slot, until the test ends it
 
         speaking = asyncio.create_task(speak())
         await first_chunk.wait()  # the first request holds the only slot

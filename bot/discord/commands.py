@@ -232,7 +232,7 @@ class AlanCommands(commands.Cog):
             await say(interaction, APOLOGY)
 
     async def after_turns(self, interaction: discord.Interaction, job: Callable[[], Awaitable[T]]) -> T:
-        """Run `job` in the server's voice-turn queue: not while a turn that writes the history is under way."""
+        """Run `job` in the server's line of voice turns: not while a turn that writes the history is under way."""
         if interaction.guild is None:
             return await job()
         return await self.sessions.scheduler.run(voice_queue_key(interaction.guild.id), job)

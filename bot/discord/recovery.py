@@ -2,7 +2,7 @@
 
 Once the bot is ready, every Discord conversation whose last stored turn is a person's is followed up as
 `bot.restart_followup` decides: a recent one is answered as text in its channel (or DM), through the same
-engine path and turn queue as a mention; an older one gets the apology, stored as the reply.
+engine path and turn scheduler as a mention; an older one gets the apology, stored as the reply.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ async def _follow_up(client: Any, conversation: Conversation, scheduler: TurnSch
     try:
         await scheduler.run(f"discord-text:{channel_id}", job)  # the queue a mention there would wait in
     except SchedulerFullError:
-        log.warning("turn queue full: turn %s of channel %s stays unanswered until the next start", turn.turn_id,
+        log.warning("turn scheduler full: turn %s of channel %s stays unanswered until the next start", turn.turn_id,
                     channel_id)  # fmt: skip
     except Exception:
         log.exception("could not follow up turn %s of channel %s", turn.turn_id, channel_id)

@@ -171,7 +171,7 @@ class CloneFlow:
                 return await services.conversation.prepare_clone(data)
 
         try:
-            # Through the turn queue: transcribing and the length check use the speech models.
+            # Through the turn scheduler: transcribing and the length check use the speech models.
             draft = await services.in_turn(command.chat_id, replier, prepare)
         except TurnError as error:
             await replier.text(f"{error} Send another clip, or tap Cancel.", markup=self._cancel_only(session))

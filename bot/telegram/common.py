@@ -1,4 +1,4 @@
-"""What every Telegram handler shares: the engine, the turn queue, the options, and the safety net.
+"""What every Telegram handler shares: the engine, the turn scheduler, the options, and the safety net.
 
 `TelegramServices.guard` wraps each handler so that no update can crash the bot or end in silence: engine
 errors (`TurnError`) and a full queue are told to the user as they are, Bot API failures that survived the
@@ -47,7 +47,7 @@ class TelegramOptions:
     clone_timeout_s: float = 600.0  # an unfinished /clone is dropped after this
     # These two size the Telegram-only scheduler, made only when none is passed in (tests, Telegram embedded on
     # its own); under `alan run` every platform shares the app's, sized in alan/app.py `build_scheduler`.
-    turn_concurrency: int = 2  # turns of different chats running at once (the TTS itself is one worker)
+    turn_concurrency: int = 2  # turns of different chats running at once (one speech service batches their sentences)
     max_waiting_turns: int = 20
     max_waiting_per_chat: int = 3  # so that one chat flooding the bot doesn't lock the others out
     # After the first voice note, the next ones gather at least this much audio, so that a long answer is a
@@ -101,7 +101,7 @@ class TelegramServices:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def in_turn(self, chat_id: int, replier: Replier, job: Callable[[], Awaitable[T]]) -> T:
-        """Run `job` in this chat's place in the turn queue (raises `SchedulerFullError`, a message for the user)."""
+        """Run `job` in this chat's place in the scheduler (raises `SchedulerFullError`, a message for the user)."""
 
         async def on_wait(count: int) -> None:
             # Told in the background: awaiting the message here would let a later update of the same chat

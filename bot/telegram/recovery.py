@@ -3,7 +3,7 @@
 getUpdates counts an update as handled as soon as the next poll asks past it, long before its answer is
 made, so a process killed mid-turn would leave the person waiting forever. On start-up every Telegram chat
 whose last stored turn is a person's is followed up as `bot.restart_followup` decides, each in its place in
-the turn queue (ahead of anything new from that chat), in the background while polling starts. (Only turns
+the turn scheduler (ahead of anything new from that chat), in the background while polling starts. (Only turns
 that were stored are known: messages still queued behind them in memory when the process died were never
 stored and can't be recovered.)
 """
@@ -51,7 +51,7 @@ async def _follow_up(bot: Bot, services: TelegramServices, turn: PendingTurn, no
     try:
         await services.in_turn(chat_id, replier, job)
     except SchedulerFullError:
-        log.warning("turn queue full: turn %s of chat %s stays unanswered until the next start", turn.turn_id,
+        log.warning("turn scheduler full: turn %s of chat %s stays unanswered until the next start", turn.turn_id,
                     chat_id)  # fmt: skip
     except Exception:
         log.exception("could not follow up turn %s of chat %s", turn.turn_id, chat_id)

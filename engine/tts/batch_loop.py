@@ -9,7 +9,8 @@ Active slots are always the first `active` rows, so attention reads a view of th
 that leaves has the last active slot moved into its place. A new request's prompt is prefilled on its own (the
 solo loop, with the voice prefix cache) and its cache copied into a free slot.
 
-Attention over a slot reads the whole static buffer with a mask hiding the positions past that slot's length;
+Attention reads the static buffers as far as the longest active slot, with a mask hiding each slot's positions
+past its own length;
 the layers are transformers' own, called as `CsmFrameLoop` calls them, with a cache object whose `update` writes
 each row's new key and value at that row's position.
 """

@@ -172,9 +172,12 @@ class CsmSynthesizer:
         return self._service
 
     async def aclose(self) -> None:
-        if self._service is not None:
-            self._service.close()
-            self._service = None
+        service, self._service = self._service, None
+        if service is not None:
+            service.close()
+            # Let it finish its frame: a thread still inside PyTorch when the interpreter exits aborts the process.
+            if not await asyncio.to_thread(service.join, 30.0):
+                log.warning("the speech service did not stop within 30 s")
         self.worker.shutdown()
 
 

@@ -163,6 +163,11 @@ class SpeechService:
             self._closed = True
             self._incoming.put(None)
 
+    def join(self, timeout: float) -> bool:
+        """Wait for the thread to finish its frame and exit (after `close`); True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     # The frame loop ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
