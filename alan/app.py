@@ -13,6 +13,7 @@ from typing import Any
 from alan.platforms import BY_NAME, Platform
 from alan.scheduler import TurnScheduler
 from alan.settings import Settings
+from engine.heap import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,7 @@ def run_platforms(settings: Settings) -> None:
     from alan.engine_factory import build_conversation
 
     conversation = build_conversation(settings)
+    freeze_long_lived()  # what start-up loaded stays: full collections needn't walk it (engine/heap.py)
     try:
         asyncio.run(_serve_all(settings, conversation, servers))
     except asyncio.CancelledError:

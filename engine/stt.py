@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from engine.errors import SttUnavailableError
+from engine.heap import freeze_long_lived
 from engine.speech_to_text import Transcript
 from engine.stt_decoding import (
     DEFAULT_BEAM_SIZE,
@@ -147,6 +148,7 @@ class WhisperTranscriber:
         with self._load_lock:
             if self._model is None:
                 self._model = self._load()
+                freeze_long_lived()  # the model lives as long as the process (engine/heap.py)
         return self._model
 
     async def load_async(self) -> None:

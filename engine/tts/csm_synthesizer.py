@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.audio import resample
 from engine.errors import TtsUnavailableError
+from engine.heap import freeze_long_lived
 from engine.speech_synthesizer import (
     ASSISTANT,
     AudioChunk,
@@ -78,6 +79,7 @@ class CsmSynthesizer:
         loading = self._loading
         try:
             self._speech = await asyncio.shield(loading)
+            freeze_long_lived()  # the model lives as long as the process (engine/heap.py)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # missing weights, gated repo, out of memory: all "no voice"
