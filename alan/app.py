@@ -55,15 +55,15 @@ def missing_module_message(platform: Platform, error: ModuleNotFoundError) -> st
     )
 
 
-def build_scheduler() -> TurnScheduler:
-    """The app's one turn scheduler: up to 8 turns at once, 20 waiting in all.
+def build_scheduler(settings: Settings) -> TurnScheduler:
+    """The app's one turn scheduler: as many turns at once as the speech service speaks together, 20 waiting.
 
-    Eight, as many as the speech service speaks in one frame loop (`CsmSynthesizer`'s `max_batch`): on a GPU a
-    frame for eight costs about what one does, and on a CPU eight together make 2.9× the frames of one after
-    another (bench/tts_batch.py). No per-chat bound here: each platform sets its own per turn (Telegram: 3 of one
-    person's messages; a Discord voice channel's turns are everyone's in it, bounded only by the total).
+    ALAN_TTS_MAX_BATCH, or 8 when the service sizes itself: on a GPU a frame for eight costs about what one does,
+    and on a CPU eight together make 2.9× the frames of one after another (bench/tts_batch.py). No per-chat bound
+    here: each platform sets its own per turn (Telegram: 3 of one person's messages; a Discord voice channel's
+    turns are everyone's in it, bounded only by the total).
     """
-    return TurnScheduler(concurrency=8, max_waiting=20)
+    return TurnScheduler(concurrency=settings.tts_max_batch or 8, max_waiting=20)
 
 
 class AllPlatformsFailedError(Exception):
@@ -90,7 +90,7 @@ async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, C
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows' event loop
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     # One scheduler for every platform: a chat's turns in order, chats taking turns fairly, one bound on waiting.
-    scheduler = build_scheduler()
+    scheduler = build_scheduler(settings)
     # One platform failing to start (a revoked token, say) must not take the others down.
     try:
         results = await asyncio.gather(

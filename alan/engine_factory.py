@@ -7,6 +7,7 @@ from alan.settings import Settings
 from engine.chat_model import ChatModel
 from engine.conversation import Conversation
 from engine.llm import make_chat_model
+from engine.speech_synthesizer import SynthesizerOptions
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from engine.tts import make_synthesizer
@@ -26,7 +27,12 @@ def build_conversation(settings: Settings) -> Conversation:
     return Conversation(
         Store(open_database_or_explain(settings)),
         WhisperTranscriber(settings.stt_model, settings.device),
-        make_synthesizer(settings.tts_backend, settings.tts_model, settings.device),
+        make_synthesizer(
+            settings.tts_backend,
+            settings.tts_model,
+            settings.device,
+            SynthesizerOptions(max_batch=settings.tts_max_batch, prefill_chunk=settings.tts_prefill_chunk),
+        ),
         build_chat_model(settings),
         max_audio_seconds=settings.max_audio_seconds,
         max_audio_bytes=settings.max_audio_bytes,

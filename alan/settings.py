@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     tts_model: str = Field("sesame/csm-1b", validation_alias="ALAN_TTS_MODEL")
     # Which speech synthesizer speaks, a key of engine.tts.SYNTHESIZERS: CSM, or "tone" to try aLAN without a model.
     tts_backend: str = Field("csm", validation_alias="ALAN_TTS_BACKEND")
+    # How many sentences the speech service speaks in one frame loop; unset: from the device (its free memory on a
+    # GPU, 8 on a CPU). And how many prompt positions a newcomer prefills between two frames of the others.
+    tts_max_batch: int | None = Field(None, ge=1, le=64, validation_alias="ALAN_TTS_MAX_BATCH")
+    tts_prefill_chunk: int = Field(64, ge=8, le=2048, validation_alias="ALAN_TTS_PREFILL_CHUNK")
     # Which chat-model backend writes the replies, a key of engine.llm.CHAT_BACKENDS.
     llm_backend: str = Field("ollama", validation_alias="ALAN_LLM_BACKEND")
     llm_model: str = Field("llama3.2:3b", validation_alias="ALAN_LLM_MODEL")
@@ -130,11 +134,15 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        *(platform.token_setting for platform in PLATFORMS), "telegram_webhook_secret", "llm_api_key", mode="before"
+        *(platform.token_setting for platform in PLATFORMS),
+        "telegram_webhook_secret",
+        "llm_api_key",
+        "tts_max_batch",
+        mode="before",
     )
     @classmethod
     def _blank_token_is_unset(cls, value: object) -> object:
-        # `.env.example` ships `DISCORD_TOKEN=`: an empty value means "platform not configured".
+        # `.env.example` ships `DISCORD_TOKEN=` and `ALAN_TTS_MAX_BATCH=`: an empty value means "not set".
         if isinstance(value, str) and not value.strip():
             return None
         return value

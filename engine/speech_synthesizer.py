@@ -28,6 +28,14 @@ class SynthesizerCapabilities:
 
 
 @dataclass(frozen=True)
+class SynthesizerOptions:
+    """How a backend that batches may run: what it doesn't use, it ignores."""
+
+    max_batch: int | None = None  # sentences spoken together; None: the backend decides from the device
+    prefill_chunk: int = 64  # prompt positions a newcomer prefills between two frames of the others
+
+
+@dataclass(frozen=True)
 class SpeechPayload:
     """What a backend keeps about a piece of audio (CSM: its Mimi codes), opaque to everyone else.
 

@@ -110,3 +110,12 @@ def test_each_platform_entry_reads_its_own_token_setting(clean_env: Path, monkey
         assert settings.configured_platforms == [platform.name]
         assert platform.token(settings).get_secret_value() == f"{platform.name}-token"  # type: ignore[union-attr]
         monkeypatch.delenv(platform.token_variable)
+
+
+def test_the_speech_service_settings_are_checked_and_blank_is_unset(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("ALAN_TTS_MAX_BATCH=\nALAN_TTS_PREFILL_CHUNK=32\n")
+    settings = load_settings()
+    assert settings.tts_max_batch is None and settings.tts_prefill_chunk == 32
+    (clean_env / ".env").write_text("ALAN_TTS_MAX_BATCH=0\n")
+    with pytest.raises(SettingsError, match="ALAN_TTS_MAX_BATCH"):
+        load_settings()

@@ -235,3 +235,27 @@ async def test_a_long_prompt_is_prefilled_a_chunk_between_two_frames(tiny_speech
     assert torch.equal(results[0][0], alone(tiny_speech, 0, 60)[0])
     after_join = "".join(order[order.index("F") :])
     assert after_join.count("P") >= 5 and "PP" not in after_join  # never two chunks without a frame between
+
+
+def test_the_service_is_sized_from_the_options_or_the_device(tiny_speech: CsmSpeech, tiny_csm_dir: Path) -> None:
+    from engine.speech_synthesizer import SynthesizerOptions
+    from engine.tts.csm_synthesizer import CsmSynthesizer
+    from engine.tts.speech_service import default_max_batch, slot_bytes
+
+    config = tiny_speech.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    expected = len(tiny_speech.loop.backbone.layers) * 2 * config.num_key_value_heads * 2048 * head_dim * 4
+    assert slot_bytes(tiny_speech) == expected  # fp32 keys and values for the whole position budget
+    if tiny_speech.device.type == "cpu":
+        assert default_max_batch(tiny_speech) == 8
+
+    async def sized(options: SynthesizerOptions) -> tuple[int, int]:
+        synthesizer = CsmSynthesizer(str(tiny_csm_dir), "cpu", options, load=lambda: tiny_speech)
+        service = await synthesizer.service()
+        try:
+            return service.max_batch, service.prefill_chunk
+        finally:
+            await synthesizer.aclose()
+
+    assert asyncio.run(sized(SynthesizerOptions(max_batch=3, prefill_chunk=16))) == (3, 16)
+    assert asyncio.run(sized(SynthesizerOptions()))[0] == default_max_batch(tiny_speech)

@@ -27,6 +27,7 @@ from engine.speech_synthesizer import (
     ContextTurn,
     SpeechPayload,
     SynthesizerCapabilities,
+    SynthesizerOptions,
     VoicePrompt,
 )
 from engine.speech_worker import SpeechWorker
@@ -52,10 +53,10 @@ class CsmSynthesizer:
         self,
         model: str,
         device: str = "auto",
+        options: SynthesizerOptions | None = None,
         *,
         load: Callable[[], CsmSpeech] | None = None,
         worker: SpeechWorker | None = None,
-        max_batch: int = 8,
     ) -> None:
         self.model = model
         self.tag = f"csm:{model}"
@@ -65,7 +66,7 @@ class CsmSynthesizer:
         self._speech: CsmSpeech | None = None
         self._service: SpeechService | None = None
         self._service_lock = asyncio.Lock()
-        self.max_batch = max_batch
+        self.options = options or SynthesizerOptions()
         self._loading: asyncio.Future[CsmSpeech] | None = None
 
     async def speech(self) -> CsmSpeech:
@@ -161,16 +162,22 @@ class CsmSynthesizer:
         speech = await self.speech()
         async with self._service_lock:
             if self._service is None:
-                from .speech_service import SpeechService
+                from .speech_service import SpeechService, default_max_batch
 
+                batch = self.options.max_batch or default_max_batch(speech)
+                chunk = self.options.prefill_chunk
                 try:
-                    self._service = await self.worker.call(lambda: SpeechService(speech, max_batch=self.max_batch))
+                    self._service = await self.worker.call(
+                        lambda: SpeechService(speech, max_batch=batch, prefill_chunk=chunk)
+                    )
                 except Exception as error:  # out of memory for the caches, most likely
                     log.error("the speech service could not start: %s", error)
                     raise TtsUnavailableError(
                         f"The speech service could not start ({type(error).__name__}: {error}): its caches for "
-                        f"{self.max_batch} requests at once need memory the device doesn't have."
+                        f"{batch} sentences at once need more memory than the device has; set ALAN_TTS_MAX_BATCH "
+                        "lower."
                     ) from error
+                log.info("speech service: up to %d sentences at once", batch)
         return self._service
 
     async def aclose(self) -> None:

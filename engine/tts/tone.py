@@ -15,7 +15,14 @@ from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from engine.speech_synthesizer import AudioChunk, ContextTurn, SpeechPayload, SynthesizerCapabilities, VoicePrompt
+from engine.speech_synthesizer import (
+    AudioChunk,
+    ContextTurn,
+    SpeechPayload,
+    SynthesizerCapabilities,
+    SynthesizerOptions,
+    VoicePrompt,
+)
 
 SAMPLE_RATE = 24_000
 SECONDS_PER_CHARACTER = 0.04
@@ -52,7 +59,7 @@ def tone_speech(text: str, pitch_hz: float, sample_rate: int = SAMPLE_RATE) -> n
 class ToneSynthesizer:
     """See the module docstring. `model` only names it (its payloads are tagged with it)."""
 
-    def __init__(self, model: str = "tone", device: str = "cpu") -> None:
+    def __init__(self, model: str = "tone", device: str = "cpu", options: SynthesizerOptions | None = None) -> None:
         self.tag = f"tone:{model}"
         self.capabilities = SynthesizerCapabilities(clones_voices=True, uses_context=False, sample_rate=SAMPLE_RATE)
 
