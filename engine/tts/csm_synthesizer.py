@@ -76,11 +76,10 @@ class CsmSynthesizer:
         # One load shared by every waiting turn, and shielded: a turn cancelled while it waits must not throw
         # away a load that took minutes (the next turn would start it all over).
         if self._loading is None:
-            self._loading = asyncio.ensure_future(self.worker.call(self._load))
+            self._loading = asyncio.ensure_future(self.worker.call(self._load_for_good))
         loading = self._loading
         try:
             self._speech = await asyncio.shield(loading)
-            freeze_long_lived()  # the model lives as long as the process (engine/heap.py)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # missing weights, gated repo, out of memory: all "no voice"
@@ -89,6 +88,13 @@ class CsmSynthesizer:
             log.error("speech synthesis model %s failed to load: %s", self.model, error)
             raise TtsUnavailableError(_load_fix(self.model, error)) from error
         return self._speech
+
+    def _load_for_good(self) -> CsmSpeech:
+        """Load the model (on the worker thread); it lives as long as the process, so out of the garbage
+        collector's way it goes (engine/heap.py), once."""
+        speech = self._load()
+        freeze_long_lived()
+        return speech
 
     async def load(self) -> None:
         await self.speech()
