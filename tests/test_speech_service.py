@@ -259,3 +259,4 @@ def test_the_service_is_sized_from_the_options_or_the_device(tiny_speech: CsmSpe
 
     assert asyncio.run(sized(SynthesizerOptions(max_batch=3, prefill_chunk=16))) == (3, 16)
     assert asyncio.run(sized(SynthesizerOptions()))[0] == default_max_batch(tiny_speech)
+

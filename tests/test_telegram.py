@@ -380,3 +380,20 @@ def test_long_texts_are_split_within_telegrams_limit_at_word_ends() -> None:
     pieces = split_text(text, limit=4096)
     assert len(pieces) == -(-len(text) // 4096) and all(len(piece) <= 4096 for piece in pieces)
     assert " ".join(pieces) == text
+
+
+async def test_chats_answered_at_once_share_the_speech_services_frames(
+    start_bot: Start, csm_conversation: Conversation, ollama: FakeOllama
+) -> None:
+    # Two people's turns run together; the one speech service speaks both replies in the same frames.
+    ollama.default_reply = "This reply is long enough to keep the voice model busy for a little while."
+    telegram = await start_bot(replace(FAST, turn_concurrency=2), engine=csm_conversation)
+    for person in (ANN, BOB):
+        telegram.push_message(telegram.private_chat(person), person, text="hello")
+    [from_ann] = await telegram.wait_for("sendVoice", chat_id=ANN["id"])
+    [from_bob] = await telegram.wait_for("sendVoice", chat_id=BOB["id"])
+    assert_ogg_opus(from_ann)
+    assert_ogg_opus(from_bob)
+    service = csm_conversation._tts._service  # type: ignore[attr-defined]
+    assert service is not None and service.stats.largest_batch >= 2
+
