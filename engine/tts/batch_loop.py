@@ -9,9 +9,15 @@ Active slots are always the first `active` rows, so attention reads a view of th
 that leaves has the last active slot moved into its place. A new request's prompt is prefilled on its own (the
 solo loop, with the voice prefix cache) and its cache copied into a free slot.
 
-Attention reads the static buffers as far as the longest active slot, with a mask hiding each slot's positions
-past its own length;
-the layers are transformers' own, called as `CsmFrameLoop` calls them, with a cache object whose `update` writes
+`frame(rows)` is one whole frame step for rows `[0, rows)`: sample every row's frame from its last hidden state,
+apply the stopping rules (`SlotStops`, on the device), feed the frames to the backbone, keep the new hidden
+states. Nothing in it reads from the device or allocates a buffer that outlives it, and with `static=True` every
+shape is fixed by `rows` alone (attention reads each slot's whole position budget, masked), so it can be compiled
+whole and captured as a CUDA graph per batch size (`frame_graphs.py`). Without `static`, attention reads only as
+far as the longest slot, from lengths the host tracks (an upper bound: a stopped slot stays put): cheaper on a
+CPU, where nothing is captured.
+
+The layers are transformers' own, called as `CsmFrameLoop` calls them, with a cache object whose `update` writes
 each row's new key and value at that row's position.
 """
 
@@ -23,13 +29,14 @@ from transformers import DynamicCache
 from .frame_loop import CsmFrameLoop, new_depth_cache
 from .race_sampling import race_pick
 from .sampling import SamplingConfig
+from .slot_stops import SlotStops
 
 
 class SlotCache:
     """Static backbone keys and values: `[slots, kv_heads, positions, head_dim]` per layer, and each slot's length.
 
-    Passed to the decoder layers as their `cache`: `update()` writes the active rows' new key/value at each row's
-    position and returns the active rows' full buffers (a view).
+    Passed to the decoder layers as their `cache`: `update()` writes the stepped rows' new key/value at each row's
+    position and returns those rows' buffers up to `visible` (a view).
     """
 
     def __init__(self, layers: int, slots: int, kv_heads: int, positions: int, head_dim: int, *,
@@ -38,9 +45,12 @@ class SlotCache:
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=device)
+        self.upper = [0] * slots  # on the host: each slot's length or more (stopped slots stay put on the device)
         self.positions = positions
         self.active = 0  # rows [0, active) are in use
-        self.visible = positions  # positions attention reads this step: up to the longest active slot's
+        self.rows = 0  # rows the current step feeds: `active`, or a CUDA graph's bucket
+        self.visible = positions  # positions attention reads this step
+        self._row_index = torch.arange(slots, device=device)
 
     @property
     def slots(self) -> int:
@@ -55,6 +65,7 @@ class SlotCache:
             keys[slot, :, :length] = cache.layers[layer].keys[0]
             values[slot, :, :length] = cache.layers[layer].values[0]
         self.lengths[slot] = length
+        self.upper[slot] = length
 
     def move(self, source: int, target: int) -> None:
         """Move slot `source`'s contents into `target` (a request left `target`; `source` was the last active)."""
@@ -63,17 +74,24 @@ class SlotCache:
             keys[target, :, :length] = keys[source, :, :length]
             values[target, :, :length] = values[source, :, :length]
         self.lengths[target] = length
+        self.upper[target] = self.upper[source]
+
+    def free(self, slot: int) -> None:
+        # A free slot still steps in a padded batch: at position 0, inside its buffer, never read.
+        self.lengths[slot] = 0
+        self.upper[slot] = 0
 
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs: object = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = torch.arange(self.active, device=key.device)
-        position = self.lengths[: self.active]
+        rows = self._row_index[: self.rows]
+        # Clamped: a slot the budget plan filled to its last position idles there without writing past it.
+        position = self.lengths[: self.rows].clamp(max=self.positions - 1)
         self.keys[layer_idx][rows, :, position] = key[:, :, 0]
         self.values[layer_idx][rows, :, position] = value[:, :, 0]
         return (
-            self.keys[layer_idx][: self.active, :, : self.visible],
-            self.values[layer_idx][: self.active, :, : self.visible],
+            self.keys[layer_idx][: self.rows, :, : self.visible],
+            self.values[layer_idx][: self.rows, :, : self.visible],
         )
 
 
@@ -116,7 +134,13 @@ class BatchedFrameLoop:
     """Frame steps for the active slots of a `SlotCache`, on the layers of a `CsmFrameLoop`."""
 
     def __init__(
-        self, loop: CsmFrameLoop, *, max_batch: int, max_positions: int | None = None, max_top_k: int = 64
+        self,
+        loop: CsmFrameLoop,
+        *,
+        max_batch: int,
+        max_positions: int | None = None,
+        max_top_k: int = 64,
+        static: bool = False,
     ) -> None:
         self.loop = loop
         config = loop.config
@@ -124,24 +148,42 @@ class BatchedFrameLoop:
         if attention not in (None, "sdpa", "eager"):  # a padded 4-D mask per row is what these two take
             raise ValueError(f"batched CSM needs sdpa or eager attention, not {attention}")
         self.max_positions = max_positions or int(config.max_position_embeddings)
+        self.static = static
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.cache = SlotCache(
             len(loop.backbone.layers), max_batch, config.num_key_value_heads, self.max_positions, head_dim,
             device=loop.device, dtype=loop.dtype,
         )  # fmt: skip
         self.sampling = SlotSampling(max_batch, loop.device)
+        eos = int(config.codebook_eos_token_id or 0)
+        self.stops = SlotStops(max_batch, self.max_positions, loop.num_codebooks, eos, loop.device)
+        self.hidden = torch.zeros(max_batch, 1, config.hidden_size, device=loop.device, dtype=loop.dtype)
         self._depth_cache = new_depth_cache(loop.model, max_batch)
         self.max_top_k = max_top_k  # a Python int: the sampler's shapes stay fixed whatever each slot asks
         self._masked = torch.finfo(loop.dtype).min
         self._columns = torch.arange(self.max_positions, device=loop.device)
+        loop._first_mask(self.hidden[:1].expand(1, 2, -1))  # built now, never inside a compiled or captured step
 
     @property
     def active(self) -> int:
         return self.cache.active
 
-    def join(self, cache: DynamicCache, sampling: SamplingConfig) -> int:
-        """Take a prefilled request, with its own sampling settings and seed, into the next free slot; returns
-        its row."""
+    @property
+    def slots(self) -> int:
+        return self.cache.slots
+
+    def join(
+        self,
+        cache: DynamicCache,
+        sampling: SamplingConfig,
+        last_hidden: torch.Tensor | None = None,
+        *,
+        max_frames: int | None = None,
+        repeat_frames: int | None = None,
+    ) -> int:
+        """Take a prefilled request (its cache and last hidden state `[1, 1, hidden]`), with its own sampling
+        settings and seed and stopping rules, into the next free slot; returns its row. `max_frames` defaults to
+        what is left of the slot."""
         if self.cache.active == self.cache.slots:
             raise RuntimeError("every slot is in use")
         if max(sampling.top_k, sampling.depth_top_k or 0) > self.max_top_k:
@@ -149,6 +191,10 @@ class BatchedFrameLoop:
         row = self.cache.active
         self.cache.load(row, cache)
         self.sampling.set(row, sampling, self.max_top_k)
+        room = self.max_positions - self.cache.upper[row]
+        self.stops.start(row, max(1, min(max_frames or room, self.max_positions)), repeat_frames)
+        if last_hidden is not None:
+            self.hidden[row] = last_hidden[0]
         self.cache.active += 1
         return row
 
@@ -159,42 +205,61 @@ class BatchedFrameLoop:
         if row != last:
             self.cache.move(last, row)
             self.sampling.move(last, row)
+            self.stops.move(last, row)
+            self.hidden[row] = self.hidden[last]
             moved = last
+        self.cache.free(last)
+        self.stops.free(last)
         self.cache.active = last
         return moved
 
-    def step(self, frames: torch.Tensor) -> torch.Tensor:
-        """Feed each active row its frame (`[active, num_codebooks]`) at the row's next position; returns the
-        backbone's new last hidden states `[active, 1, hidden]`."""
-        active = self.cache.active
-        position = self.cache.lengths[:active]
-        # A host sync (to go on the device with CUDA graphs): attention reads only as far as the longest slot,
-        # not the whole budget, and never a position no request has written (stale values of an earlier one).
-        visible = int(position.max()) + 1
-        if visible > self.max_positions:  # the budget plan keeps every reply inside its slot: a bug if it fires
-            raise ValueError("a slot is full: its request ran past the position budget")
-        self.cache.visible = visible
-        hidden = self.loop.backbone.embed_tokens(frames.view(active, 1, -1))
+    def frame(self, rows: int | None = None) -> None:
+        """One frame for rows `[0, rows)` (default: the active ones; more: free slots padding a fixed batch):
+        sample, apply the stopping rules, step the backbone, keep the new hidden states. All on the device."""
+        rows = self.cache.active if rows is None else rows
+        frames = self.sample_frames(self.hidden[:rows])
+        running = self.stops.record(frames)
+        self.hidden[:rows] = self.step(frames, advance=running)
+
+    def step(self, frames: torch.Tensor, advance: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed each row its frame (`[rows, num_codebooks]`) at the row's next position; returns the backbone's
+        new last hidden states `[rows, 1, hidden]`. `advance` (`[rows]` bool, default all): which rows move on to
+        their next position; the others (stopped, free) stay where they are."""
+        rows = frames.shape[0]
+        cache = self.cache
+        position = cache.lengths[:rows]
+        cache.rows = rows
+        if self.static:
+            cache.visible = self.max_positions
+        else:  # only as far as the longest slot can be: no read back from the device
+            cache.visible = min(self.max_positions, max(cache.upper[:rows]) + 1)
+            for row in range(rows):
+                cache.upper[row] += 1
+        hidden = self.loop.backbone.embed_tokens(frames.view(rows, 1, -1))
         cos, sin = self.loop._backbone_rope
-        rope = (cos[0, position].unsqueeze(1), sin[0, position].unsqueeze(1))  # [active, 1, head_dim]
+        at = position.clamp(max=self.max_positions - 1)
+        rope = (cos[0, at].unsqueeze(1), sin[0, at].unsqueeze(1))  # [rows, 1, head_dim]
         # Each row sees its own positions up to and including the new one.
-        seen = self._columns[:visible].unsqueeze(0) <= position.unsqueeze(1)  # [active, visible]
+        seen = self._columns[: cache.visible].unsqueeze(0) <= position.unsqueeze(1)  # [rows, visible]
         mask = torch.where(seen, 0.0, self._masked).to(self.loop.dtype)[:, None, None, :]
         for layer in self.loop.backbone.layers:
             hidden = layer(
                 hidden,
                 attention_mask=mask,
-                position_ids=position.unsqueeze(1),
-                cache=self.cache,
+                position_ids=at.unsqueeze(1),
+                cache=cache,
                 use_cache=True,
                 position_embeddings=rope,
             )
-        self.cache.lengths[:active] += 1
+        if advance is None:
+            cache.lengths[:rows] += 1
+        else:
+            cache.lengths[:rows] += advance.long()
         return self.loop.backbone.norm(hidden)
 
     def sample_frames(self, last_hidden: torch.Tensor) -> torch.Tensor:
-        """Codebook 0 for each row from its last hidden state `[active, 1, hidden]`, then every row's depth
-        codebooks in one pass, each row drawn with its own settings and seed. Returns `[active, num_codebooks]`."""
+        """Codebook 0 for each row from its last hidden state `[rows, 1, hidden]`, then every row's depth
+        codebooks in one pass, each row drawn with its own settings and seed. Returns `[rows, num_codebooks]`."""
         loop = self.loop
         rows = last_hidden.shape[0]
         s = self.sampling
@@ -215,7 +280,7 @@ class BatchedFrameLoop:
         # The first step's causal mask is the same for every row: built for one, it broadcasts over the batch.
         hidden = loop._depth_forward(hidden, cache, start=0, mask=loop._first_mask(hidden[:1]))
         for k in range(1, loop.num_codebooks):
-            logits = torch.nn.functional.linear(hidden[:, -1, :], loop.depth_heads[k - 1].T)[:, : loop.valid_codes]
+            logits = loop.depth_logits(k, hidden[:, -1, :])
             code = pick(logits, k)
             codes.append(code)
             if k == loop.num_codebooks - 1:
@@ -224,3 +289,4 @@ class BatchedFrameLoop:
             hidden = loop._depth_forward(embeds, cache, start=k + 1, mask=None)
         s.draws[:rows] += 1
         return torch.stack(codes, dim=1)
+

@@ -147,8 +147,7 @@ class CsmFrameLoop:
         hidden = torch.cat([last_hidden, first], dim=1)
         hidden = self._depth_forward(hidden, cache, start=0, mask=self._first_mask(hidden))
         for k in range(1, self.num_codebooks):
-            logits = nn.functional.linear(hidden[:, -1, :], self.depth_heads[k - 1].T)[:, : self.valid_codes]
-            code = pick_depth(logits)
+            code = pick_depth(self.depth_logits(k, hidden[:, -1, :]))
             codes.append(code)
             if k == self.num_codebooks - 1:
                 break
@@ -156,6 +155,10 @@ class CsmFrameLoop:
             embeds = self.depth.embed_tokens((code + k * self.depth_vocab_size).view(1, 1))
             hidden = self._depth_forward(embeds, cache, start=k + 1, mask=None)
         return torch.cat(codes)
+
+    def depth_logits(self, codebook: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Codebook `codebook`'s logits (1..N-1) from the depth decoder's hidden state `[rows, depth_hidden]`."""
+        return nn.functional.linear(hidden, self.depth_heads[codebook - 1].T)[:, : self.valid_codes]
 
     def _depth_forward(
         self, embeds: torch.Tensor, cache: DepthCache, start: int, mask: torch.Tensor | None
