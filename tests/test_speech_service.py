@@ -260,3 +260,65 @@ def test_the_service_is_sized_from_the_options_or_the_device(tiny_speech: CsmSpe
     assert asyncio.run(sized(SynthesizerOptions(max_batch=3, prefill_chunk=16))) == (3, 16)
     assert asyncio.run(sized(SynthesizerOptions()))[0] == default_max_batch(tiny_speech)
 
+
+
+def forced(frames: torch.Tensor, made: torch.Tensor, mode: str | None) -> torch.Tensor:
+    """From each reply's 9th frame on, the model "says" the end frame (all zeros) or gets stuck on one frame."""
+    if mode is None:
+        return frames
+    late = (made >= 8).unsqueeze(1)
+    return torch.where(late, torch.zeros_like(frames) if mode == "eos" else torch.full_like(frames, 5), frames)
+
+
+@pytest.mark.parametrize(
+    ("streaming", "mode", "reason"),
+    [
+        (StreamConfig(silence_dbfs=None, repeat_frames=None), "eos", "eos"),
+        (StreamConfig(silence_dbfs=None, repeat_frames=4), "stuck", "repeat"),
+        (StreamConfig(repeat_frames=None, silence_dbfs=200.0, max_silence_frames=8), None, "silence"),
+        (StreamConfig(silence_dbfs=None, repeat_frames=None, first_chunk_frames=3, chunk_frames=4), None, "max_frames"),
+    ],
+)
+async def test_the_services_stopping_rules_end_each_reply_as_the_solo_loop_does(
+    tiny_speech: CsmSpeech, streaming: StreamConfig, mode: str | None, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service decides stops on the device and reads them at chunk boundaries; what each listener gets, and
+    why it ended, is still exactly the solo loop's."""
+    service = SpeechService(tiny_speech, max_batch=4)
+    batch = service.batch
+    real_batch = batch.sample_frames
+    monkeypatch.setattr(
+        batch, "sample_frames", lambda hidden: forced(real_batch(hidden), batch.sampling.draws[: len(hidden)] - 1, mode)
+    )
+    outcomes: dict[int, tuple[torch.Tensor, str]] = {}
+
+    async def one(prompt: int) -> np.ndarray:
+        history, text = PROMPTS[prompt]
+        req = tiny_speech.plan_request(None, history, text, 0, sampling=GREEDY, streaming=streaming, max_frames=30)
+        chunks = []
+        finish = lambda codes, reason: outcomes.__setitem__(prompt, (codes, reason))  # noqa: E731
+        async with contextlib.aclosing(service.stream(req, finish)) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    try:
+        heard = await asyncio.gather(*(one(prompt) for prompt in range(3)))
+    finally:
+        service.close()
+    real_solo = tiny_speech.loop.sample_frame
+    for prompt in range(3):
+        made = iter(range(1000))
+        monkeypatch.setattr(
+            tiny_speech.loop, "sample_frame",
+            lambda *args: forced(real_solo(*args).unsqueeze(0), torch.tensor([next(made)]), mode)[0],  # noqa: B023
+        )  # fmt: skip
+        history, text = PROMPTS[prompt]
+        stream = tiny_speech.stream(None, history, text, 0, sampling=GREEDY, streaming=streaming, max_frames=30)
+        solo_audio = list(stream)
+        codes, stop = outcomes[prompt]
+        assert stream.result.stop_reason == reason
+        assert (stop, codes.shape[0]) == (reason, stream.result.codes.shape[0]), prompt
+        assert torch.equal(codes, stream.result.codes), prompt
+        expected = np.concatenate(solo_audio) if solo_audio else np.zeros(0, dtype=np.float32)
+        assert np.allclose(heard[prompt], expected, atol=1e-5), prompt

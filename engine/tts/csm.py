@@ -370,7 +370,8 @@ class CsmSpeech:
             raise
         finish(reply.stop or "max_frames")
 
-    def new_reply(self, streaming: StreamConfig, max_frames: int) -> ReplyFrames:
-        """The stopping rules and streamed decode of one reply of at most `max_frames` frames."""
+    def new_reply(self, streaming: StreamConfig, max_frames: int, codes: torch.Tensor | None = None) -> ReplyFrames:
+        """The stopping rules and streamed decode of one reply of at most `max_frames` frames (its codes in
+        `codes` when given: the speech service's slot buffer)."""
         eos = int(self.config.codebook_eos_token_id or 0)
-        return ReplyFrames(self._decode_tensor, streaming, max_frames, self.num_codebooks, self.device, eos)
+        return ReplyFrames(self._decode_tensor, streaming, max_frames, self.num_codebooks, self.device, eos, codes)

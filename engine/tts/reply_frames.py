@@ -1,7 +1,9 @@
 """One reply's frames as they come: the stopping rules, the streamed Mimi decode and the audio chunks.
 
 The same whether the frames come from the solo loop (`CsmSpeech.stream`) or from the batched speech service, so
-both stop, drop a stuck run and cut chunks alike.
+both stop, drop a stuck run and cut chunks alike. The solo loop hands over each frame (`accept` applies the
+stopping rules on the host); the service applies the same rules on the device (`SlotStops`) and reports them at
+chunk boundaries (`sync`), then decodes the windows of every reply due at once and hands each its audio (`take`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from .streaming_decode import ChunkAssembler, RepeatGuard, StreamConfig, Windowe
 
 class ReplyFrames:
     def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], config: StreamConfig, max_frames: int,
-                 num_codebooks: int, device: torch.device, eos_code: int) -> None:  # fmt: skip
+                 num_codebooks: int, device: torch.device, eos_code: int,
+                 codes: torch.Tensor | None = None) -> None:  # fmt: skip
         self.config = config
         self.max_frames = max_frames
         self.eos_code = eos_code
-        self.codes = torch.zeros(max_frames, num_codebooks, dtype=torch.long, device=device)
+        # `[frames, codebooks]`: this reply's own buffer, or (batched) its slot's row of the device's buffer
+        self.codes = torch.zeros(max_frames, num_codebooks, dtype=torch.long, device=device) if codes is None else codes
         self.decoder = WindowedDecoder(decode, config.left_context_frames)
         self.assembler = ChunkAssembler(config)
         self.repeats = RepeatGuard(config.repeat_frames)
@@ -56,12 +60,39 @@ class ReplyFrames:
             return False
         return True
 
+    def sync(self, generated: int, stop: str | None, run: int) -> None:
+        """The device's account of this reply (`SlotStops.read`): frames kept, why it stopped (None: it goes
+        on), the run of identical frames at its end. A stuck run is dropped here, as `accept` drops it."""
+        self.produced = generated
+        self.generated = generated
+        self.stop = stop
+        if stop == "repeat":
+            self.generated = max(self.decoder.decoded_frames, generated - run + 1)
+
+    def due(self, unread: int) -> bool:
+        """Whether a chunk is due once `unread` more frames than the last `sync` counted have been made."""
+        return self.generated + unread >= self._target()
+
+    def window(self) -> tuple[torch.Tensor, int, int] | None:
+        """The codes to decode next (new frames and their left context), for a batched decode; see `take`."""
+        return self.decoder.window(self.codes, self.generated)
+
     def decode(self) -> np.ndarray | None:
         """Decode what is new and return the next chunk to play, if one is ready (a long silence stops it)."""
         first = self.decoder.decoded_frames == 0
         start = time.perf_counter()
-        self.assembler.add(self.decoder.decode_until(self.codes, self.generated))
+        piece = self.decoder.decode_until(self.codes, self.generated)
         self.decode_s += time.perf_counter() - start
+        return self._release(piece, first)
+
+    def take(self, audio: torch.Tensor | None) -> np.ndarray | None:
+        """The next chunk to play, if one is ready, given the decode of `window()` (None when it was None)."""
+        first = self.decoder.decoded_frames == 0
+        piece = self.decoder.accept(audio, self.generated) if audio is not None else np.zeros(0, np.float32)
+        return self._release(piece, first)
+
+    def _release(self, piece: np.ndarray, first: bool) -> np.ndarray | None:
+        self.assembler.add(piece)
         cfg = self.config
         silent = cfg.silence_dbfs is not None and self.assembler.trailing_silence_frames >= cfg.max_silence_frames
         if self.stop is None and silent:

@@ -1,17 +1,16 @@
 """One speech service: every sentence in flight, from every chat, in one CSM frame loop.
 
 A single thread owns the model's frame loop. Between frames it takes in new requests (prefilling each, the voice
-from the prefix cache) and lets go of the ones that stopped (end frame, length cap, repeat or silence guard) or
-were cancelled (barge-in); every frame it samples all active requests together (`BatchedFrameLoop`: one backbone
-step, one depth-decoder pass), reads the frames back once, and hands each request's audio chunks to its listener
-as its streamed decode releases them. Each request keeps its own sampling settings and seed, budget plan and
-stopping rules (`ReplyFrames`, the same as the solo loop's).
+from the prefix cache, then copying its cache into a slot) and lets go of the ones that stopped (end frame,
+length cap, repeat or silence guard) or were cancelled (barge-in). Every frame it steps all active requests
+together (`BatchedFrameLoop.frame`: one backbone step, one depth-decoder pass, the stopping rules, all on the
+device; on CUDA replayed as a captured graph, `FrameGraphs`) without reading anything back. Only when some
+request has a chunk due does it read the slots' state (frames kept, stopped or not: one small read) and decode
+the due windows of every request in one Mimi call, handing each listener its chunk. Each request keeps its own
+sampling settings and seed, budget plan and stopping rules (`ReplyFrames`, the same as the solo loop's).
 
 A newcomer's prompt is prefilled `prefill_chunk` positions at a time, one chunk between two frames, so a long
 prompt never holds up audio that is already playing by more than one chunk.
-
-Still to come (issue 10): Mimi decode batched across requests, the end/repeat decisions on the device, CUDA
-graphs.
 """
 
 from __future__ import annotations
@@ -27,9 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .batch_decode import decode_batch
 from .batch_loop import BatchedFrameLoop
 from .csm import CsmSpeech, SpeechRequest
+from .frame_graphs import FrameGraphs
 from .reply_frames import ReplyFrames
+from .slot_stops import STOP_REASONS
 from .types import GenerationStats
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class _InFlight:
     stats: GenerationStats = field(default_factory=GenerationStats)
     codes: torch.Tensor | None = None  # what the listener got, once finished
     stop_reason: str | None = None
+    unread: int = 0  # frames made since the slot's state was last read
 
     def finish(self, reason: str, error: BaseException | None = None) -> None:
         """Tell the listener it has ended; whatever fails here (a broken device, a closed event loop), the
@@ -105,15 +108,20 @@ def default_max_batch(speech: CsmSpeech) -> int:
 class SpeechService:
     """Runs every request in one frame loop on its own thread; `stream()` is the asyncio side."""
 
-    def __init__(self, speech: CsmSpeech, *, max_batch: int = 8, prefill_chunk: int = 64) -> None:
+    def __init__(
+        self, speech: CsmSpeech, *, max_batch: int = 8, prefill_chunk: int = 64, cuda_graphs: bool = False
+    ) -> None:
         self.speech = speech
         self.max_batch = max_batch
         self.prefill_chunk = prefill_chunk
-        self.batch = BatchedFrameLoop(speech.loop, max_batch=max_batch, max_positions=speech.max_positions)
+        graphs = cuda_graphs and speech.device.type == "cuda"
+        self.batch = BatchedFrameLoop(
+            speech.loop, max_batch=max_batch, max_positions=speech.max_positions, static=graphs
+        )
+        self.graphs = FrameGraphs(self.batch) if graphs else None
         self.stats = ServiceStats()
         self._incoming: queue.SimpleQueue[_InFlight | None] = queue.SimpleQueue()
         self._active: list[_InFlight] = []  # in row order
-        self._hidden: list[torch.Tensor] = []  # each active row's last hidden state [1, 1, hidden]
         self._waiting: list[_InFlight] = []  # taken in, no free slot yet
         # Holding a slot, prompt still going through the backbone a chunk at a time.
         self._prefilling: list[tuple[_InFlight, Generator[None, None, tuple[torch.Tensor, object]]]] = []
@@ -187,8 +195,20 @@ class SpeechService:
 
     # The frame loop ------------------------------------------------------------------------------------
 
+    def _capture(self) -> None:
+        """Record the frame step as CUDA graphs before any request holds a slot; eager frames if that fails."""
+        if self.graphs is None:
+            return
+        try:
+            with torch.inference_mode():
+                self.graphs.capture()
+        except Exception as error:  # an old driver, memory: slower, not broken
+            log.warning("CUDA graphs could not be captured (%s); frames run eagerly", error)
+            self.graphs = None
+
     def _run(self) -> None:
         try:
+            self._capture()
             while not self._closed:
                 try:
                     self._take_in(block=not self._active and not self._prefilling)
@@ -217,9 +237,10 @@ class SpeechService:
     def _drop_last(self, error: BaseException) -> None:
         """Let the last active request go after a failure, whatever state the batch is in."""
         flight = self._active.pop()
-        self._hidden.pop()
-        self.batch.cache.active = len(self._active)
-        flight.finish("failed", error)
+        try:
+            flight.finish("failed", error)
+        finally:
+            self.batch.leave(len(self._active))  # the last row: nothing moves
 
     def _take_in(self, *, block: bool) -> None:
         """New requests join between frames, as many as there are free slots."""
@@ -263,15 +284,16 @@ class SpeechService:
             if self._active:
                 return  # the others' next frame first
         self._prefilling.pop(0)
+        request = flight.request
         try:
-            flight.reply = self.speech.new_reply(flight.request.streaming, flight.request.max_frames)
-            self.batch.join(cache, flight.request.sampling)  # type: ignore[arg-type]
+            row = self.batch.join(cache, request.sampling, last_hidden, max_frames=request.max_frames,  # type: ignore[arg-type]
+                                  repeat_frames=request.streaming.repeat_frames)  # fmt: skip
         except Exception as error:
             log.exception("speech service could not take a request in")
             flight.finish("failed", error)
             return
+        flight.reply = self.speech.new_reply(request.streaming, request.max_frames, self.batch.stops.codes[row])
         self._active.append(flight)
-        self._hidden.append(last_hidden)
 
     def _frame(self) -> None:
         for row in reversed(range(len(self._active))):
@@ -281,49 +303,87 @@ class SpeechService:
             return
         started = time.perf_counter()
         count = len(self._active)
-        frames = self.batch.sample_frames(torch.cat(self._hidden))
-        values = frames.tolist()  # the one host sync per frame, for all requests: needed to decide stopping
-        rows = list(frames)
-        stopped = []
-        failed: dict[int, BaseException] = {}
-        for row, flight in enumerate(self._active):
-            reply = flight.reply
-            assert reply is not None
-            try:
-                reply.accept(rows[row], values[row])
-                if not reply.needs_frames():  # a chunk's worth is there, or the reply stopped: decode
-                    chunk = reply.decode()
-                    if chunk is not None:
-                        if flight.stats.first_audio_s is None:
-                            flight.stats.first_audio_s = time.perf_counter() - flight.request.t0
-                        flight.deliver(chunk)
-            except Exception as error:  # this reply's decode failed: it alone ends
-                log.exception("a reply failed in the speech service")
-                failed[row] = error
-            if reply.stop is not None or row in failed:
-                stopped.append(row)
-        for row in reversed(stopped):
-            moved = self._leave(row, "failed" if row in failed else None, failed.get(row))
-            if moved is not None:
-                rows[row] = rows[moved]
-            rows.pop()
-        if self._active:
-            stepped = self.batch.step(torch.stack(rows))
-            self._hidden = list(stepped.split(1))
+        if self.graphs is not None:
+            self.graphs.frame(count)
+        else:
+            self.batch.frame(count)
+        for flight in self._active:
+            flight.unread += 1
+        if any(flight.reply.due(flight.unread) for flight in self._active if flight.reply is not None):
+            self._chunk_boundary()
+        # On CUDA this is the host's time (the device catches up at chunk boundaries), on a CPU the frame's.
         elapsed = time.perf_counter() - started
         for flight in self._active:
             flight.stats.frame_s.append(elapsed)
         self.stats.steps += 1
         self.stats.batch_sizes[count] = self.stats.batch_sizes.get(count, 0) + 1
 
-    def _leave(self, row: int, reason: str | None, error: BaseException | None = None) -> int | None:
-        """Free `row` (the last row moves into it, as in the batch); the request hears it has ended."""
+    def _chunk_boundary(self) -> None:
+        """Read every slot's state (the one read back), decode the due windows of all requests in one Mimi call,
+        hand out the chunks, and let go of the requests that stopped."""
+        states = self.batch.stops.read(len(self._active))
+        due: list[int] = []
+        for row, (flight, (generated, stop, run)) in enumerate(zip(self._active, states, strict=True)):
+            assert flight.reply is not None
+            flight.reply.sync(generated, STOP_REASONS.get(stop), run)
+            flight.unread = 0
+            if not flight.reply.needs_frames():  # a chunk's worth is there, or it stopped
+                due.append(row)
+        failed = self._decode(due)
+        stopped = [row for row in due if row in failed or self._active[row].reply.stop is not None]  # type: ignore[union-attr]
+        for row in reversed(stopped):
+            self._leave(row, "failed" if row in failed else None, failed.get(row))
+
+    def _decode(self, rows: list[int]) -> dict[int, BaseException]:
+        """Decode and deliver the chunks of `rows`; returns the rows whose decode failed (each alone)."""
+        replies = [self._active[row].reply for row in rows]
+        windows = [reply.window() if reply is not None else None for reply in replies]
+        present = [window[0] for window in windows if window is not None]
+        started = time.perf_counter()
+        audio: list[torch.Tensor | None] = [None] * len(rows)
+        failed: dict[int, BaseException] = {}
+        try:
+            decoded = iter(decode_batch(self.speech.model.codec_model, present))
+            audio = [next(decoded) if window is not None else None for window in windows]
+        except Exception:  # one bad reply must not silence the others: decode each alone to find it
+            log.warning("a batched Mimi decode failed; decoding each reply alone", exc_info=True)
+            for index, window in enumerate(windows):
+                if window is not None:
+                    try:
+                        audio[index] = decode_batch(self.speech.model.codec_model, [window[0]])[0]
+                    except Exception as error:
+                        log.exception("a reply failed in the speech service")
+                        failed[rows[index]] = error
+        spent = time.perf_counter() - started
+        for index, row in enumerate(rows):
+            flight = self._active[row]
+            if row in failed or flight.reply is None:
+                continue
+            flight.stats.decode_s += spent
+            try:
+                chunk = flight.reply.take(audio[index])
+            except Exception as error:
+                log.exception("a reply failed in the speech service")
+                failed[row] = error
+                continue
+            if chunk is not None:
+                if flight.stats.first_audio_s is None:
+                    flight.stats.first_audio_s = time.perf_counter() - flight.request.t0
+                flight.deliver(chunk)
+        return failed
+
+    def _leave(self, row: int, reason: str | None, error: BaseException | None = None) -> None:
+        """Free `row` (the last row moves into it, as in the batch); the request hears it has ended, with the
+        codes of what it delivered, read before its slot is reused."""
         flight = self._active[row]
-        moved = self.batch.leave(row)
-        if moved is not None:
-            self._active[row], self._hidden[row] = self._active[moved], self._hidden[moved]
-        self._active.pop()
-        self._hidden.pop()
         assert flight.reply is not None or reason is not None
-        flight.finish(reason or (flight.reply.stop if flight.reply else None) or "max_frames", error)
-        return moved
+        try:
+            flight.finish(reason or (flight.reply.stop if flight.reply else None) or "max_frames", error)
+        finally:
+            moved = self.batch.leave(row)
+            if moved is not None:
+                self._active[row] = self._active[moved]
+                mover = self._active[row].reply
+                if mover is not None:
+                    mover.codes = self.batch.stops.codes[row]
+            self._active.pop()
