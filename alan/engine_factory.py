@@ -31,7 +31,12 @@ def build_conversation(settings: Settings) -> Conversation:
             settings.tts_backend,
             settings.tts_model,
             settings.device,
-            SynthesizerOptions(max_batch=settings.tts_max_batch, prefill_chunk=settings.tts_prefill_chunk),
+            SynthesizerOptions(
+                max_batch=settings.tts_max_batch,
+                prefill_chunk=settings.tts_prefill_chunk,
+                weights=settings.tts_weights,
+                cuda_graphs=settings.tts_cuda_graphs == "auto",
+            ),
         ),
         build_chat_model(settings),
         max_audio_seconds=settings.max_audio_seconds,

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # GPU, 8 on a CPU). And how many prompt positions a newcomer prefills between two frames of the others.
     tts_max_batch: int | None = Field(None, ge=1, le=64, validation_alias="ALAN_TTS_MAX_BATCH")
     tts_prefill_chunk: int = Field(64, ge=8, le=2048, validation_alias="ALAN_TTS_PREFILL_CHUNK")
+    # CSM's weights in memory: bf16 on a GPU and on CPUs with native bf16 (`auto`), fp32, or int8 (CPU only).
+    tts_weights: Literal["auto", "fp32", "bf16", "int8"] = Field("auto", validation_alias="ALAN_TTS_WEIGHTS")
+    # Replay the speech frame step as CUDA graphs (auto: wherever CUDA is); `off` runs it eagerly.
+    tts_cuda_graphs: Literal["auto", "off"] = Field("auto", validation_alias="ALAN_TTS_CUDA_GRAPHS")
     # Which chat-model backend writes the replies, a key of engine.llm.CHAT_BACKENDS.
     llm_backend: str = Field("ollama", validation_alias="ALAN_LLM_BACKEND")
     llm_model: str = Field("llama3.2:3b", validation_alias="ALAN_LLM_MODEL")

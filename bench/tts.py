@@ -1,21 +1,22 @@
-"""Benchmark: our CSM engine vs transformers' `generate()` on the full CSM-1B architecture (random weights).
+"""Benchmark: the CSM engine on the full CSM-1B architecture (random weights): alone against transformers'
+`generate()`, its weight modes, and the batched speech service under load.
 
-    .venv/bin/python bench/tts.py            # 38-frame (≈3 s) reply, 3 repetitions, medians
-    .venv/bin/python bench/tts.py --quick    # 6 frames, 1 repetition (the full model is ~3 s/frame on 2 CPU cores)
+    .venv/bin/python bench/tts.py            # the full run (≈20 min on a 2-core CPU)
+    .venv/bin/python bench/tts.py --quick    # a smoke run: few frames, one repetition, N = 1, 2
 
-Same model, same inputs (a 30 s voice prompt + a few history turns + the target text), same sampling settings
-(temperature 0.9, top-k 50), end-of-audio and silence/repeat guards off so both produce exactly `--frames`
-frames. Nothing is downloaded: the default `CsmConfig()` (1B backbone, 100M depth decoder, full Mimi; only the
-codebook heads trimmed from 2051 to Mimi's 2048 codes) gets random weights and a small local word-level
-tokenizer.
-
-Measured:
-- prefill: ours cold (voice not cached: whole prompt) vs cached (history + text only);
-- time to first audio: ours = first streamed chunk; generate() = the whole call, since it returns audio only at
-  the end (so this ratio grows with the reply length);
-- ms per frame: medians of per-frame wall times (generate's from a streamer's per-frame callbacks);
-- real-time factor: generation time after prefill over the audio duration.
-Ends with `RESULT ttfa_speedup=<generate/ours> frame_speedup=<generate/ours>`.
+1. Alone, fp32, against `generate()`: same model, same inputs (a 30 s voice prompt + three history turns + the
+   target text), same sampling (temperature 0.9, top-k 50), guards off so both make exactly `--frames` frames:
+   prefill, time to first audio (ours: the first streamed chunk, cold = voice not cached and cached; generate():
+   the whole call, it returns audio only at the end), ms per frame, real-time factor.
+2. The memory ceiling: a frame's bytes (bench/tts_quality.py) over a plain matrix-vector product's GB/s, both
+   measured here: the fastest a frame can be; `ceiling_fraction` = that over our fp32 frame.
+3. Weight modes (fp32, bf16, int8 on a CPU): one frame's time side by side (1 and 2 threads), and quality against
+   fp32 (KL at temperature 0.9 and top-50 overlap, teacher-forced on the same codes).
+4. The speech service: N = 1, 2, 4, 8 simultaneous requests against the same requests one after another, in
+   each mode: aggregate frames/s and each stream's ms per frame; then, in the mode that serves 8 best, the time
+   to first audio of a request arriving while 7 others speak.
+Ends with `RESULT ttfa_speedup=… frame_speedup=… ceiling_fraction=… batch8_speedup=… batch4_stream_slowdown=…
+int8_frame_speedup=… int8_kl=…` (and which mode served 8 best).
 """
 
 from __future__ import annotations
@@ -27,32 +28,20 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transformers import CsmConfig, CsmForConditionalGeneration
 from transformers.generation.streamers import BaseStreamer
 
+from bench.csm_setup import TARGET, build, conversation, sync, with_weights
+from bench.tts_quality import frame_bytes, frame_logits, lockstep_ms, matvec_gbps, quality
+from bench.tts_service import Load, ServiceBench
 from engine.tts.csm import CsmSpeech
 from engine.tts.sampling import SamplingConfig
 from engine.tts.streaming_decode import StreamConfig
-from engine.tts.types import Segment
-from tests.tiny_models.csm import build_processor, randomize_codebooks, special_token_ids
 
 FRAME_HZ = 12.5
-VOICE_TEXT = (
-    "hello there, this is the voice you will hear today. i like to talk about music, games and the weather, "
-    "and i will tell you what i think about your day, your work and your budget. thank you for listening to "
-    "me for a while now, it is really nice to speak with you this morning."
-)
-HISTORY = [
-    (1, "hey, how are you doing today?", 3.0),
-    (0, "i am fine, thanks. what are you working on?", 4.0),
-    (1, "i am figuring out my budget for the week.", 3.5),
-]
-TARGET = "that sounds like a good plan, tell me more about it."
 
 
 class FrameClock(BaseStreamer):
@@ -66,31 +55,6 @@ class FrameClock(BaseStreamer):
 
     def end(self) -> None:
         pass
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def build(device: torch.device) -> CsmSpeech:
-    processor = build_processor()
-    # vocab_size 2048 instead of 2051: random heads would otherwise sample codes 2048-2050, which Mimi cannot
-    # decode and generate() crashes on (our engine never picks them); the compute is the same to 0.1 %
-    config = CsmConfig(
-        vocab_size=2048,
-        codebook_pad_token_id=2047,
-        depth_decoder_config={"vocab_size": 2048},
-        **special_token_ids(processor),
-    )
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = CsmForConditionalGeneration(config)
-    randomize_codebooks(model)
-    model.to(dtype).eval()
-    model.codec_model.float()  # as CsmSpeech.load does
-    return CsmSpeech(model, processor)
 
 
 def run_ours(speech: CsmSpeech, voice, history, frames: int, key: str, cfg: StreamConfig) -> dict[str, float]:
@@ -155,92 +119,135 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="6 frames, 1 repetition")
-    parser.add_argument("--frames", type=int, default=None, help="reply length in frames (default 38, quick 6)")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3, quick 1)")
-    parser.add_argument("--voice-seconds", type=float, default=30.0)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    frames = args.frames or (6 if args.quick else 38)
-    reps = args.reps or (1 if args.quick else 3)
+def alone_vs_generate(speech: CsmSpeech, voice, history, audio, frames: int, reps: int, quick: bool):  # type: ignore[no-untyped-def]
     cfg = StreamConfig(first_chunk_frames=5, silence_dbfs=None, repeat_frames=None)
-    if frames < cfg.first_chunk_frames:
-        parser.error(f"--frames must be >= {cfg.first_chunk_frames} (the first chunk)")
-
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    t = time.perf_counter()
-    speech = build(device)
-    print(
-        f"built full CSM-1B ({sum(p.numel() for p in speech.model.parameters()) / 1e9:.2f}B params) on "
-        f"{device} in {time.perf_counter() - t:.1f}s; threads={torch.get_num_threads()}",
-        flush=True,
-    )
-
-    rng = np.random.default_rng(0)
-    voice_audio = (0.1 * rng.standard_normal(int(args.voice_seconds * 24_000))).astype(np.float32)
-    turn_audio = [(0.1 * rng.standard_normal(int(s * 24_000))).astype(np.float32) for _, _, s in HISTORY]
-    voice = Segment(0, VOICE_TEXT, speech.encode_audio(voice_audio))
-    history = [
-        Segment(spk, text, speech.encode_audio(a)) for (spk, text, _), a in zip(HISTORY, turn_audio, strict=True)
-    ]
-    _, plan = speech.plan_context(voice, history, TARGET, 0)
-    conversation = [
+    conversation_turns = [
         {"role": str(seg.speaker), "content": [{"type": "text", "text": seg.text}, {"type": "audio", "path": a}]}
-        for seg, a in zip([voice, *history], [voice_audio, *turn_audio], strict=True)
+        for seg, a in zip([voice, *history], audio, strict=True)
     ] + [{"role": "0", "content": [{"type": "text", "text": TARGET}]}]
-    inputs = speech.processor.apply_chat_template(conversation, tokenize=True, return_dict=True).to(device)
-    print(
-        f"prompt: {plan.prompt_positions} positions (voice {plan.voice_positions}, history "
-        f"{plan.history_positions}, text {plan.text_positions}); reply {frames} frames; {reps} rep(s)",
-        flush=True,
-    )
-
-    if not args.quick:  # warm-up (allocator, kernels) for both
+    inputs = speech.processor.apply_chat_template(conversation_turns, tokenize=True, return_dict=True)
+    inputs = inputs.to(speech.device)
+    if not quick:  # warm-up (allocator, kernels) for both
         run_ours(speech, voice, history, cfg.first_chunk_frames, "warmup", cfg)
         run_generate(speech, inputs, 2)
-
     # interleaved, so that load from other processes on the machine hits both engines alike
     cold, cached, gen = [], [], []
     for i in range(reps):
         cold.append(run_ours(speech, voice, history, frames, f"cold-{i}", cfg))
         cached.append(run_ours(speech, voice, history, frames, "cold-0", cfg))
         gen.append(run_generate(speech, inputs, frames))
-        print(
-            f"  rep {i + 1}: ours cold ttfa {cold[-1]['ttfa']:.2f}s, cached ttfa {cached[-1]['ttfa']:.2f}s, "
-            f"generate {gen[-1]['ttfa']:.2f}s",
-            flush=True,
-        )
+        print(f"  rep {i + 1}: ours cold ttfa {cold[-1]['ttfa']:.2f}s, cached ttfa {cached[-1]['ttfa']:.2f}s, "
+              f"generate {gen[-1]['ttfa']:.2f}s", flush=True)  # fmt: skip
     assert all(r["hit"] for r in cached) and not any(r["hit"] for r in cold)
+    print(f"\n1. alone, fp32, {frames} frames, {reps} rep(s), medians")
+    print(f"{'':26}{'ours cold':>12}{'ours cached':>13}{'generate()':>12}")
+    for name, key, scale in (("prefill (s)", "prefill", 1), ("time to first audio (s)", "ttfa", 1),
+                             ("ms per frame", "frame", 1000), ("real-time factor", "rtf", 1)):  # fmt: skip
+        values = [scale * median_of(runs, key) for runs in (cold, cached, gen)]
+        print(f"{name:26}{values[0]:12.3f}{values[1]:13.3f}{values[2]:12.3f}")
+    return {
+        "ttfa_speedup": median_of(gen, "ttfa") / median_of(cached, "ttfa"),
+        "frame_speedup": median_of(gen, "frame") / median_of(cached + cold, "frame"),
+        "frame_ms": 1000 * median_of(cached + cold, "frame"),
+    }
 
-    rows = [
-        ("prefill (s)", median_of(cold, "prefill"), median_of(cached, "prefill"), median_of(gen, "prefill")),
-        ("time to first audio (s)", median_of(cold, "ttfa"), median_of(cached, "ttfa"), median_of(gen, "ttfa")),
-        (
-            "ms per frame",
-            1000 * median_of(cold, "frame"),
-            1000 * median_of(cached, "frame"),
-            1000 * median_of(gen, "frame"),
-        ),
-        ("real-time factor", median_of(cold, "rtf"), median_of(cached, "rtf"), median_of(gen, "rtf")),
-    ]
-    print(f"\n{'':26}{'ours cold':>12}{'ours cached':>13}{'generate()':>12}")
-    for name, a, b, c in rows:
-        print(f"{name:26}{a:12.3f}{b:13.3f}{c:12.3f}")
-    ttfa_speedup = median_of(gen, "ttfa") / median_of(cached, "ttfa")
-    frame_speedup = median_of(gen, "frame") / median_of(cached + cold, "frame")
-    # generate() returns audio only at the end, so its TTFA is its whole call: project it to a typical reply
-    projected = median_of(gen, "prefill") + 62 * median_of(gen, "frame")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few frames, one repetition, N = 1, 2")
+    parser.add_argument("--frames", type=int, default=None, help="reply length alone (default 38, quick 6)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions alone (default 3, quick 1)")
+    parser.add_argument("--voice-seconds", type=float, default=30.0)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    quick = args.quick
+    frames = args.frames or (6 if quick else 38)
+    reps = args.reps or (1 if quick else 3)
+    if frames < 5:
+        parser.error("--frames must be >= 5 (the first chunk)")
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    started = time.perf_counter()
+    speech = build(device)
+    threads = torch.get_num_threads()
+    print(f"built full CSM-1B ({sum(p.numel() for p in speech.model.parameters()) / 1e9:.2f}B params) on {device} "
+          f"in {time.perf_counter() - started:.0f}s; threads={threads}", flush=True)  # fmt: skip
+    voice, history, audio = conversation(speech, args.voice_seconds)
+    _, plan = speech.plan_context(voice, history, TARGET, 0)
+    print(f"prompt: {plan.prompt_positions} positions (voice {plan.voice_positions}, history "
+          f"{plan.history_positions}, text {plan.text_positions})", flush=True)  # fmt: skip
+    result = alone_vs_generate(speech, voice, history, audio, frames, reps, quick)
+
+    # 2. The memory ceiling
+    gbps = matvec_gbps(speech.loop.dtype, device)
+    need = frame_bytes(speech, plan.prompt_positions)
+    ceiling_ms = 1000 * need / 1e9 / gbps
+    print(f"\n2. memory ceiling: a frame reads {need / 1e9:.2f} GB; matrix-vector {gbps:.1f} GB/s -> "
+          f"{ceiling_ms:.0f} ms; ours {result['frame_ms']:.0f} ms", flush=True)  # fmt: skip
+    result["ceiling_fraction"] = ceiling_ms / result["frame_ms"]
+
+    # 3. Weight modes: speed side by side, quality against fp32
+    modes = {"fp32": speech} if device.type == "cuda" else {"fp32": speech, "bf16": None, "int8": None}
+    quality_frames = 2 if quick else 4
+    reference = frame_logits(speech, voice, history, TARGET, quality_frames)
+    figures: dict[str, dict[str, float]] = {}
+    for mode in modes:
+        engine = modes[mode] or with_weights(speech, mode)
+        modes[mode] = engine
+        figures[mode] = {"frame_ms": lockstep_ms(engine, voice, history, TARGET, 1)}
+        if mode != "fp32":
+            figures[mode].update(quality(reference, frame_logits(engine, voice, history, TARGET, quality_frames,
+                                                                 reference[1])[0]))  # fmt: skip
+        if device.type == "cpu" and threads > 1:
+            torch.set_num_threads(1)
+            figures[mode]["frame_ms_1_thread"] = lockstep_ms(engine, voice, history, TARGET, 1)
+            torch.set_num_threads(threads)
+        print(f"  {mode}: {figures[mode]}", flush=True)
+    print(f"\n3. weight modes (one frame alone; quality vs fp32 over {quality_frames} frames x 32 codebooks)")
+    print(f"{'mode':6}{'ms/frame':>10}{'1 thread':>10}{'vs fp32':>9}{'KL':>10}{'worst KL':>10}{'top-50':>8}")
+    for mode, row in figures.items():
+        print(f"{mode:6}{row['frame_ms']:10.0f}{row.get('frame_ms_1_thread', float('nan')):10.0f}"
+              f"{figures['fp32']['frame_ms'] / row['frame_ms']:8.2f}x{row.get('kl', 0.0):10.5f}"
+              f"{row.get('worst_kl', 0.0):10.5f}{row.get('top50', 1.0):8.3f}")  # fmt: skip
+
+    # 4. The speech service under load, in each mode
+    sizes = (1, 2) if quick else (1, 2, 4, 8)
+    loads: dict[str, Load] = {}
+    for mode, engine in modes.items():
+        bench = ServiceBench(engine, voice, history, max_batch=max(sizes))  # type: ignore[arg-type]
+        bench.measure((1,), 5, sequential=1)  # warm-up: kernels, and the voice's prefix cache filled
+        service_frames = 6 if quick else (12 if mode == "fp32" else 20)
+        loads[mode] = bench.measure(sizes, service_frames, sequential=2 if quick else 3)
+        print(f"  {mode}: {loads[mode]}", flush=True)
+        bench.close()
+    best = max(loads, key=lambda mode: sizes[-1] * 1000 / loads[mode].stream_ms[sizes[-1]])
+    bench = ServiceBench(modes[best], voice, history, max_batch=8)  # type: ignore[arg-type]
+    bench.measure((1,), 5, sequential=1)
+    bench.ttfa(loads[best], speaking=1 if quick else 7)
+    bench.close()
     print(
-        f"\n(generate() TTFA projected for a 5 s / 62-frame reply: {projected:.2f}s = "
-        f"{projected / median_of(cached, 'ttfa'):.1f}x ours; measured above with {frames} frames)"
+        "\n4. the speech service: a stream's ms per frame with N in flight (aggregate frames/s), "
+        "against one after another"
     )
-    print(f"RESULT ttfa_speedup={ttfa_speedup:.2f} frame_speedup={frame_speedup:.2f}")
+    print(f"{'mode':6}{'alone fr/s':>11}" + "".join(f"{'N=' + str(n):>18}" for n in sizes[1:]))
+    for mode, load in loads.items():
+        cells = "".join(f"{load.stream_ms[n]:7.0f} ms {n * 1000 / load.stream_ms[n]:5.2f}/s " for n in sizes[1:])
+        print(f"{mode:6}{load.sequential_fps:11.2f}  {cells}")
+    waiting = 1 if quick else 7
+    print(f"mode serving {sizes[-1]} best: {best}; time to first audio alone {loads[best].ttfa_alone_s:.2f}s, "
+          f"arriving while {waiting} speak {loads[best].ttfa_busy_s:.2f}s")  # fmt: skip
+    top = sizes[-1]
+    mid = 4 if 4 in sizes else sizes[-1]
+    result[f"batch{top}_speedup"] = loads[best].speedup(top)
+    result[f"batch{mid}_stream_slowdown"] = loads[best].slowdown(mid)
+    result["fp32_batch8_speedup" if top == 8 else f"fp32_batch{top}_speedup"] = loads["fp32"].speedup(top)
+    if "int8" in figures:
+        result["int8_frame_speedup"] = figures["fp32"]["frame_ms"] / figures["int8"]["frame_ms"]
+        result["int8_kl"] = figures["int8"]["kl"]
+    result["busy_ttfa_s"] = loads[best].ttfa_busy_s
+    del result["frame_ms"]
+    print(f"\nfull run: {(time.perf_counter() - started) / 60:.1f} min")
+    print("RESULT " + " ".join(f"{key}={value:.4g}" for key, value in result.items()) + f" batch_mode={best}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ class SynthesizerOptions:
 
     max_batch: int | None = None  # sentences spoken together; None: the backend decides from the device
     prefill_chunk: int = 64  # prompt positions a newcomer prefills between two frames of the others
+    weights: str = "auto"  # "auto" | "fp32" | "bf16" | "int8": the model's weights in memory
+    cuda_graphs: bool = True  # replay the frame step as CUDA graphs where there is CUDA
 
 
 @dataclass(frozen=True)

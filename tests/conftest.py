@@ -134,10 +134,10 @@ def tiny_whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_speech(tiny_csm_dir: Path):  # type: ignore[no-untyped-def]
-    """The tiny CSM loaded once through the production loader."""
+    """The tiny CSM loaded once through the production loader, in fp32 (the parity tests compare exact codes)."""
     from engine.tts.csm import CsmSpeech
 
-    return CsmSpeech.load(str(tiny_csm_dir), device="cpu")
+    return CsmSpeech.load(str(tiny_csm_dir), device="cpu", weights="fp32")
 
 
 def espeak_ogg(text: str, tmp_path: Path) -> bytes:

@@ -261,7 +261,6 @@ def test_the_service_is_sized_from_the_options_or_the_device(tiny_speech: CsmSpe
     assert asyncio.run(sized(SynthesizerOptions()))[0] == default_max_batch(tiny_speech)
 
 
-
 def forced(frames: torch.Tensor, made: torch.Tensor, mode: str | None) -> torch.Tensor:
     """From each reply's 9th frame on, the model "says" the end frame (all zeros) or gets stuck on one frame."""
     if mode is None:

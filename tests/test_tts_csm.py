@@ -15,6 +15,7 @@ from engine.tts.csm import CsmSpeech
 from engine.tts.sampling import SamplingConfig
 from engine.tts.streaming_decode import SAMPLES_PER_FRAME, StreamConfig
 from engine.tts.types import Segment, SpeechResult
+from engine.tts.weights import Int8Linear, cpu_has_native_bf16
 from tests.tiny_models.csm import build_tiny_csm
 
 
@@ -60,7 +61,7 @@ def tiny_csm_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def speech(tiny_csm_path: Path) -> CsmSpeech:
-    return CsmSpeech.load(str(tiny_csm_path), device="cpu")
+    return CsmSpeech.load(str(tiny_csm_path), device="cpu", weights="fp32")
 
 
 @pytest.fixture(scope="session")
@@ -98,12 +99,23 @@ def _chat(voice_text: str, clips: dict[str, np.ndarray], text: str) -> list[dict
     ]
 
 
-def test_load_uses_fp32_on_cpu(speech: CsmSpeech) -> None:
+def test_load_puts_the_weights_in_the_mode_asked(speech: CsmSpeech, tiny_csm_path: Path) -> None:
     assert speech.device.type == "cpu"
     assert speech.model.lm_head.weight.dtype == torch.float32
     assert speech.max_positions == 2048
     with pytest.raises(ValueError):
         CsmSpeech.load("unused", device="tpu")
+    bf16 = CsmSpeech.load(str(tiny_csm_path), device="cpu", weights="bf16")
+    assert bf16.model.lm_head.weight.dtype == torch.bfloat16 and bf16.loop.dtype == torch.bfloat16
+    assert next(bf16.model.codec_model.parameters()).dtype == torch.float32  # Mimi stays fp32
+    int8 = CsmSpeech.load(str(tiny_csm_path), device="cpu", weights="int8")
+    assert isinstance(int8.model.lm_head, Int8Linear) and int8.loop.dtype == torch.float32
+    auto = CsmSpeech.load(str(tiny_csm_path), device="cpu")
+    assert auto.loop.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    for loaded in (bf16, int8):  # each speaks: a whole reply through the frame loop and Mimi
+        stream = loaded.stream(None, [], "Hello there.", max_frames=8, sampling=SamplingConfig(seed=1))
+        audio = np.concatenate(list(stream))
+        assert audio.size > 0 and np.isfinite(audio).all()
 
 
 def test_encode_decode_shapes(speech: CsmSpeech, clips: dict[str, np.ndarray]) -> None:
@@ -208,15 +220,15 @@ def test_streaming_chunks_match_one_shot_decode(speech: CsmSpeech, conversation)
 def test_sampling_is_seeded_and_valid(speech: CsmSpeech, conversation) -> None:
     voice, history = conversation
     runs = [
-        synthesize(speech,
-            voice, history, "sure", 0, sampling=SamplingConfig(seed=7), streaming=NO_GUARDS, max_frames=10
+        synthesize(
+            speech, voice, history, "sure", 0, sampling=SamplingConfig(seed=7), streaming=NO_GUARDS, max_frames=10
         ).codes
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
     assert int(runs[0].min()) >= 0 and int(runs[0].max()) < speech.config.vocab_size
-    other = synthesize(speech,
-        voice, history, "sure", 0, sampling=SamplingConfig(seed=8), streaming=NO_GUARDS, max_frames=10
+    other = synthesize(
+        speech, voice, history, "sure", 0, sampling=SamplingConfig(seed=8), streaming=NO_GUARDS, max_frames=10
     ).codes
     assert not torch.equal(runs[0], other)
 

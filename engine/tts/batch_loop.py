@@ -289,4 +289,3 @@ class BatchedFrameLoop:
             hidden = loop._depth_forward(embeds, cache, start=k + 1, mask=None)
         s.draws[:rows] += 1
         return torch.stack(codes, dim=1)
-

@@ -42,6 +42,7 @@ from .sampling import SamplingConfig, make_generator
 from .stream import SpeechStream
 from .streaming_decode import StreamConfig
 from .types import GenerationStats, Segment, SpeechResult
+from .weights import apply_weight_mode, resolve_weight_mode
 
 
 def resolve_device(device: str) -> torch.device:
@@ -86,18 +87,22 @@ class CsmSpeech:
         self._text_lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str | Path, device: str = "auto", *, prefix_cache_size: int = 8) -> CsmSpeech:
-        """Load model + processor from a Hub id or a local folder; bf16 on CUDA, fp32 on CPU.
+    def load(
+        cls, model: str | Path, device: str = "auto", *, prefix_cache_size: int = 8, weights: str = "auto"
+    ) -> CsmSpeech:
+        """Load model + processor from a Hub id or a local folder, its weights in `weights` mode
+        (`engine.tts.weights`: auto is bf16 on CUDA and on CPUs with native bf16, else fp32; int8 on a CPU).
 
         The Mimi codec stays in fp32 on every device: it is small, and fp32 keeps the streamed decode within
         float rounding of a one-shot decode.
         """
         dev = resolve_device(device)
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        mode = resolve_weight_mode(weights, dev)
         processor = AutoProcessor.from_pretrained(model)
+        dtype = torch.bfloat16 if mode == "bf16" else torch.float32
         csm = CsmForConditionalGeneration.from_pretrained(model, dtype=dtype)
+        apply_weight_mode(csm, mode)
         csm.to(dev).eval()
-        csm.codec_model.float()
         return cls(csm, processor, prefix_cache_size=prefix_cache_size)
 
     # ------------------------------------------------------------------ properties

@@ -62,11 +62,12 @@ class CsmSynthesizer:
         self.tag = f"csm:{model}"
         self.capabilities = SynthesizerCapabilities(clones_voices=True, uses_context=True, sample_rate=SAMPLE_RATE)
         self.worker = worker or SpeechWorker()
-        self._load = load or (lambda: _load_csm(model, device))
+        self.options = options or SynthesizerOptions()
+        weights = self.options.weights
+        self._load = load or (lambda: _load_csm(model, device, weights))
         self._speech: CsmSpeech | None = None
         self._service: SpeechService | None = None
         self._service_lock = asyncio.Lock()
-        self.options = options or SynthesizerOptions()
         self._loading: asyncio.Future[CsmSpeech] | None = None
 
     async def speech(self) -> CsmSpeech:
@@ -171,10 +172,10 @@ class CsmSynthesizer:
                 from .speech_service import SpeechService, default_max_batch
 
                 batch = self.options.max_batch or default_max_batch(speech)
-                chunk = self.options.prefill_chunk
+                chunk, graphs = self.options.prefill_chunk, self.options.cuda_graphs
                 try:
                     self._service = await self.worker.call(
-                        lambda: SpeechService(speech, max_batch=batch, prefill_chunk=chunk)
+                        lambda: SpeechService(speech, max_batch=batch, prefill_chunk=chunk, cuda_graphs=graphs)
                     )
                 except Exception as error:  # out of memory for the caches, most likely
                     log.error("the speech service could not start: %s", error)
@@ -239,10 +240,10 @@ class CsmSynthesisStream:
         return self._synthesizer._payload(self._codes[:frames])
 
 
-def _load_csm(model: str, device: str) -> CsmSpeech:
+def _load_csm(model: str, device: str, weights: str) -> CsmSpeech:
     from .csm import CsmSpeech
 
-    return CsmSpeech.load(model, device)
+    return CsmSpeech.load(model, device, weights=weights)
 
 
 def _load_fix(model: str, error: BaseException) -> str:

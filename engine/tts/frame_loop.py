@@ -20,6 +20,7 @@ from transformers import CsmForConditionalGeneration, DynamicCache
 from transformers.masking_utils import create_causal_mask
 
 from .sampling import TokenPicker
+from .weights import depth_head_linears
 
 
 class DepthCache:
@@ -55,7 +56,7 @@ def new_depth_cache(model: CsmForConditionalGeneration, rows: int) -> DepthCache
     """A depth cache for `rows` rows of this model's depth decoder, on its device and in its dtype."""
     config = model.depth_decoder.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    weight = model.lm_head.weight
+    weight = model.embed_text_tokens.weight  # the activations' dtype (int8 weights compute in float32)
     return DepthCache(len(model.depth_decoder.model.layers), rows, config.num_key_value_heads,
                       model.config.num_codebooks + 1, head_dim, device=weight.device, dtype=weight.dtype)  # fmt: skip
 
@@ -78,14 +79,15 @@ class CsmFrameLoop:
         self.backbone = model.backbone_model
         self.depth = model.depth_decoder.model
         self.depth_config = model.depth_decoder.config
-        # [num_codebooks - 1, depth_hidden, vocab]: one output head per depth position
-        self.depth_heads = model.depth_decoder.codebooks_head.weight
+        # one output head per depth position: codebook k's is [k - 1] (int8 ones in that weight mode)
+        self.depth_heads = depth_head_linears(model)
         # CSM's heads have 2051 outputs but Mimi decodes only codebook_size (2048) codes: never pick the others
         # (a trained model puts ~no mass there, but a runaway pick would crash the codec with an IndexError)
         self.valid_codes = min(self.vocab_size, int(model.config.codec_config.codebook_size))
         self.depth_vocab_size: int = model.depth_decoder.config.vocab_size  # offsets in the depth embedding
-        self.device = model.lm_head.weight.device
-        self.dtype = model.lm_head.weight.dtype
+        # The activations' device and dtype: the embeddings' (with int8 weights they stay float32).
+        self.device = model.embed_text_tokens.weight.device
+        self.dtype = model.embed_text_tokens.weight.dtype
         probe = torch.zeros(1, 1, 1, device=self.device, dtype=self.dtype)
         self._backbone_rope = _rope_table(self.backbone.rotary_emb, probe, int(self.config.max_position_embeddings))
         self._depth_rope = _rope_table(self.depth.rotary_emb, probe, self.num_codebooks + 1)
@@ -158,7 +160,7 @@ class CsmFrameLoop:
 
     def depth_logits(self, codebook: int, hidden: torch.Tensor) -> torch.Tensor:
         """Codebook `codebook`'s logits (1..N-1) from the depth decoder's hidden state `[rows, depth_hidden]`."""
-        return nn.functional.linear(hidden, self.depth_heads[codebook - 1].T)[:, : self.valid_codes]
+        return self.depth_heads[codebook - 1](hidden)[:, : self.valid_codes]
 
     def _depth_forward(
         self, embeds: torch.Tensor, cache: DepthCache, start: int, mask: torch.Tensor | None

@@ -61,13 +61,49 @@ class WindowedDecoder:
 
     def decode_until(self, codes: torch.Tensor, end: int) -> np.ndarray:
         """Audio for frames [decoded_frames, end) of `codes` ([frames, codebooks])."""
+        span = self.window(codes, end)
+        if span is None:
+            return np.zeros(0, dtype=np.float32)
+        return self.accept(self._decode(span[0]), end)
+
+    def _span(self, end: int) -> tuple[int, int] | None:
+        """(first frame of the window, first new frame) for frames up to `end`; None when nothing is new."""
         start = self.decoded_frames
         if end <= start:
+            return None
+        return max(0, start - self.left_context), start
+
+    def window(self, codes: torch.Tensor, end: int) -> tuple[torch.Tensor, int, int] | None:
+        """What to decode for frames [decoded_frames, end): the codes window (left context included) and the
+        sample offset and length of the new frames in its audio; None when nothing is new.
+
+        Split from `decode_until` so a batched caller can decode the windows of many replies in one Mimi call
+        (`batch_decode.decode_batch`) and hand each reply its audio back through `accept`.
+        """
+        span = self._span(end)
+        if span is None:
+            return None
+        window_start, start = span
+        return codes[window_start:end], (start - window_start) * SAMPLES_PER_FRAME, (end - start) * SAMPLES_PER_FRAME
+
+    def accept(self, audio: torch.Tensor, end: int) -> np.ndarray:
+        """The new frames' samples of `audio`, the decode of `window(codes, end)`; marks them decoded.
+
+        Nothing is remembered between the two calls (the window is recomputed from `decoded_frames`), so call
+        `accept` once per `window`, with the same `end`, before the next `window`. `audio` may run past the
+        window's end (a padded batch row): only the new frames' samples are kept.
+        """
+        span = self._span(end)
+        if span is None:
             return np.zeros(0, dtype=np.float32)
-        window_start = max(0, start - self.left_context)
-        audio = self._decode(codes[window_start:end])
+        window_start, start = span
         offset = (start - window_start) * SAMPLES_PER_FRAME
-        piece = audio[offset : offset + (end - start) * SAMPLES_PER_FRAME]
+        length = (end - start) * SAMPLES_PER_FRAME
+        if audio.shape[-1] < offset + length:
+            # a short piece would not be whole frames (ChunkAssembler would fail later, far from the cause):
+            # in a batch this means audio was handed to the wrong reply
+            raise ValueError(f"audio has {audio.shape[-1]} samples, the window needs {offset + length}")
+        piece = audio[offset : offset + length]
         self.decoded_frames = end
         return piece.float().cpu().numpy().astype(np.float32, copy=False)
 
