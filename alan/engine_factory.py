@@ -19,6 +19,16 @@ def build_chat_model(settings: Settings) -> ChatModel:
     return make_chat_model(settings.llm_backend, settings.llm_model, settings.llm_url, api_key=key)
 
 
+def synthesizer_options(settings: Settings) -> SynthesizerOptions:
+    """How the speech synthesizer batches and holds its model, from ALAN_TTS_*."""
+    return SynthesizerOptions(
+        max_batch=settings.tts_max_batch,
+        prefill_chunk=settings.tts_prefill_chunk,
+        weights=settings.tts_weights,
+        cuda_graphs=settings.tts_cuda_graphs == "auto",
+    )
+
+
 def build_conversation(settings: Settings) -> Conversation:
     """Open (and migrate) the database and set up the models; models load on first use, not here.
 
@@ -31,12 +41,7 @@ def build_conversation(settings: Settings) -> Conversation:
             settings.tts_backend,
             settings.tts_model,
             settings.device,
-            SynthesizerOptions(
-                max_batch=settings.tts_max_batch,
-                prefill_chunk=settings.tts_prefill_chunk,
-                weights=settings.tts_weights,
-                cuda_graphs=settings.tts_cuda_graphs == "auto",
-            ),
+            synthesizer_options(settings),
         ),
         build_chat_model(settings),
         max_audio_seconds=settings.max_audio_seconds,

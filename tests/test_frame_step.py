@@ -113,3 +113,48 @@ def test_the_frame_step_compiles_whole_and_never_recompiles(tiny_speech: CsmSpee
     assert len(graphs) == 1
     for prompt in range(3):
         assert torch.equal(made[prompt], torch.stack(solo(tiny_speech, prompt, 6))), prompt
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+@pytest.fixture(scope="module")
+def cuda_speech(tiny_csm_dir):  # type: ignore[no-untyped-def]
+    return CsmSpeech.load(str(tiny_csm_dir), device="cuda", weights="fp32")
+
+
+@cuda
+def test_cuda_graphs_replay_the_eager_frame_step(cuda_speech: CsmSpeech) -> None:
+    from engine.tts.frame_graphs import FrameGraphs
+
+    eager = run_frames(cuda_speech, static=True, frames=6)
+    batch = BatchedFrameLoop(cuda_speech.loop, max_batch=4, static=True)
+    graphs = FrameGraphs(batch)
+    with torch.inference_mode():
+        graphs.capture()
+        assert graphs.buckets == [1, 2, 4]
+        for prompt in range(3):
+            last_hidden, cache = prefill(cuda_speech, prompt)
+            batch.join(cache, GREEDY_CONFIG, last_hidden, max_frames=11)  # type: ignore[arg-type]
+        for _ in range(6):
+            graphs.frame(3)  # the bucket of 4: one free slot pads it
+        replayed = [batch.stops.codes[row, :6].clone() for row in range(3)]
+    for prompt in range(3):
+        assert torch.equal(replayed[prompt], eager[prompt]), prompt
+
+
+@cuda
+async def test_the_service_with_cuda_graphs_makes_each_requests_solo_codes(cuda_speech: CsmSpeech) -> None:
+    import asyncio
+
+    from engine.tts.speech_service import SpeechService
+    from tests.test_speech_service import alone, listen, request
+
+    service = SpeechService(cuda_speech, max_batch=4, cuda_graphs=True)
+    try:
+        results = await asyncio.gather(*(listen(service, request(cuda_speech, prompt, 20)) for prompt in range(3)))
+        assert service.graphs is not None  # captured, not fallen back to eager
+    finally:
+        service.close()
+    for prompt, (codes, _) in enumerate(results):
+        assert torch.equal(codes, alone(cuda_speech, prompt, 20)[0]), prompt

@@ -119,3 +119,17 @@ def test_the_speech_service_settings_are_checked_and_blank_is_unset(clean_env: P
     (clean_env / ".env").write_text("ALAN_TTS_MAX_BATCH=0\n")
     with pytest.raises(SettingsError, match="ALAN_TTS_MAX_BATCH"):
         load_settings()
+
+
+def test_the_speech_weight_and_graph_settings_reach_the_synthesizer(clean_env: Path) -> None:
+    from alan.engine_factory import synthesizer_options
+
+    settings = load_settings()
+    assert (settings.tts_weights, settings.tts_cuda_graphs) == ("auto", "auto")
+    (clean_env / ".env").write_text("ALAN_TTS_WEIGHTS=int8\nALAN_TTS_CUDA_GRAPHS=off\n")
+    settings = load_settings()
+    options = synthesizer_options(settings)
+    assert (options.weights, options.cuda_graphs) == ("int8", False)
+    (clean_env / ".env").write_text("ALAN_TTS_WEIGHTS=int4\n")
+    with pytest.raises(SettingsError, match="ALAN_TTS_WEIGHTS"):
+        load_settings()

@@ -261,6 +261,22 @@ def test_the_service_is_sized_from_the_options_or_the_device(tiny_speech: CsmSpe
     assert asyncio.run(sized(SynthesizerOptions()))[0] == default_max_batch(tiny_speech)
 
 
+async def test_the_weight_mode_option_reaches_the_loaded_model(tiny_csm_dir: Path) -> None:
+    from engine.speech_synthesizer import SynthesizerOptions
+    from engine.tts.csm_synthesizer import CsmSynthesizer
+    from engine.tts.weights import Int8Linear
+
+    synthesizer = CsmSynthesizer(str(tiny_csm_dir), "cpu", SynthesizerOptions(weights="int8"))
+    try:
+        speech = await synthesizer.speech()
+        assert isinstance(speech.model.lm_head, Int8Linear)
+        service = await synthesizer.service()  # the batched loop runs on int8 weights too
+        codes, audio = await listen(service, request(speech, 0, 8))
+        assert codes.shape[0] == 8 and np.isfinite(audio).all()
+    finally:
+        await synthesizer.aclose()
+
+
 def forced(frames: torch.Tensor, made: torch.Tensor, mode: str | None) -> torch.Tensor:
     """From each reply's 9th frame on, the model "says" the end frame (all zeros) or gets stuck on one frame."""
     if mode is None:
