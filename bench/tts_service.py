@@ -43,7 +43,10 @@ class Load:
 class ServiceBench:
     def __init__(self, speech: CsmSpeech, voice: Segment, history: list[Segment], max_batch: int = 8) -> None:
         self.speech, self.voice, self.history = speech, voice, history
-        self.service = SpeechService(speech, max_batch=max_batch, prefill_chunk=64)
+        # Whole prompts between two frames: the N requests join on N consecutive frames, so N of them speak
+        # together soon (with 64-position chunks, 8 would take 20+ frames to all be in). The cost of chunking
+        # shows in the time to first audio of a request arriving while others speak (`ttfa`), which uses 64.
+        self.service = SpeechService(speech, max_batch=max_batch, prefill_chunk=2048, cuda_graphs=True)
 
     def request(self, index: int, frames: int) -> SpeechRequest:
         return self.speech.plan_request(self.voice, self.history, TEXTS[index % len(TEXTS)], 0,
@@ -65,7 +68,10 @@ class ServiceBench:
         return first
 
     def steps(self, count: int) -> list[float]:
-        return self.service.stats.step_seconds.get(count, [])
+        steps = self.service.stats.step_seconds.get(count, [])
+        if not steps:
+            raise RuntimeError(f"no frame step ran with {count} requests in flight: make the replies longer")
+        return steps
 
     def measure(self, sizes: tuple[int, ...], frames: int, *, sequential: int) -> Load:
         """`sequential` requests one after another, then each N of `sizes` at once."""
@@ -80,7 +86,8 @@ class ServiceBench:
             self.service.stats.step_seconds.clear()
 
             async def together(count: int = count) -> None:
-                await asyncio.gather(*(self.speak(self.request(index, frames)) for index in range(count)))
+                # each request joins a frame after the one before: `count` frames more keep N in flight `frames`
+                await asyncio.gather(*(self.speak(self.request(index, frames + count)) for index in range(count)))
 
             asyncio.run(together())
             stream_ms[count] = 1000 * statistics.mean(self.steps(count))
@@ -88,6 +95,7 @@ class ServiceBench:
 
     def ttfa(self, load: Load, speaking: int = 7) -> None:
         """Time to first audio alone, and arriving while `speaking` others are mid-sentence (all cached voice)."""
+        self.service.prefill_chunk = 64  # as served: a newcomer's prompt in chunks between the others' frames
         load.ttfa_alone_s = asyncio.run(self.speak(self.request(speaking, 6)))
 
         async def busy() -> float:
