@@ -4,12 +4,13 @@
     .venv/bin/python bench/tts.py            # the full run (≈20 min on a 2-core CPU)
     .venv/bin/python bench/tts.py --quick    # a smoke run: few frames, one repetition, N = 1, 2
 
-1. Alone, fp32, against `generate()`: same model, same inputs (a 30 s voice prompt + three history turns + the
-   target text), same sampling (temperature 0.9, top-k 50), guards off so both make exactly `--frames` frames:
-   prefill, time to first audio (ours: the first streamed chunk, cold = voice not cached and cached; generate():
-   the whole call, it returns audio only at the end), ms per frame, real-time factor.
+1. Alone, in the base mode (fp32; bf16 on CUDA), against `generate()`: same model, same inputs (a 30 s voice
+   prompt + three history turns + the target text), same sampling (temperature 0.9, top-k 50), guards off so
+   both make exactly `--frames` frames: prefill, time to first audio (ours: the first streamed chunk, cold =
+   voice not cached, and cached; generate(): the whole call, it returns audio only at the end), ms per frame,
+   real-time factor.
 2. The memory ceiling: a frame's bytes (bench/tts_quality.py) over a plain matrix-vector product's GB/s, both
-   measured here: the fastest a frame can be; `ceiling_fraction` = that over our fp32 frame.
+   measured here: the fastest a frame can be; `ceiling_fraction` = that over our base-mode frame.
 3. Weight modes (fp32, bf16, int8 on a CPU): one frame's time side by side (1 and 2 threads), and quality against
    fp32 (KL at temperature 0.9 and top-50 overlap, teacher-forced on the same codes).
 4. The speech service: N = 1, 2, 4, 8 simultaneous requests against the same requests one after another, in
@@ -119,7 +120,7 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def alone_vs_generate(speech: CsmSpeech, voice, history, audio, frames: int, reps: int, quick: bool):  # type: ignore[no-untyped-def]
+def alone_vs_generate(speech: CsmSpeech, voice, history, audio, frames: int, reps: int, quick: bool, base: str):  # type: ignore[no-untyped-def]
     cfg = StreamConfig(first_chunk_frames=5, silence_dbfs=None, repeat_frames=None)
     conversation_turns = [
         {"role": str(seg.speaker), "content": [{"type": "text", "text": seg.text}, {"type": "audio", "path": a}]}
@@ -139,7 +140,7 @@ def alone_vs_generate(speech: CsmSpeech, voice, history, audio, frames: int, rep
         print(f"  rep {i + 1}: ours cold ttfa {cold[-1]['ttfa']:.2f}s, cached ttfa {cached[-1]['ttfa']:.2f}s, "
               f"generate {gen[-1]['ttfa']:.2f}s", flush=True)  # fmt: skip
     assert all(r["hit"] for r in cached) and not any(r["hit"] for r in cold)
-    print(f"\n1. alone, fp32, {frames} frames, {reps} rep(s), medians")
+    print(f"\n1. alone, {base}, {frames} frames, {reps} rep(s), medians")
     print(f"{'':26}{'ours cold':>12}{'ours cached':>13}{'generate()':>12}")
     for name, key, scale in (("prefill (s)", "prefill", 1), ("time to first audio (s)", "ttfa", 1),
                              ("ms per frame", "frame", 1000), ("real-time factor", "rtf", 1)):  # fmt: skip
@@ -176,7 +177,8 @@ def main() -> None:
     _, plan = speech.plan_context(voice, history, TARGET, 0)
     print(f"prompt: {plan.prompt_positions} positions (voice {plan.voice_positions}, history "
           f"{plan.history_positions}, text {plan.text_positions})", flush=True)  # fmt: skip
-    result = alone_vs_generate(speech, voice, history, audio, frames, reps, quick)
+    base = "bf16" if device.type == "cuda" else "fp32"  # what build() makes: the weights generate() runs on
+    result = alone_vs_generate(speech, voice, history, audio, frames, reps, quick, base)
 
     # 2. The memory ceiling
     gbps = matvec_gbps(speech.loop.dtype, device)
@@ -187,7 +189,7 @@ def main() -> None:
     result["ceiling_fraction"] = ceiling_ms / result["frame_ms"]
 
     # 3. Weight modes: speed side by side, quality against fp32
-    modes = {"fp32": speech} if device.type == "cuda" else {"fp32": speech, "bf16": None, "int8": None}
+    modes = {base: speech} if device.type == "cuda" else {"fp32": speech, "bf16": None, "int8": None}
     quality_frames = 2 if quick else 4
     reference = frame_logits(speech, voice, history, TARGET, quality_frames)
     figures: dict[str, dict[str, float]] = {}
@@ -195,7 +197,7 @@ def main() -> None:
         engine = modes[mode] or with_weights(speech, mode)
         modes[mode] = engine
         figures[mode] = {"frame_ms": lockstep_ms(engine, voice, history, TARGET, 1)}
-        if mode != "fp32":
+        if mode != base:
             figures[mode].update(quality(reference, frame_logits(engine, voice, history, TARGET, quality_frames,
                                                                  reference[1])[0]))  # fmt: skip
         if device.type == "cpu" and threads > 1:
@@ -203,11 +205,11 @@ def main() -> None:
             figures[mode]["frame_ms_1_thread"] = lockstep_ms(engine, voice, history, TARGET, 1)
             torch.set_num_threads(threads)
         print(f"  {mode}: {figures[mode]}", flush=True)
-    print(f"\n3. weight modes (one frame alone; quality vs fp32 over {quality_frames} frames x 32 codebooks)")
-    print(f"{'mode':6}{'ms/frame':>10}{'1 thread':>10}{'vs fp32':>9}{'KL':>10}{'worst KL':>10}{'top-50':>8}")
+    print(f"\n3. weight modes (one frame alone; quality vs {base} over {quality_frames} frames x 32 codebooks)")
+    print(f"{'mode':6}{'ms/frame':>10}{'1 thread':>10}{'vs ' + base:>9}{'KL':>10}{'worst KL':>10}{'top-50':>8}")
     for mode, row in figures.items():
         print(f"{mode:6}{row['frame_ms']:10.0f}{row.get('frame_ms_1_thread', float('nan')):10.0f}"
-              f"{figures['fp32']['frame_ms'] / row['frame_ms']:8.2f}x{row.get('kl', 0.0):10.5f}"
+              f"{figures[base]['frame_ms'] / row['frame_ms']:8.2f}x{row.get('kl', 0.0):10.5f}"
               f"{row.get('worst_kl', 0.0):10.5f}{row.get('top50', 1.0):8.3f}")  # fmt: skip
 
     # 4. The speech service under load, in each mode
@@ -243,7 +245,7 @@ def main() -> None:
     mid = 4 if 4 in loads[best].stream_ms else top
     result[f"batch{top}_speedup"] = loads[best].speedup(top)
     result[f"batch{mid}_stream_slowdown"] = loads[best].slowdown(mid)
-    result[f"fp32_batch{top}_speedup"] = loads["fp32"].speedup(top)
+    result[f"{base}_batch{top}_speedup"] = loads[base].speedup(top)
     if "int8" in figures:
         result["int8_frame_speedup"] = figures["fp32"]["frame_ms"] / figures["int8"]["frame_ms"]
         result["int8_kl"] = figures["int8"]["kl"]

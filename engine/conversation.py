@@ -137,9 +137,7 @@ class Conversation(ConversationVoices, ConversationResume):
             yield Heard(said, language)
         # Make the synthesizer's payload of what the user said while the LLM thinks, ready as its context.
         user_speech = (
-            asyncio.ensure_future(
-                self._memory.add_user_speech(user_turn, heard_audio.samples, heard_audio.sample_rate)
-            )
+            asyncio.ensure_future(self._memory.add_user_speech(user_turn, heard_audio.samples, heard_audio.sample_rate))
             if heard_audio is not None and speak and self._tts.capabilities.uses_context
             else None
         )
@@ -169,9 +167,7 @@ class Conversation(ConversationVoices, ConversationResume):
     ) -> tuple[str, str | None, HeardAudio]:
         start = time.perf_counter()
         heard = await decode_input(audio, self.max_audio_seconds, self.max_audio_bytes)
-        transcript = await hearing.transcribe(
-            self._stt, heard.samples, heard.sample_rate, language_hint=language_hint
-        )
+        transcript = await hearing.transcribe(self._stt, heard.samples, heard.sample_rate, language_hint=language_hint)
         timings["stt_s"] = time.perf_counter() - start
         if transcript.no_speech or not transcript.text.strip():
             # Why each segment was dropped, never its words (logs may end up on disk).

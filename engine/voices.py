@@ -88,9 +88,7 @@ def check_voice_name(name: str) -> str:
 class VoiceLibrary:
     """A person's voices: cloning, choosing, naming, deleting, and a voice as the synthesizer's prompt."""
 
-    def __init__(
-        self, store: Store, stt: SpeechToText, tts: SpeechSynthesizer, *, max_upload_bytes: int
-    ) -> None:
+    def __init__(self, store: Store, stt: SpeechToText, tts: SpeechSynthesizer, *, max_upload_bytes: int) -> None:
         self.store = store
         self.stt = stt
         self.tts = tts

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.tts.batch_decode import decode_batch, decode_windowed
+from engine.tts.batch_decode import decode_batch, decode_due
 from engine.tts.csm import CsmSpeech
 from engine.tts.streaming_decode import SAMPLES_PER_FRAME, StreamConfig, WindowedDecoder
 
@@ -70,9 +70,10 @@ def test_streamed_replies_decoded_in_shared_batches_match_one_shot(speech: CsmSp
             if step >= starts[i] and decoder.decoded_frames < total:
                 chunk = cfg.first_chunk_frames if decoder.decoded_frames == 0 else cfg.chunk_frames
                 due.append((i, min(total, decoder.decoded_frames + chunk)))
-        batch = [(decoders[i], codes[i], end) for i, end in due]
-        for (i, _), piece in zip(due, decode_windowed(speech.model.codec_model, batch), strict=True):
-            pieces[i].append(piece)
+        spans = [decoders[i].window(codes[i], end) for i, end in due]
+        audio = decode_batch(speech.model.codec_model, [span[0] for span in spans if span is not None])
+        for (i, end), piece in zip(due, audio, strict=True):
+            pieces[i].append(decoders[i].accept(piece, end))
         batch_sizes.append(len(due))
         step += 1
     assert max(batch_sizes) == len(totals)
@@ -99,7 +100,7 @@ def test_empty_inputs_make_no_codec_call() -> None:
     assert decode_batch(codec, []) == []
     empty = decode_batch(codec, [torch.zeros(0, 4, dtype=torch.long)] * 2)
     assert [a.shape for a in empty] == [(0,), (0,)] and calls == []
-    assert decode_windowed(codec, []) == []
+    assert decode_due(codec, [None, None], together=True) == ({}, {}) and calls == []
 
     windows = [torch.zeros(0, 4, dtype=torch.long), torch.full((3, 4), 7), torch.full((1, 4), 2)]
     audio = decode_batch(codec, windows)
@@ -134,5 +135,21 @@ def test_window_and_accept_are_decode_until() -> None:
     with pytest.raises(ValueError, match="samples"):
         short.accept(fake_decode(window)[:-1], 5)
     assert short.decoded_frames == 0
-    with pytest.raises(ValueError, match="twice"):
-        decode_windowed(lambda b: b, [(short, codes, 5), (short, codes, 9)])
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_one_bad_window_fails_alone(together: bool) -> None:
+    """A decode that fails for one reply's window: the others still get their audio (batched: retried alone)."""
+    calls: list[int] = []
+
+    def codec(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.shape[0])
+        if (batch == 666).any():
+            raise RuntimeError("bad codes")
+        return batch[:, 0].float().repeat_interleave(SAMPLES_PER_FRAME, dim=1)
+
+    windows = [torch.full((2, 4), 1), None, torch.full((3, 4), 666), torch.full((1, 4), 3)]
+    audio, failed = decode_due(codec, windows, together=together)
+    assert set(audio) == {0, 3} and set(failed) == {2} and "bad codes" in str(failed[2])
+    assert torch.equal(audio[3], torch.full((SAMPLES_PER_FRAME,), 3.0))
+    assert calls == ([3, 1, 1, 1] if together else [1, 1, 1])

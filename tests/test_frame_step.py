@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,28 +92,34 @@ def test_the_frame_step_compiles_whole_and_never_recompiles(tiny_speech: CsmSpee
     torch._dynamo.reset()
     batch = BatchedFrameLoop(tiny_speech.loop, max_batch=4, static=True)
     frame = torch.compile(batch.frame, backend=count, fullgraph=True)  # a graph break raises
+
+    def join(prompt: int) -> None:
+        last_hidden, cache = prefill(tiny_speech, prompt)
+        batch.join(cache, GREEDY_CONFIG, last_hidden)  # type: ignore[arg-type]
+
     try:
         with torch._dynamo.config.patch(error_on_recompile=True), torch.inference_mode():  # a recompile raises
             for prompt in range(3):
-                last_hidden, cache = prefill(tiny_speech, prompt)
-                batch.join(cache, GREEDY_CONFIG, last_hidden)  # type: ignore[arg-type]
+                join(prompt)
             for _ in range(6):
                 frame(3)
             made = [batch.stops.codes[row, :6].clone() for row in range(3)]
             # Requests leave and join a batch compiled for (a bucket of) 3 rows; positions go on.
-            batch.leave(1)
-            last_hidden, cache = prefill(tiny_speech, 1)
-            batch.join(cache, SamplingConfig(seed=7), last_hidden)  # type: ignore[arg-type]
+            batch.leave(1)  # prompt 2's slot moves into row 1
+            join(1)  # prompt 1 again, from the start, in row 2
             for _ in range(3):
                 frame(3)
-            batch.leave(0)
+            batch.leave(0)  # the newcomer moves into row 0
             for _ in range(3):
                 frame(3)  # the third row is a free slot, padding the batch
+            moved, rejoined = batch.stops.codes[1, :12].clone(), batch.stops.codes[0, :6].clone()
     finally:
         torch._dynamo.reset()
     assert len(graphs) == 1
     for prompt in range(3):
         assert torch.equal(made[prompt], torch.stack(solo(tiny_speech, prompt, 6))), prompt
+    assert torch.equal(moved, torch.stack(solo(tiny_speech, 2, 12)))
+    assert torch.equal(rejoined, torch.stack(solo(tiny_speech, 1, 6)))
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
@@ -125,26 +132,38 @@ def cuda_speech(tiny_csm_dir):  # type: ignore[no-untyped-def]
 
 @cuda
 def test_cuda_graphs_replay_the_eager_frame_step(cuda_speech: CsmSpeech) -> None:
+    """Replayed graphs make the codes the same step makes eagerly in the same shapes (a bucket of 4 rows)."""
     from engine.tts.frame_graphs import FrameGraphs
 
-    eager = run_frames(cuda_speech, static=True, frames=6)
+    def three_prompts(batch: BatchedFrameLoop, step) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+        with torch.inference_mode():
+            for prompt in range(3):
+                last_hidden, cache = prefill(cuda_speech, prompt)
+                batch.join(cache, GREEDY_CONFIG, last_hidden, max_frames=11)  # type: ignore[arg-type]
+            for _ in range(6):
+                step(3)
+            batch.leave(0)  # a slot moves under the captured graph
+            for _ in range(3):
+                step(2)
+            return [batch.stops.codes[row, :9].clone() for row in range(2)]
+
+    eager_batch = BatchedFrameLoop(cuda_speech.loop, max_batch=4, static=True)
+    eager = three_prompts(eager_batch, lambda rows: eager_batch.frame(4 if rows > 2 else 2))
     batch = BatchedFrameLoop(cuda_speech.loop, max_batch=4, static=True)
     graphs = FrameGraphs(batch)
     with torch.inference_mode():
         graphs.capture()
-        assert graphs.buckets == [1, 2, 4]
-        for prompt in range(3):
-            last_hidden, cache = prefill(cuda_speech, prompt)
-            batch.join(cache, GREEDY_CONFIG, last_hidden, max_frames=11)  # type: ignore[arg-type]
-        for _ in range(6):
-            graphs.frame(3)  # the bucket of 4: one free slot pads it
-        replayed = [batch.stops.codes[row, :6].clone() for row in range(3)]
-    for prompt in range(3):
-        assert torch.equal(replayed[prompt], eager[prompt]), prompt
+    assert graphs.buckets == [1, 2, 4]
+    replayed = three_prompts(batch, graphs.frame)
+    for row in range(2):
+        assert torch.equal(replayed[row], eager[row]), row
 
 
 @cuda
-async def test_the_service_with_cuda_graphs_makes_each_requests_solo_codes(cuda_speech: CsmSpeech) -> None:
+async def test_the_service_with_cuda_graphs_speaks_each_request(cuda_speech: CsmSpeech) -> None:
+    """Through the service, on replayed graphs. Not compared bit for bit with the solo loop: on a GPU the batch's
+    matrix kernels differ from a single row's in the last bits, which can flip a near-tie greedy pick of the tiny
+    random model; most frames must still agree."""
     import asyncio
 
     from engine.tts.speech_service import SpeechService
@@ -154,7 +173,11 @@ async def test_the_service_with_cuda_graphs_makes_each_requests_solo_codes(cuda_
     try:
         results = await asyncio.gather(*(listen(service, request(cuda_speech, prompt, 20)) for prompt in range(3)))
         assert service.graphs is not None  # captured, not fallen back to eager
+        assert service.stats.largest_batch >= 2
     finally:
         service.close()
-    for prompt, (codes, _) in enumerate(results):
-        assert torch.equal(codes, alone(cuda_speech, prompt, 20)[0]), prompt
+    for prompt, (codes, audio) in enumerate(results):
+        solo_codes = alone(cuda_speech, prompt, 20)[0]
+        assert codes.shape == solo_codes.shape and np.isfinite(audio).all()
+        agree = (codes == solo_codes).all(dim=1).float().mean()
+        assert agree >= 0.9, (prompt, float(agree))

@@ -50,7 +50,7 @@ R = TypeVar("R")
 
 
 def storage_problem(error: OperationalError) -> str:
-    """"busy", "full", "read-only" or "failing", from SQLite's result code (or its message, for other drivers)."""
+    """ "busy", "full", "read-only" or "failing", from SQLite's result code (or its message, for other drivers)."""
     original = error.orig
     code = getattr(original, "sqlite_errorcode", None)
     if code is not None:

@@ -22,14 +22,16 @@ matrix products (~1e-6 relative). Padding is with code 0, which every codebook h
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from transformers import MimiModel
 
 from .codes import SAMPLES_PER_FRAME
-from .streaming_decode import WindowedDecoder
+
+log = logging.getLogger(__name__)
 
 # codes [batch, codebooks, frames] (int64) -> audio [batch, 1, samples] or [batch, samples]
 CodecCall = Callable[[torch.Tensor], torch.Tensor]
@@ -87,18 +89,27 @@ def decode_batch(codec: MimiModel | CodecCall, windows: Sequence[torch.Tensor]) 
     return out
 
 
-def decode_windowed(
-    codec: MimiModel | CodecCall, due: Sequence[tuple[WindowedDecoder, torch.Tensor, int]]
-) -> list[np.ndarray]:
-    """`decoder.decode_until(codes, end)` for every `(decoder, codes, end)` in `due`, with one codec call.
-
-    Each decoder's `window` is taken before any `accept`, so a decoder may appear only once.
-    """
-    if len({id(decoder) for decoder, _, _ in due}) != len(due):
-        raise ValueError("a WindowedDecoder appears twice in one batch")
-    spans = [decoder.window(codes, end) for decoder, codes, end in due]
-    audio = iter(decode_batch(codec, [span[0] for span in spans if span is not None]))
-    return [
-        np.zeros(0, dtype=np.float32) if span is None else decoder.accept(next(audio), end)
-        for (decoder, _, end), span in zip(due, spans, strict=True)
-    ]
+def decode_due(
+    codec: MimiModel | CodecCall, windows: Sequence[torch.Tensor | None], *, together: bool
+) -> tuple[dict[int, torch.Tensor], dict[int, Exception]]:
+    """Audio for each window that is not None (by index), in one codec call (`together`) or one call each;
+    and the indices whose decode failed. When a call for several fails, each of its windows is decoded alone,
+    so one bad reply never silences the others."""
+    audio: dict[int, torch.Tensor] = {}
+    failed: dict[int, Exception] = {}
+    present = [index for index, window in enumerate(windows) if window is not None]
+    groups = deque([present] if together else [[index] for index in present])
+    while groups:
+        group = groups.popleft()
+        try:
+            pieces = decode_batch(codec, [windows[index] for index in group])  # type: ignore[misc]
+        except Exception as error:
+            if len(group) > 1:
+                log.warning("a batched Mimi decode failed; decoding each reply alone", exc_info=True)
+                groups.extend([index] for index in group)
+            else:
+                log.exception("a reply's Mimi decode failed")
+                failed[group[0]] = error
+            continue
+        audio.update(zip(group, pieces, strict=True))
+    return audio, failed

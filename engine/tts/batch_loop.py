@@ -192,7 +192,7 @@ class BatchedFrameLoop:
         self.cache.load(row, cache)
         self.sampling.set(row, sampling, self.max_top_k)
         room = self.max_positions - self.cache.upper[row]
-        self.stops.start(row, max(1, min(max_frames or room, self.max_positions)), repeat_frames)
+        self.stops.start(row, max(1, min(max_frames or room, room)), repeat_frames)
         if last_hidden is not None:
             self.hidden[row] = last_hidden[0]
         self.cache.active += 1

@@ -54,7 +54,9 @@ class FrameGraphs:
         pool = torch.cuda.graph_pool_handle()
         for bucket in reversed(self.buckets):  # the largest first: the shared pool grows to its size once
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            # thread_local: the speech worker (clip encodes) and Whisper may use the GPU from other threads
+            # meanwhile; "global" would make their work invalidate this capture.
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 self.batch.frame(bucket)
             self._graphs[bucket] = graph
         torch.cuda.synchronize(device)

@@ -3,7 +3,8 @@
 The same whether the frames come from the solo loop (`CsmSpeech.stream`) or from the batched speech service, so
 both stop, drop a stuck run and cut chunks alike. The solo loop hands over each frame (`accept` applies the
 stopping rules on the host); the service applies the same rules on the device (`SlotStops`) and reports them at
-chunk boundaries (`sync`), then decodes the windows of every reply due at once and hands each its audio (`take`).
+chunk boundaries (`sync`), then decodes the windows of every reply due (`window`) and hands each its audio
+(`take`).
 """
 
 from __future__ import annotations

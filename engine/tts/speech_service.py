@@ -6,7 +6,8 @@ length cap, repeat or silence guard) or were cancelled (barge-in). Every frame i
 together (`BatchedFrameLoop.frame`: one backbone step, one depth-decoder pass, the stopping rules, all on the
 device; on CUDA replayed as a captured graph, `FrameGraphs`) without reading anything back. Only when some
 request has a chunk due does it read the slots' state (frames kept, stopped or not: one small read) and decode
-the due windows of every request in one Mimi call, handing each listener its chunk. Each request keeps its own
+the due windows (on CUDA in one Mimi call, on a CPU one by one, which is faster there), handing each listener its
+chunk. Each request keeps its own
 sampling settings and seed, budget plan and stopping rules (`ReplyFrames`, the same as the solo loop's).
 
 A newcomer's prompt is prefilled `prefill_chunk` positions at a time, one chunk between two frames, so a long
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .batch_decode import decode_batch
+from .batch_decode import decode_due
 from .batch_loop import BatchedFrameLoop
 from .csm import CsmSpeech, SpeechRequest
 from .frame_graphs import FrameGraphs
@@ -206,6 +207,7 @@ class SpeechService:
         except Exception as error:  # an old driver, memory: slower, not broken
             log.warning("CUDA graphs could not be captured (%s); frames run eagerly", error)
             self.graphs = None
+            self.batch.static = False  # eager frames read only as far as the longest slot
 
     def _run(self) -> None:
         try:
@@ -257,6 +259,10 @@ class SpeechService:
         for flight in [flight for flight in self._waiting if flight.cancelled.is_set()]:
             self._waiting.remove(flight)  # gave up while waiting for a slot: told at once, not when one frees
             flight.finish("cancelled")
+        for entry in [entry for entry in self._prefilling[1:] if entry[0].cancelled.is_set()]:
+            self._prefilling.remove(entry)  # gave up behind another's prefill: told now, not after it
+            entry[1].close()
+            entry[0].finish("cancelled")
         while self._waiting and len(self._active) + len(self._prefilling) < self.max_batch:
             flight = self._waiting.pop(0)
             steps = self.speech.prefill_request_steps(flight.request, flight.stats, self.prefill_chunk)
@@ -286,14 +292,17 @@ class SpeechService:
                 return  # the others' next frame first
         self._prefilling.pop(0)
         request = flight.request
+        row = None
         try:
             row = self.batch.join(cache, request.sampling, last_hidden, max_frames=request.max_frames,  # type: ignore[arg-type]
                                   repeat_frames=request.streaming.repeat_frames)  # fmt: skip
+            flight.reply = self.speech.new_reply(request.streaming, request.max_frames, self.batch.stops.codes[row])
         except Exception as error:
             log.exception("speech service could not take a request in")
+            if row is not None:
+                self.batch.leave(row)  # the last row: nothing moves, no slot is left held by nobody
             flight.finish("failed", error)
             return
-        flight.reply = self.speech.new_reply(request.streaming, request.max_frames, self.batch.stops.codes[row])
         self._active.append(flight)
 
     def _frame(self) -> None:
@@ -323,8 +332,8 @@ class SpeechService:
             durations.append(elapsed)
 
     def _chunk_boundary(self) -> None:
-        """Read every slot's state (the one read back), decode the due windows of all requests in one Mimi call,
-        hand out the chunks, and let go of the requests that stopped."""
+        """Read every slot's state (the one read back), decode the due windows of all requests, hand out the
+        chunks, and let go of the requests that stopped."""
         states = self.batch.stops.read(len(self._active))
         due: list[int] = []
         for row, (flight, (generated, stop, run)) in enumerate(zip(self._active, states, strict=True)):
@@ -339,30 +348,17 @@ class SpeechService:
             self._leave(row, "failed" if row in failed else None, failed.get(row))
 
     def _decode(self, rows: list[int]) -> dict[int, BaseException]:
-        """Decode and deliver the chunks of `rows`; returns the rows whose decode failed (each alone).
+        """Decode and deliver the chunks of `rows`; returns the rows whose decode or delivery failed (each alone).
 
         On CUDA all windows go through Mimi in one call (one launch sequence instead of one per reply); on a CPU
         each alone, which measured faster there (the codec's convolutions are large per row already, and a batch
         padded to its longest window decodes the padding too)."""
-        codec = self.speech.model.codec_model
         windows = [self._active[row].reply.window() for row in rows]  # type: ignore[union-attr]
-        audio: dict[int, torch.Tensor] = {}
-        failed: dict[int, BaseException] = {}
-        present = [index for index, window in enumerate(windows) if window is not None]
-        groups = [present] if self.speech._codec_device.type == "cuda" else [[index] for index in present]
         started = time.perf_counter()
-        for group in groups:
-            try:
-                for index, piece in zip(group, decode_batch(codec, [windows[i][0] for i in group]), strict=True):  # type: ignore[index]
-                    audio[index] = piece
-            except Exception as error:  # one bad reply must not silence the others: alone, each is found out
-                if len(group) > 1:
-                    log.warning("a batched Mimi decode failed; decoding each reply alone", exc_info=True)
-                    groups.extend([index] for index in group)
-                else:
-                    log.exception("a reply failed in the speech service")
-                    failed[rows[group[0]]] = error
+        audio, failures = decode_due(self.speech.model.codec_model, [w[0] if w else None for w in windows],
+                                     together=self.speech._codec_device.type == "cuda")  # fmt: skip
         spent = time.perf_counter() - started
+        failed: dict[int, BaseException] = {rows[index]: error for index, error in failures.items()}
         for index, row in enumerate(rows):
             flight = self._active[row]
             if row in failed or flight.reply is None:
@@ -370,14 +366,13 @@ class SpeechService:
             flight.stats.decode_s += spent
             try:
                 chunk = flight.reply.take(audio.get(index))
+                if chunk is not None:
+                    if flight.stats.first_audio_s is None:
+                        flight.stats.first_audio_s = time.perf_counter() - flight.request.t0
+                    flight.deliver(chunk)  # raises if this listener's event loop has closed: it alone ends
             except Exception as error:
                 log.exception("a reply failed in the speech service")
                 failed[row] = error
-                continue
-            if chunk is not None:
-                if flight.stats.first_audio_s is None:
-                    flight.stats.first_audio_s = time.perf_counter() - flight.request.t0
-                flight.deliver(chunk)
         return failed
 
     def _leave(self, row: int, reason: str | None, error: BaseException | None = None) -> None:
@@ -385,6 +380,10 @@ class SpeechService:
         codes of what it delivered, read before its slot is reused."""
         flight = self._active[row]
         assert flight.reply is not None or reason is not None
+        if flight.reply is not None:  # a stop is seen at the next chunk boundary: the idle steps since aren't its
+            reply = flight.reply
+            made = reply.produced + (reply.stop == "eos") if reply.stop is not None else reply.produced + flight.unread
+            del flight.stats.frame_s[max(made, 1) :]
         try:
             flight.finish(reason or (flight.reply.stop if flight.reply else None) or "max_frames", error)
         finally:

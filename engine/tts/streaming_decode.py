@@ -49,6 +49,8 @@ class StreamConfig:
             raise ValueError("chunk sizes must be at least one frame")
         if self.left_context_frames < 0:
             raise ValueError("left_context_frames must be >= 0")
+        if self.repeat_frames is not None and self.repeat_frames < 1:
+            raise ValueError("repeat_frames must be at least 1, or None for no repeat guard")
 
 
 class WindowedDecoder:

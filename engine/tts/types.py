@@ -38,7 +38,8 @@ class Segment:
 
 @dataclass
 class GenerationStats:
-    """Timings of one call, in seconds from the `stream()` call (wall clock, device synchronised per frame)."""
+    """Timings of one call, in seconds from the `stream()` call (wall clock; in the speech service on CUDA a frame
+    step is the host's time, the device catching up at chunk boundaries)."""
 
     prefill_s: float = 0.0
     prefill_positions: int = 0
