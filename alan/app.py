@@ -59,7 +59,7 @@ def build_scheduler(settings: Settings) -> TurnScheduler:
     """The app's one turn scheduler: as many turns at once as the speech service speaks together, 20 waiting.
 
     ALAN_TTS_MAX_BATCH, or 8 when the service sizes itself: on a GPU a frame for eight costs about what one does,
-    and on a CPU eight together make 2.9× the frames of one after another (bench/tts_batch.py). No per-chat bound
+    and on a CPU eight together make 3–6.7× the frames of one after another (fp32–bf16, bench/tts.py). No per-chat bound
     here: each platform sets its own per turn (Telegram: 3 of one person's messages; a Discord voice channel's
     turns are everyone's in it, bounded only by the total).
     """

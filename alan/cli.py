@@ -67,9 +67,7 @@ def db_upgrade() -> None:
 
 @app.command()
 def doctor(
-    skip: Annotated[
-        list[str] | None, typer.Option(help="Skip a check by name (e.g. --skip llm); repeatable.")
-    ] = None,
+    skip: Annotated[list[str] | None, typer.Option(help="Skip a check by name (e.g. --skip llm); repeatable.")] = None,
 ) -> None:
     """Show what is ready and what is missing, with the fix for each."""
     from alan.doctor import Status, run_checks

@@ -16,6 +16,7 @@ from alan.settings import Settings
 if TYPE_CHECKING:
     from engine.llm import LlmStatus
 
+
 class Status(enum.Enum):
     OK = "ok"
     MISSING = "missing"  # not ready yet, but aLAN can still start (e.g. a model that downloads on first use)

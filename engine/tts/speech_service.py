@@ -100,7 +100,8 @@ def slot_bytes(speech: CsmSpeech) -> int:
 
 def default_max_batch(speech: CsmSpeech) -> int:
     """How many requests to hold at once: on a GPU as many slots as half its free memory takes (up to 16; at
-    CSM-1B's size in bf16 a slot is 64 MiB); on a CPU 8, where eight together make ≈2.9× the frames of one."""
+    CSM-1B's size in bf16 a slot is 64 MiB); on a CPU 8, where eight together make 3× (fp32) to 6.7× (bf16) the
+    frames of one (bench/tts.py)."""
     if speech.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(speech.device)
         return max(1, min(16, int(free // 2 // slot_bytes(speech))))
