@@ -110,6 +110,7 @@ def test_load_puts_the_weights_in_the_mode_asked(speech: CsmSpeech, tiny_csm_pat
     assert next(bf16.model.codec_model.parameters()).dtype == torch.float32  # Mimi stays fp32
     int8 = CsmSpeech.load(str(tiny_csm_path), device="cpu", weights="int8")
     assert isinstance(int8.model.lm_head, Int8Linear) and int8.loop.dtype == torch.float32
+    assert (speech.weights, bf16.weights, int8.weights) == ("float32", "bfloat16", "int8")  # what the log says
     auto = CsmSpeech.load(str(tiny_csm_path), device="cpu")
     assert auto.loop.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     for loaded in (bf16, int8):  # each speaks: a whole reply through the frame loop and Mimi

@@ -42,7 +42,7 @@ from .sampling import SamplingConfig, make_generator
 from .stream import SpeechStream
 from .streaming_decode import StreamConfig
 from .types import GenerationStats, Segment, SpeechResult
-from .weights import apply_weight_mode, resolve_weight_mode
+from .weights import Int8Linear, apply_weight_mode, resolve_weight_mode
 
 
 def resolve_device(device: str) -> torch.device:
@@ -80,6 +80,8 @@ class CsmSpeech:
         self.tokenizer = processor.tokenizer
         self.config = model.config
         self.loop = CsmFrameLoop(model)
+        # what the weights are in memory (`load` says int8 when it quantized them), for the operator's log
+        self.weights = "int8" if isinstance(model.lm_head, Int8Linear) else str(self.loop.dtype).removeprefix("torch.")
         self.prefix_cache = PrefixCache(prefix_cache_size)
         self.max_positions = min(int(self.config.max_position_embeddings), MAX_CSM_POSITIONS)
         self._codec_device = next(model.codec_model.parameters()).device

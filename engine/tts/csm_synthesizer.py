@@ -94,6 +94,7 @@ class CsmSynthesizer:
         """Load the model (on the worker thread); it lives as long as the process, so out of the garbage
         collector's way it goes (engine/heap.py), once."""
         speech = self._load()
+        log.info("speech model %s loaded on %s, %s weights", self.model, speech.device, speech.weights)
         freeze_long_lived()
         return speech
 
