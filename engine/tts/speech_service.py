@@ -7,8 +7,8 @@ together (`BatchedFrameLoop.frame`: one backbone step, one depth-decoder pass, t
 device; on CUDA replayed as a captured graph, `FrameGraphs`) without reading anything back. Only when some
 request has a chunk due does it read the slots' state (frames kept, stopped or not: one small read) and decode
 the due windows (on CUDA in one Mimi call, on a CPU one by one, which is faster there), handing each listener its
-chunk. Each request keeps its own
-sampling settings and seed, budget plan and stopping rules (`ReplyFrames`, the same as the solo loop's).
+chunk. Each request keeps its own sampling settings and seed, budget plan and stopping rules (`ReplyFrames`, the
+same as the solo loop's).
 
 A newcomer's prompt is prefilled `prefill_chunk` positions at a time, one chunk between two frames, so a long
 prompt never holds up audio that is already playing by more than one chunk.

@@ -14,7 +14,7 @@ streamed decode within float rounding of a one-shot decode.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, cast
+from typing import Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from transformers import CsmForConditionalGeneration
 
 WeightMode = Literal["auto", "fp32", "bf16", "int8"]
 ConcreteWeightMode = Literal["fp32", "bf16", "int8"]
-WEIGHT_MODES: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
+WEIGHT_MODES: tuple[str, ...] = get_args(WeightMode)
 
 # Smallest absmax a scale is built from: an all-zero row/channel then quantizes to zeros instead of 0/0 = NaN,
 # without a data-dependent branch (which would sync the host and break torch.compile / CUDA-graph capture).
