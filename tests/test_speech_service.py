@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +169,33 @@ async def test_a_request_given_up_while_waiting_for_a_slot_ends_at_once(tiny_spe
             await speaking
     finally:
         service.close()
+
+
+async def test_a_request_given_up_behind_anothers_prefill_ends_at_once(
+    tiny_speech: CsmSpeech, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = SpeechService(tiny_speech, max_batch=4)
+    stalled = threading.Event()
+
+    def stall() -> None:  # the oldest newcomer's prompt never gets through
+        stalled.set()
+        time.sleep(0.01)
+
+    monkeypatch.setattr(service, "_prefill_chunk", stall)
+    first = asyncio.create_task(listen(service, request(tiny_speech, 0, 20)))
+    behind = None
+    try:
+        assert await asyncio.to_thread(stalled.wait, 5)
+        behind = asyncio.create_task(listen(service, request(tiny_speech, 1, 20)))
+        await asyncio.sleep(0.2)
+        assert len(service._prefilling) == 2  # taken in, behind the first one's prefill
+        behind.cancel()
+        done, _ = await asyncio.wait({behind}, timeout=5)  # not once the first's prompt is through: never, here
+        assert behind in done and behind.cancelled() and len(service._prefilling) == 1
+    finally:
+        service.close()  # the stalled first request (and, were it still there, the one behind) end with it
+        first.cancel()
+        await asyncio.gather(*(task for task in (first, behind) if task is not None), return_exceptions=True)
 
 
 async def test_a_model_failure_ends_the_requests_in_flight_and_the_service_goes_on(
