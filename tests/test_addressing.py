@@ -1,0 +1,75 @@
+"""When aLAN speaks in a group (groundwork of issue 11): addressed by name at the start or the end, a follow-up
+by the person it just answered, a question right after it spoke; alone it answers everything."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.addressing import (
+    FOLLOW_UP_SECONDS,
+    QUESTION_SECONDS,
+    AddressDetector,
+    GroupFloor,
+    ListenMode,
+    should_answer,
+)
+
+ALAN = AddressDetector()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Alan, what do you think?",
+        "What do you think, Alan?",
+        "Hey Allen, are you there?",  # one of Whisper's spellings, after a greeting
+        "allan what's the time",
+        "Is that right, Alún?",
+        "so what do you think alan",
+    ],
+)
+def test_the_name_at_the_start_or_the_end_addresses_alan(text: str) -> None:
+    assert ALAN.addressed(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I told Alan about it yesterday and he didn't mind at all",  # about aLAN, not to it
+        "What do you think?",
+        "Ellen, can you pass the salt?",  # someone else's name
+        "I'll be alone tonight",
+        "",
+    ],
+)
+def test_other_words_do_not(text: str) -> None:
+    assert not ALAN.addressed(text)
+
+
+def test_a_name_of_several_words_and_aliases() -> None:
+    detector = AddressDetector("Mister Robot", aliases=("Robo",))
+    assert detector.addressed("Mister Robot, hello")
+    assert detector.addressed("how are you robo")
+    assert not detector.addressed("hello mister")
+    with pytest.raises(ValueError):
+        AddressDetector("  ")
+
+
+def test_who_gets_an_answer_in_a_group() -> None:
+    floor = GroupFloor()
+
+    def answer(speaker: str, text: str, now: float, mode: ListenMode = ListenMode.ADDRESSED, people: int = 2) -> bool:
+        return should_answer(ALAN, floor, mode, speaker, text, now, people)
+
+    assert not answer("A", "Did you see the game last night?", 0.0)  # A talks to B: stored, no answer
+    assert answer("B", "Alan, what do you think?", 3.0)
+    floor.spoke_to("B", 10.0)
+    assert answer("B", "and the score was fine", 10.0 + FOLLOW_UP_SECONDS - 1)  # B's follow-up, in the window
+    assert not answer("A", "and the score was fine", 10.0 + FOLLOW_UP_SECONDS + 1)  # A, after it
+    assert not answer("A", "and the score was fine", 11.0)  # A is not the one it answered
+    assert answer("A", "really, why?", 10.0 + QUESTION_SECONDS - 1)  # a question right after it spoke
+    assert not answer("A", "really, why?", 10.0 + QUESTION_SECONDS + 1)
+    assert answer("A", "nice weather", 100.0, people=1)  # alone: every utterance
+    assert answer("A", "nice weather", 100.0, mode=ListenMode.ALWAYS)
+    assert not answer("A", "Alan, what do you think?", 100.0, mode=ListenMode.OFF)  # only listening
+    assert not answer("A", "Alan, hi", 100.0, mode=ListenMode.OFF, people=1)
