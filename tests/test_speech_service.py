@@ -269,7 +269,7 @@ async def test_a_long_prompt_is_prefilled_a_chunk_between_two_frames(tiny_speech
 def test_the_service_is_sized_from_the_options_or_the_device(tiny_speech: CsmSpeech, tiny_csm_dir: Path) -> None:
     from engine.speech_synthesizer import SynthesizerOptions
     from engine.tts.csm_synthesizer import CsmSynthesizer
-    from engine.tts.speech_service import default_max_batch, slot_bytes
+    from engine.tts.service_sizing import default_max_batch, slot_bytes
 
     config = tiny_speech.config
     head_dim = config.hidden_size // config.num_attention_heads

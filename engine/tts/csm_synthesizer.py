@@ -170,7 +170,8 @@ class CsmSynthesizer:
         speech = await self.speech()
         async with self._service_lock:
             if self._service is None:
-                from .speech_service import SpeechService, default_max_batch
+                from .service_sizing import default_max_batch
+                from .speech_service import SpeechService
 
                 batch = self.options.max_batch or default_max_batch(speech)
                 chunk, graphs = self.options.prefill_chunk, self.options.cuda_graphs
