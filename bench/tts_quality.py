@@ -26,34 +26,38 @@ from engine.tts.types import GenerationStats, Segment
 from engine.tts.weights import compare_logits
 
 
+class _Recorder:
+    """A token picker for `CsmFrameLoop.sample_frame` that keeps every codebook's logits and picks either by
+    sampling (`codes` None) or the given frame's code (teacher forcing): the production frame, observed."""
+
+    def __init__(self, speech: CsmSpeech) -> None:
+        self._sample = SamplingConfig(seed=0).depth_picker(make_generator(0, speech.device))
+        self.logits: list[torch.Tensor] = []
+        self.forced: torch.Tensor | None = None  # this frame's codes to pick, when teacher-forcing
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        codebook = len(self.logits)
+        self.logits.append(logits.float().cpu())
+        if self.forced is None:
+            return self._sample(logits)
+        return self.forced[codebook : codebook + 1].to(logits.device)
+
+
 def frame_logits(speech: CsmSpeech, voice: Segment, history: list[Segment], text: str, frames: int,
                  codes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Logits `[frames, num_codebooks, vocab]` (float32) and the codes `[frames, num_codebooks]` they were run
     on: sampled here (seed 0) when `codes` is None, else teacher-forced."""
-    loop = speech.loop
-    picker = SamplingConfig(seed=0).depth_picker(make_generator(0, speech.device))
     made, out = [], []
     with torch.inference_mode():
         last_hidden, cache = speech._prefill(voice, history, text, 0, None, GenerationStats())
-        depth_cache = loop._depth_cache
+        recorder = _Recorder(speech)  # one sampler for the whole run: its random stream goes on frame to frame
         for index in range(frames):
-            logits = [speech.model.lm_head(last_hidden)[:, -1, : loop.valid_codes]]
-            code = picker(logits[0]) if codes is None else codes[index, :1].to(speech.device)
-            frame = [code]
-            depth_cache.reset(1)
-            hidden = torch.cat([last_hidden, loop.depth.embed_tokens(code.view(1, 1))], dim=1)
-            hidden = loop._depth_forward(hidden, depth_cache, start=0, mask=loop._first_mask(hidden))
-            for k in range(1, loop.num_codebooks):
-                logits.append(loop.depth_logits(k, hidden[:, -1, :]))
-                code = picker(logits[-1]) if codes is None else codes[index, k : k + 1].to(speech.device)
-                frame.append(code)
-                if k < loop.num_codebooks - 1:
-                    embeds = loop.depth.embed_tokens((code + k * loop.depth_vocab_size).view(1, 1))
-                    hidden = loop._depth_forward(embeds, depth_cache, start=k + 1, mask=None)
-            codes_now = torch.cat(frame)
-            made.append(codes_now.cpu())
-            out.append(torch.cat(logits).float().cpu())
-            last_hidden = loop.step(codes_now, cache)
+            recorder.logits = []
+            recorder.forced = None if codes is None else codes[index]
+            frame = speech.loop.sample_frame(last_hidden, recorder, recorder)
+            made.append(frame.cpu())
+            out.append(torch.cat(recorder.logits))
+            last_hidden = speech.loop.step(frame, cache)
     return torch.stack(out), torch.stack(made)
 
 
