@@ -46,4 +46,5 @@ def build_conversation(settings: Settings) -> Conversation:
         build_chat_model(settings),
         max_audio_seconds=settings.max_audio_seconds,
         max_audio_bytes=settings.max_audio_bytes,
+        bot_name=settings.bot_name,
     )

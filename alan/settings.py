@@ -7,6 +7,8 @@ they never show up in logs, reprs or error messages.
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Collection
 from functools import cached_property
 from pathlib import Path
@@ -57,6 +59,10 @@ class Settings(BaseSettings):
     llm_base_url: str = Field("", validation_alias="ALAN_LLM_BASE_URL")
     llm_api_key: SecretStr | None = Field(None, validation_alias="ALAN_LLM_API_KEY")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="ALAN_DEVICE")
+
+    # What people call aLAN: in a voice channel with several people it answers when this name starts or ends what
+    # someone says (in any spelling Whisper writes for it: Alan, Allen, Allan…).
+    bot_name: str = Field("Alan", min_length=1, max_length=40, validation_alias="ALAN_BOT_NAME")
 
     max_audio_seconds: float = Field(120.0, gt=0, validation_alias="ALAN_MAX_AUDIO_SECONDS")
     max_audio_bytes: int = Field(20 * 1024 * 1024, gt=0, validation_alias="ALAN_MAX_AUDIO_BYTES")
@@ -150,6 +156,14 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @field_validator("bot_name")
+    @classmethod
+    def _a_name_to_call(cls, value: str) -> str:
+        name = " ".join(value.split())
+        if not re.search(r"[^\W\d_]", name):
+            raise ValueError("needs letters: it is the name people say to address the bot, e.g. Alan")
+        return name
 
     @field_validator("log_level", mode="before")
     @classmethod

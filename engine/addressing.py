@@ -30,10 +30,12 @@ class ListenMode(StrEnum):
 
 def _fold(word: str) -> str:
     """A spelling-insensitive key: accents dropped, lower case, doubled letters single, vowels after the first
-    letter alike. "Allen", "Allan", "Alan", "Alán" and "Alun" all fold to "alvn"; "Ellen" and "Olin", other
-    people's names, keep their own first letter and don't."""
+    letter alike, an r between a vowel and a consonant silent. "Allen", "Allan", "Alan", "Alán", "Alun" and
+    "Arlin" all fold to "alvn"; "Ellen" and "Olin", other people's names, keep their own first letter and don't."""
     plain = unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode().lower()
     plain = re.sub(r"(.)\1+", r"\1", plain)
+    # A non-rhotic r (after a vowel, before a consonant) is a spelling, not a sound: Whisper hears "Arlin".
+    plain = re.sub(r"(?<=[aeiouy])r(?=[^aeiouy])", "", plain)
     return plain[:1] + re.sub(r"[aeiouy]", "v", plain[1:])
 
 

@@ -16,14 +16,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
 from engine import hearing
 from engine.audio import Samples
-from engine.chat_model import ChatMessage, ChatModel
+from engine.chat_model import ChatModel
 from engine.conversation_resume import LLM_HISTORY_TURNS, ConversationResume, PendingTurn
+from engine.conversation_settings import ConversationSettings
 from engine.conversation_voices import ConversationVoices
 from engine.errors import (
     BadInputError,
@@ -35,6 +36,7 @@ from engine.errors import (
 )
 from engine.events import (
     Heard,
+    Overheard,
     ReplySentence,
     SentenceSpoken,
     SpeechChunk,
@@ -43,11 +45,12 @@ from engine.events import (
     TurnFinished,
     VoiceNote,
 )
+from engine.group_talk import History, group_context
 from engine.participant import Participant
 from engine.speech_synthesizer import ContextTurn, SpeechSynthesizer, VoicePrompt
 from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
 from engine.speech_to_text import SpeechToText
-from engine.store.models import Turn, User
+from engine.store.models import User
 from engine.store.repository import Store
 from engine.turn_input import decode_input, read_text
 from engine.turn_memory import HeardAudio, ReplyDraft, SpokenSentence, TurnMemory
@@ -63,7 +66,7 @@ LLM_DOWN = "I can't think right now: my language model isn't answering. I kept y
 SPEECH_FAILED = "Something went wrong while I was speaking, so the rest of my answer comes as text."
 
 
-class Conversation(ConversationVoices, ConversationResume):
+class Conversation(ConversationVoices, ConversationResume, ConversationSettings):
     """Everything a platform or the CLI can ask of aLAN; see the module docstring."""
 
     def __init__(
@@ -75,6 +78,7 @@ class Conversation(ConversationVoices, ConversationResume):
         *,
         max_audio_seconds: float,
         max_audio_bytes: int,
+        bot_name: str = "Alan",
     ) -> None:
         self._store = store
         self._stt = stt
@@ -84,6 +88,7 @@ class Conversation(ConversationVoices, ConversationResume):
         self._memory = TurnMemory(store, tts)
         self.max_audio_seconds = max_audio_seconds
         self.max_audio_bytes = max_audio_bytes
+        self.bot_name = bot_name  # what people call aLAN: the LLM is told, in a group
 
     async def load_models(self, *, hearing_too: bool = True) -> None:
         """Load the speech models now rather than on first use; raises `ServiceUnavailableError` if one can't load."""
@@ -102,6 +107,14 @@ class Conversation(ConversationVoices, ConversationResume):
     async def _user(self, who: Participant) -> User:
         return await asyncio.to_thread(self._store.user, who.platform, who.user_id, who.display_name)
 
+    async def _history(self, user: User, who: Participant, limit: int) -> History:
+        """The newest turns here: the person's own, or everyone's in a shared scope (with who said each)."""
+        if not who.shared:
+            return History(await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, limit))
+        rows = await asyncio.to_thread(self._store.shared_turns, who.scope, limit)
+        names = {turn.id: name for turn, name in rows if turn.role == "user" and name is not None}
+        return History([turn for turn, _ in rows], shared=True, names=names)
+
     async def turn(
         self,
         who: Participant,
@@ -111,6 +124,8 @@ class Conversation(ConversationVoices, ConversationResume):
         speak: bool = True,
         voice_name: str | None = None,
         notes: NotePolicy | None = None,
+        answer_if: Callable[[str], bool] | None = None,
+        name_them: bool = False,
     ) -> AsyncIterator[TurnEvent]:
         """Run one turn. Raises `TurnError` (message for the user) when there is nothing to answer or no LLM.
 
@@ -118,6 +133,10 @@ class Conversation(ConversationVoices, ConversationResume):
         platform's PCM, kept at its own rate). With `notes`, the reply also comes as `VoiceNote`s cut at sentence
         ends, each encoded once and stored as sent. `voice_name` speaks this reply with one of the user's voices
         instead of their active one.
+
+        In a group, `answer_if(what they said)` decides whether the words were said to aLAN: if not, they are
+        kept in the conversation (with their payload, as the synthesizer's context) and the turn ends with
+        `Overheard`. `name_them`: others are listening, so the reply starts with the person's name.
         """
         started = time.perf_counter()
         timings: dict[str, float] = {}
@@ -130,11 +149,20 @@ class Conversation(ConversationVoices, ConversationResume):
             said, language, heard_audio = await self._hear(audio, timings, known_language)
         else:
             said, language, heard_audio = read_text(text), None, None
-        history = await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, LLM_HISTORY_TURNS)
+        history = await self._history(user, who, LLM_HISTORY_TURNS)
+        addressed = answer_if is None or answer_if(said)
         # Stored before anything else can go wrong or be interrupted: what the user said is never lost.
-        user_turn = await self._memory.remember_user_turn(user.id, who.scope, said, language, heard_audio)
+        user_turn = await self._memory.remember_user_turn(
+            user.id, who.scope, said, language, heard_audio, addressed=addressed
+        )
         if audio is not None:
             yield Heard(said, language)
+        if not addressed:
+            if heard_audio is not None and speak and self._tts.capabilities.uses_context:
+                # Their voice becomes part of the room the synthesizer listens to when aLAN next speaks here.
+                await self._memory.add_user_speech(user_turn, heard_audio.samples, heard_audio.sample_rate)
+            yield Overheard(said)
+            return
         # Make the synthesizer's payload of what the user said while the LLM thinks, ready as its context.
         user_speech = (
             asyncio.ensure_future(self._memory.add_user_speech(user_turn, heard_audio.samples, heard_audio.sample_rate))
@@ -142,8 +170,9 @@ class Conversation(ConversationVoices, ConversationResume):
             else None
         )
         answer = self._answer(
-            user, who, history, said, user_speech, speak, voice_name, timings, started, language=language, notes=notes
-        )
+            user, who, history, said, user_speech, speak, voice_name, timings, started,
+            language=language, notes=notes, name_them=name_them,
+        )  # fmt: skip
         async with self._answering(answer, user_speech):
             async for event in answer:
                 yield event
@@ -183,7 +212,7 @@ class Conversation(ConversationVoices, ConversationResume):
         self,
         user: User,
         who: Participant,
-        history: list[Turn],
+        history: History,
         said: str,
         user_speech: asyncio.Future[ContextTurn | None] | None,
         speak: bool,
@@ -193,12 +222,13 @@ class Conversation(ConversationVoices, ConversationResume):
         *,
         language: str | None = None,  # the person's, for the LLM to answer in
         notes: NotePolicy | None = None,
+        name_them: bool = False,
     ) -> AsyncIterator[TurnEvent]:
         reply = ReplyDraft(notes=[] if notes is not None else None)
         cutter = NoteCutter(notes) if notes is not None else None
         speaking = speak
         uses_context = speak and self._tts.capabilities.uses_context
-        context: list[ContextTurn] = self._memory.spoken_context(history) if uses_context else []
+        context: list[ContextTurn] = self._memory.spoken_context(history.turns) if uses_context else []
         voice: VoicePrompt | None = None
         if speak:
             try:
@@ -207,11 +237,14 @@ class Conversation(ConversationVoices, ConversationResume):
                 log.error("no voice: %s", error.detail)
                 speaking = False
                 yield SpeechUnavailable(str(error))
-        messages = [ChatMessage(turn.role, turn.text) for turn in history]  # type: ignore[arg-type]
+        messages = history.messages()
+        situation = group_context(user.display_name, self.bot_name, name_them=name_them) if history.shared else None
         finished = False
         try:
             try:
-                deltas = self._llm.stream_reply(messages, said, language=language)
+                deltas = self._llm.stream_reply(
+                    messages, history.said(user.display_name, said), language=language, context=situation
+                )
                 sentences = speakable_sentences(deltas)
                 # Closing both on the way out (an interruption, say) closes the HTTP stream: the LLM server stops.
                 async with contextlib.aclosing(deltas), contextlib.aclosing(sentences):
@@ -334,36 +367,6 @@ class Conversation(ConversationVoices, ConversationResume):
                 raise BadInputError(f"I can't say that in one go: {error}") from error
             except TtsUnavailableError as error:
                 raise voice_down(error) from error
-
-    async def replies_with_text(self, who: Participant) -> bool:
-        """Whether this person also gets the reply (and what was heard) as text: `/text on|off` (on by default)."""
-        # find_user: asking must not create someone (who may have used /forget).
-        user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
-        return True if user is None else user.reply_with_text
-
-    async def set_reply_with_text(self, who: Participant, enabled: bool) -> None:
-        user = await self._user(who)
-        await asyncio.to_thread(self._store.set_reply_with_text, user.id, enabled)
-
-    async def reset(self, who: Participant) -> int:
-        """Forget this conversation (here), keep the user's voices. Returns how many turns were deleted."""
-        user = await self._user(who)
-        return await asyncio.to_thread(self._store.clear_conversation, user.id, who.scope)
-
-    async def knows(self, who: Participant) -> bool:
-        """Whether anything is stored about this person (asking stores nothing)."""
-        return await asyncio.to_thread(self._store.find_user, who.platform, who.user_id) is not None
-
-    async def forget(self, who: Participant) -> bool:
-        """Delete everything stored about this user: voices, conversations, settings. False: nothing was stored."""
-        user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
-        if user is None:
-            return False
-        await asyncio.to_thread(self._store.forget_user, user.id)
-        # Caches are rebuilt on demand; emptying them is the simple way to be sure nothing of theirs stays.
-        self._tts.forget()
-        log.info("forgot user %s on request", user.id)
-        return True
 
 
 def _rest(cutter: NoteCutter | None) -> list[list[tuple[int, SpokenSentence]]]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from engine.audio import decode_audio
 from engine.errors import AudioError
 from engine.events import TurnEvent
+from engine.group_talk import History
 from engine.participant import Participant
 from engine.speech_synthesizer import ContextTurn, SpeechSynthesizer
 from engine.store.models import Turn, User
@@ -54,6 +55,9 @@ class ConversationResume:
     def _answering(self, *args: Any) -> Any:
         raise NotImplementedError
 
+    async def _history(self, user: User, who: Participant, limit: int) -> History:
+        raise NotImplementedError
+
     async def unanswered(self, platform: str, since: datetime) -> list[PendingTurn]:
         """This platform's user turns since `since` that are still the last word in their scope, oldest first."""
         rows = await asyncio.to_thread(self._store.unanswered_turns, platform, since)
@@ -78,8 +82,13 @@ class ConversationResume:
         found = await self._waiting(who, turn_id, LLM_HISTORY_TURNS + 1)
         if found is None:
             return
-        user, history = found
-        pending, history = history[-1], history[:-1]
+        user, own = found
+        pending = own[-1]
+        if who.shared:  # the group's conversation up to the turn, everyone's words in it
+            group = await self._history(user, who, LLM_HISTORY_TURNS + 1)
+            history = History([turn for turn in group.turns if turn.id < pending.id], shared=True, names=group.names)
+        else:
+            history = History(own[:-1])
         has_audio = pending.speech is not None or pending.audio is not None
         user_speech = (
             asyncio.ensure_future(self._stored_speech(pending))
@@ -112,6 +121,8 @@ class ConversationResume:
         if user is None:
             return None
         history = await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, limit)
+        # What they said to others afterwards, in a group, owes no answer and doesn't answer this turn either.
+        history = [turn for turn in history if turn.role != "user" or turn.addressed]
         if not history or history[-1].id != turn_id or history[-1].role != "user":
             return None
         return user, history

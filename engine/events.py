@@ -16,6 +16,13 @@ class Heard:
 
 
 @dataclass(frozen=True)
+class Overheard:
+    """What was heard is kept in the group's conversation, but was not said to aLAN: the turn ends unanswered."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class ReplySentence:
     """One sentence of the reply, as soon as the LLM has finished it; its audio follows."""
 
@@ -64,4 +71,6 @@ class TurnFinished:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-TurnEvent = Heard | ReplySentence | SpeechChunk | SentenceSpoken | VoiceNote | SpeechUnavailable | TurnFinished
+TurnEvent = (
+    Heard | Overheard | ReplySentence | SpeechChunk | SentenceSpoken | VoiceNote | SpeechUnavailable | TurnFinished
+)

@@ -15,3 +15,5 @@ class Participant:
     display_name: str | None = None
     # A wider scope whose default voice applies where `scope` has none (a Discord server around its channels).
     parent_scope: str | None = None
+    # Everyone in `scope` shares one conversation (a voice channel, a group chat): each hears what the others said.
+    shared: bool = False

@@ -16,14 +16,13 @@ from sqlalchemy.exc import IntegrityError
 from engine.audio import encode_ogg_opus
 from engine.errors import StorageUnavailableError, TtsUnavailableError
 from engine.events import VoiceNote
+from engine.group_talk import person_key
 from engine.speech_synthesizer import ASSISTANT, ContextTurn, SpeechPayload, SpeechSynthesizer
 from engine.store.models import Turn
 from engine.store.repository import Store
 
 log = logging.getLogger(__name__)
 
-# The person speaking, as the synthesizer's context names them (one person per conversation today).
-PERSON = "person"
 # The newest spoken turns offered to the synthesizer as context; it keeps as many of them as fit.
 SPOKEN_CONTEXT_TURNS = 8
 # The first reply in a scope without any voice becomes that scope's voice if it is at least this long.
@@ -75,11 +74,20 @@ class TurnMemory:
         self.tts = tts
 
     async def remember_user_turn(
-        self, user_id: int, scope: str, said: str, language: str | None, audio: HeardAudio | None
+        self,
+        user_id: int,
+        scope: str,
+        said: str,
+        language: str | None,
+        audio: HeardAudio | None,
+        *,
+        addressed: bool = True,
     ) -> Turn:
         def write() -> Turn:
             stored = audio.stored if audio is not None else None
-            return self.store.add_turn(user_id, scope, "user", said, language=language, audio=stored)
+            return self.store.add_turn(
+                user_id, scope, "user", said, language=language, audio=stored, addressed=addressed
+            )
 
         try:
             return await asyncio.to_thread(write)
@@ -93,20 +101,20 @@ class TurnMemory:
         except TtsUnavailableError:
             return None  # the reply says once that there is no voice
         if payload is None:
-            return ContextTurn(PERSON, turn.text)
+            return ContextTurn(person_key(turn.user_id), turn.text)
         try:
             if not await asyncio.to_thread(self.store.set_turn_speech, turn.id, payload):
                 log.info("turn %s was deleted (/reset or /forget) while its audio was encoded", turn.id)
         except StorageUnavailableError:
             pass  # logged by the store; the payload still serves this reply, only not later ones
-        return ContextTurn(PERSON, turn.text, payload)
+        return ContextTurn(person_key(turn.user_id), turn.text, payload)
 
     def spoken_context(self, history: list[Turn]) -> list[ContextTurn]:
-        """The newest turns that carry this synthesizer's payload, as its context."""
+        """The newest turns that carry this synthesizer's payload, as its context: each person their own speaker."""
         spoken = [turn for turn in history if turn.speech is not None and turn.speech_model == self.tts.tag]
         return [
             ContextTurn(
-                ASSISTANT if turn.role == "assistant" else PERSON,
+                ASSISTANT if turn.role == "assistant" else person_key(turn.user_id),
                 turn.text,
                 SpeechPayload(self.tts.tag, turn.speech),  # type: ignore[arg-type]
             )

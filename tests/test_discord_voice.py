@@ -21,6 +21,7 @@ from bot.discord.audio import DISCORD_FRAME_BYTES
 from bot.discord.listen import VoiceListener
 from bot.discord.session import VoiceSession, participant
 from bot.discord.text import answer_mention
+from engine.addressing import ListenMode
 from engine.audio import CSM_RATE, WHISPER_RATE, Samples, decode_audio, is_ogg_opus
 from engine.conversation import Conversation
 from engine.store.repository import Store
@@ -71,7 +72,13 @@ class Room:
         self.music_bot = self.channel.enter(self.guild.add(FakeMember("jukebox", bot=True)))
 
 
-async def joined(room: Room, conversation: Conversation, clock: FakeClock) -> tuple[VoiceSession, FakeVoiceClient]:
+async def joined(
+    room: Room, conversation: Conversation, clock: FakeClock, listen: ListenMode | None = ListenMode.ALWAYS
+) -> tuple[VoiceSession, FakeVoiceClient]:
+    # The tiny Whisper hears gibberish, never aLAN's name: these tests of the audio path have it answer everything
+    # (tests/test_group_voice.py covers when it answers, on the real Whisper).
+    if listen is not None:
+        await conversation.set_listen_mode(str(room.channel.id), listen)
     client = await room.channel.connect(cls=AlanVoiceClient, reconnect=True, self_deaf=False)
     session = VoiceSession(conversation, client, TurnScheduler(), clock=clock)
     session.start()
@@ -283,7 +290,8 @@ async def test_mentions_get_a_text_answer_and_a_spoken_one_in_our_voice_channel(
     reply = await answer_mention(message, bot_user=alan, conversation=conversation, scheduler=queue, session=None)
     assert reply == message.replies[0] == "Lima is the capital."
     assert text_channel.typing_entered == 1
-    assert ollama.chat_requests[-1]["messages"][-1]["content"] == "what is the capital of Peru?"
+    # A server's text channel is one conversation too: the LLM reads who asked.
+    assert ollama.chat_requests[-1]["messages"][-1]["content"] == "Carol: what is the capital of Peru?"
     user = store.find_user("discord", str(carol.id))
     assert user is not None and [t.role for t in store.recent_turns(user.id, str(text_channel.id))] == [
         "user",

@@ -1,10 +1,12 @@
-"""aLAN in one server's voice channel: hears each member, answers each utterance aloud, one answer at a time, and
-stops talking as soon as someone talks over it.
+"""aLAN in one server's voice channel: hears each member, takes part in the group's conversation, answers aloud
+when spoken to, one answer at a time, and stops talking as soon as someone talks over it.
 
 Flow: receiver (per-user PCM) -> `VoiceListener` (per-user VAD) -> utterance -> `TurnScheduler` (one turn at a time
-per server) -> `Conversation.turn(audio=Samples)` -> `ReplyPlayback` (streaming `AudioSource`). A speech start while
-a reply is audible interrupts it (`ReplyPlayback.interrupt`). Every member keeps their own history: the
-participant is the member, the scope is the voice channel.
+per server, in the order people finished speaking) -> `Conversation.turn(audio=Samples)` -> `ReplyPlayback`
+(streaming `AudioSource`). The channel is one shared conversation: every utterance is transcribed and kept under
+its speaker's name, and answered when `engine.addressing.should_answer` says it was said to aLAN (everything, with
+one person there; its name, a follow-up or a question right after it spoke, with several; the channel's `/listen`
+mode). A reply waits for a gap in the talk before it plays; a speech start while it is audible interrupts it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from alan.scheduler import SchedulerFullError, TurnScheduler
 from bot.discord.listen import Clock, VoiceListener
 from bot.discord.speak import PlaybackResult, ReplyPlayback
 from bot.text_split import split_text
+from engine.addressing import AddressDetector, GroupFloor, ListenMode, should_answer
 from engine.audio import Samples
 from engine.conversation import Conversation, Participant
 from engine.errors import NoSpeechError, TurnError
@@ -32,6 +35,9 @@ PLATFORM = "discord"
 APOLOGY = "Sorry, something went wrong on my side while answering. Please try again."
 # Discord's message length limit.
 MAX_MESSAGE = 2000
+# A reply ready while others are talking waits for them this long at most (then it speaks: it was asked).
+MAX_GAP_WAIT_S = 12.0
+GAP_POLL_S = 0.05
 
 
 def voice_queue_key(guild_id: int) -> str:
@@ -40,7 +46,10 @@ def voice_queue_key(guild_id: int) -> str:
 
 
 def participant(member: discord.abc.User, scope: int | str) -> Participant:
-    """A member talking in `scope`; their server is the parent scope, so a server's default voice applies."""
+    """A member talking in `scope`; their server is the parent scope, so a server's default voice applies.
+
+    A server's channel is one conversation shared by everyone in it; a direct message is the person's own.
+    """
     guild = getattr(member, "guild", None)
     return Participant(
         PLATFORM,
@@ -48,6 +57,7 @@ def participant(member: discord.abc.User, scope: int | str) -> Participant:
         str(scope),
         getattr(member, "display_name", None) or member.name,
         parent_scope=str(guild.id) if guild is not None else None,
+        shared=guild is not None,
     )
 
 
@@ -78,6 +88,8 @@ class VoiceSession:
         )
         self.playback: ReplyPlayback | None = None
         self.answering: Participant | None = None
+        self.detector = AddressDetector(conversation.bot_name)
+        self.floor = GroupFloor()  # whom aLAN answered last, and when it finished
         self.closed = False
         self.leaving = False  # we chose to leave: a dropped connection must not be re-established
         self.kicked = False  # someone removed us from the channel: don't come back uninvited
@@ -141,16 +153,22 @@ class VoiceSession:
         member = self.voice_client.guild.get_member(user_id)
         scope = self.channel.id
         guild_id = str(self.voice_client.guild.id)
-        who = participant(member, scope) if member else Participant(PLATFORM, str(user_id), str(scope), None, guild_id)
+        who = (
+            participant(member, scope)
+            if member
+            else Participant(PLATFORM, str(user_id), str(scope), None, guild_id, shared=True)
+        )
         # The PCM goes in as it is: the engine hears it at its own rate and stores it once, as OGG/Opus.
         heard = Samples(utterance.audio, SAMPLE_RATE)
-        task = asyncio.create_task(self._answer_utterance(who, heard), name=f"voice-turn-{user_id}")
+        # When they started: a follow-up's window counts from aLAN's last words to the start of theirs.
+        began = self.clock() - utterance.seconds
+        task = asyncio.create_task(self._answer_utterance(who, heard, began), name=f"voice-turn-{user_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _answer_utterance(self, who: Participant, heard: Samples) -> None:
+    async def _answer_utterance(self, who: Participant, heard: Samples, began: float) -> None:
         try:
-            result = await self.answer(who, audio=heard)
+            result = await self.answer(who, audio=heard, began=began)
         except NoSpeechError:
             log.debug("no speech in an utterance of user %s", who.user_id)  # a cough or a laugh: say nothing
         except (TurnError, SchedulerFullError) as error:
@@ -167,24 +185,66 @@ class VoiceSession:
     # -- speaking ---------------------------------------------------------------------------------------
 
     async def answer(
-        self, who: Participant, *, audio: Samples | None = None, text: str | None = None
+        self, who: Participant, *, audio: Samples | None = None, text: str | None = None, began: float | None = None
     ) -> PlaybackResult:
-        """Queue a spoken turn for this channel and return once it has been heard out (or interrupted).
+        """Queue a turn for this channel and return once its answer has been heard out (or interrupted).
 
-        Raises `TurnError` / `SchedulerFullError` with a message for the user.
+        Speech (`audio`, which `began` at that clock time) is answered when it was said to aLAN, and otherwise only
+        kept in the channel's conversation (`PlaybackResult.overheard`). Text (a mention) is always answered; with
+        `/listen off`, in text only. Raises `TurnError` / `SchedulerFullError` with a message for the user.
         """
-        return await self.scheduler.run(self.queue_key, lambda: self._speak(who, audio=audio, text=text))
+        began = self.clock() if began is None else began
+        return await self.scheduler.run(self.queue_key, lambda: self._speak(who, audio=audio, text=text, began=began))
 
-    async def _speak(self, who: Participant, *, audio: Samples | None, text: str | None) -> PlaybackResult:
+    def people(self) -> int:
+        """The people in the voice channel now (bots such as aLAN itself or a music bot don't count)."""
+        return sum(1 for member in getattr(self.channel, "members", ()) if not member.bot)
+
+    async def _speak(
+        self, who: Participant, *, audio: Samples | None, text: str | None, began: float
+    ) -> PlaybackResult:
         if self.closed:  # we left while this turn waited its go
             return PlaybackResult(interrupted=True)
-        playback = ReplyPlayback(self.voice_client, clock=self.clock, on_start=lambda: self._still_talking(who))
+        mode = await self.conversation.listen_mode(who.scope) or ListenMode.ADDRESSED
+        people = self.people()
+
+        def said_to_us(said: str) -> bool:
+            return should_answer(self.detector, self.floor, mode, who.user_id, said, began, people)
+
+        playback = ReplyPlayback(
+            self.voice_client,
+            clock=self.clock,
+            on_start=lambda: self._still_talking(who),
+            before_start=lambda: self._wait_for_gap(who),
+        )
         self.playback, self.answering = playback, who
         try:
-            return await playback.play(self.conversation.turn(who, audio=audio, text=text, speak=True))
+            turn = self.conversation.turn(
+                who,
+                audio=audio,
+                text=text,
+                speak=audio is not None or mode is not ListenMode.OFF,
+                answer_if=said_to_us if audio is not None else None,
+                name_them=people > 1,
+            )
+            result = await playback.play(turn)
         finally:
             if self.playback is playback:
                 self.playback, self.answering = None, None
+        if result.finished is not None or result.played_seconds > 0:
+            self.floor.spoke_to(who.user_id, self.clock())
+        return result
+
+    async def _wait_for_gap(self, who: Participant) -> None:
+        """Hold the first words of a reply while someone else is talking: aLAN doesn't start over people."""
+        polls = int(MAX_GAP_WAIT_S / GAP_POLL_S)
+        for _ in range(polls):
+            # The person answered is left to `_still_talking`: them going on means they weren't done.
+            others = self.listener.speaking() - {int(who.user_id)}
+            if not others or self.closed:
+                return
+            await asyncio.sleep(GAP_POLL_S)
+        log.info("people kept talking for %.0f s in guild %d: answering anyway", MAX_GAP_WAIT_S, self.guild_id)
 
     def _still_talking(self, who: Participant) -> None:
         # They paused long enough to end the utterance, then went on: they weren't done, so don't talk over them.

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import av
@@ -25,7 +25,15 @@ import discord
 import numpy as np
 
 from bot.discord.audio import DISCORD_FRAME_BYTES, DISCORD_RATE
-from engine.events import ReplySentence, SentenceSpoken, SpeechChunk, SpeechUnavailable, TurnEvent, TurnFinished
+from engine.events import (
+    Overheard,
+    ReplySentence,
+    SentenceSpoken,
+    SpeechChunk,
+    SpeechUnavailable,
+    TurnEvent,
+    TurnFinished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +203,7 @@ class PlaybackResult:
     interrupted: bool = False
     finished: TurnFinished | None = None
     played_seconds: float = 0.0
+    overheard: bool = False  # kept in the group's conversation, not said to aLAN: nothing was answered
 
     @property
     def text(self) -> str:
@@ -211,11 +220,13 @@ class ReplyPlayback:
         clock: Clock = time.monotonic,
         max_ahead: float = MAX_AHEAD_SECONDS,
         on_start: Callable[[], None] | None = None,
+        before_start: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.voice_client = voice_client
         self.clock = clock
         self.max_ahead = max_ahead
         self.on_start = on_start
+        self.before_start = before_start  # awaited before the first audio plays: waiting for a gap in the talk
         self.source = StreamingSource(clock=clock)
         self.result = PlaybackResult()
         self.started = False  # audio has been handed to the player
@@ -275,6 +286,8 @@ class ReplyPlayback:
         async with contextlib.aclosing(events):  # type: ignore[type-var]
             async for event in events:
                 if isinstance(event, SpeechChunk):
+                    if not self.started and self.before_start is not None:
+                        await self.before_start()
                     self._start()
                     self.source.feed(event.audio, event.sample_rate)
                     # Backpressure: don't ask the engine for more while plenty is still unheard.
@@ -287,6 +300,8 @@ class ReplyPlayback:
                     result.speech_unavailable = event.message
                 elif isinstance(event, TurnFinished):
                     result.finished = event
+                elif isinstance(event, Overheard):
+                    result.overheard = True
         self.source.finish()
 
     def _start(self) -> None:

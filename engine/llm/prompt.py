@@ -75,7 +75,8 @@ def build_messages(
     context: str | None = None,
     language: str | None = None,
 ) -> list[dict[str, str]]:
-    """What is sent: the system prompt (always), the trimmed history, then the new user turn.
+    """What is sent: the system prompt (always), the trimmed history, then the new user turn; messages of one
+    role in a row (a group's people talking among themselves) are sent as one.
 
     `language` is the person's (a Whisper language code); the model is told to answer in it.
     """
@@ -86,8 +87,13 @@ def build_messages(
         system = f"{system}\n\nWhat you know about this conversation:\n{context.strip()}"
     budget = max(0, history_chars - len(user_text))
     messages = [{"role": "system", "content": system}]
-    messages += [{"role": m.role, "content": m.content} for m in trim_history(history, budget)]
-    messages.append({"role": "user", "content": user_text})
+    for message in [*trim_history(history, budget), ChatMessage("user", user_text)]:
+        if messages[-1]["role"] == message.role != "system":
+            # Several people in a row (a group): one message of their lines. Many chat templates (Gemma's,
+            # Mistral's) refuse two user messages in a row.
+            messages[-1]["content"] += "\n" + message.content
+        else:
+            messages.append({"role": message.role, "content": message.content})
     return messages
 
 

@@ -111,6 +111,9 @@ class Turn(Base):
     # The speech synthesizer's payload for that audio (CSM: Mimi codes), tagged "backend:model" as for voices.
     speech: Mapped[bytes | None] = mapped_column(LargeBinary)
     speech_model: Mapped[str | None] = mapped_column(String(200))
+    # A user turn aLAN was asked to answer. In a group, what people say to each other is kept as well (the
+    # conversation aLAN takes part in), unaddressed: no answer is owed for it.
+    addressed: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -132,3 +135,13 @@ class ScopeVoice(Base):
     scope: Mapped[str] = mapped_column(String(128), primary_key=True)
     voice_id: Mapped[int] = mapped_column(ForeignKey("voices.id", ondelete="CASCADE"))
     set_by_user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+
+
+class ScopeSetting(Base):
+    """A conversation's own settings (a voice channel's, a group chat's): not any one person's."""
+
+    __tablename__ = "scope_settings"
+
+    scope: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # When aLAN answers there (`/listen`): "addressed", "always" or "off"; NULL: the default.
+    listen_mode: Mapped[str | None] = mapped_column(String(16))

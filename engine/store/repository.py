@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,7 +21,7 @@ from engine.errors import VoiceNameTakenError
 from engine.speech_synthesizer import SpeechPayload
 from engine.store.database import truncate_wal
 from engine.store.faults import RETRY_DELAYS_S, guarded
-from engine.store.models import ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
+from engine.store.models import ScopeSetting, ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,9 @@ class Store:
         language: str | None = None,
         audio: bytes | None = None,
         speech: SpeechPayload | None = None,
+        addressed: bool = True,
     ) -> Turn:
+        """`addressed=False`: a user turn heard in a group but not said to aLAN (kept as context, not answered)."""
         if role not in ("user", "assistant"):
             raise ValueError(f"unknown role {role!r}")
         with self.sessions.begin() as session:
@@ -152,6 +154,7 @@ class Store:
                 audio=audio,
                 speech=speech.data if speech is not None else None,
                 speech_model=speech.tag if speech is not None else None,
+                addressed=addressed,
             )
             session.add(turn)
             session.flush()
@@ -195,18 +198,33 @@ class Store:
             return list(reversed(newest))
 
     @guarded("I couldn't read our conversation")
+    def shared_turns(self, scope: str, limit: int = 50) -> list[tuple[Turn, str | None]]:
+        """The newest `limit` turns of everyone in this scope (a group's one conversation), oldest first, each with
+        the display name of the person who said it (of the person answered, for aLAN's turns)."""
+        with self.sessions() as session:
+            newest = session.execute(
+                select(Turn, User.display_name)
+                .join(User, User.id == Turn.user_id)
+                .where(Turn.scope == scope)
+                .order_by(Turn.created_at.desc(), Turn.id.desc())
+                .limit(limit)
+            ).all()
+            return [(turn, name) for turn, name in reversed(newest)]
+
+    @guarded("I couldn't read our conversation")
     def unanswered_turns(self, platform: str, since: datetime) -> list[tuple[Turn, User]]:
         """User turns on `platform` since `since` that are still the newest of their conversation, oldest first.
 
         A turn's words are stored before it is answered, so these are what a process that stopped mid-turn
         (or whose answer failed) left without a reply. A conversation is one user in one scope (as in
-        `recent_turns`): in a group chat, someone else's newer turn does not answer this one.
+        `recent_turns`): in a group chat, someone else's newer turn does not answer this one. Words heard in a
+        group but not said to aLAN owe no answer, and don't hide an addressed turn before them either.
         """
         with self.sessions() as session:
             newest = (
                 select(func.max(Turn.id))
                 .join(User, User.id == Turn.user_id)
-                .where(User.platform == platform, Turn.created_at >= since)
+                .where(User.platform == platform, Turn.created_at >= since, or_(Turn.role != "user", Turn.addressed))
                 .group_by(Turn.user_id, Turn.scope)
             )
             rows = session.execute(
@@ -245,6 +263,27 @@ class Store:
             if scope is not None:
                 statement = statement.where(Turn.scope == scope)
             return session.execute(statement).rowcount or 0
+
+    @erasing_deleted_pages
+    @guarded("I couldn't clear this conversation")
+    def clear_scope(self, scope: str) -> int:
+        """Delete everyone's turns in this scope (a group's `/reset`); voices and settings stay. Returns how many."""
+        with self.sessions.begin() as session:
+            return session.execute(delete(Turn).where(Turn.scope == scope)).rowcount or 0
+
+    # A conversation's settings ---------------------------------------------------------------------------
+
+    @guarded("I couldn't read this conversation's settings")
+    def listen_mode(self, scope: str) -> str | None:
+        """The scope's `/listen` mode, or None for the default."""
+        with self.sessions() as session:
+            setting = session.get(ScopeSetting, scope)
+            return setting.listen_mode if setting is not None else None
+
+    @guarded("I couldn't change this conversation's settings")
+    def set_listen_mode(self, scope: str, mode: str | None) -> None:
+        with self.sessions.begin() as session:
+            session.merge(ScopeSetting(scope=scope, listen_mode=mode))
 
     # Voices --------------------------------------------------------------------------------------------
 
