@@ -8,7 +8,6 @@ they never show up in logs, reprs or error messages.
 from __future__ import annotations
 
 import re
-
 from collections.abc import Collection
 from functools import cached_property
 from pathlib import Path

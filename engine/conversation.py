@@ -177,6 +177,17 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
             async for event in answer:
                 yield event
 
+    async def overhear(self, who: Participant, *, audio: bytes | Samples | None = None, text: str | None = None) -> str:
+        """Keep what `who` said in their group's conversation without answering it; returns the words kept.
+
+        Raises `TurnError` as `turn()` does (no speech in the audio, a message too long, the store down).
+        """
+        heard = ""
+        async for event in self.turn(who, audio=audio, text=text, answer_if=lambda said: False):
+            if isinstance(event, Overheard):
+                heard = event.text
+        return heard
+
     @staticmethod
     @contextlib.asynccontextmanager
     async def _answering(

@@ -345,7 +345,8 @@ async def run(command: Any, cog: Any, interaction: Any, **options: Any) -> None:
 
 async def preview(cog: Any, interaction: Any, clip: bytes, **options: Any) -> Any:
     """Run /clone with `clip` attached; returns the preview's view (Confirm / Edit / Cancel)."""
-    from bot.discord.commands import AlanCommands, CloneView
+    from bot.discord.commands import AlanCommands
+    from bot.discord.views import CloneView
     from engine.voices import CONSENT_STATEMENT
 
     attachment = FakeAttachment(clip, "ann_voice.ogg", "audio/ogg")

@@ -3,7 +3,8 @@ a confirmed clone really stores a voice with consent, a cancelled one stores not
 
 from __future__ import annotations
 
-from bot.discord.commands import AlanCommands, CloneView, TranscriptModal
+from bot.discord.commands import AlanCommands
+from bot.discord.views import CloneView, TranscriptModal
 from engine.store.repository import EVERYWHERE, Store
 from engine.voices import CONSENT_STATEMENT
 from tests.conftest import DISCORD_CLIP_TEXT as CLIP_TEXT

@@ -11,8 +11,9 @@ import discord
 import pytest
 
 from bot.discord.app import AlanVoiceClient
-from bot.discord.commands import AlanCommands, ForgetView
+from bot.discord.commands import AlanCommands
 from bot.discord.session import voice_queue_key
+from bot.discord.views import ForgetView
 from engine.conversation import Conversation
 from engine.store.repository import Store
 from tests.discord_doubles import (
@@ -263,7 +264,7 @@ async def test_commands_are_synced_to_the_configured_servers_or_globally(
     for guild_id in expected:
         target = discord.Object(id=guild_id) if guild_id else None
         names = {command.name for command in bot.tree.get_commands(guild=target)}
-        assert names == {"join", "leave", "clone", "voices", "voice", "reset", "forget"}
+        assert names == {"join", "leave", "listen", "clone", "voices", "voice", "reset", "forget"}
     clone = bot.tree.get_command("clone")
     assert isinstance(clone, discord.app_commands.Command)
     options = {parameter.name: parameter for parameter in clone.parameters}

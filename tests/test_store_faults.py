@@ -17,9 +17,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
 from alan.scheduler import TurnScheduler
-from bot.discord.commands import ForgetView
 from bot.discord.session import participant
 from bot.discord.text import answer_mention
+from bot.discord.views import ForgetView
 from engine.conversation import Conversation, Participant
 from engine.errors import StorageUnavailableError
 from engine.events import ReplySentence

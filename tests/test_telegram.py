@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import io
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -42,6 +43,7 @@ FAST = TelegramOptions(
     chat_action_every_s=0.3,
     follow_up_min_seconds=0.0,
     retry=RetryPolicy(attempts=4, backoff_s=0.05),
+    queue_notice_after_s=0.5,
 )
 Start = Callable[..., Awaitable[FakeTelegram]]
 
@@ -181,8 +183,9 @@ async def test_a_long_answer_comes_as_several_notes_cut_at_sentence_ends_the_fir
 
 async def test_two_chats_are_answered_at_once_and_a_chat_keeps_its_order(start_bot: Start, ollama: FakeOllama) -> None:
     telegram = await start_bot()
-    ollama.script("Answer one.")
-    ollama.script("Answer two.")
+    # Slow enough that Ann's second message waits longer than a queue notice's delay.
+    ollama.script("Answer one.", first_delay=1.0)
+    ollama.script("Answer two.", first_delay=1.0)
     ollama.script("Answer three.")
     ann, bob = telegram.private_chat(ANN), telegram.private_chat(BOB)
     telegram.push_message(ann, ANN, text="first from Ann")
@@ -203,7 +206,9 @@ async def test_two_chats_are_answered_at_once_and_a_chat_keeps_its_order(start_b
         assert_ogg_opus(call)
 
 
-async def test_in_a_group_only_mentions_and_replies_are_answered(start_bot: Start, ollama: FakeOllama) -> None:
+async def test_in_a_group_only_mentions_and_replies_are_answered_and_the_rest_is_its_context(
+    start_bot: Start, ollama: FakeOllama, store: Store
+) -> None:
     telegram = await start_bot()
     group = telegram.group_chat(-100500)
     ollama.script("Yes, Ann?")
@@ -211,12 +216,25 @@ async def test_in_a_group_only_mentions_and_replies_are_answered(start_bot: Star
     telegram.push_message(group, ANN, text="lunch at noon, everyone?")  # not for the bot
     telegram.push_message(group, ANN, text=f"@{BOT_USERNAME} are you there?")
     [answer] = await telegram.wait_for("sendVoice", chat_id=group["id"])
-    assert [r["messages"][-1]["content"] for r in ollama.chat_requests] == ["are you there?"]
+    # A group is one conversation: what Ann said before, not to the bot, comes with her question, under her name.
+    assert [r["messages"][-1]["content"] for r in ollama.chat_requests] == [
+        "Ann: lunch at noon, everyone?\nAnn: are you there?"
+    ]
 
+    telegram.push_message(group, BOB, text="pizza for me")  # not for the bot either: kept, not answered
     telegram.push_message(group, BOB, text="what do you think?", reply_to_message=answer.result)
     await telegram.wait_for("sendVoice", chat_id=group["id"], count=2)
-    assert [r["messages"][-1]["content"] for r in ollama.chat_requests][-1] == "what do you think?"
+    request = ollama.chat_requests[-1]["messages"]
+    assert [(m["role"], m["content"]) for m in request[1:]] == [
+        ("user", "Ann: lunch at noon, everyone?\nAnn: are you there?"),
+        ("assistant", "Yes, Ann?"),
+        ("user", "Bob: pizza for me\nBob: what do you think?"),
+    ]
+    assert "group conversation" in request[0]["content"] and "answer Bob" in request[0]["content"]
     assert all(call.chat_id == group["id"] for call in telegram.sent("sendVoice"))
+    assert len(telegram.sent("sendVoice")) == 2 and telegram.sent("sendMessage", group["id"]) == []
+    # Nothing waits for an answer after a restart: the words not said to the bot owe none.
+    assert store.unanswered_turns("telegram", dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == []
 
 
 async def test_users_outside_the_allowlist_are_refused_politely(start_bot: Start, ollama: FakeOllama) -> None:

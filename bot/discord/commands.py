@@ -1,5 +1,5 @@
-"""aLAN's slash commands: /join, /leave, /clone, /voices, /voice, /reset, /forget — and the buttons and modal
-behind /clone and /forget.
+"""aLAN's slash commands: /join, /leave, /listen, /clone, /voices, /voice, /reset, /forget — and the buttons and
+modal behind /clone and /forget.
 
 Every reply here is ephemeral: voice cloning and personal data are nobody else's business, and failures should
 not clutter the channel. Anything slow is deferred at once (Discord wants an answer within 3 s); engine errors
@@ -9,7 +9,7 @@ not clutter the channel. Anything slow is deferred at once (Discord wants an ans
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import PurePath
@@ -21,9 +21,11 @@ from discord.ext import commands
 
 from alan.scheduler import SchedulerFullError, TurnScheduler
 from bot.discord.session import APOLOGY, VoiceSession, participant, voice_queue_key
+from bot.discord.views import MAX_TRANSCRIPT_CHARS, CloneView, ForgetView, say
+from engine.addressing import ListenMode
 from engine.conversation import Conversation, Participant
-from engine.errors import TurnError, VoiceNameTakenError
-from engine.voices import CONSENT_STATEMENT, NAME_PATTERN, CloneDraft, VoiceInfo
+from engine.errors import TurnError
+from engine.voices import NAME_PATTERN
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,16 +35,18 @@ MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
 AUDIO_EXTENSIONS = frozenset(
     {".ogg", ".oga", ".opus", ".mp3", ".wav", ".m4a", ".aac", ".flac", ".webm", ".mp4", ".mka", ".wma", ".aiff"}
 )
-VIEW_TIMEOUT = 14 * 60  # an interaction's token lives 15 minutes; after that its message can't be edited
 DEFAULT_VOICE_NAME = "my voice"
-# The /clone preview quotes the transcript in one message (Discord's limit: 2,000 characters); 10–30 s of speech
-# is far less than this.
-MAX_TRANSCRIPT_CHARS = 1000
 TRANSCRIPT_TOO_LONG = (
     f"That transcript is over {MAX_TRANSCRIPT_CHARS} characters: more than I can use. "
     "Send a shorter clip (10–30 s of clear speech is ideal) with what is said in it."
 )
 MAX_REPLY_CHARS = 2000
+LISTEN_MODES = {
+    ListenMode.ADDRESSED: "I answer when someone says my name, follows up on my answer, or asks me something right "
+    "after I spoke (with one person here, I answer everything)",
+    ListenMode.ALWAYS: "I answer everything anyone says",
+    ListenMode.OFF: "I only listen: I keep up with the conversation but say nothing until /listen changes it",
+}
 
 
 class Sessions(Protocol):
@@ -79,14 +83,6 @@ def voice_name_for(given: str | None, filename: str) -> str:
     return stem if NAME_PATTERN.match(stem) else DEFAULT_VOICE_NAME
 
 
-async def say(interaction: discord.Interaction, text: str, **kwargs: Any) -> None:
-    """Answer ephemerally, whether or not the interaction was already answered or deferred."""
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, **kwargs)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, **kwargs)
-
-
 def capped(heading: str, lines: list[str], limit: int = MAX_REPLY_CHARS) -> str:
     """`heading` and as many `lines` as fit in one Discord message, then how many more there are."""
     text = heading
@@ -104,116 +100,6 @@ def caller(interaction: discord.Interaction) -> Participant:
     voice = getattr(interaction.user, "voice", None)
     scope = voice.channel.id if voice is not None and voice.channel is not None else interaction.channel_id
     return participant(interaction.user, scope or "dm")
-
-
-class OwnerOnlyView(discord.ui.View):
-    def __init__(self, owner_id: int) -> None:
-        super().__init__(timeout=VIEW_TIMEOUT)
-        self.owner_id = owner_id
-
-    async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if interaction.user.id != self.owner_id:
-            await say(interaction, "These buttons belong to someone else's command.")
-            return False
-        return True
-
-    async def finish(self, interaction: discord.Interaction, text: str) -> None:
-        self.stop()
-        await interaction.edit_original_response(content=text, view=None)
-
-
-class TranscriptModal(discord.ui.Modal, title="Correct the transcript"):
-    def __init__(self, view: CloneView) -> None:
-        super().__init__(timeout=VIEW_TIMEOUT)
-        self.view = view
-        self.text: discord.ui.TextInput[Any] = discord.ui.TextInput(
-            style=discord.TextStyle.paragraph, default=view.transcript, max_length=MAX_TRANSCRIPT_CHARS, required=True
-        )
-        self.add_item(discord.ui.Label(text="Exactly what is said in the clip", component=self.text))
-
-    async def on_submit(self, interaction: discord.Interaction) -> None:
-        corrected = " ".join(self.text.value.split())
-        if corrected:
-            self.view.transcript = corrected
-        await interaction.response.edit_message(content=self.view.preview(), view=self.view)
-
-
-class CloneView(OwnerOnlyView):
-    """The /clone preview: Confirm stores the voice (with the consent statement), Edit fixes the transcript."""
-
-    def __init__(self, conversation: Conversation, who: Participant, owner_id: int, draft: CloneDraft,
-                 transcript: str, name: str) -> None:  # fmt: skip
-        super().__init__(owner_id)
-        self.conversation = conversation
-        self.who = who
-        self.draft = draft
-        self.transcript = transcript
-        self.name = name
-        self.saved: VoiceInfo | None = None
-
-    def preview(self) -> str:
-        language = f", {self.draft.language}" if self.draft.language else ""
-        return (
-            f"**New voice “{self.name[:100]}”** ({self.draft.seconds:.1f} s of speech{language})\n"
-            "I copy a voice best when the transcript matches the clip word for word. I heard:\n"
-            f"> {self.transcript[:MAX_TRANSCRIPT_CHARS]}\n\n"
-            f"By pressing **Confirm** you state: *{CONSENT_STATEMENT}*"
-        )
-
-    @discord.ui.button(label="Confirm", style=discord.ButtonStyle.success)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        await interaction.response.edit_message(content="Saving your voice…", view=None)
-        try:
-            saved = await self.conversation.save_clone(self.who, self.name, self.draft, self.transcript)
-        except TurnError as error:
-            hint = " Run /clone again with another name." if isinstance(error, VoiceNameTakenError) else ""
-            await self.finish(interaction, f"{error}{hint}")
-        except Exception:
-            log.exception("saving a cloned voice failed for user %s", self.who.user_id)
-            await self.finish(interaction, APOLOGY)
-        else:
-            self.saved = saved
-            await self.finish(interaction, f"Saved “{saved.name}”: I'll speak to you with it from now on.")
-
-    @discord.ui.button(label="Edit transcript", style=discord.ButtonStyle.secondary)
-    async def edit(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        await interaction.response.send_modal(TranscriptModal(self))
-
-    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.danger)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        self.stop()
-        await interaction.response.edit_message(content="Cancelled: nothing was stored.", view=None)
-
-
-class ForgetView(OwnerOnlyView):
-    def __init__(self, conversation: Conversation, who: Participant, owner_id: int,
-                 run: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]] | None = None) -> None:  # fmt: skip
-        super().__init__(owner_id)
-        self.conversation = conversation
-        self.who = who
-        self.serialise = run  # waits for the turn in progress, if any
-        self.forgotten = False
-
-    @discord.ui.button(label="Delete everything", style=discord.ButtonStyle.danger)
-    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        await interaction.response.edit_message(content="Deleting…", view=None)
-        try:
-            job = functools.partial(self.conversation.forget, self.who)
-            await (self.serialise(job) if self.serialise is not None else job())
-        except (TurnError, SchedulerFullError) as error:  # e.g. storage busy or full: say so, nothing was deleted
-            await self.finish(interaction, str(error))
-            return
-        except Exception:
-            log.exception("forgetting user %s failed", self.who.user_id)
-            await self.finish(interaction, APOLOGY)
-            return
-        self.forgotten = True
-        await self.finish(interaction, "Done: your voices, our conversations and your settings are deleted.")
-
-    @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary)
-    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
-        self.stop()
-        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
 
 
 class AlanCommands(commands.Cog):
@@ -275,6 +161,34 @@ class AlanCommands(commands.Cog):
             await say(interaction, "I'm not in a voice channel here.")
             return
         await say(interaction, "Bye for now!")
+
+    @app_commands.command(name="listen", description="When I answer in the voice channel: addressed, always, or off")
+    @app_commands.describe(mode="addressed (the default), always, or off (I only listen); leave out to see it")
+    @app_commands.choices(mode=[app_commands.Choice(name=mode.value, value=mode.value) for mode in ListenMode])
+    @app_commands.guild_only()
+    async def listen(self, interaction: discord.Interaction, mode: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True)
+        guild = interaction.guild
+        session = self.sessions.get(guild.id) if guild is not None else None
+        voice = getattr(interaction.user, "voice", None)
+        channel = session.channel if session is not None else getattr(voice, "channel", None)
+        if channel is None:
+            await say(interaction, "I'm not in a voice channel here: /join first, then choose how I listen.")
+            return
+        scope = str(channel.id)
+        if mode is None:
+            current = await self.conversation.listen_mode(scope) or ListenMode.ADDRESSED
+            await say(interaction, f"In {channel.mention}, /listen is {current.value}: {LISTEN_MODES[current]}.")
+            return
+        chosen = ListenMode(mode)  # one of the declared choices: Discord sends nothing else
+        in_channel = voice is not None and getattr(voice.channel, "id", None) == channel.id
+        permissions = getattr(interaction.user, "guild_permissions", None)
+        if not in_channel and not (permissions is not None and permissions.manage_channels):
+            await say(interaction, f"Only people in {channel.mention} (or who manage channels) can change that.")
+            return
+        await self.conversation.set_listen_mode(scope, chosen)
+        log.info("listen mode of channel %s set to %s", scope, chosen.value)
+        await say(interaction, f"Done. In {channel.mention}, {LISTEN_MODES[chosen]}.")
 
     @app_commands.command(name="clone", description="Make a voice for me to speak to you with, from a recording")
     @app_commands.describe(
@@ -364,8 +278,8 @@ class AlanCommands(commands.Cog):
         async def reset_all() -> int:
             deleted = 0
             for scope in scopes:
-                here = Participant(who.platform, who.user_id, scope, who.display_name)
-                deleted += await self.conversation.reset(here)
+                # In a server's channel that is everyone's conversation there: one shared context, cleared.
+                deleted += await self.conversation.reset(dataclasses.replace(who, scope=scope))
             return deleted
 
         try:

@@ -29,7 +29,7 @@ from telegram.ext import (
     filters,
 )
 
-from alan.scheduler import TurnScheduler
+from alan.scheduler import SchedulerFullError, TurnScheduler
 from alan.settings import Settings
 from bot.telegram.clone import CloneFlow
 from bot.telegram.commands import COMMANDS, Commands
@@ -40,10 +40,14 @@ from bot.telegram.send import chat_action, with_retries
 from bot.telegram.turn import answer_turn
 from bot.telegram.webhook import start_webhook
 from engine.conversation import Conversation
+from engine.errors import TurnError
 
 log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query"]
+GROUP_CHATS = (ChatType.GROUP, ChatType.SUPERGROUP)
+# Group messages not for aLAN wait in their chat's line behind its turns; a busy group may queue this many.
+OVERHEARD_PER_CHAT = 50
 REFUSAL = (
     "Sorry, I'm a private companion and only talk with people my owner has allowed. If you know them, ask "
     "them to add your Telegram user id: {user_id}."
@@ -130,7 +134,11 @@ class Router:
         if self.clones.wants(message, addressed):
             await self.clones.on_message(update, context)
             return
-        if not addressed or filters.StatusUpdate.ALL.check_update(update):
+        if filters.StatusUpdate.ALL.check_update(update):
+            return
+        if not addressed:
+            if message.chat.type in GROUP_CHATS:
+                await self.overhear(context, message)
             return
         services = self.services
         replier = services.replier(context.bot, message)
@@ -169,6 +177,49 @@ class Router:
 
         # Nothing above awaited: updates reach the queue in the order they arrived.
         await services.in_turn(message.chat_id, replier, turn)
+
+    async def overhear(self, context: ContextTypes.DEFAULT_TYPE, message: Message) -> None:
+        """Keep a group message that wasn't for aLAN in the group's conversation, unanswered and unacknowledged.
+
+        (Which messages a bot receives in a group at all depends on its privacy mode: see the README.) It takes
+        its place in the chat's line like a turn, so the conversation keeps the order in which things were said.
+        Nothing is said in the group when one can't be kept: it wasn't said to aLAN. The log says why.
+        """
+        assert message.from_user is not None
+        services = self.services
+        who = participant(message.from_user, message.chat)
+        attachment = find_audio(message)
+        if attachment is None and message.text is None:
+            return  # a photo, a sticker: nothing to keep
+
+        async def keep() -> None:
+            if attachment is None:
+                await services.conversation.overhear(who, text=message.text)
+                return
+            check_before_download(
+                attachment, max_seconds=services.settings.max_audio_seconds, max_bytes=services.max_bytes
+            )
+            audio = await download(
+                context.bot,
+                attachment,
+                max_seconds=services.settings.max_audio_seconds,
+                max_bytes=services.max_bytes,
+                policy=services.options.retry,
+            )
+            await services.conversation.overhear(who, audio=audio)
+
+        try:
+            try:
+                # Nothing above awaited: the message takes its place in line in the order it arrived.
+                await services.scheduler.run(str(message.chat_id), keep, max_per_chat=OVERHEARD_PER_CHAT)
+            except SchedulerFullError:
+                if attachment is not None:
+                    raise  # transcribing waits for the speech models: with this much queued, it is skipped
+                await keep()  # words cost nothing to keep: out of line rather than lost
+        except (TurnError, SchedulerFullError) as error:
+            log.info("a message in group %s was not kept in its conversation: %s", message.chat_id, error)
+        except Exception:
+            log.exception("keeping a message of group %s in its conversation failed", message.chat_id)
 
     async def unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE, commands: Commands) -> None:
         message = update.message

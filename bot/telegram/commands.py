@@ -104,7 +104,8 @@ class Commands:
 
         # In the queue, so a turn still being answered is stored before it is cleared.
         count = await self.services.in_turn(message.chat_id, replier, reset)
-        await replier.text(f"Done: I've forgotten our conversation here ({count} messages). Your voices are kept.")
+        here = "this group's conversation" if who.shared else "our conversation here"
+        await replier.text(f"Done: I've forgotten {here} ({count} messages). Your voices are kept.")
 
     async def forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         _, replier = self._where(update, context)

@@ -8,6 +8,7 @@ retries and unexpected bugs are logged (with a traceback for bugs) and answered 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from telegram import Bot, Chat, Message, Update, User
+from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import ContextTypes
 
@@ -56,10 +58,13 @@ class TelegramOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     uploads: UploadTimeouts = field(default_factory=UploadTimeouts)  # voice notes and audio files we send
     stop_grace_s: float = 20.0  # on shutdown, how long answers in progress may take to finish
+    queue_notice_after_s: float = 1.0  # a turn still waiting this long is told it is in the queue
 
 
 def participant(user: User, chat: Chat) -> Participant:
-    return Participant(PLATFORM, str(user.id), str(chat.id), user.full_name)
+    """`user` in `chat`; a group chat is one conversation shared by everyone in it."""
+    shared = chat.type in (ChatType.GROUP, ChatType.SUPERGROUP)
+    return Participant(PLATFORM, str(user.id), str(chat.id), user.full_name, shared=shared)
 
 
 class TelegramServices:
@@ -103,13 +108,26 @@ class TelegramServices:
     async def in_turn(self, chat_id: int, replier: Replier, job: Callable[[], Awaitable[T]]) -> T:
         """Run `job` in this chat's place in the scheduler (raises `SchedulerFullError`, a message for the user)."""
 
+        started = asyncio.Event()
+
+        async def notice(count: int) -> None:
+            # A wait behind words being kept (a group's chatter) or a turn about to end is no wait worth a message.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(started.wait(), self.options.queue_notice_after_s)
+                return
+            await say_quietly(replier, WAITING.format(count=count))
+
         async def on_wait(count: int) -> None:
             # Told in the background: awaiting the message here would let a later update of the same chat
             # queue up first, and turns must run in the order they came.
-            self.spawn(say_quietly(replier, WAITING.format(count=count)), name=f"queue-notice-{chat_id}")
+            self.spawn(notice(count), name=f"queue-notice-{chat_id}")
+
+        async def run() -> T:
+            started.set()
+            return await job()
 
         return await self.scheduler.run(
-            str(chat_id), job, on_wait=on_wait, max_per_chat=self.options.max_waiting_per_chat
+            str(chat_id), run, on_wait=on_wait, max_per_chat=self.options.max_waiting_per_chat
         )
 
     def guard(self, handler: Handler) -> Handler:

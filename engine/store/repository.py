@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, or_, select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.errors import VoiceNameTakenError
@@ -60,6 +60,14 @@ class Store:
     @guarded("I couldn't do that")
     def user(self, platform: str, platform_user_id: str, display_name: str | None = None) -> User:
         """The user, created on first contact; the display name follows what the platform says now."""
+        try:
+            return self._user(platform, platform_user_id, display_name)
+        except IntegrityError:
+            # Two of their messages arrived together (a group message kept while another is answered) and the
+            # other created them first: they exist now.
+            return self._user(platform, platform_user_id, display_name)
+
+    def _user(self, platform: str, platform_user_id: str, display_name: str | None) -> User:
         with self.sessions.begin() as session:
             user = session.scalar(
                 select(User).where(User.platform == platform, User.platform_user_id == platform_user_id)
