@@ -66,9 +66,11 @@ class GroupFloor:
 
     last_answered: str | None = None  # who aLAN answered last
     answered_at: float = float("-inf")  # when it finished speaking to them (monotonic seconds)
+    began_at: float = float("-inf")  # when it started speaking to them
 
-    def spoke_to(self, speaker: str, finished_at: float) -> None:
+    def spoke_to(self, speaker: str, finished_at: float, began_at: float | None = None) -> None:
         self.last_answered, self.answered_at = speaker, finished_at
+        self.began_at = finished_at if began_at is None else began_at
 
 
 def should_answer(
@@ -80,7 +82,11 @@ def should_answer(
     now: float,
     people: int,
 ) -> bool:
-    """Whether aLAN answers `speaker`'s utterance `text` at `now`, with `people` humans in the conversation."""
+    """Whether aLAN answers `speaker`'s utterance `text`, begun at `now`, with `people` humans in the conversation.
+
+    A follow-up may have begun before aLAN spoke (the person it answers adding to their question); a question
+    counts as put to aLAN only if it began once aLAN was speaking, not if it was already under way to someone else.
+    """
     if mode is ListenMode.OFF:
         return False
     if mode is ListenMode.ALWAYS or people <= 1:
@@ -90,4 +96,4 @@ def should_answer(
     since = now - floor.answered_at
     if speaker == floor.last_answered and since <= FOLLOW_UP_SECONDS:
         return True
-    return since <= QUESTION_SECONDS and text.rstrip().endswith("?")
+    return floor.began_at <= now and since <= QUESTION_SECONDS and text.rstrip().endswith("?")

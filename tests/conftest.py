@@ -166,6 +166,27 @@ def whisper(tiny_whisper_dir: Path):  # type: ignore[no-untyped-def]
     return make_whisper(tiny_whisper_dir)
 
 
+@pytest.fixture(scope="session")
+def real_whisper_dir() -> Path:
+    """The real Whisper base, joined from its two PyPI packages (the dev extra installs them)."""
+    from tests.real_whisper import RealWhisperMissingError, assemble_whisper_base
+
+    try:
+        return assemble_whisper_base()
+    except RealWhisperMissingError as error:
+        pytest.fail(str(error))
+
+
+@pytest.fixture(scope="session")
+def real_whisper(real_whisper_dir: Path):  # type: ignore[no-untyped-def]
+    """The production transcriber with its production defaults (beam, temperatures, filter), on 2 threads."""
+    from engine.stt import WhisperTranscriber
+
+    whisper = WhisperTranscriber(str(real_whisper_dir), "cpu", cpu_threads=2)
+    whisper.load()
+    return whisper
+
+
 @pytest.fixture
 async def ollama():  # type: ignore[no-untyped-def]
     """A local server speaking Ollama's HTTP API, with the test model pulled."""

@@ -37,21 +37,6 @@ from tests.real_whisper import (
 ESPEAK_DEFAULT_WPM = 175  # espeak-ng's own speed: what the issue's "sí" → "See?" came from
 
 
-@pytest.fixture(scope="session")
-def real_whisper_dir() -> Path:
-    try:
-        return assemble_whisper_base()
-    except RealWhisperMissingError as error:
-        pytest.fail(str(error))
-
-
-@pytest.fixture(scope="session")
-def real_whisper(real_whisper_dir: Path) -> WhisperTranscriber:
-    """The production transcriber with its production defaults (beam, temperatures, filter), on 2 threads."""
-    whisper = WhisperTranscriber(str(real_whisper_dir), "cpu", cpu_threads=2)
-    whisper.load()
-    return whisper
-
 
 def test_the_packaged_model_is_a_real_multilingual_whisper(real_whisper: WhisperTranscriber) -> None:
     model = real_whisper.load()

@@ -232,7 +232,7 @@ class VoiceSession:
             if self.playback is playback:
                 self.playback, self.answering = None, None
         if result.finished is not None or result.played_seconds > 0:
-            self.floor.spoke_to(who.user_id, self.clock())
+            self.floor.spoke_to(who.user_id, self.clock(), playback.started_at)
         return result
 
     async def _wait_for_gap(self, who: Participant) -> None:

@@ -230,6 +230,7 @@ class ReplyPlayback:
         self.source = StreamingSource(clock=clock)
         self.result = PlaybackResult()
         self.started = False  # audio has been handed to the player
+        self.started_at: float | None = None  # when that was
         self.interrupted_at: float | None = None
         self._pump: asyncio.Task[None] | None = None
 
@@ -308,6 +309,7 @@ class ReplyPlayback:
         if self.started:
             return
         self.started = True
+        self.started_at = self.clock()
         try:
             if self.voice_client.is_playing():
                 self.voice_client.stop()  # nothing else should be playing; never talk over ourselves
