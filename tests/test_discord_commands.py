@@ -14,6 +14,7 @@ from bot.discord.app import AlanVoiceClient
 from bot.discord.commands import AlanCommands
 from bot.discord.session import voice_queue_key
 from bot.discord.views import ForgetView
+from engine.addressing import ListenMode
 from engine.conversation import Conversation
 from engine.store.repository import Store
 from tests.discord_doubles import (
@@ -187,6 +188,53 @@ async def test_reset_forgets_the_conversation_here_but_keeps_voices(
     assert [sent.kind for sent in interaction.log] == ["defer", "followup"]
     assert "(1 messages)" in interaction.last.content and interaction.last.ephemeral
     assert store.recent_turns(user.id, "4242") == [] and len(store.recent_turns(user.id, "elsewhere")) == 1
+
+
+async def test_reset_in_a_server_channel_clears_everyones_conversation_there(
+    cog: AlanCommands, guild: FakeGuild, ann: FakeMember, store: Store
+) -> None:
+    bob = guild.add(FakeMember("bob"))
+    channel = FakeVoiceChannel(guild)
+    channel.enter(ann)
+    for member, text in ((ann, "lunch?"), (bob, "Alan, pizza?")):
+        user = store.user("discord", str(member.id), member.display_name)
+        store.add_turn(user.id, str(channel.id), "user", text)
+    await run(AlanCommands.reset, cog, FakeInteraction(ann, guild))  # Ann, in the voice channel
+    assert store.shared_turns(str(channel.id)) == []
+
+
+# -- /listen ----------------------------------------------------------------------------------------------------
+
+
+async def test_listen_shows_and_sets_the_voice_channels_mode(
+    cog: AlanCommands, conversation: Conversation, guild: FakeGuild, ann: FakeMember
+) -> None:
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.listen, cog, interaction, mode="off")
+    assert "not in a voice channel" in interaction.last.content and interaction.last.ephemeral
+
+    channel = FakeVoiceChannel(guild)
+    channel.enter(ann)
+    await run(AlanCommands.join, cog, FakeInteraction(ann, guild))
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.listen, cog, interaction)
+    assert "is addressed" in interaction.last.content and channel.mention in interaction.last.content
+    interaction = FakeInteraction(ann, guild)
+    await run(AlanCommands.listen, cog, interaction, mode="off")
+    assert "I only listen" in interaction.last.content
+    assert await conversation.listen_mode(str(channel.id)) is ListenMode.OFF
+
+    # Someone elsewhere in the server can't silence (or unleash) aLAN in a channel they aren't in…
+    carol = guild.add(FakeMember("carol"))
+    interaction = FakeInteraction(carol, guild)
+    await run(AlanCommands.listen, cog, interaction, mode="always")
+    assert "Only people in" in interaction.last.content
+    assert await conversation.listen_mode(str(channel.id)) is ListenMode.OFF
+    # …unless they manage the server's channels.
+    carol.guild_permissions = discord.Permissions(manage_channels=True)
+    await run(AlanCommands.listen, cog, FakeInteraction(carol, guild), mode="always")
+    assert await conversation.listen_mode(str(channel.id)) is ListenMode.ALWAYS
+    await run(AlanCommands.leave, cog, FakeInteraction(ann, guild))
 
 
 async def test_forget_asks_first_then_deletes_everything(

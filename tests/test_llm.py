@@ -11,6 +11,7 @@ import pytest
 
 from engine.errors import LlmUnavailableError
 from engine.llm import SYSTEM_PROMPT, ChatMessage, OllamaChat, canonical_model, trim_history
+from engine.llm.prompt import build_messages
 from tests.fakes.ollama_server import FakeOllama
 
 MODEL = "llama3.2:3b"
@@ -218,3 +219,14 @@ async def test_a_password_in_ollama_host_never_shows_in_messages() -> None:
             await chat.reply([], "hello")
     assert not status.reachable and "s3cret-pass" not in status.message
     assert "s3cret-pass" not in str(raised.value) and "127.0.0.1:9" in str(raised.value)
+
+
+def test_people_talking_in_a_row_are_sent_as_one_message() -> None:
+    # Many chat templates (Gemma's) refuse two user messages in a row: a group's lines go as one.
+    history = [ChatMessage("user", "Ann: lunch?"), ChatMessage("user", "Bob: sure"), ChatMessage("assistant", "Hi!")]
+    sent = build_messages(SYSTEM_PROMPT, [*history, ChatMessage("user", "Ann: where?")], "Bob: Alan, any idea?")
+    assert [(m["role"], m["content"]) for m in sent[1:]] == [
+        ("user", "Ann: lunch?\nBob: sure"),
+        ("assistant", "Hi!"),
+        ("user", "Ann: where?\nBob: Alan, any idea?"),
+    ]

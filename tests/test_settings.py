@@ -133,3 +133,10 @@ def test_the_speech_weight_and_graph_settings_reach_the_synthesizer(clean_env: P
     (clean_env / ".env").write_text("ALAN_TTS_WEIGHTS=int4\n")
     with pytest.raises(SettingsError, match="ALAN_TTS_WEIGHTS"):
         load_settings()
+
+
+def test_the_bot_name_needs_letters_and_is_kept_on_one_line(clean_env: Path) -> None:
+    assert load_settings().bot_name == "Alan"
+    assert load_settings(ALAN_BOT_NAME="  Mister\n Robot ").bot_name == "Mister Robot"
+    with pytest.raises(SettingsError, match="ALAN_BOT_NAME"):
+        load_settings(ALAN_BOT_NAME="42")

@@ -13,7 +13,7 @@ from engine.store.database import create_db_engine, current_revision, downgrade,
 from engine.store.models import Base, ScopeVoice, Turn, User, UserVoiceChoice, Voice
 from engine.store.repository import EVERYWHERE, Store
 
-APP_TABLES = {"users", "voices", "turns", "user_voice_choices", "scope_voices"}
+APP_TABLES = {"users", "voices", "turns", "user_voice_choices", "scope_voices", "scope_settings"}
 
 
 @pytest.fixture
@@ -91,6 +91,49 @@ def test_upgrading_0001_keeps_every_row_and_tags_csm_payloads(database_url: str)
         assert connection.execute(text("SELECT codes, codes_codebooks FROM turns WHERE text = 'beep'")).one() == (
             None, None
         )
+
+
+def test_upgrading_0002_keeps_every_row_as_addressed_and_adds_listen_settings(database_url: str) -> None:
+    """0003 adds heard-only turns and each conversation's /listen mode: a populated 0002 database keeps all it held."""
+    upgrade(database_url, "0002")
+    engine = create_db_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO users (id, platform, platform_user_id, display_name, reply_with_text, created_at)"
+            " VALUES (1, 'discord', '7', 'Ann', 1, '2026-12-01 10:00:00')"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO voices (id, owner_id, name, reference_audio, reference_seconds, transcript, created_at)"
+            " VALUES (1, 1, 'me', x'4f676753', 4.0, 'hello', '2026-12-01 10:00:00')"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO turns (id, user_id, scope, role, text, audio, speech, speech_model, created_at)"
+            " VALUES (1, 1, 'chan', 'user', 'hi', x'4f676753', x'0200', 'csm:x', '2026-12-01 10:00:01'),"
+            " (2, 1, 'chan', 'assistant', 'hello', NULL, NULL, NULL, '2026-12-01 10:00:02'),"
+            " (3, 1, 'chan', 'user', 'anyone?', NULL, NULL, NULL, '2026-12-01 10:00:03')"
+        ))  # fmt: skip
+        connection.execute(text("INSERT INTO user_voice_choices (user_id, scope, voice_id) VALUES (1, '', 1)"))
+        connection.execute(text("INSERT INTO scope_voices (scope, voice_id, set_by_user_id) VALUES ('g', 1, 1)"))
+    upgrade(database_url)
+    store = Store(open_database(database_url))
+    turns = store.recent_turns(1, "chan")
+    assert [(t.text, t.audio, t.speech, t.addressed) for t in turns] == [
+        ("hi", b"OggS", b"\x02\x00", True),
+        ("hello", None, None, True),
+        ("anyone?", None, None, True),  # every earlier turn was said to aLAN: the last still waits for its answer
+    ]
+    assert [turn.id for turn, _ in store.unanswered_turns("discord", turns[0].created_at)] == [3]
+    assert store.active_voice(1, "chan").id == 1 and store.active_voice(2, "x", "g").id == 1
+    assert store.listen_mode("chan") is None
+    store.set_listen_mode("chan", "off")
+    store.add_turn(1, "chan", "user", "to Bob", addressed=False)
+    assert store.listen_mode("chan") == "off"
+
+    downgrade(database_url, "0002")
+    with engine.connect() as connection:
+        assert "scope_settings" not in inspect(engine).get_table_names()
+        assert connection.execute(text("SELECT count(*) FROM turns")).scalar() == 4  # nobody's words dropped
+        assert connection.execute(text("SELECT count(*) FROM user_voice_choices")).scalar() == 1
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(database_url: str) -> None:

@@ -8,6 +8,7 @@ engine path and turn scheduler as a mention; an older one gets the apology, stor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from typing import Any
@@ -42,6 +43,10 @@ async def _follow_up(client: Any, conversation: Conversation, scheduler: TurnSch
     except discord.HTTPException as error:  # deleted, or no longer visible to the bot
         log.warning("turn %s stays unanswered: channel %s is out of reach: %s", turn.turn_id, channel_id, error)
         return
+
+    # A server's channel is one conversation shared by everyone in it (see `participant`); a DM is the person's.
+    if getattr(channel, "guild", None) is not None:
+        turn = dataclasses.replace(turn, who=dataclasses.replace(turn.who, shared=True))
 
     async def answer() -> bool:
         return await _answer(channel, conversation, turn)

@@ -10,6 +10,7 @@ stored and can't be recovered.)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 
@@ -42,6 +43,8 @@ async def follow_up_unanswered(bot: Bot, services: TelegramServices) -> int:
 
 async def _follow_up(bot: Bot, services: TelegramServices, turn: PendingTurn, now: dt.datetime) -> None:
     chat_id = int(turn.who.scope)  # a Telegram scope is its chat id (see `participant`)
+    if chat_id < 0:  # a group's (Telegram's group ids are negative): one conversation shared by everyone in it
+        turn = dataclasses.replace(turn, who=dataclasses.replace(turn.who, shared=True))
     replier = services.replier_to(bot, chat_id)
 
     async def job() -> None:
