@@ -45,7 +45,7 @@ from engine.events import (
     TurnFinished,
     VoiceNote,
 )
-from engine.group_talk import History, group_context
+from engine.group_talk import History, group_context, own_words
 from engine.participant import Participant
 from engine.speech_synthesizer import ContextTurn, SpeechSynthesizer, VoicePrompt
 from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
@@ -253,12 +253,16 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
         finished = False
         try:
             try:
-                deltas = self._llm.stream_reply(
+                stream = self._llm.stream_reply(
                     messages, history.said(user.display_name, said), language=language, context=situation
                 )
+                # Having read "Name: words" lines, a model may write its own that way, or go on as someone else.
+                deltas = (
+                    own_words(stream, self.bot_name, history.people(user.display_name)) if history.shared else stream
+                )
                 sentences = speakable_sentences(deltas)
-                # Closing both on the way out (an interruption, say) closes the HTTP stream: the LLM server stops.
-                async with contextlib.aclosing(deltas), contextlib.aclosing(sentences):
+                # Closing them on the way out (an interruption, say) closes the HTTP stream: the LLM server stops.
+                async with contextlib.aclosing(stream), contextlib.aclosing(deltas), contextlib.aclosing(sentences):
                     async for sentence in sentences:
                         index = len(reply.sentences)
                         reply.sentences.append(sentence)

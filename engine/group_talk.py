@@ -7,6 +7,8 @@ person as a speaker of their own. A one-person conversation reads as it always h
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from engine.chat_model import ChatMessage
@@ -16,6 +18,8 @@ from engine.store.models import Turn
 SOMEONE = "Someone"
 # Display names are the platform's and can be anything: they are cut to this and kept on one line.
 MAX_NAME_CHARS = 40
+# "Name: " at the start of a line of the reply, as a model that read a group's lines may write them.
+_SPEAKER_LABEL = re.compile(rf"[ \t]*([^\W\d_][^:\n.!?]{{0,{MAX_NAME_CHARS - 1}}}):[ \t]*")
 
 
 def person_key(user_id: int) -> str:
@@ -48,8 +52,9 @@ class History:
             for turn in self.turns
         ]
 
-    def without_last(self) -> History:
-        return History(self.turns[:-1], self.shared, self.names)
+    def people(self, speaker: str | None) -> set[str]:
+        """Everyone heard here, by name, and the person speaking now."""
+        return {*self.names.values(), speaker_name(speaker)}
 
 
 def group_context(speaker: str | None, bot_name: str, *, name_them: bool) -> str:
@@ -63,3 +68,37 @@ def group_context(speaker: str | None, bot_name: str, *, name_them: bool) -> str
     if name_them:
         lines.append(f"Others are listening too: start your reply by saying {name}'s name.")
     return "\n".join(lines)
+
+
+async def own_words(deltas: AsyncIterator[str], bot_name: str, people: Iterable[str]) -> AsyncIterator[str]:
+    """The reply without the script a model may write after reading a group's lines: "Alan: " before its own
+    words is dropped, and the reply ends where it starts a line for one of the `people` ("Bob: thanks!")."""
+    others = {speaker_name(name).casefold() for name in people} - {bot_name.casefold()}
+    pending, at_line_start = "", True
+    async for delta in deltas:
+        pending += delta
+        while pending:
+            if at_line_start:
+                label = _SPEAKER_LABEL.match(pending)
+                undecided = label is None and ":" not in pending and "\n" not in pending
+                if undecided and len(pending) <= MAX_NAME_CHARS and re.fullmatch(r"[ \t]*[^\W\d_][^.!?]*", pending):
+                    break  # could still become "Name:": wait for more
+                if label is not None:
+                    name = label.group(1).strip().casefold()
+                    if name in others:
+                        return  # the model goes on as someone else: the reply ends here
+                    if name == bot_name.casefold():
+                        pending = pending[label.end() :]
+                at_line_start = False
+                continue
+            line_end = pending.find("\n")
+            if line_end < 0:
+                yield pending
+                pending = ""
+            else:
+                if line_end > 0:
+                    yield pending[:line_end]
+                yield "\n"
+                pending, at_line_start = pending[line_end + 1 :], True
+    if pending:
+        yield pending

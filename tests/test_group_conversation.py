@@ -12,7 +12,7 @@ import pytest
 from engine.audio import WHISPER_RATE, Samples, decode_audio
 from engine.conversation import Conversation, Participant
 from engine.events import Overheard, ReplySentence, TurnFinished
-from engine.group_talk import History, group_context, person_key, speaker_name
+from engine.group_talk import History, group_context, own_words, person_key, speaker_name
 from engine.speech_synthesizer import ASSISTANT, ContextTurn
 from engine.store.repository import Store
 from tests.conftest import espeak
@@ -106,3 +106,30 @@ def test_names_are_one_line_and_never_empty() -> None:
     told = group_context("Bob", "Alan", name_them=True)
     assert "answer Bob" in told and "saying Bob's name" in told and "(Alan)" in told
     assert "saying" not in group_context("Bob", "Alan", name_them=False)
+
+
+async def test_the_reply_is_alans_own_words_not_a_script_of_the_group(
+    conversation: Conversation, ollama: FakeOllama, store: Store
+) -> None:
+    # Having read "Name: words" lines, a small model writes its own that way and then goes on as someone else.
+    ollama.script("Ala", "n: Pasta is best", ", Bob.\nB", "ob: Thanks, Alan!\nAnn: me too")
+    events = [event async for event in conversation.turn(BOB, text="Alan, pizza or pasta?")]
+    assert [event.text for event in events if isinstance(event, ReplySentence)] == ["Pasta is best, Bob."]
+    assert [turn.text for turn, _ in store.shared_turns(BOB.scope)] == ["Alan, pizza or pasta?", "Pasta is best, Bob."]
+
+
+@pytest.mark.parametrize(
+    ("parts", "kept"),
+    [
+        (["Sure thing, Bob. ", "Tomorrow: sunny."], "Sure thing, Bob. Tomorrow: sunny."),  # a colon mid-line stays
+        (["Note: this is fine."], "Note: this is fine."),  # a label that is nobody's name stays
+        (["Two lines\nand ", "more"], "Two lines\nand more"),
+        (["Bob: hi"], ""),
+    ],
+)
+async def test_own_words_keeps_everything_else(parts: list[str], kept: str) -> None:
+    async def deltas() -> Any:
+        for part in parts:
+            yield part
+
+    assert "".join([delta async for delta in own_words(deltas(), "Alan", ["Ann", "Bob"])]) == kept

@@ -237,6 +237,22 @@ async def test_in_a_group_only_mentions_and_replies_are_answered_and_the_rest_is
     assert store.unanswered_turns("telegram", dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == []
 
 
+async def test_a_voice_note_in_a_group_not_for_the_bot_is_heard_and_kept_in_silence(
+    start_bot: Start, ollama: FakeOllama, store: Store, tmp_path: Path
+) -> None:
+    telegram = await start_bot()
+    group = telegram.group_chat(-100600)
+    note = espeak_ogg("Shall we meet at the station?", tmp_path)
+    telegram.push_message(group, ANN, voice=telegram.voice(note, duration=2))
+    telegram.push_message(group, ANN, sticker={"file_id": "s1", "file_unique_id": "s1", "width": 1, "height": 1,
+                                               "is_animated": False, "is_video": False, "type": "regular"})  # fmt: skip
+    await eventually(lambda: len(store.shared_turns(str(group["id"]))) == 1)
+    [(turn, name)] = store.shared_turns(str(group["id"]))
+    assert name == "Ann" and not turn.addressed and turn.audio == note and turn.text  # transcribed, kept as sent
+    await asyncio.sleep(0.3)  # nothing else happens: no answer, no "I heard", no queue notice
+    assert ollama.chat_requests == [] and telegram.sent("sendMessage") == [] and telegram.sent("sendVoice") == []
+
+
 async def test_users_outside_the_allowlist_are_refused_politely(start_bot: Start, ollama: FakeOllama) -> None:
     telegram = await start_bot(telegram_allowed_users=str(ANN["id"]))
     telegram.push_message(telegram.group_chat(-1007), BOB, text="just chatting")  # not addressed: no reply
