@@ -225,13 +225,18 @@ async def test_listen_off_says_nothing_and_keeps_the_conversation(
     [(turn, name)] = store.shared_turns(room.scope)
     assert (name, turn.addressed, turn.text) == ("Bob", False, "Alan, what do you think?")
 
+    # A mention in text is still answered, in text only.
+    ollama.script("I'm here, just listening.")
+    written = await session.answer(participant(room["ann"], room.channel.id), text="are you there?")
+    assert written.text == "I'm here, just listening." and written.played_seconds == 0 and client.played == []
     # Back to `always`: everything is answered, and the context kept while off is there.
     await group_conversation.set_listen_mode(room.scope, ListenMode.ALWAYS)
     ollama.script("I was listening all along.")
     say(session, clock, room["ann"], lines["beach"])
     assert await turns_done(session, client, clock) > 0
-    [(role, content)] = contents(ollama.chat_requests[0])[1:]
-    assert (role, content.lower()) == ("user", "bob: alan, what do you think?\nann: we should go to the beach.")
+    *_, (role, content) = contents(ollama.chat_requests[-1])
+    assert (role, content.lower()) == ("user", "ann: we should go to the beach.")
+    assert ("user", "Bob: Alan, what do you think?\nAnn: are you there?") in contents(ollama.chat_requests[-1])
     await session.close()
 
 

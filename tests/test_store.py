@@ -265,3 +265,19 @@ def test_updating_a_turn_that_was_deleted_meanwhile_is_harmless(store: Store) ->
     turn = store.add_turn(ann.id, "chat", "user", "hi")
     store.clear_conversation(ann.id)
     assert store.set_turn_speech(turn.id, SpeechPayload("csm:m", b"\x00\x00")) is False
+
+
+def test_two_first_messages_at_once_make_one_user(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Their group message is being kept while their question is answered: the other one creates them first.
+    create = Store._user
+    raced = []
+
+    def racing(self: Store, platform: str, platform_user_id: str, display_name: str | None) -> User:
+        if not raced:
+            raced.append(create(self, platform, platform_user_id, display_name))
+            raise IntegrityError("INSERT INTO users", {}, Exception("UNIQUE constraint failed"))
+        return create(self, platform, platform_user_id, display_name)
+
+    monkeypatch.setattr(Store, "_user", racing)
+    user = store.user("telegram", "77", "Ann")
+    assert user.id == raced[0].id and store.find_user("telegram", "77") is not None
