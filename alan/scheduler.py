@@ -16,6 +16,10 @@ to every platform, so the bounds and the fairness hold for the whole app.
 - Past `max_waiting` waiting turns, or `max_per_chat` waiting in one chat, a turn is refused at once
   (`SchedulerFullError`, whose text is for the user) rather than piling up for minutes; a turn that can start
   right away is never refused for the total, as it doesn't wait. Whoever has to wait is told through `on_wait`.
+- A `light` turn (words heard in a group, not necessarily said to aLAN) takes its place in line like any other, so a
+  group's conversation keeps its order, but counts toward none of those bounds: a group's chatter must not make the
+  bot refuse the next person who speaks to it. Light turns are bounded on their own, `max_light_per_chat` waiting.
+- `submit` puts a turn in line at once and runs it in the background, for a caller that must not wait on it.
 """
 
 from __future__ import annotations
@@ -44,11 +48,12 @@ class SchedulerFullError(Exception):
 class _Turn:
     """One admitted turn: `go` resolves when it may start; `started` says the scheduler has counted it running."""
 
-    __slots__ = ("go", "started")
+    __slots__ = ("go", "light", "started")
 
-    def __init__(self, go: asyncio.Future[None]) -> None:
+    def __init__(self, go: asyncio.Future[None], light: bool = False) -> None:
         self.go = go
         self.started = False
+        self.light = light
 
 
 class _Chat:
@@ -69,12 +74,21 @@ class TurnScheduler:
     slot is taken. A job must not run another turn of its own chat (it would wait for itself).
     """
 
-    def __init__(self, *, concurrency: int = 1, max_waiting: int = 20, max_per_chat: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        concurrency: int = 1,
+        max_waiting: int = 20,
+        max_per_chat: int | None = None,
+        max_light_per_chat: int = 50,
+    ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self._concurrency = concurrency
         self.max_waiting = max_waiting
         self.max_per_chat = max_per_chat
+        self.max_light_per_chat = max_light_per_chat
+        self._light_waiting = 0
         self._chats: dict[str, _Chat] = {}
         self._ready: OrderedDict[str, None] = OrderedDict()  # the rotation: chats whose next turn may start
         self._waiting = 0
@@ -116,6 +130,7 @@ class TurnScheduler:
         *,
         on_wait: Callable[[int], Awaitable[None]] | None = None,
         max_per_chat: int | None = None,
+        light: bool = False,
     ) -> T:
         """Run `job` when it is this chat's turn and its go comes up, and return (or raise) what it does.
 
@@ -128,7 +143,24 @@ class TurnScheduler:
         background with the number of turns waiting, this one included; its failure is only logged. Cancelling
         the caller while it waits takes the turn out of line; while the job runs, cancels the job.
         """
-        turn = self._enter(chat, max_per_chat)
+        turn = self._enter(chat, max_per_chat, light)
+        return await self._run_entered(chat, turn, job, on_wait)
+
+    def submit(self, chat: str, job: Callable[[], Awaitable[T]], *, light: bool = False) -> asyncio.Task[T]:
+        """Put a turn in line now (raising `SchedulerFullError` now if it can't be) and run it in the background.
+
+        Its place is taken before this returns, so a caller that hands the work off still keeps its order.
+        """
+        turn = self._enter(chat, None, light)
+        return asyncio.create_task(self._run_entered(chat, turn, job, None), name=f"turn-{chat}")
+
+    async def _run_entered(
+        self,
+        chat: str,
+        turn: _Turn,
+        job: Callable[[], Awaitable[T]],
+        on_wait: Callable[[int], Awaitable[None]] | None,
+    ) -> T:
         if not turn.started:
             if on_wait is not None:
                 # Told in the background: awaiting the message first would hold this turn's caller back for
@@ -147,22 +179,29 @@ class TurnScheduler:
         finally:
             self._finish(chat)
 
-    def _enter(self, chat: str, max_per_chat: int | None = None) -> _Turn:
+    def _enter(self, chat: str, max_per_chat: int | None = None, light: bool = False) -> _Turn:
         """Admit a turn of `chat` (or raise `SchedulerFullError`), put it in line and start it if it may."""
         state = self._chats.get(chat)
         per_chat = self.max_per_chat if max_per_chat is None else max_per_chat
         must_wait = state is not None or self._running >= self._concurrency
-        if must_wait and self._waiting >= self.max_waiting:
-            log.warning("turn scheduler full (%d waiting): refusing a turn for chat %s", self._waiting, chat)
-            raise SchedulerFullError()
-        if state is not None and per_chat is not None and len(state.waiting) >= per_chat:
-            log.warning("chat %s has %d turns waiting: refusing another", chat, len(state.waiting))
-            raise SchedulerFullError(CHAT_BUSY)
+        waiting_here = [turn for turn in state.waiting if turn.light == light] if state is not None else []
+        if light:
+            if len(waiting_here) >= self.max_light_per_chat:
+                log.warning("chat %s has %d light turns waiting: refusing another", chat, len(waiting_here))
+                raise SchedulerFullError(CHAT_BUSY)
+        else:
+            if must_wait and self._waiting - self._light_waiting >= self.max_waiting:
+                log.warning("turn scheduler full (%d waiting): refusing a turn for chat %s", self._waiting, chat)
+                raise SchedulerFullError()
+            if per_chat is not None and len(waiting_here) >= per_chat:
+                log.warning("chat %s has %d turns waiting: refusing another", chat, len(waiting_here))
+                raise SchedulerFullError(CHAT_BUSY)
         if state is None:
             state = self._chats[chat] = _Chat()
-        turn = _Turn(asyncio.get_running_loop().create_future())
+        turn = _Turn(asyncio.get_running_loop().create_future(), light)
         state.waiting.append(turn)
         self._waiting += 1
+        self._light_waiting += light
         if not state.running and len(state.waiting) == 1:
             self._ready[chat] = None  # an idle chat joins the back of the rotation
         self._dispatch()
@@ -175,6 +214,7 @@ class TurnScheduler:
             state = self._chats[chat]
             turn = state.waiting.popleft()
             self._waiting -= 1
+            self._light_waiting -= turn.light
             if turn.go.done():
                 # Its caller was cancelled and hasn't run its cleanup yet (it will find the turn gone): skip it,
                 # and let the chat's next turn, if any, have the go in its place.
@@ -205,6 +245,7 @@ class TurnScheduler:
             return
         state.waiting.remove(turn)
         self._waiting -= 1
+        self._light_waiting -= turn.light
         if not state.waiting:
             self._ready.pop(chat, None)
             if not state.running:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -37,6 +38,14 @@ def _fold(word: str) -> str:
     # A non-rhotic r (after a vowel, before a consonant) is a spelling, not a sound: Whisper hears "Arlin".
     plain = re.sub(r"(?<=[aeiouy])r(?=[^aeiouy])", "", plain)
     return plain[:1] + re.sub(r"[aeiouy]", "v", plain[1:])
+
+
+def _names(display_name: str, text: str) -> bool:
+    """Whether `text` addresses the person called `display_name` (or by its first word: "Bob" for "Bob Smith")."""
+    words = display_name.split()
+    if not words or not re.search(r"[^\W\d_]", display_name):
+        return False
+    return AddressDetector(display_name, aliases=(words[0],)).addressed(text)
 
 
 class AddressDetector:
@@ -81,11 +90,13 @@ def should_answer(
     text: str,
     now: float,
     people: int,
+    others: Sequence[str] = (),
 ) -> bool:
     """Whether aLAN answers `speaker`'s utterance `text`, begun at `now`, with `people` humans in the conversation.
 
     A follow-up may have begun before aLAN spoke (the person it answers adding to their question); a question
     counts as put to aLAN only if it began once aLAN was speaking, not if it was already under way to someone else.
+    Words that start or end with the name of one of the `others` present ("Bob, are you coming?") are for them.
     """
     if mode is ListenMode.OFF:
         return False
@@ -93,6 +104,8 @@ def should_answer(
         return True
     if detector.addressed(text):
         return True
+    if any(_names(name, text) for name in others):
+        return False
     since = now - floor.answered_at
     if speaker == floor.last_answered and since <= FOLLOW_UP_SECONDS:
         return True

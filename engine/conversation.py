@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -107,11 +108,12 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
     async def _user(self, who: Participant) -> User:
         return await asyncio.to_thread(self._store.user, who.platform, who.user_id, who.display_name)
 
-    async def _history(self, user: User, who: Participant, limit: int) -> History:
-        """The newest turns here: the person's own, or everyone's in a shared scope (with who said each)."""
+    async def _history(self, user: User, who: Participant, limit: int, *, before: int | None = None) -> History:
+        """The newest turns here (`before` a turn id): the person's own, or everyone's in a shared scope (with
+        who said each)."""
         if not who.shared:
             return History(await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, limit))
-        rows = await asyncio.to_thread(self._store.shared_turns, who.scope, limit)
+        rows = await asyncio.to_thread(functools.partial(self._store.shared_turns, who.scope, limit, before=before))
         names = {turn.id: name for turn, name in rows if turn.role == "user" and name is not None}
         return History([turn for turn, _ in rows], shared=True, names=names)
 
@@ -149,8 +151,9 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
             said, language, heard_audio = await self._hear(audio, timings, known_language)
         else:
             said, language, heard_audio = read_text(text), None, None
-        history = await self._history(user, who, LLM_HISTORY_TURNS)
         addressed = answer_if is None or answer_if(said)
+        # Read before this turn is stored: the history the reply follows (nothing to read for words kept unanswered).
+        history = await self._history(user, who, LLM_HISTORY_TURNS) if addressed else History([])
         # Stored before anything else can go wrong or be interrupted: what the user said is never lost.
         user_turn = await self._memory.remember_user_turn(
             user.id, who.scope, said, language, heard_audio, addressed=addressed

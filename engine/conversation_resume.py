@@ -7,6 +7,7 @@ conversation's own `_answer`, exactly as a new turn is answered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -55,7 +56,7 @@ class ConversationResume:
     def _answering(self, *args: Any) -> Any:
         raise NotImplementedError
 
-    async def _history(self, user: User, who: Participant, limit: int) -> History:
+    async def _history(self, user: User, who: Participant, limit: int, *, before: int | None = None) -> History:
         raise NotImplementedError
 
     async def unanswered(self, platform: str, since: datetime) -> list[PendingTurn]:
@@ -85,8 +86,7 @@ class ConversationResume:
         user, own = found
         pending = own[-1]
         if who.shared:  # the group's conversation up to the turn, everyone's words in it
-            group = await self._history(user, who, LLM_HISTORY_TURNS + 1)
-            history = History([turn for turn in group.turns if turn.id < pending.id], shared=True, names=group.names)
+            history = await self._history(user, who, LLM_HISTORY_TURNS, before=pending.id)
         else:
             history = History(own[:-1])
         has_audio = pending.speech is not None or pending.audio is not None
@@ -120,9 +120,10 @@ class ConversationResume:
         user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
         if user is None:
             return None
-        history = await asyncio.to_thread(self._store.recent_turns, user.id, who.scope, limit)
         # What they said to others afterwards, in a group, owes no answer and doesn't answer this turn either.
-        history = [turn for turn in history if turn.role != "user" or turn.addressed]
+        history = await asyncio.to_thread(
+            functools.partial(self._store.recent_turns, user.id, who.scope, limit, addressed_only=True)
+        )
         if not history or history[-1].id != turn_id or history[-1].role != "user":
             return None
         return user, history

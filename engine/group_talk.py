@@ -19,7 +19,8 @@ SOMEONE = "Someone"
 # Display names are the platform's and can be anything: they are cut to this and kept on one line.
 MAX_NAME_CHARS = 40
 # "Name: " at the start of a line of the reply, as a model that read a group's lines may write them.
-_SPEAKER_LABEL = re.compile(rf"[ \t]*([^\W\d_][^:\n.!?]{{0,{MAX_NAME_CHARS - 1}}}):[ \t]*")
+# ("**Alan:**" in markdown too.)
+_SPEAKER_LABEL = re.compile(rf"[ \t]*[*_]*([^\W\d_][^:\n.!?*_]{{0,{MAX_NAME_CHARS - 1}}})[*_]*:[*_]*[ \t]*")
 
 
 def person_key(user_id: int) -> str:
@@ -72,9 +73,11 @@ def group_context(speaker: str | None, bot_name: str, *, name_them: bool) -> str
 
 async def own_words(deltas: AsyncIterator[str], bot_name: str, people: Iterable[str]) -> AsyncIterator[str]:
     """The reply without the script a model may write after reading a group's lines: "Alan: " before its own
-    words is dropped, and the reply ends where it starts a line for one of the `people` ("Bob: thanks!")."""
+    words is dropped, and the reply ends where, once its own words began, it starts a line for one of the `people`
+    ("Bob: thanks!"). A label before anything was said ("Bob: sure…", copying the lines it read) is dropped too.
+    Ending early closes `deltas` (the LLM's HTTP stream) at once."""
     others = {speaker_name(name).casefold() for name in people} - {bot_name.casefold()}
-    pending, at_line_start = "", True
+    pending, at_line_start, said = "", True, False
     async for delta in deltas:
         pending += delta
         while pending:
@@ -85,20 +88,29 @@ async def own_words(deltas: AsyncIterator[str], bot_name: str, people: Iterable[
                     break  # could still become "Name:": wait for more
                 if label is not None:
                     name = label.group(1).strip().casefold()
-                    if name in others:
+                    if name in others and said:
+                        await _close(deltas)
                         return  # the model goes on as someone else: the reply ends here
-                    if name == bot_name.casefold():
+                    if name in others or name == bot_name.casefold():
                         pending = pending[label.end() :]
                 at_line_start = False
                 continue
             line_end = pending.find("\n")
             if line_end < 0:
+                said = said or bool(pending.strip())
                 yield pending
                 pending = ""
             else:
                 if line_end > 0:
+                    said = said or bool(pending[:line_end].strip())
                     yield pending[:line_end]
                 yield "\n"
                 pending, at_line_start = pending[line_end + 1 :], True
     if pending:
         yield pending
+
+
+async def _close(stream: AsyncIterator[str]) -> None:
+    close = getattr(stream, "aclose", None)
+    if close is not None:
+        await close()

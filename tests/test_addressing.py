@@ -86,3 +86,14 @@ def test_a_question_already_under_way_to_someone_else_is_not_put_to_alan() -> No
     assert should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", "shall we go?", 17.0, 2)
     # B, the one aLAN answered, adding to their question before the reply began: a follow-up all the same.
     assert should_answer(ALAN, floor, ListenMode.ADDRESSED, "B", "and also the score", 12.0, 2)
+
+
+
+def test_words_for_someone_else_present_are_theirs() -> None:
+    floor = GroupFloor()
+    floor.spoke_to("B", finished_at=20.0, began_at=15.0)
+    others = ["Bob Smith", "Carol", "xX_42_Xx"]
+    for text in ("Bob, are you coming?", "are you coming, Carol?"):  # a question right after aLAN spoke, to them
+        assert not should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", text, 21.0, 3, others)
+        assert should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", text, 21.0, 3)  # nobody by that name here
+    assert should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", "Alan, is Bob coming?", 99.0, 3, others)

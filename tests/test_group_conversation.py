@@ -97,6 +97,27 @@ async def test_words_not_said_to_alan_owe_no_answer_after_a_restart(
     assert await conversation.unanswered("discord", LONG_AGO) == []
 
 
+async def test_after_a_restart_chatter_neither_hides_a_question_nor_crowds_out_its_context(
+    conversation: Conversation, ollama: FakeOllama, store: Store
+) -> None:
+    ann, bob = store.user("discord", "11", "Ann"), store.user("discord", "22", "Bob")
+    store.add_turn(ann.id, ANN.scope, "user", "I'm hungry", addressed=False)
+    question = store.add_turn(bob.id, BOB.scope, "user", "Alan, pizza or pasta?")
+    for index in range(60):  # the group talked on, Bob too, long enough to fill a whole history after it
+        store.add_turn((ann if index % 2 else bob).id, ANN.scope, "user", f"chatter {index}", addressed=False)
+    who = Participant("discord", "22", BOB.scope, "Bob", shared=True)
+    # The history given with the question is what came before it, not the chatter that followed.
+    ollama.script("Pasta.")
+    [_ async for _ in conversation.resume(who, question.id, speak=False)]
+    [request] = ollama.chat_requests
+    assert request["messages"][-1]["content"] == "Ann: I'm hungry\nBob: Alan, pizza or pasta?"
+    # And the apology for a turn too old to answer is stored as its reply, despite Bob's chatter since.
+    later = store.add_turn(bob.id, BOB.scope, "user", "Alan, still there?")
+    store.add_turn(bob.id, BOB.scope, "user", "hello?? anyone", addressed=False)
+    assert await conversation.close_unanswered(who, later.id, "Sorry, I didn't get to that.")
+    assert await conversation.unanswered("discord", LONG_AGO) == []
+
+
 def test_names_are_one_line_and_never_empty() -> None:
     assert speaker_name("  Ann\n Smith: ") == "Ann Smith"
     assert speaker_name(None) == speaker_name("   ") == "Someone"
@@ -124,7 +145,8 @@ async def test_the_reply_is_alans_own_words_not_a_script_of_the_group(
         (["Sure thing, Bob. ", "Tomorrow: sunny."], "Sure thing, Bob. Tomorrow: sunny."),  # a colon mid-line stays
         (["Note: this is fine."], "Note: this is fine."),  # a label that is nobody's name stays
         (["Two lines\nand ", "more"], "Two lines\nand more"),
-        (["Bob: hi"], ""),
+        (["Bob: sure, ", "pasta.\nAnn: me too"], "sure, pasta.\n"),  # copying the lines it read, then Ann's
+        (["**Alan:** Hi", " there."], "Hi there."),
     ],
 )
 async def test_own_words_keeps_everything_else(parts: list[str], kept: str) -> None:

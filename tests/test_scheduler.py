@@ -559,3 +559,41 @@ async def test_a_turns_own_per_chat_bound_replaces_the_schedulers() -> None:
     release.set()
     await asyncio.gather(running, *waiting)
     assert_idle(scheduler)
+
+
+# --- Light turns: a group's chatter keeps its place in line but never crowds out a turn ---------------------------
+
+
+async def test_light_turns_keep_their_order_but_count_toward_no_bound_of_real_turns() -> None:
+    scheduler = TurnScheduler(concurrency=1, max_waiting=1, max_per_chat=1, max_light_per_chat=2)
+    jobs = Jobs()
+    answer = await submit(scheduler, "group", jobs.job("answer"))
+    assert await jobs.next_start() == "answer"
+    # Two bits of chatter wait behind the answer; a third is one too many (of its own kind).
+    chatter = [scheduler.submit("group", jobs.job(f"chat{i}"), light=True) for i in range(2)]
+    with pytest.raises(SchedulerFullError):
+        scheduler.submit("group", jobs.job("chat2"), light=True)
+    # The chatter takes neither the chat's nor the app's place for real turns: the next question still gets in line.
+    question = await submit(scheduler, "group", jobs.job("question"))
+    with pytest.raises(SchedulerFullError):
+        await scheduler.run("group", jobs.job("one too many"))
+    for name in ("answer", "chat0", "chat1", "question"):
+        if name != "answer":
+            assert await jobs.next_start() == name  # in the order they came
+        jobs.release(name)
+    assert await asyncio.gather(answer, *chatter, question) == ["answer", "chat0", "chat1", "question"]
+    assert_idle(scheduler)
+
+
+async def test_submit_takes_the_place_in_line_before_it_returns() -> None:
+    scheduler = TurnScheduler(concurrency=1)
+    jobs = Jobs()
+    first = scheduler.submit("a", jobs.job("first"))  # no await between them: the order is the calls'
+    second = scheduler.submit("a", jobs.job("second"))
+    assert scheduler.waiting + scheduler.running == 2
+    assert await jobs.next_start() == "first"
+    jobs.release("first")
+    assert await jobs.next_start() == "second"
+    jobs.release("second")
+    assert await asyncio.gather(first, second) == ["first", "second"]
+    assert_idle(scheduler)

@@ -237,6 +237,25 @@ async def test_in_a_group_only_mentions_and_replies_are_answered_and_the_rest_is
     assert store.unanswered_turns("telegram", dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) == []
 
 
+async def test_a_groups_chatter_while_the_bot_answers_never_crowds_out_the_next_question(
+    start_bot: Start, ollama: FakeOllama
+) -> None:
+    telegram = await start_bot()  # at most 3 of a chat's turns wait: chatter must not count toward them
+    group = telegram.group_chat(-100700)
+    ollama.script("Let me think about that.", first_delay=1.5)
+    ollama.script("Saturday works.")
+    telegram.push_message(group, ANN, text=f"@{BOT_USERNAME} when shall we meet?")
+    for index in range(5):
+        telegram.push_message(group, BOB if index % 2 else ANN, text=f"chatter {index}")
+    telegram.push_message(group, BOB, text=f"@{BOT_USERNAME} and what about Saturday?")
+    await telegram.wait_for("sendVoice", chat_id=group["id"], count=2)
+    first, second = (request["messages"][-1]["content"] for request in ollama.chat_requests)
+    assert first == "Ann: when shall we meet?"
+    assert second == "Ann: chatter 0\nBob: chatter 1\nAnn: chatter 2\nBob: chatter 3\nAnn: chatter 4\n" \
+        "Bob: and what about Saturday?"  # fmt: skip
+    assert not any("still have a few" in call.text for call in telegram.sent("sendMessage", group["id"]))
+
+
 async def test_a_voice_note_in_a_group_not_for_the_bot_is_heard_and_kept_in_silence(
     start_bot: Start, ollama: FakeOllama, store: Store, tmp_path: Path
 ) -> None:

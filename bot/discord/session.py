@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -38,6 +39,18 @@ MAX_MESSAGE = 2000
 # A reply ready while others are talking waits for them this long at most (then it speaks: it was asked).
 MAX_GAP_WAIT_S = 12.0
 GAP_POLL_S = 0.05
+
+
+@dataclass
+class Hearing:
+    """What became of one utterance, for telling the channel about a failure only when it concerns aLAN."""
+
+    in_group: bool = False  # several people (or /listen off): the words may well not have been for aLAN
+    addressed: bool | None = None  # None until the words are known
+
+    @property
+    def worth_telling(self) -> bool:
+        return bool(self.addressed) or (self.addressed is None and not self.in_group)
 
 
 def voice_queue_key(guild_id: int) -> str:
@@ -90,6 +103,7 @@ class VoiceSession:
         self.answering: Participant | None = None
         self.detector = AddressDetector(conversation.bot_name)
         self.floor = GroupFloor()  # whom aLAN answered last, and when it finished
+        self._speech_began: dict[int, float] = {}  # when each person's current utterance started
         self.closed = False
         self.leaving = False  # we chose to leave: a dropped connection must not be re-established
         self.kicked = False  # someone removed us from the channel: don't come back uninvited
@@ -142,6 +156,7 @@ class VoiceSession:
         return member is None or not member.bot  # unknown (not cached yet) members are people until shown otherwise
 
     def _on_speech_start(self, user_id: int) -> None:
+        self._speech_began[user_id] = self.clock()
         playback = self.playback
         if playback is not None and playback.audible:
             log.info("user %d talked over the reply in guild %d: stopping", user_id, self.guild_id)
@@ -160,56 +175,85 @@ class VoiceSession:
         )
         # The PCM goes in as it is: the engine hears it at its own rate and stores it once, as OGG/Opus.
         heard = Samples(utterance.audio, SAMPLE_RATE)
-        # When they started: a follow-up's window counts from aLAN's last words to the start of theirs.
-        began = self.clock() - utterance.seconds
+        # When they started: a follow-up's window counts from aLAN's last words to the start of theirs. (An
+        # utterance cut at the length cap goes on without a new start: its own length tells.)
+        began = self._speech_began.pop(user_id, None)
+        began = self.clock() - utterance.seconds if began is None else began
         task = asyncio.create_task(self._answer_utterance(who, heard, began), name=f"voice-turn-{user_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _answer_utterance(self, who: Participant, heard: Samples, began: float) -> None:
+        hearing = Hearing(in_group=self.people() > 1)
         try:
-            result = await self.answer(who, audio=heard, began=began)
+            result = await self.answer(who, audio=heard, began=began, hearing=hearing)
         except NoSpeechError:
             log.debug("no speech in an utterance of user %s", who.user_id)  # a cough or a laugh: say nothing
         except (TurnError, SchedulerFullError) as error:
-            await self.post(str(error))
+            if hearing.worth_telling:
+                await self.post(str(error))
+            else:  # words perhaps never meant for aLAN: a message per line of chatter would flood the channel
+                log.warning("an utterance of user %s in guild %d was lost: %s", who.user_id, self.guild_id, error)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("voice turn failed for user %s in guild %d", who.user_id, self.guild_id)
-            await self.post(APOLOGY)
+            if hearing.worth_telling:
+                await self.post(APOLOGY)
         else:
+            if result.overheard:
+                log.debug("kept an utterance of user %s, not said to aLAN", who.user_id)
             if result.speech_unavailable and not result.interrupted and result.text:
                 await self.post(f"{result.speech_unavailable}\n{result.text}")
 
     # -- speaking ---------------------------------------------------------------------------------------
 
     async def answer(
-        self, who: Participant, *, audio: Samples | None = None, text: str | None = None, began: float | None = None
+        self,
+        who: Participant,
+        *,
+        audio: Samples | None = None,
+        text: str | None = None,
+        began: float | None = None,
+        hearing: Hearing | None = None,
     ) -> PlaybackResult:
         """Queue a turn for this channel and return once its answer has been heard out (or interrupted).
 
         Speech (`audio`, which `began` at that clock time) is answered when it was said to aLAN, and otherwise only
         kept in the channel's conversation (`PlaybackResult.overheard`). Text (a mention) is always answered; with
         `/listen off`, in text only. Raises `TurnError` / `SchedulerFullError` with a message for the user.
+        Speech waits in line as a light turn: a room's chatter must not crowd out the next question.
         """
         began = self.clock() if began is None else began
-        return await self.scheduler.run(self.queue_key, lambda: self._speak(who, audio=audio, text=text, began=began))
+        hearing = hearing or Hearing()
+        return await self.scheduler.run(
+            self.queue_key,
+            lambda: self._speak(who, audio=audio, text=text, began=began, hearing=hearing),
+            light=audio is not None,
+        )
+
+    def others_names(self, who: Participant) -> list[str]:
+        """The display names of the other people in the voice channel."""
+        members = getattr(self.channel, "members", ())
+        return [member.display_name for member in members if not member.bot and str(member.id) != who.user_id]
 
     def people(self) -> int:
         """The people in the voice channel now (bots such as aLAN itself or a music bot don't count)."""
         return sum(1 for member in getattr(self.channel, "members", ()) if not member.bot)
 
     async def _speak(
-        self, who: Participant, *, audio: Samples | None, text: str | None, began: float
+        self, who: Participant, *, audio: Samples | None, text: str | None, began: float, hearing: Hearing
     ) -> PlaybackResult:
         if self.closed:  # we left while this turn waited its go
             return PlaybackResult(interrupted=True)
         mode = await self.conversation.listen_mode(who.scope) or ListenMode.ADDRESSED
         people = self.people()
+        hearing.in_group = people > 1 or mode is ListenMode.OFF
 
         def said_to_us(said: str) -> bool:
-            return should_answer(self.detector, self.floor, mode, who.user_id, said, began, people)
+            others = self.others_names(who)
+            hearing.addressed = should_answer(self.detector, self.floor, mode, who.user_id, said, began, people, others)
+            return hearing.addressed
 
         playback = ReplyPlayback(
             self.voice_client,

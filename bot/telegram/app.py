@@ -46,8 +46,6 @@ log = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query"]
 GROUP_CHATS = (ChatType.GROUP, ChatType.SUPERGROUP)
-# Group messages not for aLAN wait in their chat's line behind its turns; a busy group may queue this many.
-OVERHEARD_PER_CHAT = 50
 REFUSAL = (
     "Sorry, I'm a private companion and only talk with people my owner has allowed. If you know them, ask "
     "them to add your Telegram user id: {user_id}."
@@ -208,18 +206,22 @@ class Router:
             )
             await services.conversation.overhear(who, audio=audio)
 
-        try:
+        async def keep_quietly() -> None:
             try:
-                # Nothing above awaited: the message takes its place in line in the order it arrived.
-                await services.scheduler.run(str(message.chat_id), keep, max_per_chat=OVERHEARD_PER_CHAT)
-            except SchedulerFullError:
-                if attachment is not None:
-                    raise  # transcribing waits for the speech models: with this much queued, it is skipped
-                await keep()  # words cost nothing to keep: out of line rather than lost
-        except (TurnError, SchedulerFullError) as error:
-            log.info("a message in group %s was not kept in its conversation: %s", message.chat_id, error)
-        except Exception:
-            log.exception("keeping a message of group %s in its conversation failed", message.chat_id)
+                await keep()
+            except TurnError as error:
+                log.info("a message in group %s was not kept in its conversation: %s", message.chat_id, error)
+            except Exception:
+                log.exception("keeping a message of group %s in its conversation failed", message.chat_id)
+
+        try:
+            # In line now, run in the background: the group's order is kept, and no update handler waits on it.
+            services.track(services.scheduler.submit(str(message.chat_id), keep_quietly, light=True))
+        except SchedulerFullError:
+            if attachment is not None:  # transcribing waits for the speech models: this much queued, it is skipped
+                log.info("group %s has too much waiting: a voice message was not kept", message.chat_id)
+                return
+            await keep_quietly()  # words cost nothing to keep: out of line rather than lost
 
     async def unknown_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE, commands: Commands) -> None:
         message = update.message

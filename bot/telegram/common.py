@@ -96,7 +96,10 @@ class TelegramServices:
 
     def spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         """Run in the background, keeping a reference (asyncio holds tasks weakly) until it is done."""
-        task = asyncio.create_task(coroutine, name=name)
+        self.track(asyncio.create_task(coroutine, name=name))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep a reference to a background task until it is done (and cancel it on `close`)."""
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

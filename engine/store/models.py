@@ -96,6 +96,7 @@ class Turn(Base):
     __tablename__ = "turns"
     __table_args__ = (
         Index("ix_turns_user_scope_created", "user_id", "scope", "created_at"),
+        Index("ix_turns_scope_created", "scope", "created_at", "id"),  # a group's conversation: everyone's turns
         {"sqlite_autoincrement": True},
     )
 

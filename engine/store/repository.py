@@ -194,29 +194,26 @@ class Store:
         return True
 
     @guarded("I couldn't read our conversation")
-    def recent_turns(self, user_id: int, scope: str, limit: int = 50) -> list[Turn]:
-        """The newest `limit` turns of this user in this scope, oldest first."""
+    def recent_turns(self, user_id: int, scope: str, limit: int = 50, *, addressed_only: bool = False) -> list[Turn]:
+        """The newest `limit` turns of this user in this scope, oldest first (`addressed_only`: leaving out what
+        they said in a group that wasn't said to aLAN)."""
         with self.sessions() as session:
-            newest = session.scalars(
-                select(Turn)
-                .where(Turn.user_id == user_id, Turn.scope == scope)
-                .order_by(Turn.created_at.desc(), Turn.id.desc())
-                .limit(limit)
-            ).all()
+            query = select(Turn).where(Turn.user_id == user_id, Turn.scope == scope)
+            if addressed_only:
+                query = query.where(or_(Turn.role != "user", Turn.addressed))
+            newest = session.scalars(query.order_by(Turn.created_at.desc(), Turn.id.desc()).limit(limit)).all()
             return list(reversed(newest))
 
     @guarded("I couldn't read our conversation")
-    def shared_turns(self, scope: str, limit: int = 50) -> list[tuple[Turn, str | None]]:
+    def shared_turns(self, scope: str, limit: int = 50, *, before: int | None = None) -> list[tuple[Turn, str | None]]:
         """The newest `limit` turns of everyone in this scope (a group's one conversation), oldest first, each with
-        the display name of the person who said it (of the person answered, for aLAN's turns)."""
+        the display name of the person who said it (of the person answered, for aLAN's turns). `before`: only
+        those stored before the turn with that id."""
         with self.sessions() as session:
-            newest = session.execute(
-                select(Turn, User.display_name)
-                .join(User, User.id == Turn.user_id)
-                .where(Turn.scope == scope)
-                .order_by(Turn.created_at.desc(), Turn.id.desc())
-                .limit(limit)
-            ).all()
+            query = select(Turn, User.display_name).join(User, User.id == Turn.user_id).where(Turn.scope == scope)
+            if before is not None:
+                query = query.where(Turn.id < before)
+            newest = session.execute(query.order_by(Turn.created_at.desc(), Turn.id.desc()).limit(limit)).all()
             return [(turn, name) for turn, name in reversed(newest)]
 
     @guarded("I couldn't read our conversation")
