@@ -199,8 +199,12 @@ async def test_reset_in_a_server_channel_clears_everyones_conversation_there(
     for member, text in ((ann, "lunch?"), (bob, "Alan, pizza?")):
         user = store.user("discord", str(member.id), member.display_name)
         store.add_turn(user.id, str(channel.id), "user", text)
-    await run(AlanCommands.reset, cog, FakeInteraction(ann, guild))  # Ann, in the voice channel
-    assert store.shared_turns(str(channel.id)) == []
+    user = store.user("discord", str(bob.id))
+    store.add_turn(user.id, "elsewhere", "user", "mine")
+    interaction = FakeInteraction(ann, guild)  # Ann, in the voice channel
+    await run(AlanCommands.reset, cog, interaction)
+    assert store.shared_turns(str(channel.id)) == [] and "(2 messages)" in interaction.last.content
+    assert [turn.text for turn, _ in store.shared_turns("elsewhere")] == ["mine"]  # other channels keep theirs
 
 
 # -- /listen ----------------------------------------------------------------------------------------------------
