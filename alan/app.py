@@ -60,8 +60,8 @@ def build_scheduler(settings: Settings) -> TurnScheduler:
 
     ALAN_TTS_MAX_BATCH, or 8 when the service sizes itself: on a GPU a frame for eight costs about what one does,
     and on a CPU eight together make 3–6.7× the frames of one after another (fp32–bf16, bench/tts.py). No per-chat bound
-    here: each platform sets its own per turn (Telegram: 3 of one person's messages; a Discord voice channel's
-    turns are everyone's in it, bounded only by the total).
+    here: each platform sets its own per turn (Telegram: 3 of one person's messages, and a group's chatter kept as
+    light turns; a Discord voice channel's utterances are light turns too, 8 waiting at most).
     """
     return TurnScheduler(concurrency=settings.tts_max_batch or 8, max_waiting=20)
 

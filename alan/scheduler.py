@@ -28,7 +28,7 @@ import asyncio
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +48,13 @@ class SchedulerFullError(Exception):
 class _Turn:
     """One admitted turn: `go` resolves when it may start; `started` says the scheduler has counted it running."""
 
-    __slots__ = ("go", "light", "started")
+    __slots__ = ("entered", "go", "light", "started")
 
     def __init__(self, go: asyncio.Future[None], light: bool = False) -> None:
         self.go = go
         self.started = False
         self.light = light
+        self.entered = False  # its runner has begun (it then cleans up after itself)
 
 
 class _Chat:
@@ -134,8 +135,9 @@ class TurnScheduler:
     ) -> T:
         """Run `job` when it is this chat's turn and its go comes up, and return (or raise) what it does.
 
-        `max_per_chat` replaces the scheduler's own per-chat bound for this turn: platforms differ in what a
-        "chat" is (a Telegram chat is one person's; a Discord server's voice channel is everyone's in it).
+        `max_per_chat` replaces the scheduler's own per-chat bound for this turn (for a `light` one, the bound on
+        light turns): platforms differ in what a "chat" is (a Telegram chat is one person's; a Discord server's
+        voice channel is everyone's in it).
 
         The turn takes its place in line before `run` first suspends, so turns of one chat run in the order their
         `run` calls started. Raises `SchedulerFullError` at once if the turn would have to wait and the scheduler
@@ -152,7 +154,20 @@ class TurnScheduler:
         Its place is taken before this returns, so a caller that hands the work off still keeps its order.
         """
         turn = self._enter(chat, None, light)
-        return asyncio.create_task(self._run_entered(chat, turn, job, None), name=f"turn-{chat}")
+        task = asyncio.create_task(self._run_entered(chat, turn, job, None), name=f"turn-{chat}")
+        task.add_done_callback(lambda done: self._never_ran(chat, turn, done))
+        return task
+
+    def _never_ran(self, chat: str, turn: _Turn, task: asyncio.Task[Any]) -> None:
+        """A submitted task cancelled before its first step never ran `_run_entered`'s clean-up: do it here."""
+        if not task.cancelled() or turn.entered:
+            return
+        if turn.started:
+            self._finish(chat)
+        else:
+            self._withdraw(chat, turn)
+            if not turn.go.done():
+                turn.go.cancel()  # `_dispatch` skips a turn whose go is done
 
     async def _run_entered(
         self,
@@ -161,11 +176,12 @@ class TurnScheduler:
         job: Callable[[], Awaitable[T]],
         on_wait: Callable[[int], Awaitable[None]] | None,
     ) -> T:
+        turn.entered = True
         if not turn.started:
             if on_wait is not None:
                 # Told in the background: awaiting the message first would hold this turn's caller back for
                 # nothing, and a slow platform must not delay its go.
-                self._notify(on_wait, self._waiting)
+                self._notify(on_wait, self._waiting - self._light_waiting)
             try:
                 await turn.go
             except asyncio.CancelledError:
@@ -186,7 +202,7 @@ class TurnScheduler:
         must_wait = state is not None or self._running >= self._concurrency
         waiting_here = [turn for turn in state.waiting if turn.light == light] if state is not None else []
         if light:
-            if len(waiting_here) >= self.max_light_per_chat:
+            if len(waiting_here) >= (self.max_light_per_chat if max_per_chat is None else max_per_chat):
                 log.warning("chat %s has %d light turns waiting: refusing another", chat, len(waiting_here))
                 raise SchedulerFullError(CHAT_BUSY)
         else:

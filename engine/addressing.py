@@ -41,11 +41,17 @@ def _fold(word: str) -> str:
 
 
 def _names(display_name: str, text: str) -> bool:
-    """Whether `text` addresses the person called `display_name` (or by its first word: "Bob" for "Bob Smith")."""
-    words = display_name.split()
-    if not words or not re.search(r"[^\W\d_]", display_name):
+    """Whether `text` is said to the person called `display_name`: their name (or its first word, "Bob" for "Bob
+    Smith") as the first words before a comma, or the last ones after one. Exact, not spelling-insensitive, and
+    set off by a comma: other people's names are often words too ("Will, …" is for Will; "will it rain?" is not)."""
+    parts = re.findall(r"[^\W\d_]+", display_name)
+    if not parts:
         return False
-    return AddressDetector(display_name, aliases=(words[0],)).addressed(text)
+    for name in {" ".join(parts), parts[0]}:
+        spoken = r"\W+".join(re.escape(part) for part in name.split())
+        if re.search(rf"^\W*{spoken}\s*,|,\s*{spoken}\W*$", text, flags=re.IGNORECASE):
+            return True
+    return False
 
 
 class AddressDetector:

@@ -20,7 +20,9 @@ SOMEONE = "Someone"
 MAX_NAME_CHARS = 40
 # "Name: " at the start of a line of the reply, as a model that read a group's lines may write them.
 # ("**Alan:**" in markdown too.)
-_SPEAKER_LABEL = re.compile(rf"[ \t]*[*_]*([^\W\d_][^:\n.!?*_]{{0,{MAX_NAME_CHARS - 1}}})[*_]*:[*_]*[ \t]*")
+_SPEAKER_LABEL = re.compile(rf"[ \t]*[*_]*([^\W\d_][^:\n.!?*]{{0,{MAX_NAME_CHARS - 1}}}?)[*_]*:[*_]*[ \t]*")
+# What may still become such a label once more arrives ("**", "Al", " Bob").
+_LABEL_SO_FAR = re.compile(r"[ \t]*[*_]*(?:[^\W\d_][^.!?:\n]*)?")
 
 
 def person_key(user_id: int) -> str:
@@ -84,10 +86,10 @@ async def own_words(deltas: AsyncIterator[str], bot_name: str, people: Iterable[
             if at_line_start:
                 label = _SPEAKER_LABEL.match(pending)
                 undecided = label is None and ":" not in pending and "\n" not in pending
-                if undecided and len(pending) <= MAX_NAME_CHARS and re.fullmatch(r"[ \t]*[^\W\d_][^.!?]*", pending):
+                if undecided and len(pending) <= MAX_NAME_CHARS and _LABEL_SO_FAR.fullmatch(pending):
                     break  # could still become "Name:": wait for more
                 if label is not None:
-                    name = label.group(1).strip().casefold()
+                    name = label.group(1).strip(" *_").casefold()
                     if name in others and said:
                         await _close(deltas)
                         return  # the model goes on as someone else: the reply ends here

@@ -97,3 +97,10 @@ def test_words_for_someone_else_present_are_theirs() -> None:
         assert not should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", text, 21.0, 3, others)
         assert should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", text, 21.0, 3)  # nobody by that name here
     assert should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", "Alan, is Bob coming?", 99.0, 3, others)
+    # Other people's names are often words: only their name set off by a comma counts, spelled as it is.
+    floor.spoke_to("A", finished_at=20.0, began_at=15.0)
+    people = ["Will", "Mike", "The Rock", "Al Jones", "Дмитрий", "🔥 Sam"]
+    for text in ("will it rain tomorrow?", "make it shorter please", "what is the capital?", "all right, and then?"):
+        assert should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", text, 21.0, 3, people)  # A's follow-ups
+    for text in ("Will, are you coming?", "Дмитрий, ты где?", "come on, Sam!", "the rock, hey"):
+        assert not should_answer(ALAN, floor, ListenMode.ADDRESSED, "A", text, 21.0, 3, people)

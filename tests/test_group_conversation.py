@@ -147,6 +147,9 @@ async def test_the_reply_is_alans_own_words_not_a_script_of_the_group(
         (["Two lines\nand ", "more"], "Two lines\nand more"),
         (["Bob: sure, ", "pasta.\nAnn: me too"], "sure, pasta.\n"),  # copying the lines it read, then Ann's
         (["**Alan:** Hi", " there."], "Hi there."),
+        (["**", "Alan", ":**", " Hi Bob"], " Hi Bob"),  # a label arriving token by token
+        (["Sure", "!\n", "**", "Bob", ":** thanks"], "Sure!\n"),
+        (["**Bold** words."], "**Bold** words."),
     ],
 )
 async def test_own_words_keeps_everything_else(parts: list[str], kept: str) -> None:

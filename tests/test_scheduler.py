@@ -597,3 +597,19 @@ async def test_submit_takes_the_place_in_line_before_it_returns() -> None:
     jobs.release("second")
     assert await asyncio.gather(first, second) == ["first", "second"]
     assert_idle(scheduler)
+
+
+async def test_a_submitted_turn_cancelled_before_it_ran_gives_back_its_place() -> None:
+    scheduler = TurnScheduler(concurrency=1)
+    jobs = Jobs()
+    idle = scheduler.submit("a", jobs.job("never"), light=True)  # started at once: it holds the one slot…
+    idle.cancel()  # …and is cancelled before its task took a step
+    busy = await submit(scheduler, "b", jobs.job("b"))
+    assert await jobs.next_start() == "b"  # the slot came back
+    waiting = scheduler.submit("b", jobs.job("never either"))
+    waiting.cancel()
+    await asyncio.sleep(0)
+    jobs.release("b")
+    assert await busy == "b"
+    assert "never" not in jobs.started and "never either" not in jobs.started
+    assert_idle(scheduler)

@@ -39,6 +39,8 @@ MAX_MESSAGE = 2000
 # A reply ready while others are talking waits for them this long at most (then it speaks: it was asked).
 MAX_GAP_WAIT_S = 12.0
 GAP_POLL_S = 0.05
+# Utterances of one voice channel waiting to be heard (transcribed, perhaps answered) at most.
+MAX_WAITING_UTTERANCES = 8
 
 
 @dataclass
@@ -230,6 +232,8 @@ class VoiceSession:
             self.queue_key,
             lambda: self._speak(who, audio=audio, text=text, began=began, hearing=hearing),
             light=audio is not None,
+            # A room's talk beyond this is waiting too long to be answered in time: the next is refused (logged).
+            max_per_chat=MAX_WAITING_UTTERANCES if audio is not None else None,
         )
 
     def others_names(self, who: Participant) -> list[str]:
