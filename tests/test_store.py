@@ -13,7 +13,10 @@ from engine.store.database import create_db_engine, current_revision, downgrade,
 from engine.store.models import Base, ScopeVoice, Turn, User, UserVoiceChoice, Voice
 from engine.store.repository import EVERYWHERE, Store
 
-APP_TABLES = {"users", "voices", "turns", "user_voice_choices", "scope_voices", "scope_settings"}
+APP_TABLES = {
+    "users", "voices", "turns", "user_voice_choices", "scope_voices", "scope_settings", "people", "memories",
+    "link_codes", "link_attempts",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -42,6 +45,15 @@ def test_upgrade_from_empty_and_downgrade_to_base(database_url: str) -> None:
     assert not APP_TABLES & set(inspect(engine).get_table_names())
     upgrade(database_url)  # and back up again
     assert current_revision(engine) == head_revision()
+
+
+def test_every_table_that_never_reuses_ids_keeps_autoincrement_through_the_migrations(database_url: str) -> None:
+    upgrade(database_url)
+    declared = {table.name for table in Base.metadata.sorted_tables if table.kwargs.get("sqlite_autoincrement")}
+    with create_db_engine(database_url).connect() as connection:
+        tables = dict(connection.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all())
+    assert declared >= {"users", "turns", "voices", "people", "memories"}
+    assert {name for name in declared if "AUTOINCREMENT" not in tables[name]} == set()
 
 
 def test_migrated_schema_matches_the_orm(database_url: str) -> None:
@@ -137,6 +149,46 @@ def test_upgrading_0002_keeps_every_row_as_addressed_and_adds_listen_settings(da
             "hi", "hello", "anyone?"
         ]  # fmt: skip
         assert connection.execute(text("SELECT count(*) FROM user_voice_choices")).scalar() == 1
+
+
+def test_upgrading_0003_makes_each_account_a_person_and_keeps_every_row(database_url: str) -> None:
+    upgrade(database_url, "0003")
+    engine = create_db_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO users (id, platform, platform_user_id, display_name, reply_with_text, created_at) VALUES"
+            " (1, 'telegram', '7', 'Ann', 1, '2026-12-01 10:00:00'),"
+            " (3, 'discord', '9', 'Bob', 0, '2026-12-01 11:00:00')"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO voices (id, owner_id, name, reference_audio, reference_seconds, transcript, created_at)"
+            " VALUES (1, 1, 'me', x'4f676753', 4.0, 'hello', '2026-12-01 10:00:00')"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO turns (id, user_id, scope, role, text, addressed, created_at) VALUES"
+            " (1, 1, 'chat', 'user', 'hi', 1, '2026-12-01 10:00:01'),"
+            " (2, 1, 'chat', 'assistant', 'hello', 1, '2026-12-01 10:00:02'),"
+            " (5, 3, 'chan', 'user', 'to Ann', 0, '2026-12-01 10:00:03')"
+        ))  # fmt: skip
+        connection.execute(text("INSERT INTO user_voice_choices (user_id, scope, voice_id) VALUES (1, '', 1)"))
+        connection.execute(text("INSERT INTO scope_settings (scope, listen_mode) VALUES ('chan', 'off')"))
+    upgrade(database_url)
+    store = Store(open_database(database_url))
+    ann, bob = store.find_user("telegram", "7"), store.find_user("discord", "9")
+    assert ann is not None and bob is not None
+    assert (ann.id, ann.person_id, bob.id, bob.person_id, bob.reply_with_text) == (1, 1, 3, 3, False)
+    assert [t.text for t in store.recent_turns(1, "chat")] == ["hi", "hello"]
+    assert [(t.text, t.addressed) for t in store.recent_turns(3, "chan")] == [("to Ann", False)]
+    assert store.active_voice(1, "chat").id == 1 and store.listen_mode("chan") == "off"
+    carol = store.user("telegram", "8", "Carol")  # new accounts and people never take an old number
+    assert carol.id == 4 and carol.person_id == 4
+    assert store.add_turn(carol.id, "c", "user", "hey").id == 6
+
+    downgrade(database_url, "0003")
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM users")).scalar() == 3
+        assert connection.execute(text("SELECT count(*) FROM turns")).scalar() == 4
+        assert "person_id" not in {column["name"] for column in inspect(engine).get_columns("users")}
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(database_url: str) -> None:

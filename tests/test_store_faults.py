@@ -242,7 +242,7 @@ def test_a_reader_holding_the_log_after_a_forget_costs_short_waits_and_no_second
     finally:
         reader.close()
     assert store.find_user("telegram", "1") is None
-    assert sum(sql.startswith("DELETE FROM users") for sql in statements) == 1  # the busy log repeated nothing
+    assert sum(sql.startswith("DELETE FROM people") for sql in statements) == 1  # the busy log repeated nothing
     checkpoints = [index for index, sql in enumerate(statements) if "wal_checkpoint" in sql]
     assert len(checkpoints) > 1  # it was tried again, each time waiting only briefly for the reader
     assert all(statements[index - 1] == "PRAGMA busy_timeout=200" for index in checkpoints)

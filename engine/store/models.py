@@ -8,12 +8,14 @@ Every row that belongs to a user hangs off `users` with ON DELETE CASCADE, so de
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -40,14 +42,31 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class Person(Base):
+    """One human, whatever accounts they talk from: an account on each platform, once linked (`/link`), is one
+    person, sharing voices and memory. Deleting the person (`/forget`) deletes every account of theirs with it."""
+
+    __tablename__ = "people"
+    __table_args__: ClassVar[dict[str, bool]] = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # `/memory off`: nothing new is remembered (what was is kept, and still used, until cleared).
+    memory_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    # What was said with them before the LLM's window, in a few sentences, kept up to date in the background.
+    summary: Mapped[str | None] = mapped_column(Text)
+    summary_through: Mapped[int | None] = mapped_column(Integer)  # the newest turn id the summary covers
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class User(Base):
-    """A person on one platform (the same human on Discord and Telegram is two users)."""
+    """An account on one platform; the same human on Discord and Telegram is two users of one person once linked."""
 
     __tablename__ = "users"
     # AUTOINCREMENT: a deleted user's id is never given to someone else (a reply in flight can't land on them).
     __table_args__ = (UniqueConstraint("platform", "platform_user_id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
     platform: Mapped[str] = mapped_column(String(32))
     platform_user_id: Mapped[str] = mapped_column(String(64))
     display_name: Mapped[str | None] = mapped_column(String(200))
@@ -146,3 +165,42 @@ class ScopeSetting(Base):
     scope: Mapped[str] = mapped_column(String(128), primary_key=True)
     # When aLAN answers there (`/listen`): "addressed", "always" or "off"; NULL: the default.
     listen_mode: Mapped[str | None] = mapped_column(String(16))
+
+
+class Memory(Base):
+    """A durable fact a person told aLAN (their name, people in their life, likes, plans, dates), one sentence."""
+
+    __tablename__ = "memories"
+    __table_args__ = (Index("ix_memories_person_created", "person_id", "created_at"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    # Where and when they said it: the account (platform) and the chat, so `/memory` can say so.
+    platform: Mapped[str] = mapped_column(String(32))
+    scope: Mapped[str] = mapped_column(String(128))
+    said_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # How often it was given to the LLM: the least used go first when a person has too many.
+    uses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LinkCode(Base):
+    """A one-time code that links another account to this one's person (`/link`): stored hashed, it expires."""
+
+    __tablename__ = "link_codes"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class LinkAttempt(Base):
+    """Wrong codes an account sent lately: past a few, it must wait before trying again (codes can't be guessed)."""
+
+    __tablename__ = "link_attempts"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -21,7 +21,7 @@ from engine.errors import VoiceNameTakenError
 from engine.speech_synthesizer import SpeechPayload
 from engine.store.database import truncate_wal
 from engine.store.faults import RETRY_DELAYS_S, guarded
-from engine.store.models import ScopeSetting, ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
+from engine.store.models import Person, ScopeSetting, ScopeVoice, Turn, User, UserVoiceChoice, Voice, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,12 @@ class Store:
                 select(User).where(User.platform == platform, User.platform_user_id == platform_user_id)
             )
             if user is None:
-                user = User(platform=platform, platform_user_id=platform_user_id, display_name=display_name)
+                person = Person()
+                session.add(person)
+                session.flush()  # its id, for the account's
+                user = User(
+                    person_id=person.id, platform=platform, platform_user_id=platform_user_id, display_name=display_name
+                )
                 session.add(user)
             elif display_name and user.display_name != display_name:
                 user.display_name = display_name
@@ -97,22 +102,27 @@ class Store:
     @erasing_deleted_pages
     @guarded("I couldn't delete your data")
     def forget_user(self, user_id: int) -> None:
-        """Delete the user and, through ON DELETE CASCADE, every voice, turn and choice of theirs.
+        """Delete the person this account belongs to, every account of theirs (a linked one too) and, through ON
+        DELETE CASCADE, every voice, turn, choice, memory and code of theirs.
 
-        A house voice (aLAN's first reply in a scope) goes too when this user was the only one talking there:
-        in a private chat it is a reply made for them alone.
+        A house voice (aLAN's first reply in a scope) goes too when they were the only one talking there: in a
+        private chat it is a reply made for them alone.
         """
         with self.sessions.begin() as session:
-            scopes = session.scalars(select(Turn.scope).where(Turn.user_id == user_id).distinct()).all()
+            person_id = session.scalar(select(User.person_id).where(User.id == user_id))
+            if person_id is None:
+                return
+            accounts = select(User.id).where(User.person_id == person_id).scalar_subquery()
+            scopes = session.scalars(select(Turn.scope).where(Turn.user_id.in_(accounts)).distinct()).all()
             shared = set(
                 session.scalars(
-                    select(Turn.scope).where(Turn.scope.in_(scopes), Turn.user_id != user_id).distinct()
+                    select(Turn.scope).where(Turn.scope.in_(scopes), Turn.user_id.not_in(accounts)).distinct()
                 ).all()
             )
             solo = [scope for scope in scopes if scope not in shared]
             if solo:
                 session.execute(delete(Voice).where(Voice.owner_id.is_(None), Voice.house_scope.in_(solo)))
-            session.execute(delete(User).where(User.id == user_id))
+            session.execute(delete(Person).where(Person.id == person_id))
 
     def _erase_deleted_pages(self) -> None:
         """Take deleted rows off the disk now, not at the next clean shutdown.
