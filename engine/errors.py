@@ -5,6 +5,8 @@ Two families:
   for the person running aLAN: what is wrong *and* how to fix it, so the bots and `alan doctor` show it as is.
 - `TurnError` and its kinds: a turn or command can't go on. `str(error)` is for the person talking to aLAN (a
   `ServiceUnavailableError` also carries the operator's fix as `detail`, for the logs). `AudioError` is one too.
+
+`StructuredOutputError` stands apart: a working model's unusable answer to the engine's own background request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,16 @@ class SttUnavailableError(EngineUnavailableError):
 
 class LlmUnavailableError(EngineUnavailableError):
     """The language model cannot answer: its server is down, refuses our key, lacks the model, or timed out."""
+
+
+class StructuredOutputError(Exception):
+    """The language model answered a structured-output request (`ChatModel.complete_json`), but not usably.
+
+    Its answer was not valid JSON, not a JSON object, cut off at the length limit, or a refusal. The server
+    works, so this is neither an `LlmUnavailableError` (nothing for the operator to fix) nor a `TurnError`: the
+    engine's background work meets it, never a person, and retries or skips. The message says what was wrong
+    without quoting the answer, which may repeat what a person said.
+    """
 
 
 class TtsUnavailableError(EngineUnavailableError):

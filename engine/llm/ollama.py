@@ -4,7 +4,8 @@
 them; the pipeline feeds them to `engine.speech_text.SentenceSplitter` so the TTS can speak sentence one while
 sentence two is generated. Every way Ollama can fail — not running, model not pulled, too slow, connection
 lost — surfaces as one `LlmUnavailableError` whose message tells the operator the fix. `check()` is the same
-diagnosis for `alan doctor`.
+diagnosis for `alan doctor`. `complete_json` asks for one whole answer constrained to a JSON schema (Ollama's
+`format`), for the engine's background work.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 import httpx
 import ollama
 
-from engine.chat_model import ChatMessage, LlmStatus
-from engine.errors import LlmUnavailableError
+from engine.chat_model import ChatMessage, LlmStatus, parse_json_object
+from engine.errors import LlmUnavailableError, StructuredOutputError
 from engine.llm.prompt import (
     HISTORY_CHARS,
     MAX_REPLY_TOKENS,
@@ -148,6 +149,45 @@ class OllamaChat(PromptedChat):
     async def reply(self, history: Sequence[ChatMessage], user_text: str, *, context: str | None = None) -> str:
         """The whole reply as one string (for callers that don't stream, e.g. text chats)."""
         return "".join([delta async for delta in self.stream_reply(history, user_text, context=context)])
+
+    async def complete_json(
+        self,
+        messages: Sequence[ChatMessage],
+        schema: dict[str, Any],
+        *,
+        name: str,
+        timeout: float = 60.0,  # noqa: ASYNC109 - its limit becomes an LlmUnavailableError with the fix
+    ) -> dict[str, Any]:
+        """The JSON object Ollama answers `messages` with, decoding constrained to `schema` (see `ChatModel`).
+
+        Temperature 0 over the backend's own options: extraction wants the likeliest reading, not variety. The
+        reply-length cap (`num_predict`) stays, so a model stuck repeating itself stops; an answer cut there is a
+        `StructuredOutputError`.
+        """
+        options = {**self.options, "temperature": 0}
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self._client.chat(
+                    model=self.model,
+                    messages=[{"role": message.role, "content": message.content} for message in messages],
+                    stream=False,
+                    format=schema,
+                    options=options,
+                    keep_alive=self.keep_alive,
+                )
+        except TimeoutError as error:
+            raise LlmUnavailableError(
+                f"Ollama did not answer within {timeout:g} s with model {self.model!r}. It may still be loading "
+                "the model, or the model is too big for this machine: check `ollama ps`, or try a smaller "
+                "ALAN_LLM_MODEL."
+            ) from error
+        except Exception as error:
+            raise self._unavailable(error) from error
+        source = f"The answer of {self.model!r} for {name!r}"
+        if response.done_reason == "length":
+            limit = options.get("num_predict", "the model's default")
+            raise StructuredOutputError(f"{source} was cut off at the length limit (num_predict: {limit}).")
+        return parse_json_object(response.message.content or "", source=source)
 
     async def check(self) -> LlmStatus:
         """Is the server reachable, and does it have the model? Never raises for Ollama's failures."""

@@ -4,6 +4,8 @@
 `{base_url}/chat/completions` (`stream=True`: server-sent events, `choices[0].delta.content`, then `[DONE]`) and
 `{base_url}/models`. Every failure — server down, a refused key, an unknown model, too slow, the stream broken
 off, an empty reply — is one `LlmUnavailableError` that says the fix; no message ever holds the API key.
+`complete_json` asks for one whole answer constrained to a JSON schema (`response_format: json_schema`), for the
+engine's background work.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from urllib.parse import urlsplit
 
 import openai
 
-from engine.chat_model import ChatMessage, LlmStatus
-from engine.errors import LlmUnavailableError
+from engine.chat_model import ChatMessage, LlmStatus, parse_json_object
+from engine.errors import LlmUnavailableError, StructuredOutputError
 from engine.llm.prompt import (
     HISTORY_CHARS,
     MAX_REPLY_TOKENS,
@@ -147,6 +149,59 @@ class OpenAIChat(PromptedChat):
                 f"(finish_reason: {finish_reason or 'none'}). Check the server's log and the model's chat template, "
                 "or set ALAN_LLM_MODEL to another model."
             )
+
+    async def complete_json(
+        self,
+        messages: Sequence[ChatMessage],
+        schema: dict[str, Any],
+        *,
+        name: str,
+        timeout: float = 60.0,  # noqa: ASYNC109 - its limit becomes an LlmUnavailableError with the fix
+    ) -> dict[str, Any]:
+        """The JSON object the server answers `messages` with, constrained to `schema` (see `ChatModel`).
+
+        Sent as a strict `json_schema` response format, which OpenAI's own API accepts only for a schema whose
+        objects list every property as required and set `additionalProperties: false`; vLLM and llama.cpp's
+        server take any schema. Temperature 0: extraction wants the likeliest reading, not variety. `max_tokens`
+        stays, so a model stuck repeating itself stops; an answer cut there is a `StructuredOutputError`.
+        """
+        sent = [{"role": message.role, "content": message.content} for message in messages]
+        options: dict[str, Any] = {}
+        if self.max_tokens is not None:
+            options["max_tokens"] = self.max_tokens
+        try:
+            async with asyncio.timeout(timeout):
+                completion = await self._client.chat.completions.create(
+                    model=self.model,
+                    messages=sent,  # type: ignore[arg-type]
+                    stream=False,
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": name, "schema": schema, "strict": True},
+                    },
+                    temperature=0,
+                    **options,
+                )
+        except TimeoutError as error:
+            raise LlmUnavailableError(
+                f"The server at {self.shown_url} did not answer within {timeout:g} s with model {self.model!r}. It "
+                "may still be loading the model, or the model is too big for the machine: check the server's log, "
+                "or try a smaller ALAN_LLM_MODEL."
+            ) from error
+        except openai.NotFoundError as error:
+            raise LlmUnavailableError(await self._not_found_message(error)) from error
+        except Exception as error:
+            raise self._unavailable(error, streaming=False) from error
+        source = f"The answer of {self.model!r} for {name!r}"
+        if not completion.choices:
+            raise StructuredOutputError(f"{source} has no choices.")
+        choice = completion.choices[0]
+        if choice.message.refusal:  # not quoted: a refusal may repeat what a person said
+            raise StructuredOutputError(f"{source} is a refusal.")
+        if choice.finish_reason == "length":
+            limit = self.max_tokens if self.max_tokens is not None else "the server's default"
+            raise StructuredOutputError(f"{source} was cut off at the length limit (max_tokens: {limit}).")
+        return parse_json_object(choice.message.content or "", source=source)
 
     async def check(self) -> LlmStatus:
         """Is the server reachable, and does `/models` list the model? Never raises for the server's failures."""

@@ -9,7 +9,8 @@ then `data: [DONE]`) or not (one `chat.completion`). Errors have OpenAI's body,
 the fake has one), 403 for a model the key may not use, 404 for an unknown model, any scripted status.
 
 Replies are scripted: delayed (first chunk, between chunks), an error status, a connection dropped mid-stream,
-an `error` event mid-stream. Every request is recorded, and a stream the client closed early is counted.
+an `error` event mid-stream, a refusal (`message.refusal`, or a `refusal` delta when streamed). Every request is
+recorded (its whole body: `response_format` too), and a stream the client closed early is counted.
 
 Usage::
 
@@ -44,6 +45,7 @@ class ScriptedReply:
     drop_after: int | None = None  # close the connection after this many text chunks, without [DONE]
     error_event: str | None = None  # send an `error` data line after the chunks (a backend crash mid-reply)
     finish_reason: str = "stop"
+    refusal: str | None = None  # the model declined: this text in `refusal`, and no content
 
 
 @dataclass
@@ -79,10 +81,17 @@ class FakeOpenAI(LocalServer):
         drop_after: int | None = None,
         error_event: str | None = None,
         finish_reason: str = "stop",
+        refusal: str | None = None,
     ) -> None:
-        """Queue the next chat reply (replies are used in order; then `default_reply` is sent whole)."""
+        """Queue the next chat reply (replies are used in order; then `default_reply` is sent whole).
+
+        Not streamed, the chunks are joined into one `message.content`; a structured (JSON) answer is scripted
+        the same way, as its text.
+        """
         self._replies.append(
-            ScriptedReply(list(chunks), first_delay, chunk_delay, status, drop_after, error_event, finish_reason)
+            ScriptedReply(
+                list(chunks), first_delay, chunk_delay, status, drop_after, error_event, finish_reason, refusal
+            )
         )
 
     @property
@@ -158,7 +167,8 @@ class FakeOpenAI(LocalServer):
         created = int(time.time())
         if not body.get("stream"):
             await asyncio.sleep(reply.first_delay + reply.chunk_delay * max(len(reply.chunks) - 1, 0))
-            message = {"role": "assistant", "content": "".join(reply.chunks)}
+            content = None if reply.refusal is not None else "".join(reply.chunks)
+            message = {"role": "assistant", "content": content, "refusal": reply.refusal}
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
             return web.json_response(
                 {
@@ -191,6 +201,8 @@ class FakeOpenAI(LocalServer):
                     break
                 await asyncio.sleep(reply.first_delay if index == 0 else reply.chunk_delay)
                 await response.write(chunk({"content": text}))
+            if reply.refusal is not None:
+                await response.write(chunk({"refusal": reply.refusal}))
             if reply.drop_after is not None:
                 assert request.transport is not None
                 request.transport.close()  # mid-stream: no final chunk, no [DONE], the chunked body never ends

@@ -1,0 +1,137 @@
+"""What the database keeps of a person beyond the conversation: their facts, memory on or off, and the summary of
+their older conversation. Each operation is one transaction, guarded like the rest of the store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from engine.store.faults import RETRY_DELAYS_S, guarded
+from engine.store.models import Memory, Person, Turn, User, utcnow
+
+
+@dataclass(frozen=True)
+class FactChange:
+    """One change to a person's facts, as reconciled: add a fact, replace one (by row id), or delete one."""
+
+    action: str  # "add" | "update" | "delete"
+    text: str = ""
+    memory_id: int | None = None
+
+
+class MemoryStore:
+    """A person's facts and summary, read and written in short transactions."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, retry_delays: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+        self.sessions = sessions
+        self.retry_delays = retry_delays
+
+    @guarded("I couldn't look at what I remember")
+    def person(self, person_id: int) -> Person | None:
+        with self.sessions() as session:
+            return session.get(Person, person_id)
+
+    @guarded("I couldn't look at what I remember")
+    def facts(self, person_id: int) -> list[Memory]:
+        """The person's facts, oldest first (the order `/memory` numbers them in)."""
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(Memory).where(Memory.person_id == person_id).order_by(Memory.created_at, Memory.id)
+                ).all()
+            )
+
+    @guarded("I couldn't change that setting")
+    def set_enabled(self, person_id: int, enabled: bool) -> None:
+        with self.sessions.begin() as session:
+            session.execute(update(Person).where(Person.id == person_id).values(memory_enabled=enabled))
+
+    @guarded("I couldn't forget that")
+    def delete(self, person_id: int, memory_ids: Sequence[int]) -> int:
+        with self.sessions.begin() as session:
+            statement = delete(Memory).where(Memory.person_id == person_id, Memory.id.in_(memory_ids))
+            return session.execute(statement).rowcount or 0
+
+    @guarded("I couldn't forget that")
+    def clear(self, person_id: int) -> int:
+        """Every fact and the summary go; memory stays on or off as it was."""
+        with self.sessions.begin() as session:
+            deleted = session.execute(delete(Memory).where(Memory.person_id == person_id)).rowcount or 0
+            session.execute(update(Person).where(Person.id == person_id).values(summary=None))
+            return deleted
+
+    @guarded("I couldn't keep that in mind")
+    def used(self, memory_ids: Sequence[int]) -> None:
+        """These facts were given to the LLM once more (the least used are let go first when there are too many)."""
+        if memory_ids:
+            with self.sessions.begin() as session:
+                session.execute(update(Memory).where(Memory.id.in_(memory_ids)).values(uses=Memory.uses + 1))
+
+    @guarded("I couldn't keep that in mind")
+    def apply(
+        self, person_id: int, changes: Sequence[FactChange], *, platform: str, scope: str, cap: int
+    ) -> tuple[int, int]:
+        """Apply reconciled changes in one transaction, then keep at most `cap` facts, letting the least used (then
+        the oldest) go. Nothing is written for a person deleted meanwhile (/forget) or with memory turned off.
+        Returns (changes applied, facts let go)."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            person = session.get(Person, person_id)
+            if person is None or not person.memory_enabled:
+                return 0, 0
+            applied = 0
+            for change in changes:
+                if change.action == "add":
+                    session.add(Memory(person_id=person_id, text=change.text, platform=platform, scope=scope,
+                                       said_at=now, updated_at=now, created_at=now))  # fmt: skip
+                    applied += 1
+                    continue
+                memory = session.get(Memory, change.memory_id) if change.memory_id is not None else None
+                if memory is None or memory.person_id != person_id:
+                    continue
+                if change.action == "delete":
+                    session.delete(memory)
+                else:
+                    memory.text, memory.platform, memory.scope = change.text, platform, scope
+                    memory.said_at = memory.updated_at = now
+                applied += 1
+            session.flush()
+            count = session.scalar(select(func.count()).where(Memory.person_id == person_id)) or 0
+            let_go = 0
+            if count > cap:
+                oldest = session.scalars(
+                    select(Memory.id)
+                    .where(Memory.person_id == person_id)
+                    .order_by(Memory.uses, Memory.created_at, Memory.id)
+                    .limit(count - cap)
+                ).all()
+                let_go = session.execute(delete(Memory).where(Memory.id.in_(oldest))).rowcount or 0
+            return applied, let_go
+
+    @guarded("I couldn't read our conversation")
+    def turns_to_summarise(self, person_id: int, keep_recent: int, limit: int) -> list[Turn]:
+        """The person's turns (any account, any chat) older than their newest `keep_recent` and newer than what the
+        summary covers, oldest first, at most `limit`: what fell out of the LLM's window since the last summary."""
+        with self.sessions() as session:
+            person = session.get(Person, person_id)
+            if person is None:
+                return []
+            accounts = select(User.id).where(User.person_id == person_id).scalar_subquery()
+            mine = select(Turn).where(Turn.user_id.in_(accounts), Turn.addressed)
+            recent = session.scalars(mine.order_by(Turn.id.desc()).limit(keep_recent)).all()
+            if len(recent) < keep_recent:
+                return []
+            query = mine.where(Turn.id < recent[-1].id)
+            if person.summary_through is not None:
+                query = query.where(Turn.id > person.summary_through)
+            return list(session.scalars(query.order_by(Turn.id).limit(limit)).all())
+
+    @guarded("I couldn't keep that in mind")
+    def set_summary(self, person_id: int, summary: str, through: int) -> None:
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Person).where(Person.id == person_id).values(summary=summary, summary_through=through)
+            )
