@@ -24,6 +24,7 @@ import numpy as np
 from engine import hearing
 from engine.audio import Samples
 from engine.chat_model import ChatModel
+from engine.conversation_memory import ConversationMemory
 from engine.conversation_resume import LLM_HISTORY_TURNS, ConversationResume, PendingTurn
 from engine.conversation_settings import ConversationSettings
 from engine.conversation_voices import ConversationVoices
@@ -47,6 +48,7 @@ from engine.events import (
     VoiceNote,
 )
 from engine.group_talk import History, group_context, own_words
+from engine.memory import MemoryKeeper
 from engine.participant import Participant
 from engine.speech_synthesizer import ContextTurn, SpeechSynthesizer, VoicePrompt
 from engine.speech_text import SentenceSplitter, clean_for_speech, speakable_sentences
@@ -67,7 +69,7 @@ LLM_DOWN = "I can't think right now: my language model isn't answering. I kept y
 SPEECH_FAILED = "Something went wrong while I was speaking, so the rest of my answer comes as text."
 
 
-class Conversation(ConversationVoices, ConversationResume, ConversationSettings):
+class Conversation(ConversationVoices, ConversationResume, ConversationSettings, ConversationMemory):
     """Everything a platform or the CLI can ask of aLAN; see the module docstring."""
 
     def __init__(
@@ -87,6 +89,8 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
         self._llm = llm
         self._voices = VoiceLibrary(store, stt, tts, max_upload_bytes=max_audio_bytes)
         self._memory = TurnMemory(store, tts)
+        self._keeper = MemoryKeeper(store, llm, bot_name=bot_name)
+        self._keeper.history_turns = LLM_HISTORY_TURNS
         self.max_audio_seconds = max_audio_seconds
         self.max_audio_bytes = max_audio_bytes
         self.bot_name = bot_name  # what people call aLAN: the LLM is told, in a group
@@ -101,7 +105,8 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
             raise voice_down(error) from error
 
     async def aclose(self) -> None:
-        """Release the LLM client and the speech models' threads."""
+        """Stop remembering, release the LLM client and the speech models' threads."""
+        await self._keeper.aclose()
         await self._llm.aclose()
         await self._tts.aclose()
 
@@ -253,6 +258,8 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
                 yield SpeechUnavailable(str(error))
         messages = history.messages()
         situation = group_context(user.display_name, self.bot_name, name_them=name_them) if history.shared else None
+        # Only the speaking person's memory, in a group too.
+        situation = "\n\n".join(part for part in (situation, await self._recall(user)) if part) or None
         finished = False
         try:
             try:
@@ -316,6 +323,7 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings)
             turn_id = await self._memory.store_reply(user.id, who.scope, reply, complete=finished, spoken=speaking)
         if finished and turn_id is not None:
             timings["total_s"] = time.perf_counter() - started
+            self._leave_to_remember(user, who, said, reply.text)  # in the background, after the answer
             yield TurnFinished(reply.text, turn_id, timings)
 
     @staticmethod

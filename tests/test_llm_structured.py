@@ -51,9 +51,9 @@ class Backend:
     def script(self, text: str, *, delay: float = 0.0, cut_off: bool = False) -> None:
         reason = "length" if cut_off else "stop"
         if isinstance(self.server, FakeOllama):
-            self.server.script(text, first_delay=delay, done_reason=reason)
+            self.server.script_json(text, first_delay=delay, done_reason=reason)
         else:
-            self.server.script(text, first_delay=delay, finish_reason=reason)
+            self.server.script_json(text, first_delay=delay, finish_reason=reason)
 
 
 @pytest.fixture(params=["ollama", "openai"])
@@ -149,10 +149,10 @@ async def test_an_unreachable_openai_server_is_unavailable() -> None:
 
 
 async def test_ollama_sends_the_schema_as_format_not_streamed(ollama_server: FakeOllama) -> None:
-    ollama_server.script('{"facts": []}')
+    ollama_server.script_json('{"facts": []}')
     async with OllamaChat(OLLAMA_MODEL, ollama_server.host) as chat:
         assert await chat.complete_json(MESSAGES, SCHEMA, name="memories") == {"facts": []}
-    (request,) = ollama_server.chat_requests
+    (request,) = ollama_server.json_requests
     assert request["format"] == SCHEMA
     assert request["stream"] is False
     assert request["messages"] == SENT  # exactly the caller's messages: no aLAN system prompt
@@ -168,7 +168,7 @@ async def test_ollama_without_the_model_says_pull_it(ollama_server: FakeOllama) 
 
 
 async def test_ollama_failing_to_answer_is_unavailable(ollama_server: FakeOllama) -> None:
-    ollama_server.script(error="failed to load schema grammar")
+    ollama_server.script_json(error="failed to load schema grammar")
     async with OllamaChat(OLLAMA_MODEL, ollama_server.host) as chat:
         with pytest.raises(LlmUnavailableError, match=r"status 500\): failed to load schema grammar"):
             await chat.complete_json(MESSAGES, SCHEMA, name="memories")
@@ -178,10 +178,10 @@ async def test_ollama_failing_to_answer_is_unavailable(ollama_server: FakeOllama
 
 
 async def test_openai_sends_a_strict_json_schema_not_streamed(openai_server: FakeOpenAI) -> None:
-    openai_server.script('{"facts": []}')
+    openai_server.script_json('{"facts": []}')
     async with OpenAIChat(OPENAI_MODEL, openai_server.base_url) as chat:
         assert await chat.complete_json(MESSAGES, SCHEMA, name="memories") == {"facts": []}
-    (request,) = openai_server.chat_requests
+    (request,) = openai_server.json_requests
     assert request["response_format"] == {
         "type": "json_schema",
         "json_schema": {"name": "memories", "schema": SCHEMA, "strict": True},
@@ -192,7 +192,7 @@ async def test_openai_sends_a_strict_json_schema_not_streamed(openai_server: Fak
 
 
 async def test_openai_refusal_is_a_structured_output_error(openai_server: FakeOpenAI) -> None:
-    openai_server.script(refusal=f"I can't help with {PHRASE}.")
+    openai_server.script_json(refusal=f"I can't help with {PHRASE}.")
     async with OpenAIChat(OPENAI_MODEL, openai_server.base_url) as chat:
         with pytest.raises(StructuredOutputError, match="is a refusal") as raised:
             await chat.complete_json(MESSAGES, SCHEMA, name="memories")

@@ -75,18 +75,20 @@ class MemoryStore:
         self, person_id: int, changes: Sequence[FactChange], *, platform: str, scope: str, cap: int
     ) -> tuple[int, int]:
         """Apply reconciled changes in one transaction, then keep at most `cap` facts, letting the least used (then
-        the oldest) go. Nothing is written for a person deleted meanwhile (/forget) or with memory turned off.
-        Returns (changes applied, facts let go)."""
+        the oldest) of the earlier ones go. Nothing is written for a person deleted meanwhile (/forget) or with
+        memory turned off. Returns (changes applied, facts let go)."""
         now = utcnow()
         with self.sessions.begin() as session:
             person = session.get(Person, person_id)
             if person is None or not person.memory_enabled:
                 return 0, 0
             applied = 0
+            added: list[Memory] = []
             for change in changes:
                 if change.action == "add":
-                    session.add(Memory(person_id=person_id, text=change.text, platform=platform, scope=scope,
-                                       said_at=now, updated_at=now, created_at=now))  # fmt: skip
+                    added.append(Memory(person_id=person_id, text=change.text, platform=platform, scope=scope,
+                                        said_at=now, updated_at=now, created_at=now))  # fmt: skip
+                    session.add(added[-1])
                     applied += 1
                     continue
                 memory = session.get(Memory, change.memory_id) if change.memory_id is not None else None
@@ -102,9 +104,10 @@ class MemoryStore:
             count = session.scalar(select(func.count()).where(Memory.person_id == person_id)) or 0
             let_go = 0
             if count > cap:
+                # What was just said is never the first to go: it hasn't had a chance to be used yet.
                 oldest = session.scalars(
                     select(Memory.id)
-                    .where(Memory.person_id == person_id)
+                    .where(Memory.person_id == person_id, Memory.id.not_in([memory.id for memory in added]))
                     .order_by(Memory.uses, Memory.created_at, Memory.id)
                     .limit(count - cap)
                 ).all()

@@ -57,6 +57,9 @@ class FakeOllama(LocalServer):
     default_reply: str = "Okay."
     requests: list[RecordedRequest] = field(default_factory=list)
     _replies: deque[ScriptedReply] = field(default_factory=deque)
+    # Structured (JSON schema) requests, the engine's background work, are answered from their own script, so
+    # that they never take a chat reply a test scripted; unscripted, they get "{}".
+    _json_replies: deque[ScriptedReply] = field(default_factory=deque)
 
     # --- scripting and inspection ---
 
@@ -71,9 +74,25 @@ class FakeOllama(LocalServer):
         """Queue the next chat reply (replies are used in order; then `default_reply` is sent whole)."""
         self._replies.append(ScriptedReply(list(chunks), first_delay, chunk_delay, error, done_reason))
 
+    def script_json(self, *chunks: str, **options: Any) -> None:
+        """Queue the next structured (JSON schema) reply; the same options as `script`."""
+        replies = self._replies
+        self.script(*chunks, **options)
+        self._json_replies.append(replies.pop())
+
+    @property
+    def json_requests(self) -> list[dict[str, Any]]:
+        """Structured requests (they carry a JSON schema), apart from `chat_requests`."""
+        return [body for body in self._all_chat_requests if "format" in body]
+
+    @property
+    def _all_chat_requests(self) -> list[dict[str, Any]]:
+        return [request.body or {} for request in self.requests if request.path == "/api/chat"]
+
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
-        return [request.body or {} for request in self.requests if request.path == "/api/chat"]
+        """Chat requests (structured ones are in `json_requests`)."""
+        return [body for body in self._all_chat_requests if "format" not in body]
 
     # --- lifecycle ---
 
@@ -139,7 +158,10 @@ class FakeOllama(LocalServer):
         if not isinstance(body.get("messages", []), list):
             return web.json_response({"error": "messages must be a list"}, status=400)
 
-        reply = self._replies.popleft() if self._replies else ScriptedReply([self.default_reply])
+        if "format" in body:
+            reply = self._json_replies.popleft() if self._json_replies else ScriptedReply(["{}"])
+        else:
+            reply = self._replies.popleft() if self._replies else ScriptedReply([self.default_reply])
         started = time.monotonic_ns()
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         if not body.get("stream", True):  # Ollama streams unless told not to

@@ -65,6 +65,9 @@ class FakeOpenAI(LocalServer):
     requests: list[RecordedRequest] = field(default_factory=list)
     streams_closed_by_client: int = 0
     _replies: deque[ScriptedReply] = field(default_factory=deque)
+    # Structured (JSON schema) requests, the engine's background work, are answered from their own script, so
+    # that they never take a chat reply a test scripted; unscripted, they get "{}".
+    _json_replies: deque[ScriptedReply] = field(default_factory=deque)
 
     @property
     def base_url(self) -> str:
@@ -94,9 +97,25 @@ class FakeOpenAI(LocalServer):
             )
         )
 
+    def script_json(self, *chunks: str, **options: Any) -> None:
+        """Queue the next structured (JSON schema) reply; the same options as `script`."""
+        replies = self._replies
+        self.script(*chunks, **options)
+        self._json_replies.append(replies.pop())
+
+    @property
+    def json_requests(self) -> list[dict[str, Any]]:
+        """Structured requests (they carry a JSON schema), apart from `chat_requests`."""
+        return [body for body in self._all_chat_requests if "response_format" in body]
+
+    @property
+    def _all_chat_requests(self) -> list[dict[str, Any]]:
+        return [request.body or {} for request in self.requests if request.path == "/v1/chat/completions"]
+
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
-        return [r.body or {} for r in self.requests if r.path == "/v1/chat/completions"]
+        """Chat requests (structured ones are in `json_requests`)."""
+        return [body for body in self._all_chat_requests if "response_format" not in body]
 
     # --- lifecycle ---
 
@@ -159,7 +178,10 @@ class FakeOpenAI(LocalServer):
         if name in self.forbidden_models:
             return _error(403, f"You are not allowed to sample from this model: {name}", "permission_error", None)
 
-        reply = self._replies.popleft() if self._replies else ScriptedReply([self.default_reply])
+        if "response_format" in body:
+            reply = self._json_replies.popleft() if self._json_replies else ScriptedReply(["{}"])
+        else:
+            reply = self._replies.popleft() if self._replies else ScriptedReply([self.default_reply])
         if reply.status is not None:
             await asyncio.sleep(reply.first_delay)
             return _error(reply.status, "The server had an error while processing your request.", "server_error", None)

@@ -1,0 +1,187 @@
+"""Long-term memory on the real engine and the local Ollama server answering structured-output requests: a fact told
+in one turn reaches later prompts (after /reset too), /memory forget and clear take it out, one person's facts never
+reach another's prompt in a group, malformed output changes nothing, /forget leaves no row; and reconciliation."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.conversation import Conversation, Participant
+from engine.errors import BadInputError
+from engine.memory import EXTRACTION_SCHEMA, MAX_FACTS, SUMMARY_BATCH, reconcile
+from engine.store.memories import FactChange
+from engine.store.models import Memory, Person, Turn, User
+from engine.store.repository import Store
+from tests.fakes.ollama_server import FakeOllama
+
+ANN = Participant("telegram", "1", "chat-1", "Ann")
+IN_GROUP_ANN = Participant("telegram", "1", "group", "Ann", shared=True)
+IN_GROUP_BOB = Participant("telegram", "2", "group", "Bob", shared=True)
+
+
+def changes(*items: tuple[str, int, str]) -> str:
+    return json.dumps({"changes": [{"action": a, "number": n, "fact": f} for a, n, f in items]})
+
+
+async def talk(conversation: Conversation, who: Participant, text: str) -> None:
+    [_ async for _ in conversation.turn(who, text=text, speak=False)]
+    await conversation.memory_settled()
+
+
+def system_prompt(ollama: FakeOllama) -> str:
+    return str(ollama.chat_requests[-1]["messages"][0]["content"])
+
+
+async def test_a_fact_told_once_is_in_later_prompts_even_after_reset(
+    conversation: Conversation, ollama: FakeOllama
+) -> None:
+    ollama.script_json(changes(("add", 0, "Their sister is called Maria.")))
+    await talk(conversation, ANN, "My sister Maria is visiting next week.")
+    # The extraction request: the person's words and the answer, the schema, the known facts (none yet).
+    [request] = ollama.json_requests
+    assert request["format"] == EXTRACTION_SCHEMA and request["stream"] is False
+    assert "Ann: My sister Maria is visiting next week." in request["messages"][1]["content"]
+    assert "(none yet)" in request["messages"][1]["content"]
+    assert "Their sister is called Maria." not in system_prompt(ollama)  # the turn itself didn't wait for it
+
+    assert await conversation.reset(ANN) == 2
+    await talk(conversation, ANN, "Who is visiting me?")
+    assert "Their sister is called Maria." in system_prompt(ollama)
+    assert [message["role"] for message in ollama.chat_requests[-1]["messages"]] == ["system", "user"]  # reset
+    # The next extraction numbers what is known, to update or delete by number.
+    assert "1. Their sister is called Maria." in ollama.json_requests[-1]["messages"][1]["content"]
+
+
+async def test_memory_forget_and_clear_take_facts_out_of_the_next_prompt(
+    conversation: Conversation, ollama: FakeOllama
+) -> None:
+    ollama.script_json(changes(("add", 0, "They live in Lyon."), ("add", 0, "They love jazz.")))
+    await talk(conversation, ANN, "I live in Lyon and I love jazz.")
+    listing = await conversation.memory(ANN)
+    assert [(fact.number, fact.text, fact.scope) for fact in listing.facts] == [
+        (1, "They live in Lyon.", "chat-1"),
+        (2, "They love jazz.", "chat-1"),
+    ]
+    assert await conversation.forget_fact(ANN, 1) == "They live in Lyon."
+    with pytest.raises(BadInputError, match="no fact number 5"):
+        await conversation.forget_fact(ANN, 5)
+    await talk(conversation, ANN, "Hello again.")
+    assert "Lyon" not in system_prompt(ollama) and "They love jazz." in system_prompt(ollama)
+    assert await conversation.clear_memory(ANN) == 1
+    await talk(conversation, ANN, "Hello once more.")
+    assert "jazz" not in system_prompt(ollama) and "remember" not in system_prompt(ollama)
+
+
+async def test_memory_off_extracts_nothing_and_on_again_resumes(
+    conversation: Conversation, ollama: FakeOllama
+) -> None:
+    await conversation.set_memory_enabled(ANN, False)
+    await talk(conversation, ANN, "My birthday is on May 3rd.")
+    assert ollama.json_requests == [] and not (await conversation.memory(ANN)).enabled
+    await conversation.set_memory_enabled(ANN, True)
+    ollama.script_json(changes(("add", 0, "Their birthday is on May 3rd.")))
+    await talk(conversation, ANN, "My birthday is on May 3rd.")
+    assert [fact.text for fact in (await conversation.memory(ANN)).facts] == ["Their birthday is on May 3rd."]
+
+
+async def test_in_a_group_each_person_has_only_their_own_facts(
+    conversation: Conversation, ollama: FakeOllama
+) -> None:
+    ollama.script_json(changes(("add", 0, "They are allergic to peanuts.")))
+    await talk(conversation, IN_GROUP_ANN, "Alan, I'm allergic to peanuts.")
+    ollama.script_json(changes())
+    await talk(conversation, IN_GROUP_BOB, "Alan, what should I cook tonight?")
+    # Bob's turn: the group's words are there (Ann said them), but not her memory, which is hers alone.
+    assert "Ann: Alan, I'm allergic to peanuts." in ollama.chat_requests[-1]["messages"][1]["content"]
+    assert "They are allergic to peanuts." not in system_prompt(ollama)
+    # Bob's extraction saw only his own words and the answer to him.
+    bob_extraction = ollama.json_requests[-1]["messages"][1]["content"]
+    assert "peanuts" not in bob_extraction and "Bob: Alan, what should I cook tonight?" in bob_extraction
+    assert (await conversation.memory(IN_GROUP_BOB)).facts == []
+    await talk(conversation, IN_GROUP_ANN, "Alan, anything for dinner?")
+    assert "They are allergic to peanuts." in system_prompt(ollama)
+
+
+@pytest.mark.parametrize(
+    "output",
+    ['{"changes": [', '["add"]', '{"changes": "add everything"}', '{"facts": []}'],
+)
+async def test_malformed_extraction_leaves_the_turn_and_the_memory_untouched(
+    conversation: Conversation, ollama: FakeOllama, output: str
+) -> None:
+    ollama.script_json(changes(("add", 0, "They have a cat called Tom.")))
+    await talk(conversation, ANN, "My cat Tom is sick.")
+    ollama.script("Oh no, I hope he gets better.")
+    ollama.script_json(output)
+    events = [event async for event in conversation.turn(ANN, text="He is not eating.", speak=False)]
+    assert events[-1].reply_text == "Oh no, I hope he gets better."  # type: ignore[union-attr]
+    await conversation.memory_settled()
+    assert [fact.text for fact in (await conversation.memory(ANN)).facts] == ["They have a cat called Tom."]
+
+
+async def test_the_llm_down_during_extraction_costs_nothing(conversation: Conversation, ollama: FakeOllama) -> None:
+    ollama.script_json(error="model runner crashed")
+    await talk(conversation, ANN, "I started a new job.")
+    assert (await conversation.memory(ANN)).facts == []
+    ollama.script_json(changes(("add", 0, "They started a new job.")))
+    await talk(conversation, ANN, "I started a new job, at a bakery.")  # the keeper goes on with the next turn
+    assert len((await conversation.memory(ANN)).facts) == 1
+
+
+async def test_forget_leaves_no_row_of_the_person(conversation: Conversation, ollama: FakeOllama, store: Store) -> None:
+    ollama.script_json(changes(("add", 0, "They work as a nurse.")))
+    await talk(conversation, ANN, "I'm a nurse.")
+    assert await conversation.forget(ANN)
+    with store.sessions() as session:
+        for table in (User, Person, Memory, Turn):
+            assert session.scalar(select(func.count()).select_from(table)) == 0, table.__tablename__
+
+
+async def test_facts_past_the_cap_let_the_least_used_go(conversation: Conversation, ollama: FakeOllama) -> None:
+    ollama.script_json(changes(*[("add", 0, f"Fact number {n}.") for n in range(MAX_FACTS)]))
+    await talk(conversation, ANN, "Let me tell you everything about me.")
+    await talk(conversation, ANN, "Hi.")  # every fact is given to the LLM: each used once
+    ollama.script_json(changes(("add", 0, "One more fact.")))
+    await talk(conversation, ANN, "And one more thing.")
+    facts = [fact.text for fact in (await conversation.memory(ANN)).facts]
+    assert len(facts) == MAX_FACTS and "One more fact." in facts and "Fact number 0." not in facts
+
+
+async def test_older_conversation_is_folded_into_a_summary(conversation: Conversation, ollama: FakeOllama) -> None:
+    conversation._keeper.history_turns = 4  # a short window, so that turns fall out of it soon
+    for index in range(SUMMARY_BATCH // 2 + 2):
+        ollama.script_json(changes())
+        if index == SUMMARY_BATCH // 2 + 1:
+            ollama.script_json(json.dumps({"summary": "They planned a trip to Rome."}))
+        await talk(conversation, ANN, f"Message {index}.")
+    assert any("summary" in str(request["format"]) for request in ollama.json_requests)
+    await talk(conversation, ANN, "Where was I going?")
+    assert "They planned a trip to Rome." in system_prompt(ollama)
+
+
+def test_reconcile_drops_duplicates_and_keeps_only_valid_changes() -> None:
+    class Known:
+        def __init__(self, id: int, text: str) -> None:
+            self.id, self.text = id, text
+
+    facts: list[Any] = [Known(10, "Their sister is called Maria."), Known(11, "They live in Lyon.")]
+    raw = {
+        "changes": [
+            {"action": "add", "number": 0, "fact": "their sister is called  Maria"},  # a duplicate, written apart
+            {"action": "add", "number": 0, "fact": "They have a dog."},
+            {"action": "add", "number": 0, "fact": "They have a dog!"},  # the same again
+            {"action": "update", "number": 2, "fact": "They live in Paris now."},
+            {"action": "delete", "number": 2, "fact": ""},  # the same fact twice: the first change wins
+            {"action": "delete", "number": 7, "fact": ""},  # no such fact
+            {"action": "shout", "number": 1, "fact": "x"},
+            "nonsense",
+        ]
+    }
+    assert reconcile(facts, raw) == [
+        FactChange("add", "They have a dog."),
+        FactChange("update", "They live in Paris now.", 11),
+    ]
