@@ -92,3 +92,24 @@ def guarded(consequence: str) -> Callable[[Callable[Concatenate[S, P], R]], Call
         return run
 
     return decorate
+
+
+class ErasesDeletedPages(HasRetryDelays, Protocol):
+    def _erase_deleted_pages(self) -> None: ...
+
+
+E = TypeVar("E", bound=ErasesDeletedPages)
+
+
+def erasing_deleted_pages(operation: Callable[Concatenate[E, P], R]) -> Callable[Concatenate[E, P], R]:
+    """After a (guarded, retried) deletion, take the deleted rows off the disk: outside the retries, so a log
+    still in use never repeats the deletion. A result of 0 (nothing deleted) needs no erasing."""
+
+    @functools.wraps(operation)
+    def run(store: E, *args: P.args, **kwargs: P.kwargs) -> R:
+        result = operation(store, *args, **kwargs)
+        if result is None or result:
+            store._erase_deleted_pages()
+        return result
+
+    return run
