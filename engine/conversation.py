@@ -24,6 +24,7 @@ import numpy as np
 from engine import hearing
 from engine.audio import Samples
 from engine.chat_model import ChatModel
+from engine.conversation_links import ConversationLinks
 from engine.conversation_memory import ConversationMemory
 from engine.conversation_resume import LLM_HISTORY_TURNS, ConversationResume, PendingTurn
 from engine.conversation_settings import ConversationSettings
@@ -69,7 +70,7 @@ LLM_DOWN = "I can't think right now: my language model isn't answering. I kept y
 SPEECH_FAILED = "Something went wrong while I was speaking, so the rest of my answer comes as text."
 
 
-class Conversation(ConversationVoices, ConversationResume, ConversationSettings, ConversationMemory):
+class Conversation(ConversationVoices, ConversationResume, ConversationSettings, ConversationMemory, ConversationLinks):
     """Everything a platform or the CLI can ask of aLAN; see the module docstring."""
 
     def __init__(

@@ -6,16 +6,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import ScalarSelect, delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.errors import VoiceNameTakenError
 from engine.speech_synthesizer import SpeechPayload
 from engine.store.faults import erasing_deleted_pages, guarded
-from engine.store.models import ScopeVoice, UserVoiceChoice, Voice, utcnow
+from engine.store.models import ScopeVoice, User, UserVoiceChoice, Voice, utcnow
 
 # A user's choice of voice for every scope where they made no narrower choice.
 EVERYWHERE = ""
+
+
+def accounts_of(user_id: int) -> ScalarSelect[int]:
+    """Every account of the person this account belongs to (itself included): they share voices."""
+    person = select(User.person_id).where(User.id == user_id).scalar_subquery()
+    return select(User.id).where(User.person_id == person).scalar_subquery()
 
 
 class VoiceStore:
@@ -70,13 +76,21 @@ class VoiceStore:
 
     @guarded("I couldn't find that voice")
     def voice_by_name(self, owner_id: int, name: str) -> Voice | None:
+        """The person's voice by that name (of any linked account; this account's own first if both have one)."""
         with self.sessions() as session:
-            return session.scalar(select(Voice).where(Voice.owner_id == owner_id, Voice.name == name))
+            return session.scalar(
+                select(Voice)
+                .where(Voice.owner_id.in_(accounts_of(owner_id)), Voice.name == name)
+                .order_by((Voice.owner_id != owner_id), Voice.id)
+                .limit(1)
+            )
 
     @guarded("I couldn't look up your voices")
     def voices_of(self, owner_id: int) -> Sequence[Voice]:
+        """The person's voices, whichever of their linked accounts made them."""
         with self.sessions() as session:
-            return session.scalars(select(Voice).where(Voice.owner_id == owner_id).order_by(Voice.name)).all()
+            query = select(Voice).where(Voice.owner_id.in_(accounts_of(owner_id)))
+            return session.scalars(query.order_by(Voice.name, Voice.id)).all()
 
     @guarded("I couldn't save the voice")
     def set_voice_speech(self, voice_id: int, speech: SpeechPayload) -> None:
@@ -89,7 +103,7 @@ class VoiceStore:
         with self.sessions.begin() as session:
             voice = session.get_one(Voice, voice_id)
             if voice.owner_id is not None and session.scalar(
-                select(Voice).where(Voice.owner_id == voice.owner_id, Voice.name == new_name)
+                select(Voice).where(Voice.owner_id.in_(accounts_of(voice.owner_id)), Voice.name == new_name)
             ):
                 raise VoiceNameTakenError(new_name)
             voice.name = new_name
@@ -104,8 +118,11 @@ class VoiceStore:
 
     @guarded("I couldn't switch voices")
     def choose_voice(self, user_id: int, voice_id: int, scope: str = EVERYWHERE) -> None:
+        """This account's choice here; a choice for everywhere is every linked account's (they share it)."""
         with self.sessions.begin() as session:
-            session.merge(UserVoiceChoice(user_id=user_id, scope=scope, voice_id=voice_id))
+            accounts = session.scalars(select(User.id).where(User.id.in_(accounts_of(user_id)))).all()
+            for account in accounts if scope == EVERYWHERE else [user_id]:
+                session.merge(UserVoiceChoice(user_id=account, scope=scope, voice_id=voice_id))
 
     @guarded("I couldn't set the voice here")
     def set_scope_voice(self, scope: str, voice_id: int, set_by_user_id: int | None = None) -> None:
