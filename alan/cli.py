@@ -1,9 +1,9 @@
 """The `alan` command line: the root app, built from the command modules.
 
-Imports go one way: `alan.cli` imports the command modules (`alan.cli_engine`, `alan.cli_privacy`) and adds their
-commands here; they import `alan.cli_common` (`alan.cli_privacy` also the engine helpers of `alan.cli_engine`),
-never `alan.cli`. Every module keeps its heavy imports (PyTorch, transformers, the chat libraries) inside the
-command functions, so `alan --help` starts at once.
+Imports go one way: `alan.cli` imports the command modules (`alan.cli_engine`, `alan.cli_privacy`, `alan.cli_memory`)
+and adds their commands here; they import `alan.cli_common` (`alan.cli_privacy` and `alan.cli_memory` also the
+engine helpers of `alan.cli_engine`), never `alan.cli`. Every module keeps its heavy imports (PyTorch, transformers,
+the chat libraries) inside the command functions, so `alan --help` starts at once.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rich.table import Table
 
 from alan.cli_common import console, errors, settings_or_exit
 from alan.cli_engine import say, talk, voice_app
+from alan.cli_memory import memory_app, reset
 from alan.cli_privacy import forget
 from alan.platforms import token_instructions
 
@@ -94,9 +95,11 @@ def doctor(
 # The commands of the other modules, in the order `alan --help` lists them (commands first, then the groups).
 app.command()(talk)
 app.command()(say)
+app.command()(reset)
 app.command()(forget)
 app.add_typer(db_app, name="db")
 app.add_typer(voice_app, name="voice")
+app.add_typer(memory_app, name="memory")
 
 
 if __name__ == "__main__":  # `python -m alan.cli`

@@ -64,6 +64,14 @@ def run_or_exit(coroutine: Coroutine[Any, Any, T]) -> T:
     raise typer.Exit(1)
 
 
+async def closing(conversation: Conversation, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Await `coroutine`, then release the conversation: its memory worker, the LLM client, the speech threads."""
+    try:
+        return await coroutine
+    finally:
+        await conversation.aclose()
+
+
 AUDIO_SUFFIXES = (".ogg", ".wav")
 EMPTY_AUDIO_RATE = 48_000  # of a reply with no audio at all: any rate will do, this is Opus's own
 
@@ -160,8 +168,12 @@ def talk(
                     console.print(f"Wrote {seconds:.1f} s of speech to {output}")
                 timings = "  ".join(f"{name} {value:.2f}s" for name, value in event.timings.items())
                 console.print(f"[dim]Timings: {timings}[/dim]")
+        # What you told aLAN is remembered in the background, after the answer: the process must not end before
+        # that is done, or the next `alan talk` wouldn't know it.
+        with console.status("Remembering…"):
+            await conversation.memory_settled()
 
-    run_or_exit(run())
+    run_or_exit(closing(conversation, run()))
 
 
 def say(

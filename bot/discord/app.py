@@ -22,6 +22,7 @@ from discord.ext import commands
 from alan.scheduler import TurnScheduler
 from alan.settings import Settings
 from bot.discord.commands import AlanCommands
+from bot.discord.memory_commands import MemoryCommands
 from bot.discord.receive import ReceivingVoiceClient
 from bot.discord.recovery import follow_up_unanswered
 from bot.discord.session import VoiceSession
@@ -196,7 +197,10 @@ class AlanBot(commands.Bot):
         self.follow_ups: asyncio.Task[int] | None = None
 
     async def setup_hook(self) -> None:
-        await self.add_cog(AlanCommands(self.conversation, self.sessions))
+        alan = AlanCommands(self.conversation, self.sessions)
+        await self.add_cog(alan)
+        # /memory's writes wait for the server's voice turn in progress, in the same line as /reset's.
+        await self.add_cog(MemoryCommands(self.conversation, alan.after_turns))
         guild_ids = self.settings.discord_guild_id_list
         if not guild_ids:
             synced = await self.tree.sync()

@@ -1,5 +1,5 @@
 """aLAN's slash commands: /join, /leave, /listen, /clone, /voices, /voice, /reset, /forget — and the buttons and
-modal behind /clone and /forget.
+modal behind /clone and /forget. /memory is a cog of its own, in memory_commands.py.
 
 Every reply here is ephemeral: voice cloning and personal data are nobody else's business, and failures should
 not clutter the channel. Anything slow is deferred at once (Discord wants an answer within 3 s); engine errors
@@ -269,7 +269,7 @@ class AlanCommands(commands.Cog):
         names = [voice.name for voice in listing]
         return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
-    @app_commands.command(name="reset", description="Forget our conversation here (your voices are kept)")
+    @app_commands.command(name="reset", description="Forget our conversation here (your voices and my memory stay)")
     async def reset(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True)
         who = caller(interaction)
@@ -287,7 +287,8 @@ class AlanCommands(commands.Cog):
         except SchedulerFullError as error:
             await say(interaction, str(error))
             return
-        await say(interaction, f"Done: I forgot our conversation here ({deleted} messages). Your voices are kept.")
+        kept = "Your voices, and what I remember about you, are kept."
+        await say(interaction, f"Done: I forgot our conversation here ({deleted} messages). {kept}")
 
     @app_commands.command(name="forget", description="Delete everything I have stored about you")
     async def forget(self, interaction: discord.Interaction) -> None:
@@ -297,6 +298,7 @@ class AlanCommands(commands.Cog):
         )  # fmt: skip
         await say(
             interaction,
-            "This deletes your voices, all our conversations and your settings, everywhere. It can't be undone.",
+            "This deletes your voices, all our conversations, what I remember about you and your settings, "
+            "everywhere. It can't be undone.",
             view=view,
         )

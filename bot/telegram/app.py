@@ -272,6 +272,7 @@ def build_application(settings: Settings, services: TelegramServices) -> Applica
         "voices": commands.voices,
         "voice": commands.voice,
         "text": commands.text,
+        "memory": commands.memories.memory,
         "reset": commands.reset,
         "forget": commands.forget,
         "cancel": clones.cancel,  # not in the menu: the buttons cancel, but people type it too

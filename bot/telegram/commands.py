@@ -1,4 +1,5 @@
-"""The slash commands other than /clone, and their inline buttons (/voices choices, /forget confirmation)."""
+"""The slash commands other than /clone and /memory (memory_commands.py), and the inline buttons of all but /clone's
+(/voices choices, /forget confirmation; /memory clear's are passed on)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from telegram.ext import ContextTypes
 
 from bot.telegram.clone import CloneFlow
 from bot.telegram.common import TelegramServices, participant
+from bot.telegram.memory_commands import MemoryCommands
 from bot.telegram.send import Replier
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,8 @@ COMMANDS = [
     BotCommand("voices", "List and choose your voices"),
     BotCommand("voice", "Answer me in one of my voices: /voice NAME"),
     BotCommand("text", "Also send the answers as text: /text on|off"),
-    BotCommand("reset", "Forget our conversation (keeps your voices)"),
+    BotCommand("memory", "What I remember about you: /memory [forget N|clear|off|on]"),
+    BotCommand("reset", "Forget our conversation (keeps your voices and my memory)"),
     BotCommand("forget", "Delete everything stored about you"),
 ]
 
@@ -28,11 +31,12 @@ START = """Hi {name}! I'm aLAN, a voice companion. Send me a voice note, or just
 voice notes, remembering what we talked about.
 
 What I store: what you say to me and my answers (as text and audio), so that I remember our conversation; \
-your /text setting; and any voice you clone with /clone (the clip, its transcript and your consent). It stays \
-on the server that runs me.
+short facts you tell me about yourself, so that I remember them in later conversations (see them with /memory, \
+or turn that off with /memory off); your settings; and any voice you clone with /clone (the clip, its transcript \
+and your consent). It stays on the server that runs me.
 
-/reset clears our conversation here (your voices stay). /forget deletes everything I have stored about you. \
-/help shows all I can do."""
+/reset clears our conversation here (your voices and what I remember stay). /forget deletes everything I have \
+stored about you. /help shows all I can do."""
 
 HELP = """Talk to me with voice notes, audio files (MP3, M4A, WAV, OGG), video notes or text: I answer with \
 voice notes.
@@ -41,15 +45,16 @@ voice notes.
 /voices — list your voices and pick one
 /voice NAME — answer me in that voice
 /text on|off — also send my answers (and what I heard) as text
-/reset — forget our conversation here, keep your voices
+/memory — what I remember about you; /memory forget N, /memory clear, /memory off, /memory on
+/reset — forget our conversation here, keep your voices and what I remember
 /forget — delete everything I have stored about you
 /start — what I am and what I store
 
 In a group, mention me (@{username}) or reply to one of my messages."""
 
 FORGET_QUESTION = (
-    "This deletes everything I have stored about you: our conversations everywhere, your cloned voices and "
-    "your settings. It can't be undone. Are you sure?"
+    "This deletes everything I have stored about you: our conversations everywhere, what I remember about you, "
+    "your cloned voices and your settings. It can't be undone. Are you sure?"
 )
 FORGOTTEN = "Done: I deleted everything I had stored about you. If you talk to me again, I start from scratch."
 
@@ -58,6 +63,7 @@ class Commands:
     def __init__(self, services: TelegramServices, clones: CloneFlow) -> None:
         self.services = services
         self.clones = clones
+        self.memories = MemoryCommands(services)
 
     def _where(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> tuple[Message, Replier]:
         message = update.effective_message
@@ -105,7 +111,8 @@ class Commands:
         # In the queue, so a turn still being answered is stored before it is cleared.
         count = await self.services.in_turn(message.chat_id, replier, reset)
         here = "this group's conversation" if who.shared else "our conversation here"
-        await replier.text(f"Done: I've forgotten {here} ({count} messages). Your voices are kept.")
+        kept = "Your voices, and what I remember about you, are kept."
+        await replier.text(f"Done: I've forgotten {here} ({count} messages). {kept}")
 
     async def forget(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         _, replier = self._where(update, context)
@@ -147,7 +154,7 @@ class Commands:
         return "Your voices (✓ = the one I answer you in here). Tap one to switch:", InlineKeyboardMarkup(rows)
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Inline buttons: `voice:<id>`, `forget:yes|no:<user id>`, `clone:<action>:<token>`."""
+        """Inline buttons: `voice:<id>`, `forget:yes|no:<user id>`, `memory:clear|keep:<user id>`, `clone:…`."""
         query = update.callback_query
         assert query is not None
         kind, _, rest = (query.data or "").partition(":")
@@ -158,6 +165,8 @@ class Commands:
             await self._choose_voice(update, context, query.message, int(rest))
         elif kind == "forget" and isinstance(query.message, Message):
             await self._forget(update, context, query.message, rest)
+        elif kind == "memory" and isinstance(query.message, Message):
+            await self.memories.on_button(update, context, query.message, rest)
         else:
             await query.answer("This button has expired.", show_alert=True)
 
