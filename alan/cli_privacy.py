@@ -13,7 +13,7 @@ from alan.cli_engine import conversation_or_exit, local_participant, run_or_exit
 def forget(
     yes: Annotated[bool, typer.Option("--yes", help="Don't ask for confirmation.")] = False,
 ) -> None:
-    """Delete everything aLAN has stored about you: your voices, conversations and settings."""
+    """Delete everything aLAN has stored about you: voices, conversations, memory, settings (a linked account's too)."""
     # Through the conversation like /forget on a platform; building it loads no model, so this stays quick.
     conversation = conversation_or_exit()
     who = local_participant()
@@ -21,9 +21,10 @@ def forget(
         console.print(f"Nothing is stored about you ({who.user_id}).")
         return
     if not yes and not typer.confirm(
-        f"Delete everything stored about {who.user_id}: your voices, conversations and settings?"
+        f"Delete everything stored about {who.user_id}: your voices, conversations, memory and settings "
+        "(and a linked account's)?"
     ):
         console.print("Nothing was deleted.")
         raise typer.Exit(1)
     run_or_exit(conversation.forget(who))
-    console.print("Done: your voices, our conversations and your settings are deleted.")
+    console.print("Done: your voices, our conversations, what I remembered and your settings are deleted.")

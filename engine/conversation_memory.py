@@ -87,9 +87,11 @@ class ConversationMemory:
     async def clear_memory(self, who: Participant) -> int:
         """Forget every fact and the summary; returns how many facts there were."""
         user = await self._user(who)
+        self._keeper.forget_pending(user.person_id)
         return await asyncio.to_thread(self._keeper.store.clear, user.person_id)
 
     async def set_memory_enabled(self, who: Participant, enabled: bool) -> None:
         """`/memory off`: nothing new is remembered until `on` (what is remembered stays until cleared)."""
         user = await self._user(who)
+        self._keeper.forget_pending(user.person_id)  # off: nothing more; on: nothing said while it was off
         await asyncio.to_thread(self._keeper.store.set_enabled, user.person_id, enabled)

@@ -149,6 +149,8 @@ class MemoryKeeper:
         self._idle = asyncio.Event()
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
+        # Bumped by `forget_pending`: an extraction under way for an older generation writes nothing.
+        self._generation: dict[int, int] = {}
 
     # -- the turn's side: one read, one queueing --------------------------------------------------------
 
@@ -193,6 +195,12 @@ class MemoryKeeper:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work(), name="memory")
 
+    def forget_pending(self, person_id: int) -> None:
+        """Drop what waits to be remembered of this person, and what is being extracted now (`/memory clear`,
+        `/memory off`): the facts they asked to lose must not come back from a turn before they asked."""
+        self._waiting.pop(person_id, None)
+        self._generation[person_id] = self._generation.get(person_id, 0) + 1
+
     async def settled(self) -> None:
         """Return once nothing waits for extraction and nothing is being extracted (the CLI waits for this)."""
         await self._idle.wait()
@@ -221,6 +229,7 @@ class MemoryKeeper:
                 log.exception("memory: extraction for person %s failed", person_id)
 
     async def _remember(self, person_id: int, exchanges: list[Exchange]) -> None:
+        generation = self._generation.get(person_id, 0)
         person = await asyncio.to_thread(self.store.person, person_id)
         if person is None or not person.memory_enabled:
             return  # forgotten meanwhile, or memory off: nothing is extracted
@@ -234,6 +243,9 @@ class MemoryKeeper:
             changes = reconcile(facts, raw)
         except (StructuredOutputError, LlmUnavailableError) as error:
             log.warning("memory: nothing remembered from %d turn(s): %s", len(exchanges), error)
+            return
+        if self._generation.get(person_id, 0) != generation:
+            log.info("memory: person %s cleared or paused memory meanwhile; nothing written", person_id)
             return
         if changes:
             applied, let_go = await asyncio.to_thread(

@@ -316,7 +316,9 @@ async def test_commands_are_synced_to_the_configured_servers_or_globally(
     for guild_id in expected:
         target = discord.Object(id=guild_id) if guild_id else None
         names = {command.name for command in bot.tree.get_commands(guild=target)}
-        assert names == {"join", "leave", "listen", "clone", "voices", "voice", "memory", "reset", "forget"}
+        assert names == {
+            "join", "leave", "listen", "clone", "voices", "voice", "memory", "link", "unlink", "reset", "forget"
+        }
     clone = bot.tree.get_command("clone")
     assert isinstance(clone, discord.app_commands.Command)
     options = {parameter.name: parameter for parameter in clone.parameters}

@@ -4,6 +4,7 @@ reach another's prompt in a group, malformed output changes nothing, /forget lea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -185,3 +186,14 @@ def test_reconcile_drops_duplicates_and_keeps_only_valid_changes() -> None:
         FactChange("add", "They have a dog."),
         FactChange("update", "They live in Paris now.", 11),
     ]
+
+
+async def test_clearing_while_a_turn_is_being_remembered_keeps_it_cleared(
+    conversation: Conversation, ollama: FakeOllama
+) -> None:
+    ollama.script_json(changes(("add", 0, "They hate mornings.")), first_delay=0.5)
+    [_ async for _ in conversation.turn(ANN, text="I hate mornings.", speak=False)]
+    await asyncio.sleep(0.1)  # the extraction is under way (the model takes its time)
+    await conversation.clear_memory(ANN)
+    await conversation.memory_settled()
+    assert (await conversation.memory(ANN)).facts == []

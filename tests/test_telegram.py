@@ -291,7 +291,7 @@ async def test_commands_are_registered_and_explained(start_bot: Start) -> None:
     telegram = await start_bot()
     [registered] = telegram.sent("setMyCommands")
     names = [command["command"] for command in registered.json("commands")]
-    assert names == ["start", "help", "clone", "voices", "voice", "text", "memory", "reset", "forget"]
+    assert names == ["start", "help", "clone", "voices", "voice", "text", "memory", "link", "unlink", "reset", "forget"]
     chat = telegram.private_chat(ANN)
     telegram.push_message(chat, ANN, text="/start")
     telegram.push_message(chat, ANN, text="/help")

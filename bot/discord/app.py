@@ -22,6 +22,7 @@ from discord.ext import commands
 from alan.scheduler import TurnScheduler
 from alan.settings import Settings
 from bot.discord.commands import AlanCommands
+from bot.discord.link_commands import LinkCommands
 from bot.discord.memory_commands import MemoryCommands
 from bot.discord.receive import ReceivingVoiceClient
 from bot.discord.recovery import follow_up_unanswered
@@ -201,6 +202,7 @@ class AlanBot(commands.Bot):
         await self.add_cog(alan)
         # /memory's writes wait for the server's voice turn in progress, in the same line as /reset's.
         await self.add_cog(MemoryCommands(self.conversation, alan.after_turns))
+        await self.add_cog(LinkCommands(self.conversation))
         guild_ids = self.settings.discord_guild_id_list
         if not guild_ids:
             synced = await self.tree.sync()

@@ -133,7 +133,8 @@ class ForgetView(OwnerOnlyView):
             await self.finish(interaction, APOLOGY)
             return
         self.forgotten = True
-        await self.finish(interaction, "Done: your voices, our conversations and your settings are deleted.")
+        done = "Done: your voices, our conversations, what I remembered and your settings are deleted."
+        await self.finish(interaction, done)
 
     @discord.ui.button(label="Keep it", style=discord.ButtonStyle.secondary)
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:

@@ -273,6 +273,8 @@ def build_application(settings: Settings, services: TelegramServices) -> Applica
         "voice": commands.voice,
         "text": commands.text,
         "memory": commands.memories.memory,
+        "link": commands.links.link,
+        "unlink": commands.links.unlink,
         "reset": commands.reset,
         "forget": commands.forget,
         "cancel": clones.cancel,  # not in the menu: the buttons cancel, but people type it too

@@ -10,6 +10,7 @@ from telegram.ext import ContextTypes
 
 from bot.telegram.clone import CloneFlow
 from bot.telegram.common import TelegramServices, participant
+from bot.telegram.link_commands import LinkCommands
 from bot.telegram.memory_commands import MemoryCommands
 from bot.telegram.send import Replier
 
@@ -23,6 +24,8 @@ COMMANDS = [
     BotCommand("voice", "Answer me in one of my voices: /voice NAME"),
     BotCommand("text", "Also send the answers as text: /text on|off"),
     BotCommand("memory", "What I remember about you: /memory [forget N|clear|off|on]"),
+    BotCommand("link", "Be one person to me on Telegram and Discord: /link [CODE]"),
+    BotCommand("unlink", "Stop sharing voices and memory with your linked account"),
     BotCommand("reset", "Forget our conversation (keeps your voices and my memory)"),
     BotCommand("forget", "Delete everything stored about you"),
 ]
@@ -46,6 +49,8 @@ voice notes.
 /voice NAME — answer me in that voice
 /text on|off — also send my answers (and what I heard) as text
 /memory — what I remember about you; /memory forget N, /memory clear, /memory off, /memory on
+/link — get a code to link this account with your Discord one (send /link CODE there); /link CODE — use one
+/unlink — stop sharing voices and memory with your linked account
 /reset — forget our conversation here, keep your voices and what I remember
 /forget — delete everything I have stored about you
 /start — what I am and what I store
@@ -64,6 +69,7 @@ class Commands:
         self.services = services
         self.clones = clones
         self.memories = MemoryCommands(services)
+        self.links = LinkCommands(services)
 
     def _where(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> tuple[Message, Replier]:
         message = update.effective_message
@@ -167,6 +173,8 @@ class Commands:
             await self._forget(update, context, query.message, rest)
         elif kind == "memory" and isinstance(query.message, Message):
             await self.memories.on_button(update, context, query.message, rest)
+        elif kind == "link":
+            await self.links.on_button(update, context, rest)
         else:
             await query.answer("This button has expired.", show_alert=True)
 

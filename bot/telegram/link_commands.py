@@ -1,0 +1,78 @@
+"""`/link`, `/link CODE` and `/unlink` on Telegram, and the button that confirms a link.
+
+A code is a secret: it is only shown in a private chat with the bot. `/link CODE` shows whose code it is and links
+only when the person presses "Link" (their account's second step, after asking for the code on the other one).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
+from telegram.constants import ChatType
+from telegram.ext import ContextTypes
+
+from bot.link_text import code_message, linked_message, offer_message, status_line, unlinked_message
+from bot.telegram.common import TelegramServices, participant
+from bot.telegram.send import Replier
+from engine.errors import TurnError
+
+log = logging.getLogger(__name__)
+
+PRIVATE_ONLY = "Link codes are private: send /link to me in a private chat."
+
+
+class LinkCommands:
+    def __init__(self, services: TelegramServices) -> None:
+        self.services = services
+
+    async def link(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None
+        replier = self.services.replier(context.bot, message)
+        if message.chat.type != ChatType.PRIVATE:
+            await replier.text(PRIVATE_ONLY)
+            return
+        who = participant(user, message.chat)
+        conversation = self.services.conversation
+        if not context.args:
+            code = await conversation.link_code(who)
+            status = status_line(await conversation.linked_accounts(who))
+            await replier.text(code_message(code, "Discord", "/link") + (f"\n\n{status}" if status else ""))
+            return
+        code = "".join(context.args)
+        account = await conversation.link_offer(who, code)  # a wrong code: LinkError, told by the guard
+        buttons = InlineKeyboardMarkup(
+            [[InlineKeyboardButton("Link", callback_data=f"link:yes:{code[:40]}"),
+              InlineKeyboardButton("Cancel", callback_data="link:no:")]]
+        )  # fmt: skip
+        await replier.text(offer_message(account), markup=buttons)
+
+    async def unlink(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message, user = update.effective_message, update.effective_user
+        assert message is not None and user is not None
+        accounts = await self.services.conversation.unlink(participant(user, message.chat))
+        await self.services.replier(context.bot, message).text(unlinked_message(accounts))
+
+    async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE, rest: str) -> None:
+        """`link:yes:<code>` or `link:no:`, pressed under an offer in a private chat."""
+        query, user = update.callback_query, update.effective_user
+        assert query is not None and user is not None
+        prompt = query.message
+        if not isinstance(prompt, Message) or prompt.chat.type != ChatType.PRIVATE:
+            await query.answer("This button has expired.", show_alert=True)
+            return
+        answer, _, code = rest.partition(":")
+        replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
+        if answer != "yes":
+            await query.answer()
+            await replier.edit(prompt, "Nothing was linked.")
+            return
+        try:
+            account = await self.services.conversation.link(participant(user, prompt.chat), code)
+        except TurnError as error:  # expired meanwhile, used, or too many tries: said where the button was
+            await query.answer()
+            await replier.edit(prompt, str(error))
+            return
+        await query.answer("Linked")
+        await replier.edit(prompt, linked_message(account))
