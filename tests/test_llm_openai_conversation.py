@@ -108,3 +108,17 @@ async def test_a_stream_broken_mid_reply_keeps_the_users_turn(
         await collect(build().turn(ANN, text="tell me a story", speak=False))
     assert "Lost the connection" in raised.value.detail
     assert stored(store)[0] == ("user", "tell me a story")
+
+
+async def test_memory_works_through_the_openai_backend_json_schema(
+    build: Callable[..., Conversation], server: FakeOpenAI
+) -> None:
+    conversation = build()
+    server.script_json('{"changes": [{"action": "add", "number": 0, "fact": "They grow tomatoes."}]}')
+    await collect(conversation.turn(ANN, text="I grow tomatoes on my balcony.", speak=False))
+    await conversation.memory_settled()
+    [extraction] = server.json_requests
+    assert extraction["response_format"]["type"] == "json_schema"
+    assert extraction["response_format"]["json_schema"]["strict"] is True
+    await collect(conversation.turn(ANN, text="What do I grow?", speak=False))
+    assert "They grow tomatoes." in server.chat_requests[-1]["messages"][0]["content"]
