@@ -90,8 +90,8 @@ def listing_text(listing: MemoryListing, commands: MemoryCommands, *, now: datet
     lines = [heading, *(f"{fact.number}. {fact.text} ({told(fact, now)})" for fact in listing.facts), ""]
     if listing.full:
         lines.append(
-            f"That's as many facts as I keep ({listing.cap}): when I learn something new, the ones I've used "
-            "least are let go to make room."
+            f"That's as many facts as I keep ({listing.cap}): when I learn something new, the ones I haven't "
+            "needed for the longest are let go to make room."
         )
     hint = f"To forget one: {commands.forget}. To forget them all: {commands.clear}."
     lines.append(f"{hint} To stop me noting new things: {commands.off}." if listing.enabled else hint)

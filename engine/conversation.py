@@ -260,7 +260,7 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings,
         messages = history.messages()
         situation = group_context(user.display_name, self.bot_name, name_them=name_them) if history.shared else None
         # Only the speaking person's memory, in a group too.
-        situation = "\n\n".join(part for part in (situation, await self._recall(user)) if part) or None
+        situation = "\n\n".join(part for part in (situation, await self._recall(user, who)) if part) or None
         finished = False
         try:
             try:

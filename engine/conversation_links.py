@@ -20,7 +20,7 @@ from engine.store.repository import Store
 
 log = logging.getLogger(__name__)
 
-PLATFORM_NAMES = {"telegram": "Telegram", "discord": "Discord", "cli": "this machine"}
+PLATFORM_NAMES = {"telegram": "Telegram", "discord": "Discord", "local": "this machine"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,13 @@ class ConversationLinks:
         code = await asyncio.to_thread(self._links.issue, user.id)
         log.info("account %s asked for a link code", user.id)
         return code
+
+    async def void_link_code(self, code: str) -> bool:
+        """A code sent where others could read it is void at once: nobody there can use it."""
+        voided = await asyncio.to_thread(self._links.void, code)
+        if voided:
+            log.info("a link code shown in a group was voided")
+        return voided
 
     async def link_offer(self, who: Participant, code: str) -> Account:
         """Whose code this is, for the person to confirm; links nothing. Raises `LinkError` (a message for them)."""

@@ -49,9 +49,9 @@ class ConversationMemory:
     async def _user(self, who: Participant) -> User:
         raise NotImplementedError
 
-    async def _recall(self, user: User) -> str | None:
-        """What the LLM is told it remembers of this person (only theirs, in a group too)."""
-        return await self._keeper.recall(user.person_id)
+    async def _recall(self, user: User, who: Participant) -> str | None:
+        """What the LLM is told it remembers of this person (only theirs, in a group too, and there no summary)."""
+        return await self._keeper.recall(user.person_id, shared=who.shared)
 
     def _leave_to_remember(self, user: User, who: Participant, said: str, answer: str) -> None:
         self._keeper.after_turn(

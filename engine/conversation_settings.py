@@ -10,6 +10,7 @@ import asyncio
 import logging
 
 from engine.addressing import ListenMode
+from engine.memory import MemoryKeeper
 from engine.participant import Participant
 from engine.speech_synthesizer import SpeechSynthesizer
 from engine.store.models import User
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 class ConversationSettings:
     _store: Store
     _tts: SpeechSynthesizer
+    _keeper: MemoryKeeper
 
     async def _user(self, who: Participant) -> User:
         raise NotImplementedError
@@ -66,6 +68,7 @@ class ConversationSettings:
         user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
         if user is None:
             return False
+        self._keeper.forget_pending(user.person_id)  # their words waiting to be remembered go too
         await asyncio.to_thread(self._store.forget_user, user.id)
         # Caches are rebuilt on demand; emptying them is the simple way to be sure nothing of theirs stays.
         self._tts.forget()

@@ -79,9 +79,23 @@ async def test_a_code_from_discord_confirmed_with_a_telegram_button(
     [refused] = await telegram.wait_for("sendMessage", chat_id=group["id"])
     assert "private chat" in refused.text and "Your code" not in refused.text
 
+    # Sent in a group, a code is void at once: everyone there read it.
+    telegram.push_message(group, ANN, text=f"/link {code}")
+    [_, voided] = await telegram.wait_for("sendMessage", chat_id=group["id"], count=2)
+    assert "no longer works" in voided.text
+    telegram.push_message(group, ANN, text="/unlink")  # names linked accounts: never in a group
+    [*_, private_only] = await telegram.wait_for("sendMessage", chat_id=group["id"], count=3)
+    assert "private chat" in private_only.text
     chat = telegram.private_chat(ANN)
+    telegram.push_message(chat, ANN, text=f"/link {code}")
+    [refused] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    assert refused.text == BAD_CODE
+    asked = FakeInteraction(annie, guild)
+    await run(LinkCommands.link, LinkCommands(conversation), asked)
+    code = code_in(asked.last.content)
+
     telegram.push_message(chat, ANN, text=f"/link {code.lower()}")
-    [offer] = await telegram.wait_for("sendMessage", chat_id=ANN["id"])
+    [_, offer] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2)
     assert "This code is from Annie on Discord" in offer.text
     assert [label for label, _ in offer.buttons] == ["Link", "Cancel"]
     telegram.press(ANN, offer.result, dict(offer.buttons)["Link"])

@@ -111,7 +111,7 @@ async def test_json_that_is_no_object_is_a_structured_output_error(backend: Back
 
 async def test_an_answer_cut_at_the_length_limit_is_a_structured_output_error(backend: Backend) -> None:
     backend.script('{"facts": ["Ann has"]}', cut_off=True)  # valid JSON by chance: still not the whole answer
-    with pytest.raises(StructuredOutputError, match=r"cut off at the length limit \((num_predict|max_tokens): 300\)"):
+    with pytest.raises(StructuredOutputError, match=r"cut off at the length limit \((num_predict|max_tokens): 1024\)"):
         await backend.chat.complete_json(MESSAGES, SCHEMA, name="memories")
 
 
@@ -157,7 +157,7 @@ async def test_ollama_sends_the_schema_as_format_not_streamed(ollama_server: Fak
     assert request["stream"] is False
     assert request["messages"] == SENT  # exactly the caller's messages: no aLAN system prompt
     assert request["options"]["temperature"] == 0  # over the backend's own options, which stay
-    assert request["options"]["num_predict"] == 300
+    assert request["options"]["num_predict"] == 1024
     assert request["keep_alive"] == "30m"
 
 
@@ -188,7 +188,7 @@ async def test_openai_sends_a_strict_json_schema_not_streamed(openai_server: Fak
     }
     assert request["stream"] is False
     assert request["messages"] == SENT
-    assert request["temperature"] == 0 and request["max_tokens"] == 300
+    assert request["temperature"] == 0 and request["max_tokens"] == 1024
 
 
 async def test_openai_refusal_is_a_structured_output_error(openai_server: FakeOpenAI) -> None:

@@ -162,6 +162,9 @@ async def test_older_conversation_is_folded_into_a_summary(conversation: Convers
     assert any("summary" in str(request["format"]) for request in ollama.json_requests)
     await talk(conversation, ANN, "Where was I going?")
     assert "They planned a trip to Rome." in system_prompt(ollama)
+    # In a group, only facts: the summary covers their private chats, which are not for the room.
+    await talk(conversation, IN_GROUP_ANN, "Alan, where was I going?")
+    assert "Rome" not in system_prompt(ollama)
 
 
 def test_reconcile_drops_duplicates_and_keeps_only_valid_changes() -> None:

@@ -81,7 +81,7 @@ def test_the_list_says_when_memory_is_off_and_when_it_is_full() -> None:
     off = memory_text.listing_text(MemoryListing(facts, enabled=False), memory_text.TELEGRAM)
     assert off.startswith("My memory is off for you") and "/memory on" in off and "3. Fact 3." in off
     full = memory_text.listing_text(MemoryListing(facts, enabled=True, cap=3), memory_text.TELEGRAM)
-    assert "as many facts as I keep (3)" in full and "used least are let go" in full
+    assert "as many facts as I keep (3)" in full and "needed for the longest are let go" in full
     assert "(3)" not in memory_text.listing_text(MemoryListing(facts, enabled=True), memory_text.TELEGRAM)
     empty_off = memory_text.listing_text(MemoryListing([], enabled=False), memory_text.CLI)
     assert "off" in empty_off and "alan memory on" in empty_off

@@ -158,8 +158,10 @@ def test_upgrading_0003_makes_each_account_a_person_and_keeps_every_row(database
         connection.execute(text(
             "INSERT INTO users (id, platform, platform_user_id, display_name, reply_with_text, created_at) VALUES"
             " (1, 'telegram', '7', 'Ann', 1, '2026-12-01 10:00:00'),"
-            " (3, 'discord', '9', 'Bob', 0, '2026-12-01 11:00:00')"
+            " (3, 'discord', '9', 'Bob', 0, '2026-12-01 11:00:00'),"
+            " (5, 'telegram', '8', 'Forgotten', 1, '2026-12-01 12:00:00')"
         ))  # fmt: skip
+        connection.execute(text("DELETE FROM users WHERE id = 5"))  # /forget: their number is never given again
         connection.execute(text(
             "INSERT INTO voices (id, owner_id, name, reference_audio, reference_seconds, transcript, created_at)"
             " VALUES (1, 1, 'me', x'4f676753', 4.0, 'hello', '2026-12-01 10:00:00')"
@@ -181,7 +183,7 @@ def test_upgrading_0003_makes_each_account_a_person_and_keeps_every_row(database
     assert [(t.text, t.addressed) for t in store.recent_turns(3, "chan")] == [("to Ann", False)]
     assert store.active_voice(1, "chat").id == 1 and store.listen_mode("chan") == "off"
     carol = store.user("telegram", "8", "Carol")  # new accounts and people never take an old number
-    assert carol.id == 4 and carol.person_id == 4
+    assert carol.id == 6 and carol.person_id == 4
     assert store.add_turn(carol.id, "c", "user", "hey").id == 6
 
     downgrade(database_url, "0003")

@@ -16,10 +16,16 @@ from bot.link_text import code_message, linked_message, offer_message, status_li
 from bot.telegram.common import TelegramServices, participant
 from bot.telegram.send import Replier
 from engine.errors import TurnError
+from engine.store.links import normalise
 
 log = logging.getLogger(__name__)
 
 PRIVATE_ONLY = "Link codes are private: send /link to me in a private chat."
+VOIDED = (
+    "Link codes are private, and everyone here could read that one, so it no longer works. Ask for a new code "
+    "with /link on your other account, and send it to me in a private chat."
+)
+UNLINK_PRIVATE = "Send /unlink to me in a private chat."
 
 
 class LinkCommands:
@@ -31,7 +37,11 @@ class LinkCommands:
         assert message is not None and user is not None
         replier = self.services.replier(context.bot, message)
         if message.chat.type != ChatType.PRIVATE:
-            await replier.text(PRIVATE_ONLY)
+            if context.args:  # a code read by the whole group: nobody there may use it
+                await self.services.conversation.void_link_code("".join(context.args))
+                await replier.text(VOIDED)
+            else:
+                await replier.text(PRIVATE_ONLY)
             return
         who = participant(user, message.chat)
         conversation = self.services.conversation
@@ -40,7 +50,7 @@ class LinkCommands:
             status = status_line(await conversation.linked_accounts(who))
             await replier.text(code_message(code, "Discord", "/link") + (f"\n\n{status}" if status else ""))
             return
-        code = "".join(context.args)
+        code = normalise("".join(context.args))[:20]  # the button carries it: Telegram allows 64 bytes
         account = await conversation.link_offer(who, code)  # a wrong code: LinkError, told by the guard
         buttons = InlineKeyboardMarkup(
             [[InlineKeyboardButton("Link", callback_data=f"link:yes:{code[:40]}"),
@@ -51,8 +61,12 @@ class LinkCommands:
     async def unlink(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message, user = update.effective_message, update.effective_user
         assert message is not None and user is not None
+        replier = self.services.replier(context.bot, message)
+        if message.chat.type != ChatType.PRIVATE:  # the answer names the linked accounts
+            await replier.text(UNLINK_PRIVATE)
+            return
         accounts = await self.services.conversation.unlink(participant(user, message.chat))
-        await self.services.replier(context.bot, message).text(unlinked_message(accounts))
+        await replier.text(unlinked_message(accounts))
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE, rest: str) -> None:
         """`link:yes:<code>` or `link:no:`, pressed under an offer in a private chat."""

@@ -22,6 +22,7 @@ from engine.chat_model import ChatMessage, LlmStatus, parse_json_object
 from engine.errors import LlmUnavailableError, StructuredOutputError
 from engine.llm.prompt import (
     HISTORY_CHARS,
+    MAX_JSON_TOKENS,
     MAX_REPLY_TOKENS,
     SYSTEM_PROMPT,
     TEMPERATURE,
@@ -164,7 +165,7 @@ class OllamaChat(PromptedChat):
         reply-length cap (`num_predict`) stays, so a model stuck repeating itself stops; an answer cut there is a
         `StructuredOutputError`.
         """
-        options = {**self.options, "temperature": 0}
+        options = {**self.options, "temperature": 0, "num_predict": MAX_JSON_TOKENS}
         try:
             async with asyncio.timeout(timeout):
                 response = await self._client.chat(

@@ -23,6 +23,7 @@ from engine.chat_model import ChatMessage, LlmStatus, parse_json_object
 from engine.errors import LlmUnavailableError, StructuredOutputError
 from engine.llm.prompt import (
     HISTORY_CHARS,
+    MAX_JSON_TOKENS,
     MAX_REPLY_TOKENS,
     SYSTEM_PROMPT,
     TEMPERATURE,
@@ -168,7 +169,7 @@ class OpenAIChat(PromptedChat):
         sent = [{"role": message.role, "content": message.content} for message in messages]
         options: dict[str, Any] = {}
         if self.max_tokens is not None:
-            options["max_tokens"] = self.max_tokens
+            options["max_tokens"] = MAX_JSON_TOKENS
         try:
             async with asyncio.timeout(timeout):
                 completion = await self._client.chat.completions.create(
@@ -199,7 +200,7 @@ class OpenAIChat(PromptedChat):
         if choice.message.refusal:  # not quoted: a refusal may repeat what a person said
             raise StructuredOutputError(f"{source} is a refusal.")
         if choice.finish_reason == "length":
-            limit = self.max_tokens if self.max_tokens is not None else "the server's default"
+            limit = MAX_JSON_TOKENS if self.max_tokens is not None else "the server's default"
             raise StructuredOutputError(f"{source} was cut off at the length limit (max_tokens: {limit}).")
         return parse_json_object(choice.message.content or "", source=source)
 

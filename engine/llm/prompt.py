@@ -24,6 +24,8 @@ aloud by a text-to-speech voice, so write the way people speak.
 HISTORY_CHARS = 8_000
 # A spoken answer is short; this stops a rambling one before it eats the turn.
 MAX_REPLY_TOKENS = 300
+# A structured answer (the memory's changes) may list several facts: more room, still a stop for a looping model.
+MAX_JSON_TOKENS = 1024
 TEMPERATURE = 0.7
 
 # Names of the languages Whisper hears most, for telling the model which language to answer in; a code not

@@ -65,6 +65,13 @@ class LinkStore:
             session.merge(LinkCode(user_id=user_id, code_hash=_hash(code), expires_at=utcnow() + CODE_LIFETIME))
         return f"{code[:5]}-{code[5:]}"
 
+    @guarded("I couldn't void that code")
+    def void(self, code: str) -> bool:
+        """Make a code that was shown where others could read it (a group) useless. Counts no failure."""
+        with self.sessions.begin() as session:
+            statement = delete(LinkCode).where(LinkCode.code_hash == _hash(normalise(code)))
+            return bool(session.execute(statement).rowcount)
+
     @guarded("I couldn't check that code")
     def holder(self, user_id: int, code: str) -> User:
         """The account that asked for `code`, for the person to confirm; nothing is linked yet. Raises `LinkError`
@@ -79,7 +86,12 @@ class LinkStore:
         with self.sessions.begin() as session:
             holder = self._holder(session, user_id, code)
             me = session.get_one(User, user_id)
-            session.execute(delete(LinkCode).where(LinkCode.user_id == holder.id))
+            # Used up here, atomically: of two sends of one code at once, only one finds it still there.
+            consumed = session.execute(
+                delete(LinkCode).where(LinkCode.user_id == holder.id, LinkCode.code_hash == _hash(normalise(code)))
+            )
+            if consumed.rowcount != 1:
+                raise LinkError(BAD_CODE)
             session.execute(delete(LinkAttempt).where(LinkAttempt.user_id == user_id))
             target, joining = session.get_one(Person, holder.person_id), session.get_one(Person, me.person_id)
             target.memory_enabled = target.memory_enabled and joining.memory_enabled  # off on either side: off
@@ -154,8 +166,12 @@ class LinkStore:
         if found is None or _aware(found.expires_at) <= now:
             if attempts is None:
                 session.add(LinkAttempt(user_id=user_id, failures=1, since=now))
-            else:
-                attempts.failures += 1
+            else:  # counted in SQL: two wrong codes at once both count
+                session.execute(
+                    update(LinkAttempt)
+                    .where(LinkAttempt.user_id == user_id)
+                    .values(failures=LinkAttempt.failures + 1, since=attempts.since)
+                )
             # Committed with the failure counted: a wrong code is an error for the person, not for the database.
             session.commit()
             raise LinkError(BAD_CODE)

@@ -3,13 +3,13 @@ their older conversation. Each operation is one transaction, guarded like the re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from engine.store.faults import RETRY_DELAYS_S, guarded
+from engine.store.faults import RETRY_DELAYS_S, erasing_deleted_pages, guarded
 from engine.store.models import Memory, Person, Turn, User, utcnow
 
 
@@ -25,9 +25,19 @@ class FactChange:
 class MemoryStore:
     """A person's facts and summary, read and written in short transactions."""
 
-    def __init__(self, sessions: sessionmaker[Session], *, retry_delays: tuple[float, ...] = RETRY_DELAYS_S) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS_S,
+        erase: Callable[[], None] = lambda: None,
+    ) -> None:
         self.sessions = sessions
         self.retry_delays = retry_delays
+        self._erase = erase  # the store's: takes deleted rows off the disk (the write-ahead log included)
+
+    def _erase_deleted_pages(self) -> None:
+        self._erase()
 
     @guarded("I couldn't look at what I remember")
     def person(self, person_id: int) -> Person | None:
@@ -49,12 +59,14 @@ class MemoryStore:
         with self.sessions.begin() as session:
             session.execute(update(Person).where(Person.id == person_id).values(memory_enabled=enabled))
 
+    @erasing_deleted_pages
     @guarded("I couldn't forget that")
     def delete(self, person_id: int, memory_ids: Sequence[int]) -> int:
         with self.sessions.begin() as session:
             statement = delete(Memory).where(Memory.person_id == person_id, Memory.id.in_(memory_ids))
             return session.execute(statement).rowcount or 0
 
+    @erasing_deleted_pages
     @guarded("I couldn't forget that")
     def clear(self, person_id: int) -> int:
         """Every fact and the summary go; memory stays on or off as it was."""
@@ -65,17 +77,19 @@ class MemoryStore:
 
     @guarded("I couldn't keep that in mind")
     def used(self, memory_ids: Sequence[int]) -> None:
-        """These facts were given to the LLM once more (the least used are let go first when there are too many)."""
+        """These facts were given to the LLM once more (the longest unused go first when there are too many)."""
         if memory_ids:
             with self.sessions.begin() as session:
-                session.execute(update(Memory).where(Memory.id.in_(memory_ids)).values(uses=Memory.uses + 1))
+                session.execute(
+                    update(Memory).where(Memory.id.in_(memory_ids)).values(uses=Memory.uses + 1, last_used_at=utcnow())
+                )
 
     @guarded("I couldn't keep that in mind")
     def apply(
         self, person_id: int, changes: Sequence[FactChange], *, platform: str, scope: str, cap: int
     ) -> tuple[int, int]:
-        """Apply reconciled changes in one transaction, then keep at most `cap` facts, letting the least used (then
-        the oldest) of the earlier ones go. Nothing is written for a person deleted meanwhile (/forget) or with
+        """Apply reconciled changes in one transaction, then keep at most `cap` facts, letting the longest unused
+        go, earlier ones before those just added. Nothing is written for a person deleted meanwhile (/forget) or with
         memory turned off. Returns (changes applied, facts let go)."""
         now = utcnow()
         with self.sessions.begin() as session:
@@ -104,11 +118,12 @@ class MemoryStore:
             count = session.scalar(select(func.count()).where(Memory.person_id == person_id)) or 0
             let_go = 0
             if count > cap:
-                # What was just said is never the first to go: it hasn't had a chance to be used yet.
+                # What was just said goes last: it hasn't had a chance to be used yet.
+                just_added = case((Memory.id.in_([memory.id for memory in added]), 1), else_=0)
                 oldest = session.scalars(
                     select(Memory.id)
-                    .where(Memory.person_id == person_id, Memory.id.not_in([memory.id for memory in added]))
-                    .order_by(Memory.uses, Memory.created_at, Memory.id)
+                    .where(Memory.person_id == person_id)
+                    .order_by(just_added, func.coalesce(Memory.last_used_at, Memory.created_at), Memory.id)
                     .limit(count - cap)
                 ).all()
                 let_go = session.execute(delete(Memory).where(Memory.id.in_(oldest))).rowcount or 0
@@ -134,7 +149,10 @@ class MemoryStore:
 
     @guarded("I couldn't keep that in mind")
     def set_summary(self, person_id: int, summary: str, through: int) -> None:
+        """Keep the new summary, unless memory was turned off meanwhile."""
         with self.sessions.begin() as session:
             session.execute(
-                update(Person).where(Person.id == person_id).values(summary=summary, summary_through=through)
+                update(Person)
+                .where(Person.id == person_id, Person.memory_enabled)
+                .values(summary=summary, summary_through=through)
             )

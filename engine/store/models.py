@@ -180,8 +180,10 @@ class Memory(Base):
     platform: Mapped[str] = mapped_column(String(32))
     scope: Mapped[str] = mapped_column(String(128))
     said_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    # How often it was given to the LLM: the least used go first when a person has too many.
+    # How often it was given to the LLM.
     uses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When it was last given to the LLM: the longest unused go first when a person has too many.
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

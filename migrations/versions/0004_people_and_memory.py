@@ -23,11 +23,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # 0002 rebuilt `turns` and `voices` (SQLite's batch mode) without AUTOINCREMENT, so a deleted row's id could be
-    # given to a new one (a late write for a deleted turn would land on it). Rebuilt with it again.
-    for table in ("turns", "voices"):
-        with op.batch_alter_table(table, recreate="always", table_kwargs={"sqlite_autoincrement": True}):
-            pass
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    # SQLite rebuilds a table to alter it (batch mode), which restarts AUTOINCREMENT's count at the highest id
+    # still there: the counts are kept and put back, so no id is ever given twice.
+    counts = _sqlite_counts() if sqlite else {}
+    if sqlite:
+        # 0002 rebuilt `turns` and `voices` without AUTOINCREMENT, so a deleted row's id could be given to a new one
+        # (a late write for a deleted turn would land on it): rebuilt with it again. (PostgreSQL's serials never
+        # reuse an id, and needed no rebuild.)
+        for table in ("turns", "voices"):
+            with op.batch_alter_table(table, recreate="always", table_kwargs={"sqlite_autoincrement": True}):
+                pass
     op.create_table(
         "people",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -57,6 +63,8 @@ def upgrade() -> None:
         batch.alter_column("person_id", existing_type=sa.Integer(), nullable=False)
         batch.create_foreign_key(op.f("fk_users_person_id_people"), "people", ["person_id"], ["id"], ondelete="CASCADE")
         batch.create_index(op.f("ix_users_person_id"), ["person_id"], unique=False)
+    if sqlite:
+        _restore_sqlite_counts(counts)
     op.create_table(
         "memories",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -66,6 +74,7 @@ def upgrade() -> None:
         sa.Column("scope", sa.String(length=128), nullable=False),
         sa.Column("said_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("uses", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
@@ -109,3 +118,25 @@ def downgrade() -> None:
         batch.drop_constraint(op.f("fk_users_person_id_people"), type_="foreignkey")
         batch.drop_column("person_id")
     op.drop_table("people")
+
+
+def _sqlite_counts() -> dict[str, int]:
+    bind = op.get_bind()
+    if not bind.execute(sa.text("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'")).first():
+        return {}
+    return {name: seq for name, seq in bind.execute(sa.text("SELECT name, seq FROM sqlite_sequence")).all()}
+
+
+def _restore_sqlite_counts(counts: dict[str, int]) -> None:
+    bind = op.get_bind()
+    for name, seq in counts.items():
+        bind.execute(
+            sa.text("UPDATE sqlite_sequence SET seq = MAX(seq, :seq) WHERE name = :name"), {"seq": seq, "name": name}
+        )
+        bind.execute(
+            sa.text(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT :name, :seq WHERE NOT EXISTS "
+                "(SELECT 1 FROM sqlite_sequence WHERE name = :name)"
+            ),
+            {"seq": seq, "name": name},
+        )
