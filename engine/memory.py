@@ -8,7 +8,7 @@ window, it is folded into a short rolling summary the same way.
 
 One extraction runs at a time (so one per person); what waits is bounded (`MAX_WAITING`, the oldest dropped) and
 gathered per person. Malformed output, a timeout, a refusal, a database error: logged and skipped. No turn ever
-waits for memory or fails because of it; `recall` is one database read.
+waits for memory or fails because of it; `recall` is two small reads and one write.
 """
 
 from __future__ import annotations

@@ -144,3 +144,16 @@ async def test_forget_from_either_account_removes_the_person_and_both_accounts(
     with store.sessions() as session:
         for table in (User, Person, Memory, Turn, Voice, LinkCode):
             assert session.scalar(select(func.count()).select_from(table)) == 0, table.__tablename__
+
+
+async def test_the_joining_accounts_voice_is_everyones_when_the_other_chose_none(
+    conversation: Conversation, store: Store
+) -> None:
+    ann_tg = store.user("telegram", TELEGRAM.user_id, "Ann Lee")
+    ann_dc = store.user("discord", DISCORD.user_id, "annie")
+    voice = store.add_voice(ann_dc.id, "bright", reference_audio=b"OggS", reference_seconds=4.0, transcript="hi",
+                            consent_statement="This is my voice.")  # fmt: skip
+    store.choose_voice(ann_dc.id, voice.id)
+    await conversation.link(DISCORD, await conversation.link_code(TELEGRAM))
+    active = store.active_voice(ann_tg.id, TELEGRAM.scope)
+    assert active is not None and active.id == voice.id

@@ -105,12 +105,16 @@ class LinkStore:
                     known.add(key)
                     fact.person_id = target.id
             accounts = session.scalars(select(User.id).where(User.person_id == joining.id)).all()
+            holders = session.scalars(select(User.id).where(User.person_id == target.id)).all()
             session.execute(update(User).where(User.person_id == joining.id).values(person_id=target.id))
             session.flush()
             session.delete(joining)
-            # One active voice: the holder's choice for everywhere, if they made one, is now theirs everywhere.
+            # One active voice: the holder's choice for everywhere (else the joining account's) is now everyone's.
             chosen = session.get(UserVoiceChoice, (holder.id, EVERYWHERE))
-            for account in accounts if chosen is not None else []:
+            spread_to = accounts
+            if chosen is None:
+                chosen, spread_to = session.get(UserVoiceChoice, (user_id, EVERYWHERE)), holders
+            for account in spread_to if chosen is not None else []:
                 session.merge(UserVoiceChoice(user_id=account, scope=EVERYWHERE, voice_id=chosen.voice_id))
             session.flush()
             session.expunge(holder)
