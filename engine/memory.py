@@ -149,7 +149,7 @@ class MemoryKeeper:
     """Remembers in the background; `recall` gives what is remembered to the next turn."""
 
     def __init__(self, store: Store, llm: ChatModel, *, bot_name: str = "Alan") -> None:
-        self.store = MemoryStore(store.sessions, retry_delays=store.retry_delays, erase=store.erase_deleted_pages)
+        self.store = MemoryStore(store.sessions, retry_delays=store.retry_delays, erase=store._erase_deleted_pages)
         self.llm = llm
         self.bot_name = bot_name
         self.history_turns = 40  # the LLM's window (the conversation sets it): older turns go to the summary

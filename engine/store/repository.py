@@ -105,10 +105,6 @@ class Store(VoiceStore):
                 session.execute(delete(Voice).where(Voice.owner_id.is_(None), Voice.house_scope.in_(solo)))
             session.execute(delete(Person).where(Person.id == person_id))
 
-    def erase_deleted_pages(self) -> None:
-        """The same, for the store's other modules' deletions (a person's facts)."""
-        self._erase_deleted_pages()
-
     def _erase_deleted_pages(self) -> None:
         """Take deleted rows off the disk now, not at the next clean shutdown.
 
