@@ -206,7 +206,7 @@ def store(database_url: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def conversation(store, whisper, ollama):  # type: ignore[no-untyped-def]
+async def conversation(store, whisper, ollama):  # type: ignore[no-untyped-def]
     """The real conversation engine on the tone synthesizer (no torch model: the platforms' tests are about the
     platforms), the tiny Whisper, a migrated database and the fake Ollama."""
     from engine.conversation import Conversation
@@ -215,15 +215,19 @@ def conversation(store, whisper, ollama):  # type: ignore[no-untyped-def]
     from tests.engine_harness import LLM_MODEL
 
     llm = OllamaChat(LLM_MODEL, ollama.host, first_token_timeout=30, token_timeout=30)
-    return Conversation(store, whisper, ToneSynthesizer(), llm, max_audio_seconds=60, max_audio_bytes=20 * 1024 * 1024)
+    made = Conversation(store, whisper, ToneSynthesizer(), llm, max_audio_seconds=60, max_audio_bytes=20 * 1024 * 1024)
+    yield made
+    await made._keeper.aclose()  # a memory extraction still under way ends with the test, not with its loop
 
 
 @pytest.fixture
-def csm_conversation(store, whisper, tiny_speech, tiny_csm_dir: Path, ollama):  # type: ignore[no-untyped-def]
+async def csm_conversation(store, whisper, tiny_speech, tiny_csm_dir: Path, ollama):  # type: ignore[no-untyped-def]
     """The real conversation engine on the tiny CSM, for tests of what CSM itself does in a conversation."""
     from tests.engine_harness import make_conversation
 
-    return make_conversation(store, whisper, tiny_speech, tiny_csm_dir, ollama.host)
+    made = make_conversation(store, whisper, tiny_speech, tiny_csm_dir, ollama.host)
+    yield made
+    await made._keeper.aclose()
 
 
 # Discord slash-command tests: the real command cog on the real engine, with interaction doubles ---------------
