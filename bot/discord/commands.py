@@ -8,7 +8,6 @@ not clutter the channel. Anything slow is deferred at once (Discord wants an ans
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,7 +20,7 @@ from discord.ext import commands
 
 from alan.scheduler import SchedulerFullError, TurnScheduler
 from bot.discord.session import APOLOGY, VoiceSession, participant, voice_queue_key
-from bot.discord.views import MAX_TRANSCRIPT_CHARS, CloneView, ForgetView, say
+from bot.discord.views import MAX_TRANSCRIPT_CHARS, CloneView, ForgetView, answer_command_error, say
 from engine.addressing import ListenMode
 from engine.conversation import Conversation, Participant
 from engine.errors import TurnError
@@ -108,14 +107,7 @@ class AlanCommands(commands.Cog):
         self.sessions = sessions
 
     async def cog_app_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        # Whatever a command didn't handle itself: the user gets a sentence, the log gets the traceback.
-        original = getattr(error, "original", error)
-        if isinstance(original, TurnError):
-            await say(interaction, str(original))
-            return
-        log.error("/%s failed", getattr(interaction.command, "name", "?"), exc_info=original)
-        with contextlib.suppress(discord.HTTPException):  # the interaction may have expired meanwhile
-            await say(interaction, APOLOGY)
+        await answer_command_error(interaction, error)
 
     async def after_turns(self, interaction: discord.Interaction, job: Callable[[], Awaitable[T]]) -> T:
         """Run `job` in the server's line of voice turns: not while a turn that writes the history is under way."""

@@ -11,7 +11,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord.commands import caller
-from bot.discord.views import OwnerOnlyView, say
+from bot.discord.views import OwnerOnlyView, answer_command_error, say
 from bot.link_text import code_message, linked_message, offer_message, status_line, unlinked_message
 from engine.conversation import Conversation, Participant
 from engine.errors import TurnError
@@ -49,12 +49,7 @@ class LinkCommands(commands.Cog):
         self.conversation = conversation
 
     async def cog_app_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        original = getattr(error, "original", error)
-        if isinstance(original, TurnError):  # a wrong code among them: the message says what to do
-            await say(interaction, str(original))
-            return
-        log.error("/%s failed", getattr(interaction.command, "name", "?"), exc_info=original)
-        await say(interaction, "Sorry, something went wrong on my side. Please try again.")
+        await answer_command_error(interaction, error)
 
     @app_commands.command(name="link", description="Link this account with your Telegram one (one person to me)")
     @app_commands.describe(code="The code /link gave you on Telegram; leave out to get a code for this account")

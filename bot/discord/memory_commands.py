@@ -7,7 +7,6 @@ shown wherever it is asked for. What writes waits for the server's voice turn in
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
@@ -20,7 +19,7 @@ from alan.scheduler import SchedulerFullError
 from bot import memory_text
 from bot.discord.commands import MAX_REPLY_CHARS, caller
 from bot.discord.session import APOLOGY
-from bot.discord.views import OwnerOnlyView, say
+from bot.discord.views import OwnerOnlyView, answer_command_error, say
 from bot.memory_text import DISCORD
 from bot.text_split import split_text
 from engine.conversation import Conversation, Participant
@@ -74,11 +73,7 @@ class MemoryCommands(commands.Cog):
         self.in_line = in_line
 
     async def cog_app_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
-        # Whatever the command didn't handle itself: the user gets a sentence, the log gets the traceback.
-        original = getattr(error, "original", error)
-        log.error("/%s failed", getattr(interaction.command, "name", "?"), exc_info=original)
-        with contextlib.suppress(discord.HTTPException):  # the interaction may have expired meanwhile
-            await say(interaction, APOLOGY)
+        await answer_command_error(interaction, error)
 
     @app_commands.command(name="memory", description="What I remember about you; forget a fact, clear it, off, on")
     @app_commands.describe(

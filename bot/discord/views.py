@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,18 @@ async def say(interaction: discord.Interaction, text: str, **kwargs: Any) -> Non
         await interaction.followup.send(text, ephemeral=True, **kwargs)
     else:
         await interaction.response.send_message(text, ephemeral=True, **kwargs)
+
+
+async def answer_command_error(interaction: discord.Interaction, error: Exception) -> None:
+    """What every cog does with an error its command didn't handle: the user gets a sentence (the engine's own, for a
+    `TurnError`), the log gets the traceback."""
+    original = getattr(error, "original", error)
+    if isinstance(original, TurnError):
+        await say(interaction, str(original))
+        return
+    log.error("/%s failed", getattr(interaction.command, "name", "?"), exc_info=original)
+    with contextlib.suppress(discord.HTTPException):  # the interaction may have expired meanwhile
+        await say(interaction, APOLOGY)
 
 
 class OwnerOnlyView(discord.ui.View):
