@@ -108,6 +108,20 @@ class TelegramServices:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def asker_answered(
+        self, update: Update, context: ContextTypes.DEFAULT_TYPE, prompt: Message, rest: str
+    ) -> tuple[str, User, Replier] | None:
+        """A button under a question aLAN asked one person (data `<answer>:<their user id>`): the answer, who pressed
+        it and a replier to edit the question with. None, with an alert, when someone else pressed it."""
+        query, user = update.callback_query, update.effective_user
+        assert query is not None and user is not None
+        answer, _, uid = rest.partition(":")
+        if uid != str(user.id):
+            await query.answer("Only the person who asked can answer this.", show_alert=True)
+            return None
+        await query.answer()
+        return answer, user, Replier(context.bot, prompt.chat_id, None, self.options.retry)
+
     async def in_turn(self, chat_id: int, replier: Replier, job: Callable[[], Awaitable[T]]) -> T:
         """Run `job` in this chat's place in the scheduler (raises `SchedulerFullError`, a message for the user)."""
 

@@ -96,14 +96,10 @@ class MemoryCommands:
 
     async def on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE, prompt: Message, rest: str) -> None:
         """`memory:clear|keep:<user id>`, under the question `/memory clear` asked."""
-        query, user = update.callback_query, update.effective_user
-        assert query is not None and user is not None
-        answer, _, uid = rest.partition(":")
-        if uid != str(user.id):
-            await query.answer("Only the person who asked can answer this.", show_alert=True)
+        answered = await self.services.asker_answered(update, context, prompt, rest)
+        if answered is None:
             return
-        await query.answer()
-        replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
+        answer, user, replier = answered
         if answer != "clear":
             await replier.edit(prompt, "Nothing was forgotten.")
             return
