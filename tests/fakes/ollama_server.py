@@ -21,11 +21,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
 from tests.fakes.local_server import LocalServer
+from tests.fakes.structured_replies import StructuredReplies
 
 DEFAULT_MODELS = ("llama3.2:3b",)
 
@@ -52,7 +53,10 @@ class RecordedRequest:
 
 
 @dataclass
-class FakeOllama(LocalServer):
+class FakeOllama(StructuredReplies["ScriptedReply"], LocalServer):
+    CHAT_PATH: ClassVar[str] = "/api/chat"
+    SCHEMA_KEY: ClassVar[str] = "format"
+
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     default_reply: str = "Okay."
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -73,26 +77,6 @@ class FakeOllama(LocalServer):
     ) -> None:
         """Queue the next chat reply (replies are used in order; then `default_reply` is sent whole)."""
         self._replies.append(ScriptedReply(list(chunks), first_delay, chunk_delay, error, done_reason))
-
-    def script_json(self, *chunks: str, **options: Any) -> None:
-        """Queue the next structured (JSON schema) reply; the same options as `script`."""
-        replies = self._replies
-        self.script(*chunks, **options)
-        self._json_replies.append(replies.pop())
-
-    @property
-    def json_requests(self) -> list[dict[str, Any]]:
-        """Structured requests (they carry a JSON schema), apart from `chat_requests`."""
-        return [body for body in self._all_chat_requests if "format" in body]
-
-    @property
-    def _all_chat_requests(self) -> list[dict[str, Any]]:
-        return [request.body or {} for request in self.requests if request.path == "/api/chat"]
-
-    @property
-    def chat_requests(self) -> list[dict[str, Any]]:
-        """Chat requests (structured ones are in `json_requests`)."""
-        return [body for body in self._all_chat_requests if "format" not in body]
 
     # --- lifecycle ---
 
@@ -158,10 +142,7 @@ class FakeOllama(LocalServer):
         if not isinstance(body.get("messages", []), list):
             return web.json_response({"error": "messages must be a list"}, status=400)
 
-        if "format" in body:
-            reply = self._json_replies.popleft() if self._json_replies else ScriptedReply(["{}"])
-        else:
-            reply = self._replies.popleft() if self._replies else ScriptedReply([self.default_reply])
+        reply = self._next_reply(body, lambda text: ScriptedReply([text]), self.default_reply)
         started = time.monotonic_ns()
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         if not body.get("stream", True):  # Ollama streams unless told not to

@@ -27,11 +27,12 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
 from tests.fakes.local_server import LocalServer
+from tests.fakes.structured_replies import StructuredReplies
 
 DEFAULT_MODELS = ("gemma-3-270m",)
 
@@ -57,7 +58,10 @@ class RecordedRequest:
 
 
 @dataclass
-class FakeOpenAI(LocalServer):
+class FakeOpenAI(StructuredReplies["ScriptedReply"], LocalServer):
+    CHAT_PATH: ClassVar[str] = "/v1/chat/completions"
+    SCHEMA_KEY: ClassVar[str] = "response_format"
+
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     api_key: str | None = None  # when set, every request must carry `Authorization: Bearer <api_key>`
     forbidden_models: set[str] = field(default_factory=set)  # served, but this key may not use them: 403
@@ -96,26 +100,6 @@ class FakeOpenAI(LocalServer):
                 list(chunks), first_delay, chunk_delay, status, drop_after, error_event, finish_reason, refusal
             )
         )
-
-    def script_json(self, *chunks: str, **options: Any) -> None:
-        """Queue the next structured (JSON schema) reply; the same options as `script`."""
-        replies = self._replies
-        self.script(*chunks, **options)
-        self._json_replies.append(replies.pop())
-
-    @property
-    def json_requests(self) -> list[dict[str, Any]]:
-        """Structured requests (they carry a JSON schema), apart from `chat_requests`."""
-        return [body for body in self._all_chat_requests if "response_format" in body]
-
-    @property
-    def _all_chat_requests(self) -> list[dict[str, Any]]:
-        return [request.body or {} for request in self.requests if request.path == "/v1/chat/completions"]
-
-    @property
-    def chat_requests(self) -> list[dict[str, Any]]:
-        """Chat requests (structured ones are in `json_requests`)."""
-        return [body for body in self._all_chat_requests if "response_format" not in body]
 
     # --- lifecycle ---
 
@@ -178,10 +162,7 @@ class FakeOpenAI(LocalServer):
         if name in self.forbidden_models:
             return _error(403, f"You are not allowed to sample from this model: {name}", "permission_error", None)
 
-        if "response_format" in body:
-            reply = self._json_replies.popleft() if self._json_replies else ScriptedReply(["{}"])
-        else:
-            reply = self._replies.popleft() if self._replies else ScriptedReply([self.default_reply])
+        reply = self._next_reply(body, lambda text: ScriptedReply([text]), self.default_reply)
         if reply.status is not None:
             await asyncio.sleep(reply.first_delay)
             return _error(reply.status, "The server had an error while processing your request.", "server_error", None)
