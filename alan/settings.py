@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     llm_base_url: str = Field("", validation_alias="ALAN_LLM_BASE_URL")
     llm_api_key: SecretStr | None = Field(None, validation_alias="ALAN_LLM_API_KEY")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", validation_alias="ALAN_DEVICE")
+    # Where speech is made: empty, in this process; or the URL of the speech deployment (`alan speech serve`, Ray
+    # Serve on GPU nodes), e.g. http://speech-head:8000/speech, shared by every aLAN process.
+    speech_url: str = Field("", validation_alias="ALAN_SPEECH_URL")
+    # Hugging Face token for gated models (sesame/csm-1b); huggingface_hub's own login works too.
+    hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))
 
     # What people call aLAN: in a voice channel with several people it answers when this name starts or ends what
     # someone says (in any spelling Whisper writes for it: Alan, Allen, Allan…).
@@ -78,6 +83,10 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = Field(None, validation_alias="ALAN_TELEGRAM_WEBHOOK_SECRET")
     # Comma-separated Discord server ids to sync slash commands to at once (global sync takes up to an hour).
     discord_guild_ids: str = Field("", validation_alias="ALAN_DISCORD_GUILD_IDS")
+    # A bot in many servers runs as several processes, each with some of Discord's shards: the ids this process
+    # runs (comma-separated) out of ALAN_DISCORD_SHARD_COUNT in all. Empty: this process runs them all.
+    discord_shards: str = Field("", validation_alias="ALAN_DISCORD_SHARDS")
+    discord_shard_count: int | None = Field(None, ge=1, le=10_000, validation_alias="ALAN_DISCORD_SHARD_COUNT")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", validation_alias="ALAN_LOG_LEVEL")
 
@@ -89,7 +98,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value
 
-    @field_validator("llm_base_url")
+    @field_validator("llm_base_url", "speech_url")
     @classmethod
     def _http_url_or_empty(cls, value: str) -> str:
         value = value.strip().rstrip("/")
@@ -126,7 +135,22 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("telegram_allowed_users", "discord_guild_ids")
+    @model_validator(mode="after")
+    def _shards_within_count(self) -> Settings:
+        if self.discord_shards and self.discord_shard_count is None:
+            raise ValueError(
+                "ALAN_DISCORD_SHARDS: needs ALAN_DISCORD_SHARD_COUNT, the number of shards across every process"
+            )
+        if self.discord_shard_count is not None and any(
+            shard >= self.discord_shard_count for shard in self.discord_shard_id_list
+        ):
+            raise ValueError(
+                f"ALAN_DISCORD_SHARDS: shard ids run from 0 to ALAN_DISCORD_SHARD_COUNT - 1 "
+                f"({self.discord_shard_count - 1})"
+            )
+        return self
+
+    @field_validator("telegram_allowed_users", "discord_guild_ids", "discord_shards")
     @classmethod
     def _comma_separated_ids(cls, value: str) -> str:
         ids = [part.strip() for part in value.split(",") if part.strip()]
@@ -146,7 +170,9 @@ class Settings(BaseSettings):
         *(platform.token_setting for platform in PLATFORMS),
         "telegram_webhook_secret",
         "llm_api_key",
+        "hf_token",
         "tts_max_batch",
+        "discord_shard_count",
         mode="before",
     )
     @classmethod
@@ -188,22 +214,36 @@ class Settings(BaseSettings):
     def discord_guild_id_list(self) -> list[int]:
         return [int(part) for part in self.discord_guild_ids.split(",") if part]
 
+    @property
+    def discord_shard_id_list(self) -> list[int]:
+        """The Discord shards this process runs; empty: all of them (discord.py decides how many)."""
+        return sorted({int(part) for part in self.discord_shards.split(",") if part})
+
     def secret_values(self) -> list[str]:
         """Every secret in the settings, for scrubbing from logs: tokens, the webhook secret, the LLM's API key,
-        a password in a URL."""
+        the Hugging Face token, a password in a URL (the database's included)."""
         tokens = [platform.token(self) for platform in PLATFORMS]
         secrets = [
             secret.get_secret_value()
-            for secret in (*tokens, self.telegram_webhook_secret, self.llm_api_key)
+            for secret in (*tokens, self.telegram_webhook_secret, self.llm_api_key, self.hf_token)
             if secret is not None
         ]
-        passwords = [urlsplit(url).password for url in (self.ollama_host, self.llm_base_url)]
+        urls = (self.ollama_host, self.llm_base_url, self.speech_url, self.database_url or "")
+        passwords = [_url_password(url) for url in urls]
         return [*secrets, *(password for password in passwords if password)]
 
     @property
     def configured_platforms(self) -> list[str]:
         """The names of the platforms whose token is set, in `PLATFORMS` order."""
         return [platform.name for platform in PLATFORMS if platform.is_configured(self)]
+
+
+def _url_password(url: str) -> str | None:
+    """The password in `url`, if any; None for a URL too broken to read (it is reported elsewhere)."""
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _one_of(value: str, choices: Collection[str]) -> str:
