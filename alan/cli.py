@@ -19,6 +19,7 @@ from alan.cli_common import console, errors, settings_or_exit
 from alan.cli_engine import say, talk, voice_app
 from alan.cli_memory import memory_app, reset
 from alan.cli_privacy import forget
+from alan.cli_speech import speech_app
 from alan.platforms import token_instructions
 
 app = typer.Typer(
@@ -100,6 +101,7 @@ app.command()(forget)
 app.add_typer(db_app, name="db")
 app.add_typer(voice_app, name="voice")
 app.add_typer(memory_app, name="memory")
+app.add_typer(speech_app, name="speech")
 
 
 if __name__ == "__main__":  # `python -m alan.cli`

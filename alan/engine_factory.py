@@ -7,10 +7,11 @@ from alan.settings import Settings
 from engine.chat_model import ChatModel
 from engine.conversation import Conversation
 from engine.llm import make_chat_model
-from engine.speech_synthesizer import SynthesizerOptions
+from engine.speech_synthesizer import SpeechSynthesizer, SynthesizerOptions
 from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from engine.tts import make_synthesizer
+from engine.tts.remote import RemoteSynthesizer
 
 
 def build_chat_model(settings: Settings) -> ChatModel:
@@ -29,6 +30,16 @@ def synthesizer_options(settings: Settings) -> SynthesizerOptions:
     )
 
 
+def build_synthesizer(settings: Settings) -> SpeechSynthesizer:
+    """The synthesizer ALAN_TTS_BACKEND names: in this process, or the speech service at ALAN_SPEECH_URL."""
+    synthesizer = make_synthesizer(
+        settings.tts_backend, settings.tts_model, settings.device, synthesizer_options(settings)
+    )
+    if settings.speech_url:
+        return RemoteSynthesizer(settings.speech_url, local=synthesizer)  # the local one is never loaded
+    return synthesizer
+
+
 def build_conversation(settings: Settings) -> Conversation:
     """Open (and migrate) the database and set up the models; models load on first use, not here.
 
@@ -37,12 +48,7 @@ def build_conversation(settings: Settings) -> Conversation:
     return Conversation(
         Store(open_database_or_explain(settings)),
         WhisperTranscriber(settings.stt_model, settings.device),
-        make_synthesizer(
-            settings.tts_backend,
-            settings.tts_model,
-            settings.device,
-            synthesizer_options(settings),
-        ),
+        build_synthesizer(settings),
         build_chat_model(settings),
         max_audio_seconds=settings.max_audio_seconds,
         max_audio_bytes=settings.max_audio_bytes,

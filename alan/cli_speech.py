@@ -1,0 +1,83 @@
+"""`alan speech serve`: start the speech service on a Ray cluster for several aLAN processes to share.
+
+Ray and its Serve library come with the `cluster` extra (`pip install 'alan[cluster]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Annotated
+
+import typer
+
+from alan.cli_common import console, errors, settings_or_exit
+
+speech_app = typer.Typer(help="The speech service for several aLAN processes (Ray Serve).", no_args_is_help=True)
+
+
+@speech_app.command("serve")
+def serve_speech(
+    address: Annotated[
+        str | None,
+        typer.Option(help="The Ray cluster to join (`auto`: the one `ray start` made here); none: start one here."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Where Serve's HTTP proxy listens.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="The HTTP port of the service.")] = 8000,
+    route: Annotated[str, typer.Option(help="Its path: ALAN_SPEECH_URL is http://HOST:PORT plus this.")] = "/speech",
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="How many replicas; default: one per GPU in the cluster, or one.")
+    ] = None,
+    detach: Annotated[bool, typer.Option(help="Deploy and return; the cluster keeps serving.")] = False,
+) -> None:
+    """Deploy the speech service (the ALAN_TTS_* model, one replica per GPU) and serve it until stopped."""
+    settings = settings_or_exit()
+    try:
+        import ray
+        from ray import serve
+    except ImportError:
+        errors.print("Ray Serve is not installed: `pip install 'alan[cluster]'` (or `pip install 'ray[serve]'`).")
+        raise typer.Exit(1) from None
+    from alan.engine_factory import synthesizer_options
+    from alan.speech_deployment import APP_NAME, SpeechPlan, replicas_for_cluster, speech_application
+
+    if settings.hf_token is not None:  # the replicas download the model with it, through the environment
+        os.environ.setdefault("HF_TOKEN", settings.hf_token.get_secret_value())
+    ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    per_cluster, gpus_each = replicas_for_cluster(ray.cluster_resources().get("GPU", 0.0))
+    plan = SpeechPlan(
+        backend=settings.tts_backend,
+        model=settings.tts_model,
+        device=settings.device,
+        options=synthesizer_options(settings),
+        replicas=replicas or per_cluster,
+        gpus_per_replica=gpus_each,
+        max_ongoing_requests=2 * (settings.tts_max_batch or 8),
+    )
+    serve.start(http_options={"host": host, "port": port})
+    console.print(
+        f"Starting {plan.replicas} speech replica(s) of {plan.backend}:{plan.model} "
+        f"({'one GPU each' if gpus_each else 'on the CPU'}); each loads its model before it serves."
+    )
+    try:
+        serve.run(speech_application(plan), name=APP_NAME, route_prefix=route)
+    except Exception as error:  # a replica that can't load: Serve's error says why (the model's fix included)
+        errors.print(f"[red]The speech service did not start: {error}[/red]", highlight=False)
+        raise typer.Exit(1) from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    console.print(f"Speech service ready: set ALAN_SPEECH_URL=http://{shown}:{port}{route} for the bots.")
+    if detach:
+        return
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, a service manager: stop as on Ctrl-C
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("Stopping the speech service.")
+        serve.delete(APP_NAME)  # only ours: a shared cluster may serve other applications
+        ray.shutdown()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

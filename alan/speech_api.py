@@ -1,0 +1,166 @@
+"""The speech service's HTTP API: one speech synthesizer (CSM and its batched speech service) for many aLAN processes.
+
+`alan speech serve` runs it as a Ray Serve deployment, one replica per GPU (alan/speech_deployment.py); the bots
+reach it at ALAN_SPEECH_URL through `engine/tts/remote.py`. The protocol is `engine/tts/remote_wire.py`. Every
+request to one replica goes to the same synthesizer, so sentences from every process that lands there share its
+frame loop, as sentences from one process's chats do in-process.
+
+The synthesizer a replica serves is set once with `serve_synthesizer` (Ray Serve copies the FastAPI app into each
+replica, so the app can't carry it: it lives in this module, one per process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from engine.errors import SpeechTooLongError, TtsUnavailableError
+from engine.speech_synthesizer import SpeechSynthesizer
+from engine.tts import remote_wire as wire
+
+log = logging.getLogger(__name__)
+
+# The largest clip `/encode` takes: 10 minutes of float32 at 48 kHz, far above any reference clip or utterance.
+MAX_ENCODE_BYTES = 10 * 60 * 48_000 * 4
+
+_served: SpeechSynthesizer | None = None
+
+
+def serve_synthesizer(synthesizer: SpeechSynthesizer | None) -> None:
+    """Make `synthesizer` the one this process's API speaks with (None: none, every request answers 503)."""
+    global _served
+    _served = synthesizer
+
+
+def _synthesizer() -> SpeechSynthesizer:
+    if _served is None:
+        raise TtsUnavailableError("this speech replica has no synthesizer yet: it is still starting")
+    return _served
+
+
+def _failure(error: BaseException) -> JSONResponse:
+    body = wire.failure_body(error)
+    status = {wire.TOO_LONG: 422, wire.BAD_REQUEST: 400}.get(body["kind"], 503)
+    if status == 503:
+        log.error("speech request failed: %s", body["message"])
+    return JSONResponse(body, status_code=status)
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return await request.json()
+    except (ValueError, UnicodeDecodeError) as error:
+        raise wire.WireError(f"the body is not JSON: {error}") from error
+
+
+async def info() -> Response:
+    """What this replica speaks with; loads the model first, so a healthy answer means it can speak."""
+    try:
+        synthesizer = _synthesizer()
+        await synthesizer.load()
+    except TtsUnavailableError as error:
+        return _failure(error)
+    # Which replica answered: the operator's way to match a bot's log line to a replica's.
+    replica = {"host": socket.gethostname(), "pid": os.getpid()}
+    return JSONResponse({"tag": synthesizer.tag, "capabilities": asdict(synthesizer.capabilities), "replica": replica})
+
+
+async def encode(request: Request, rate: int) -> Response:
+    """The payload of a clip (float32 samples at `rate` Hz in the body)."""
+    try:
+        if not 8_000 <= rate <= 192_000:
+            raise wire.WireError(f"a sample rate of {rate} Hz")
+        body = await request.body()
+        if len(body) % 4 or len(body) > MAX_ENCODE_BYTES:
+            raise wire.WireError(f"{len(body)} bytes are not float32 samples of a clip this service takes")
+        payload = await _synthesizer().encode(np.frombuffer(body, dtype="<f4").copy(), rate)
+    except (wire.WireError, TtsUnavailableError) as error:
+        return _failure(error)
+    return JSONResponse({"payload": wire.payload_to_json(payload)})
+
+
+async def fit(request: Request) -> Response:
+    """How many of the newest context turns fit with the voice and the text."""
+    try:
+        text, voice, context = wire.read_speech_request(await _json(request))
+        kept = await _synthesizer().fit_context(voice, context, text)
+    except (wire.WireError, TtsUnavailableError, SpeechTooLongError) as error:
+        return _failure(error)
+    return JSONResponse({"kept": len(kept)})
+
+
+async def reference(request: Request) -> Response:
+    """The longest reference clip that leaves room for a reply, for this transcript."""
+    try:
+        body = await _json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("transcript"), str):
+            raise wire.WireError("a transcript is needed")
+        seconds = await _synthesizer().max_reference_seconds(body["transcript"])
+    except (wire.WireError, TtsUnavailableError, SpeechTooLongError) as error:
+        return _failure(error)
+    return JSONResponse({"seconds": seconds})
+
+
+async def stream(request: Request) -> Response:
+    """Speak a text: audio records as they are made, then the payload of what was said (see remote_wire)."""
+    try:
+        text, voice, context = wire.read_speech_request(await _json(request))
+        synthesizer = _synthesizer()
+    except (wire.WireError, TtsUnavailableError) as error:
+        return _failure(error)
+
+    async def records() -> AsyncIterator[bytes]:
+        # Problems once speaking has begun can only go in the stream: the status line has already gone out. If the
+        # caller hangs up (the listener interrupted), Starlette cancels this generator and `aclosing` stops the
+        # synthesizer's work at its next chunk.
+        sent = 0
+        spoken = synthesizer.stream(text, voice, context)
+        try:
+            async with contextlib.aclosing(spoken):
+                async for chunk in spoken:
+                    sent += len(chunk.samples)
+                    yield wire.audio_record(chunk.samples)
+        except Exception as error:
+            if not isinstance(error, SpeechTooLongError):
+                log.exception("speaking failed")
+            yield wire.record(wire.FAILURE, json.dumps(wire.failure_body(error)).encode())
+            return
+        end = wire.payload_to_json(spoken.spoken(sent))
+        yield wire.record(wire.END, json.dumps(end).encode())
+
+    return StreamingResponse(records(), media_type="application/octet-stream")
+
+
+async def forget(request: Request) -> Response:
+    """Drop what this replica caches of a deleted voice (`voice_key` null: of everyone)."""
+    try:
+        body = await _json(request)
+        key = body.get("voice_key") if isinstance(body, dict) else None
+        if key is not None and not isinstance(key, str):
+            raise wire.WireError("voice_key must be a string or null")
+        _synthesizer().forget(key)
+    except (wire.WireError, TtsUnavailableError) as error:
+        return _failure(error)
+    return Response(status_code=204)
+
+
+def speech_api() -> FastAPI:
+    """The API, served by uvicorn or mounted as a Ray Serve deployment's ingress."""
+    api = FastAPI(title="aLAN speech", docs_url=None, redoc_url=None, openapi_url=None)
+    api.add_api_route("/info", info, methods=["GET"])
+    api.add_api_route("/encode", encode, methods=["POST"])
+    api.add_api_route("/fit", fit, methods=["POST"])
+    api.add_api_route("/reference", reference, methods=["POST"])
+    api.add_api_route("/stream", stream, methods=["POST"])
+    api.add_api_route("/forget", forget, methods=["POST"])
+    return api
