@@ -34,6 +34,14 @@ from tests.real_whisper import (
     word_error_rate,
 )
 
+@pytest.fixture(autouse=True)
+def same_sampling_every_run() -> None:
+    """Whisper's temperature fallback samples: seeded, a test hears the same words whatever ran before it."""
+    import ctranslate2
+
+    ctranslate2.set_random_seed(20261202)
+
+
 ESPEAK_DEFAULT_WPM = 175  # espeak-ng's own speed: what the issue's "sí" → "See?" came from
 
 
