@@ -7,6 +7,9 @@ on a dropped voice connection it connects again, unless it was told to leave or 
 
 Only the default (non-privileged) gateway intents are used: messages that mention a bot carry their content
 even without the message-content intent, and members in voice channels are cached through voice states.
+
+With ALAN_DISCORD_SHARD_COUNT set the bot is discord.py's AutoShardedBot, running the shards in
+ALAN_DISCORD_SHARDS (all of them when empty); several processes can then share the servers (see bot/discord/shards.py).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from bot.discord.memory_commands import MemoryCommands
 from bot.discord.receive import ReceivingVoiceClient
 from bot.discord.recovery import follow_up_unanswered
 from bot.discord.session import VoiceSession
+from bot.discord.shards import Shards
 from bot.discord.text import answer_mention
 from engine.audio import WHISPER_RATE
 from engine.conversation import Conversation
@@ -185,10 +189,25 @@ class VoiceSessions:
 
 
 class AlanBot(commands.Bot):
+    """aLAN on one gateway connection, as without shard settings; `make_bot` picks this or `ShardedAlanBot`."""
+
     def __init__(
-        self, settings: Settings, conversation: Conversation, *, scheduler: TurnScheduler | None = None
+        self,
+        settings: Settings,
+        conversation: Conversation,
+        *,
+        scheduler: TurnScheduler | None = None,
+        **client_options: Any,
     ) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), help_command=None)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            help_command=None,
+            **client_options,
+        )
+        # What this client really runs: a plain one is one connection for every server, whatever the settings say.
+        sharded = isinstance(self, discord.AutoShardedClient)
+        self.shard_plan = Shards.from_settings(settings) if sharded else Shards(None, ())
         self.settings = settings
         self.conversation = conversation
         # One TTS model serves every server: at most two turns at once, and a bounded wait.
@@ -203,6 +222,9 @@ class AlanBot(commands.Bot):
         # /memory's writes wait for the server's voice turn in progress, in the same line as /reset's.
         await self.add_cog(MemoryCommands(self.conversation, alan.after_turns))
         await self.add_cog(LinkCommands(self.conversation))
+        log.info("Discord: %s", self.shard_plan.describe())
+        if not self.shard_plan.syncs_commands:  # every process syncing the same commands only spends rate limits
+            return
         guild_ids = self.settings.discord_guild_id_list
         if not guild_ids:
             synced = await self.tree.sync()
@@ -221,7 +243,9 @@ class AlanBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("logged in to Discord as %s (%s)", self.user, getattr(self.user, "id", "?"))
         if self.follow_ups is None:  # in the background: events keep being handled meanwhile
-            self.follow_ups = asyncio.create_task(follow_up_unanswered(self, self.conversation, self.scheduler))
+            self.follow_ups = asyncio.create_task(
+                follow_up_unanswered(self, self.conversation, self.scheduler, owns=self.shard_plan.has_channel)
+            )
 
     async def on_message(self, message: discord.Message) -> None:
         if self.user is None or message.author.bot:
@@ -244,11 +268,28 @@ class AlanBot(commands.Bot):
         await super().close()
 
 
+class ShardedAlanBot(AlanBot, commands.AutoShardedBot):
+    """The same bot on discord.py's AutoShardedBot: one gateway connection per shard this process runs. Voice
+    follows by itself: discord.py sends a server's voice state on the connection of the server's shard."""
+
+    def __init__(
+        self, settings: Settings, conversation: Conversation, *, scheduler: TurnScheduler | None = None
+    ) -> None:
+        options = Shards.from_settings(settings).client_options()
+        super().__init__(settings, conversation, scheduler=scheduler, **options)
+
+
+def make_bot(settings: Settings, conversation: Conversation, *, scheduler: TurnScheduler | None = None) -> AlanBot:
+    """The bot `settings` ask for: sharded when ALAN_DISCORD_SHARD_COUNT is set, else as it has always run."""
+    bot_class = ShardedAlanBot if Shards.from_settings(settings).sharded else AlanBot
+    return bot_class(settings, conversation, scheduler=scheduler)
+
+
 async def serve(settings: Settings, conversation: Conversation, scheduler: TurnScheduler | None = None) -> None:
     """Run the Discord bot until cancelled (or until the token is refused); turns go through `scheduler`."""
     if settings.discord_token is None:
         raise ValueError("DISCORD_TOKEN is not set")
-    bot = AlanBot(settings, conversation, scheduler=scheduler)
+    bot = make_bot(settings, conversation, scheduler=scheduler)
     try:
         await bot.start(settings.discord_token.get_secret_value())
     finally:

@@ -3,6 +3,9 @@
 Once the bot is ready, every Discord conversation whose last stored turn is a person's is followed up as
 `bot.restart_followup` decides: a recent one is answered as text in its channel (or DM), through the same
 engine path and turn scheduler as a mention; an older one gets the apology, stored as the reply.
+
+With Discord's shards split across processes every process reads the same turns from the shared database, so
+each follows up only the channels `owns` says are its own (its shards' servers; DMs where shard 0 runs).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -26,23 +30,31 @@ from engine.events import ReplySentence
 log = logging.getLogger(__name__)
 
 
-async def follow_up_unanswered(client: Any, conversation: Conversation, scheduler: TurnScheduler) -> int:
-    """Follow up every Discord turn left unanswered (`client`: the bot); returns how many."""
+async def follow_up_unanswered(
+    client: Any, conversation: Conversation, scheduler: TurnScheduler, *, owns: Callable[[Any], bool] = lambda _: True
+) -> int:
+    """Follow up the Discord turns left unanswered in the channels `owns` (`client`: the bot); returns how many
+    this process followed up."""
     now = dt.datetime.now(dt.UTC)
     pending = await pending_turns(conversation, PLATFORM, now)
     log.info("Discord: %d turn(s) were left unanswered before this start", len(pending))
-    await asyncio.gather(*(_follow_up(client, conversation, scheduler, turn, now) for turn in pending))
-    return len(pending)
+    done = await asyncio.gather(*(_follow_up(client, conversation, scheduler, turn, now, owns) for turn in pending))
+    return sum(done)
 
 
 async def _follow_up(client: Any, conversation: Conversation, scheduler: TurnScheduler, turn: PendingTurn,
-                     now: dt.datetime) -> None:  # fmt: skip
+                     now: dt.datetime, owns: Callable[[Any], bool]) -> bool:  # fmt: skip
+    """Follow `turn` up if its channel is this process's; False when it is another's (or out of reach)."""
     channel_id = int(turn.who.scope)  # a Discord scope is its channel's id (see `participant`)
     try:
+        # Another process's server is not in this one's cache: fetching it tells whose it is.
         channel = client.get_channel(channel_id) or await client.fetch_channel(channel_id)
     except discord.HTTPException as error:  # deleted, or no longer visible to the bot
         log.warning("turn %s stays unanswered: channel %s is out of reach: %s", turn.turn_id, channel_id, error)
-        return
+        return False
+    if not owns(channel):
+        log.debug("turn %s of channel %s is for the process running its shard", turn.turn_id, channel_id)
+        return False
 
     # A server's channel is one conversation shared by everyone in it (see `participant`); a DM is the person's.
     if getattr(channel, "guild", None) is not None:
@@ -61,6 +73,7 @@ async def _follow_up(client: Any, conversation: Conversation, scheduler: TurnSch
                     channel_id)  # fmt: skip
     except Exception:
         log.exception("could not follow up turn %s of channel %s", turn.turn_id, channel_id)
+    return True
 
 
 async def _answer(channel: Any, conversation: Conversation, turn: PendingTurn) -> bool:
