@@ -10,6 +10,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from alan.health import Heartbeat, clear_heartbeat
 from alan.platforms import BY_NAME, Platform
 from alan.scheduler import TurnScheduler
 from alan.settings import Settings
@@ -73,9 +74,12 @@ class AllPlatformsFailedError(Exception):
 def run_platforms(settings: Settings) -> None:
     """Serve every configured platform until interrupted; raises `AllPlatformsFailedError` if none could run."""
     servers = {name: _platform_server(BY_NAME[name]) for name in settings.configured_platforms}
+    clear_heartbeat(settings.data_dir)  # an earlier process's beat must not vouch for this one while it loads
     from alan.engine_factory import build_conversation
+    from alan.model_download import warn_missing_models
 
     conversation = build_conversation(settings)
+    warn_missing_models(settings)  # a model the first turn would download is named now, not after minutes of silence
     freeze_long_lived()  # what start-up loaded stays: full collections needn't walk it (engine/heap.py)
     try:
         asyncio.run(_serve_all(settings, conversation, servers))
@@ -91,12 +95,15 @@ async def _serve_all(settings: Settings, conversation: Any, servers: dict[str, C
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
     # One scheduler for every platform: a chat's turns in order, chats taking turns fairly, one bound on waiting.
     scheduler = build_scheduler(settings)
+    # Proof of life for the container's health check (`alan health`): the beats stop if this loop hangs.
+    heartbeat = Heartbeat(settings.data_dir).start()
     # One platform failing to start (a revoked token, say) must not take the others down.
     try:
         results = await asyncio.gather(
             *(server(settings, conversation, scheduler) for server in servers.values()), return_exceptions=True
         )
     finally:
+        await heartbeat.stop()
         await conversation.aclose()
     failed = []
     for name, result in zip(servers, results, strict=True):

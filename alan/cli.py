@@ -18,6 +18,7 @@ from rich.table import Table
 from alan.cli_common import console, errors, settings_or_exit
 from alan.cli_engine import say, talk, voice_app
 from alan.cli_memory import memory_app, reset
+from alan.cli_models import models_app
 from alan.cli_privacy import forget
 from alan.cli_speech import speech_app
 from alan.platforms import token_instructions
@@ -93,6 +94,27 @@ def doctor(
         raise typer.Exit(1)
 
 
+@app.command()
+def health(
+    max_age: Annotated[float, typer.Option(min=1, help="Seconds a heartbeat stays fresh.")] = 60.0,
+) -> None:
+    """Exit 0 if the running `alan run` beat lately, else 1 with the reason (the container's health check)."""
+    from alan.health import check_heartbeat
+    from alan.settings import SettingsError, load_settings
+
+    # Plain one-line output, no rich wrapping; and only 0 or 1: Docker reserves a health check's exit code 2.
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        typer.echo(f"unhealthy: {' '.join(str(error).split())}", err=True)
+        raise typer.Exit(1) from None
+    result = check_heartbeat(settings.data_dir, max_age_s=max_age)
+    if not result.healthy:
+        typer.echo(f"unhealthy: {result.reason}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"healthy: {result.reason}")
+
+
 # The commands of the other modules, in the order `alan --help` lists them (commands first, then the groups).
 app.command()(talk)
 app.command()(say)
@@ -101,6 +123,7 @@ app.command()(forget)
 app.add_typer(db_app, name="db")
 app.add_typer(voice_app, name="voice")
 app.add_typer(memory_app, name="memory")
+app.add_typer(models_app, name="models")
 app.add_typer(speech_app, name="speech")
 
 

@@ -6,6 +6,8 @@ root app from them, so imports go one way.
 
 from __future__ import annotations
 
+import os
+
 import typer
 from rich.console import Console
 
@@ -25,4 +27,8 @@ def settings_or_exit() -> Settings:
     from alan.logs import configure_logging
 
     configure_logging(settings.log_level, settings.secret_values())
+    if settings.hf_token is not None:
+        # The model loaders (faster-whisper, transformers) read the hub token from the environment only: one set in
+        # `.env` reaches them this way, for a gated model fetched on first use.
+        os.environ.setdefault("HF_TOKEN", settings.hf_token.get_secret_value())
     return settings

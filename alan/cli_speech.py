@@ -5,7 +5,6 @@ Ray and its Serve library come with the `cluster` extra (`pip install 'alan[clus
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from typing import Annotated
@@ -42,8 +41,6 @@ def serve_speech(
     from alan.engine_factory import synthesizer_options
     from alan.speech_deployment import APP_NAME, SpeechPlan, replicas_for_cluster, speech_application
 
-    if settings.hf_token is not None:  # the replicas download the model with it, through the environment
-        os.environ.setdefault("HF_TOKEN", settings.hf_token.get_secret_value())
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
     per_cluster, gpus_each = replicas_for_cluster(ray.cluster_resources().get("GPU", 0.0))
     plan = SpeechPlan(

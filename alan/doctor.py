@@ -77,7 +77,10 @@ def check_llm(settings: Settings) -> Check:
     if status.ok:
         return Check(name, Status.OK, status.message)
     # The message already says what is wrong and how to fix it.
-    return Check(name, Status.FAILED, "not reachable" if not status.reachable else "model missing", status.message)
+    fix = status.message
+    if status.reachable and settings.llm_backend == "ollama":
+        fix += " `alan models download` pulls it too."
+    return Check(name, Status.FAILED, "not reachable" if not status.reachable else "model missing", fix)
 
 
 def _hub_id_problem(name: str) -> str | None:
@@ -92,8 +95,9 @@ def _hub_id_problem(name: str) -> str | None:
 
 
 def check_stt_model(settings: Settings) -> Check:
-    from faster_whisper import available_models, download_model
+    from faster_whisper import available_models
 
+    from engine.model_files import cached_path, whisper_model
     from engine.stt import WHISPER_FILES  # the files WhisperTranscriber itself refuses a folder without
 
     name = "speech recognition"
@@ -119,14 +123,16 @@ def check_stt_model(settings: Settings) -> Check:
             "Set ALAN_STT_MODEL to a Whisper size such as `small` or `base`, a hub id such as "
             "Systran/faster-whisper-small, or the path of a folder with a CTranslate2 Whisper model.",
         )
-    try:
-        path = download_model(model, local_files_only=True)
-    except Exception:  # not in the local cache: it will be fetched on first use
+    hub_model = whisper_model(model)
+    path = cached_path(hub_model) if hub_model is not None else None  # the look-up `alan run` warns with
+    if path is None:  # not in the local cache: the first voice message would wait while it downloads
+        size = f" ({hub_model.approximate_size})" if hub_model and hub_model.approximate_size else ""
         return Check(
             name,
             Status.MISSING,
             f"Whisper `{model}` is not downloaded yet",
-            "It downloads on first use (needs internet once); or set ALAN_STT_MODEL to a local folder.",
+            f"Run `alan models download` to fetch it now{size}; otherwise it downloads on first use. Or set "
+            "ALAN_STT_MODEL to a local folder.",
         )
     return Check(name, Status.OK, f"Whisper `{model}` cached in {path}")
 
@@ -165,7 +171,7 @@ def check_tts_model(settings: Settings) -> Check:
 
 
 def _check_csm_model(settings: Settings, name: str) -> Check:
-    from huggingface_hub import try_to_load_from_cache
+    from engine.model_files import cached_path, csm_model
 
     model = settings.tts_model
     fix = "Point ALAN_TTS_MODEL at a folder saved with save_pretrained (CSM-1B in transformers format), or leave it "
@@ -178,15 +184,17 @@ def _check_csm_model(settings: Settings, name: str) -> Check:
     if _hub_id_problem(model) is not None or Path(model).exists():
         # Not a folder, and not something the hub could hold: a path that is wrong.
         return Check(name, Status.FAILED, f"ALAN_TTS_MODEL={model} is not a folder that exists", fix)
-    cached = try_to_load_from_cache(model, "config.json")
-    if isinstance(cached, str):
-        return Check(name, Status.OK, f"`{model}` cached")
+    hub_model = csm_model(model)
+    path = cached_path(hub_model) if hub_model is not None else None  # every file the loader reads, not just one
+    if path is not None:
+        return Check(name, Status.OK, f"`{model}` cached in {path}")
     return Check(
         name,
         Status.MISSING,
         f"`{model}` is not downloaded yet",
-        "It downloads on first use. sesame/csm-1b is gated: accept its licence on Hugging Face and run "
-        "`hf auth login` first, or download it to a folder and set ALAN_TTS_MODEL.",
+        "Run `alan models download` to fetch it now; otherwise it downloads on first use. sesame/csm-1b is gated: "
+        "accept its licence at https://huggingface.co/sesame/csm-1b and set HF_TOKEN (or `hf auth login`) first. "
+        "Or download it to a folder and set ALAN_TTS_MODEL.",
     )
 
 

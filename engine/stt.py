@@ -200,17 +200,16 @@ class WhisperTranscriber:
         from faster_whisper.utils import _MODELS
         from huggingface_hub import snapshot_download
 
+        from engine.model_files import WHISPER_PATTERNS, HubModel, warn_before_download
+
         repo_id = size_or_id if "/" in size_or_id else _MODELS.get(size_or_id)
         if repo_id is None:
             raise SttUnavailableError(
                 f"Unknown Whisper model {size_or_id!r}: use one of {', '.join(_MODELS)}, a hub id of a "
                 "CTranslate2 conversion, or a local folder."
             )
-        return snapshot_download(
-            repo_id,
-            allow_patterns=["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"],
-            cache_dir=self.download_root,
-        )
+        warn_before_download(HubModel("whisper", size_or_id, repo_id), self.download_root)
+        return snapshot_download(repo_id, allow_patterns=list(WHISPER_PATTERNS), cache_dir=self.download_root)
 
     # --- transcription ---
 

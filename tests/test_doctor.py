@@ -53,8 +53,18 @@ def test_a_whisper_size_or_hub_id_is_downloaded_on_first_use(clean_env: Path, mo
     monkeypatch.setenv("ALAN_STT_MODEL", "alan-tests/whisper-never-downloaded")
     check = check_stt_model(load_settings())
     assert check.status is Status.MISSING and "not downloaded yet" in check.detail
+    assert "Run `alan models download`" in check.fix
     monkeypatch.setenv("ALAN_STT_MODEL", "small")
     assert check_stt_model(load_settings()).status in (Status.MISSING, Status.OK)  # cached or not, never wrong
+
+
+def test_a_csm_model_not_downloaded_yet_points_to_models_download(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALAN_TTS_MODEL", "alan-tests/csm-never-downloaded")
+    check = check_tts_model(load_settings())
+    assert check.status is Status.MISSING and "not downloaded yet" in check.detail
+    assert "Run `alan models download`" in check.fix and "HF_TOKEN" in check.fix
 
 
 def test_a_whisper_folder_without_its_config_fails(

@@ -243,8 +243,11 @@ class CsmSynthesisStream:
 
 
 def _load_csm(model: str, device: str, weights: str) -> CsmSpeech:
+    from engine.model_files import csm_model, warn_before_download
+
     from .csm import CsmSpeech
 
+    warn_before_download(csm_model(model))  # transformers downloads a hub model it hasn't got, silently
     return CsmSpeech.load(model, device, weights=weights)
 
 

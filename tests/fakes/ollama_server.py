@@ -3,7 +3,11 @@
 Endpoints (as documented in Ollama's docs/api.md): `GET /`, `GET /api/version`, `GET /api/tags`,
 `POST /api/show` and `POST /api/chat`, streaming (NDJSON: one `done: false` line per chunk, then a final
 `done: true` line with `done_reason`, durations in nanoseconds and token counts) or not. An unknown model
-gets a 404 with Ollama's own error text. Replies are scripted, can be delayed (first chunk and between
+gets a 404 with Ollama's own error text. `POST /api/pull` fetches a model of the fake's `library` as Ollama's
+server streams it: `pulling manifest`, then per layer `pulling <digest[7:19]>` lines with `digest`, `total` and
+(after the first) `completed`, then `verifying sha256 digest`, `writing manifest`, `success`; a name the library
+hasn't got ends the stream (still HTTP 200) with `{"error": "pull model manifest: file does not exist"}`, or with
+`stream: false` answers 500 with that error. Replies are scripted, can be delayed (first chunk and between
 chunks) or fail mid-stream, and every request is recorded so tests can assert what the client sent.
 
 Usage::
@@ -16,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections import deque
@@ -29,6 +34,10 @@ from tests.fakes.local_server import LocalServer
 from tests.fakes.structured_replies import StructuredReplies
 
 DEFAULT_MODELS = ("llama3.2:3b",)
+# What the fake registry (ollama.com) offers to `/api/pull`: name -> size of the model's weights layer.
+DEFAULT_LIBRARY = {"llama3.2:3b": 2_019_377_376, "llama3.2:1b": 1_321_082_688, "gemma3:270m": 291_546_688}
+# The small layers every model has besides its weights: template, licence, parameters (sizes as Ollama's).
+SMALL_LAYERS = (1_429, 7_711, 96)
 
 
 def canonical_model(name: str) -> str:
@@ -58,6 +67,7 @@ class FakeOllama(StructuredReplies["ScriptedReply"], LocalServer):
     SCHEMA_KEY: ClassVar[str] = "format"
 
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    library: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_LIBRARY))
     default_reply: str = "Okay."
     requests: list[RecordedRequest] = field(default_factory=list)
     _replies: deque[ScriptedReply] = field(default_factory=deque)
@@ -86,6 +96,7 @@ class FakeOllama(StructuredReplies["ScriptedReply"], LocalServer):
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/show", self._show)
         app.router.add_post("/api/chat", self._chat)
+        app.router.add_post("/api/pull", self._pull)
 
     # --- handlers ---
 
@@ -171,6 +182,44 @@ class FakeOllama(StructuredReplies["ScriptedReply"], LocalServer):
             await response.write(json.dumps(final).encode() + b"\n")
         await response.write_eof()
         return response
+
+    async def _pull(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request) or {}
+        name = body.get("model") or body.get("name") or ""
+        size = next(
+            (size for model, size in self.library.items() if canonical_model(model) == canonical_model(name)), None
+        )
+        error = "pull model manifest: file does not exist"
+        if not body.get("stream", True):
+            if size is None:
+                return web.json_response({"error": error}, status=500)
+            self._pulled(name)
+            return web.json_response({"status": "success"})
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+
+        async def line(**fields: Any) -> None:
+            await response.write(json.dumps(fields).encode() + b"\n")
+
+        await line(status="pulling manifest")
+        if size is None:
+            await line(error=error)
+        else:
+            for index, total in enumerate((size, *SMALL_LAYERS)):
+                digest = "sha256:" + hashlib.sha256(f"{name}:{index}".encode()).hexdigest()
+                status = f"pulling {digest[7:19]}"
+                await line(status=status, digest=digest, total=total)  # no `completed` until some has arrived
+                for part in (1, 2, 3):
+                    await line(status=status, digest=digest, total=total, completed=total * part // 3)
+            for status in ("verifying sha256 digest", "writing manifest", "success"):
+                await line(status=status)
+            self._pulled(name)
+        await response.write_eof()
+        return response
+
+    def _pulled(self, name: str) -> None:
+        if self._find(name) is None:
+            self.models.append(canonical_model(name))
 
 
 def _now() -> str:
