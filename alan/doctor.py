@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +160,8 @@ def _csm_folder_problem(folder: Path) -> str | None:
 def check_tts_model(settings: Settings) -> Check:
     """The chosen synthesizer's model (ALAN_TTS_BACKEND; the backends are engine.tts.SYNTHESIZERS)."""
     name = "speech synthesis"
+    if settings.speech_url:
+        return _check_speech_service(settings, name)
     if settings.tts_backend == "csm":
         return _check_csm_model(settings, name)
     if settings.tts_backend == "tone":
@@ -168,6 +172,32 @@ def check_tts_model(settings: Settings) -> Check:
         f"the {settings.tts_backend} synthesizer's model is not checked here",
         "It loads on first use: `alan say Hello` tries it.",
     )
+
+
+def _check_speech_service(settings: Settings, name: str) -> Check:
+    """ALAN_SPEECH_URL: the speech service answers, with its model loaded, and speaks with this process's model."""
+    url = settings.speech_url
+    fix = "Start it on the GPU node with `alan speech serve`, or unset ALAN_SPEECH_URL to speak in this process."
+    try:
+        with urllib.request.urlopen(f"{url}/info", timeout=10) as answer:
+            info = json.load(answer)
+    except urllib.error.HTTPError as error:  # 503: the replica is up, its model is not (the body says why)
+        try:
+            message = str(json.load(error).get("message", error))
+        except ValueError:
+            message = str(error)
+        return Check(name, Status.FAILED, f"the speech service at {url} can't speak: {message}", fix)
+    except (OSError, ValueError) as error:
+        return Check(name, Status.FAILED, f"the speech service at {url} is not reachable ({error})", fix)
+    expected = f"{settings.tts_backend}:{settings.tts_model}"
+    if info.get("tag") != expected:
+        return Check(
+            name,
+            Status.FAILED,
+            f"the speech service at {url} speaks with {info.get('tag')!r}, this process expects {expected!r}",
+            "Give this process the same ALAN_TTS_BACKEND and ALAN_TTS_MODEL as the speech service.",
+        )
+    return Check(name, Status.OK, f"the speech service at {url} speaks with {expected}")
 
 
 def _check_csm_model(settings: Settings, name: str) -> Check:

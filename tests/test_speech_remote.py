@@ -267,3 +267,18 @@ async def test_malformed_requests_get_a_400_never_a_crash(tone_url: str) -> None
             assert response.status == 400
         async with http.get(f"{tone_url}/info") as response:  # and it still serves
             assert response.status == 200 and json.loads(await response.text())["tag"] == "tone:tone"
+
+
+# alan doctor with ALAN_SPEECH_URL: the service is asked, not the local model cache ----------------------------
+
+
+def test_doctor_checks_the_speech_service_and_its_model(tone_url: str, clean_env: Path) -> None:
+    from alan.doctor import Status, check_tts_model
+    from alan.settings import load_settings
+
+    ready = check_tts_model(load_settings(speech_url=tone_url, tts_backend="tone", tts_model="tone"))
+    assert ready.status is Status.OK and tone_url in ready.detail
+    other = check_tts_model(load_settings(speech_url=tone_url, tts_backend="tone", tts_model="another"))
+    assert other.status is Status.FAILED and "ALAN_TTS_MODEL" in other.fix
+    gone = check_tts_model(load_settings(speech_url=f"http://127.0.0.1:{free_port()}/speech", tts_backend="tone"))
+    assert gone.status is Status.FAILED and "alan speech serve" in gone.fix
