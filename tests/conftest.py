@@ -125,6 +125,26 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def postgres_server():  # type: ignore[no-untyped-def]
+    """PostgreSQL for the session: CI's (ALAN_TEST_POSTGRES_URL) or a throwaway one (see tests/postgres.py)."""
+    from tests.postgres import PostgresMissingError, server_for_tests
+
+    try:
+        with server_for_tests() as server:
+            yield server
+    except PostgresMissingError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A new, empty PostgreSQL database for one test, dropped after it. A store test runs on both databases by
+    overriding `database_url` with `tests.postgres.database_url_for` (parametrized over `DATABASES`)."""
+    with postgres_server.database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def tiny_csm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CSM-1B-architecture model + processor, saved the way real weights are."""
     from tests.tiny_models.csm import build_tiny_csm

@@ -15,10 +15,17 @@ from engine.store.links import BAD_CODE, MAX_FAILURES, OWN_CODE, TOO_MANY, LinkE
 from engine.store.models import LinkCode, Memory, Person, Turn, User, Voice, utcnow
 from engine.store.repository import Store
 from tests.fakes.ollama_server import FakeOllama
+from tests.postgres import DATABASES, database_url_for
 
 TELEGRAM = Participant("telegram", "1001", "1001", "Ann Lee")
 DISCORD = Participant("discord", "555", "777", "annie", parent_scope="42", shared=True)
 MALLORY = Participant("discord", "666", "777", "mallory", parent_scope="42", shared=True)
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The store under these tests runs on SQLite and on PostgreSQL, each time on a new, empty database."""
+    return database_url_for(request)
 
 
 async def talk(conversation: Conversation, who: Participant, text: str) -> None:

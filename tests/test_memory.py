@@ -18,10 +18,17 @@ from engine.store.memories import FactChange
 from engine.store.models import Memory, Person, Turn, User
 from engine.store.repository import Store
 from tests.fakes.ollama_server import FakeOllama
+from tests.postgres import DATABASES, database_url_for
 
 ANN = Participant("telegram", "1", "chat-1", "Ann")
 IN_GROUP_ANN = Participant("telegram", "1", "group", "Ann", shared=True)
 IN_GROUP_BOB = Participant("telegram", "2", "group", "Bob", shared=True)
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The store under these tests runs on SQLite and on PostgreSQL, each time on a new, empty database."""
+    return database_url_for(request)
 
 
 def changes(*items: tuple[str, int, str]) -> str:

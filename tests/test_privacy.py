@@ -1,5 +1,6 @@
 """Nothing of a person stays on disk after /forget, nothing they said reaches a log line, and only the owner of
-the data folder can read it."""
+the data folder can read it. On PostgreSQL, whose files are the server's: nothing of theirs is left in any row,
+and their dead rows are vacuumed out of the tables at once (what that does and doesn't guarantee: README)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine, inspect, text
 from typer.testing import CliRunner
 
 from alan.cli import app
@@ -22,9 +24,16 @@ from engine.store.repository import Store
 from engine.stt import WhisperTranscriber
 from tests.conftest import espeak_ogg
 from tests.fakes.ollama_server import FakeOllama
+from tests.postgres import DATABASES, database_url_for
 
 PHRASE = "zebra-marmalade-quintet"  # never written by anything but the person in these tests
 runner = CliRunner()
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The conversations here run on SQLite and on PostgreSQL, each time on a new, empty database."""
+    return database_url_for(request)
 
 
 def files_holding(folder: Path, phrase: str) -> list[str]:
@@ -83,6 +92,72 @@ def test_reset_and_deleting_a_voice_leave_none_of_it_on_disk_either(tmp_path: Pa
     assert store.clear_conversation(ann.id, "chat") == 1
     store.delete_voice(voice.id)
     assert files_holding(data, "tangerine-observatory") == files_holding(data, "periwinkle-harbour") == []
+
+
+def rows_holding(engine: Engine, phrase: str) -> list[str]:
+    """Every table with a row that holds `phrase` in any column: as text, or as bytes (a row cast to text shows a
+    bytea column in hex)."""
+    found = []
+    with engine.connect() as connection:
+        for table in inspect(connection).get_table_names():
+            row = f'"{table}"'
+            where = f"strpos({row}::text, :words) > 0 OR strpos({row}::text, :hex) > 0"
+            hits = connection.execute(
+                text(f"SELECT count(*) FROM {row} WHERE {where}"), {"words": phrase, "hex": phrase.encode().hex()}
+            ).scalar()
+            if hits:
+                found.append(table)
+    return sorted(found)
+
+
+def vacuumed_since(engine: Engine, moment: object) -> set[str]:
+    """The tables VACUUM (not autovacuum) went through after `moment`."""
+    with engine.connect() as connection:
+        return set(connection.execute(
+            text("SELECT relname FROM pg_stat_user_tables WHERE last_vacuum >= :moment"), {"moment": moment}
+        ).scalars())  # fmt: skip
+
+
+def test_forget_on_postgresql_leaves_no_row_of_the_person_and_vacuums_their_rows_out_at_once(
+    postgres_url: str,
+) -> None:
+    store = Store(open_database(postgres_url))
+    engine = store.sessions.kw["bind"]
+    bob = store.user("telegram", "2", "Bob")
+    store.add_turn(bob.id, "bob-chat", "user", "bob's own words")
+    ann = remember_a_lot(store, "telegram", "1", PHRASE)
+    assert rows_holding(engine, PHRASE) == ["turns", "users", "voices"]  # what the test looks for, it can see
+    with engine.connect() as connection:
+        started = connection.execute(text("SELECT clock_timestamp()")).scalar()
+
+    store.forget_user(ann)
+
+    assert rows_holding(engine, PHRASE) == []
+    # Their dead rows are out of the tables and indexes now, not when autovacuum next comes by.
+    assert vacuumed_since(engine, started) >= {"people", "users", "turns", "voices", "user_voice_choices"}
+    assert [turn.text for turn in store.recent_turns(bob.id, "bob-chat")] == ["bob's own words"]
+
+
+def test_reset_and_deleting_a_voice_on_postgresql_vacuum_too(postgres_url: str) -> None:
+    store = Store(open_database(postgres_url))
+    engine = store.sessions.kw["bind"]
+    ann = store.user("telegram", "1", "Ann")
+    store.add_turn(ann.id, "chat", "user", "the conversation says tangerine-observatory")
+    voice = store.add_voice(ann.id, "me", reference_audio=b"OggS" * 500, reference_seconds=10.0,
+                            transcript="the clip says periwinkle-harbour", consent_statement="mine")  # fmt: skip
+    for deletion, phrase, table in (
+        (lambda: store.clear_conversation(ann.id, "chat"), "tangerine-observatory", "turns"),
+        (lambda: store.delete_voice(voice.id), "periwinkle-harbour", "voices"),
+    ):
+        with engine.connect() as connection:
+            started = connection.execute(text("SELECT clock_timestamp()")).scalar()
+        assert rows_holding(engine, phrase) == [table]
+        deletion()
+        assert rows_holding(engine, phrase) == [] and table in vacuumed_since(engine, started)
+    with engine.connect() as connection:
+        started = connection.execute(text("SELECT clock_timestamp()")).scalar()
+    assert store.clear_conversation(ann.id) == 0  # nothing deleted: nothing to vacuum
+    assert vacuumed_since(engine, started) == set()
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -12,11 +14,18 @@ from engine.speech_synthesizer import SpeechPayload
 from engine.store.database import create_db_engine, current_revision, downgrade, head_revision, open_database, upgrade
 from engine.store.models import Base, ScopeVoice, Turn, User, UserVoiceChoice, Voice
 from engine.store.repository import EVERYWHERE, Store
+from tests.postgres import DATABASES, database_url_for, insert_rows
 
 APP_TABLES = {
     "users", "voices", "turns", "user_voice_choices", "scope_voices", "scope_settings", "people", "memories",
     "link_codes", "link_attempts",
 }  # fmt: skip
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on SQLite and on PostgreSQL, each time on a new, empty database."""
+    return database_url_for(request)
 
 
 @pytest.fixture
@@ -50,10 +59,17 @@ def test_upgrade_from_empty_and_downgrade_to_base(database_url: str) -> None:
 def test_every_table_that_never_reuses_ids_keeps_autoincrement_through_the_migrations(database_url: str) -> None:
     upgrade(database_url)
     declared = {table.name for table in Base.metadata.sorted_tables if table.kwargs.get("sqlite_autoincrement")}
-    with create_db_engine(database_url).connect() as connection:
-        tables = dict(connection.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all())
     assert declared >= {"users", "turns", "voices", "people", "memories"}
-    assert {name for name in declared if "AUTOINCREMENT" not in tables[name]} == set()
+    with create_db_engine(database_url).connect() as connection:
+        if connection.dialect.name == "sqlite":
+            tables = dict(connection.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all())
+            assert {name for name in declared if "AUTOINCREMENT" not in tables[name]} == set()
+        else:  # PostgreSQL: a sequence, which never hands out a number twice (nor one rolled back)
+            sequences = {
+                name: connection.execute(text("SELECT pg_get_serial_sequence(:table, 'id')"), {"table": name}).scalar()
+                for name in declared
+            }
+            assert {name for name, sequence in sequences.items() if sequence is None} == set()
 
 
 def test_migrated_schema_matches_the_orm(database_url: str) -> None:
@@ -68,19 +84,20 @@ def test_upgrading_0001_keeps_every_row_and_tags_csm_payloads(database_url: str)
     upgrade(database_url, "0001")
     engine = create_db_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(text("INSERT INTO users (id, platform, platform_user_id, created_at) "
-                                "VALUES (1, 'telegram', '42', '2026-11-30 10:00:00')"))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO voices (id, owner_id, name, reference_audio, reference_seconds, transcript, codes,"
-            " codes_codebooks, codes_model, created_at) VALUES (1, 1, 'me', x'4f676753', 4.0, 'hello', x'0100',"
-            " 1, 'sesame/csm-1b', '2026-11-30 10:00:00')"
+        insert_rows(connection, "users", dict(id=1, platform="telegram", platform_user_id="42",
+                                              created_at="2026-11-30 10:00:00"))  # fmt: skip
+        insert_rows(connection, "voices", dict(
+            id=1, owner_id=1, name="me", reference_audio=b"OggS", reference_seconds=4.0, transcript="hello",
+            codes=b"\x01\x00", codes_codebooks=1, codes_model="sesame/csm-1b", created_at="2026-11-30 10:00:00",
         ))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO turns (id, user_id, scope, role, text, audio, codes, codes_codebooks, created_at)"
-            " VALUES (1, 1, 'chat', 'user', 'hi', x'4f676753', x'0200', 1, '2026-11-30 10:00:01'),"
-            " (2, 1, 'chat', 'assistant', 'hello', NULL, NULL, NULL, '2026-11-30 10:00:02')"
-        ))  # fmt: skip
-        connection.execute(text("INSERT INTO user_voice_choices (user_id, scope, voice_id) VALUES (1, '', 1)"))
+        insert_rows(
+            connection, "turns",
+            dict(id=1, user_id=1, scope="chat", role="user", text="hi", audio=b"OggS", codes=b"\x02\x00",
+                 codes_codebooks=1, created_at="2026-11-30 10:00:01"),
+            dict(id=2, user_id=1, scope="chat", role="assistant", text="hello", audio=None, codes=None,
+                 codes_codebooks=None, created_at="2026-11-30 10:00:02"),
+        )  # fmt: skip
+        insert_rows(connection, "user_voice_choices", dict(user_id=1, scope="", voice_id=1))
     upgrade(database_url)
     store = Store(open_database(database_url))
     voice = store.voice(1)
@@ -110,22 +127,22 @@ def test_upgrading_0002_keeps_every_row_as_addressed_and_adds_listen_settings(da
     upgrade(database_url, "0002")
     engine = create_db_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO users (id, platform, platform_user_id, display_name, reply_with_text, created_at)"
-            " VALUES (1, 'discord', '7', 'Ann', 1, '2026-12-01 10:00:00')"
-        ))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO voices (id, owner_id, name, reference_audio, reference_seconds, transcript, created_at)"
-            " VALUES (1, 1, 'me', x'4f676753', 4.0, 'hello', '2026-12-01 10:00:00')"
-        ))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO turns (id, user_id, scope, role, text, audio, speech, speech_model, created_at)"
-            " VALUES (1, 1, 'chan', 'user', 'hi', x'4f676753', x'0200', 'csm:x', '2026-12-01 10:00:01'),"
-            " (2, 1, 'chan', 'assistant', 'hello', NULL, NULL, NULL, '2026-12-01 10:00:02'),"
-            " (3, 1, 'chan', 'user', 'anyone?', NULL, NULL, NULL, '2026-12-01 10:00:03')"
-        ))  # fmt: skip
-        connection.execute(text("INSERT INTO user_voice_choices (user_id, scope, voice_id) VALUES (1, '', 1)"))
-        connection.execute(text("INSERT INTO scope_voices (scope, voice_id, set_by_user_id) VALUES ('g', 1, 1)"))
+        insert_rows(connection, "users", dict(id=1, platform="discord", platform_user_id="7", display_name="Ann",
+                                              reply_with_text=True, created_at="2026-12-01 10:00:00"))  # fmt: skip
+        insert_rows(connection, "voices", dict(id=1, owner_id=1, name="me", reference_audio=b"OggS",
+                                               reference_seconds=4.0, transcript="hello",
+                                               created_at="2026-12-01 10:00:00"))  # fmt: skip
+        insert_rows(
+            connection, "turns",
+            dict(id=1, user_id=1, scope="chan", role="user", text="hi", audio=b"OggS", speech=b"\x02\x00",
+                 speech_model="csm:x", created_at="2026-12-01 10:00:01"),
+            dict(id=2, user_id=1, scope="chan", role="assistant", text="hello", audio=None, speech=None,
+                 speech_model=None, created_at="2026-12-01 10:00:02"),
+            dict(id=3, user_id=1, scope="chan", role="user", text="anyone?", audio=None, speech=None,
+                 speech_model=None, created_at="2026-12-01 10:00:03"),
+        )  # fmt: skip
+        insert_rows(connection, "user_voice_choices", dict(user_id=1, scope="", voice_id=1))
+        insert_rows(connection, "scope_voices", dict(scope="g", voice_id=1, set_by_user_id=1))
     upgrade(database_url)
     store = Store(open_database(database_url))
     turns = store.recent_turns(1, "chan")
@@ -155,25 +172,30 @@ def test_upgrading_0003_makes_each_account_a_person_and_keeps_every_row(database
     upgrade(database_url, "0003")
     engine = create_db_engine(database_url)
     with engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO users (id, platform, platform_user_id, display_name, reply_with_text, created_at) VALUES"
-            " (1, 'telegram', '7', 'Ann', 1, '2026-12-01 10:00:00'),"
-            " (3, 'discord', '9', 'Bob', 0, '2026-12-01 11:00:00'),"
-            " (5, 'telegram', '8', 'Forgotten', 1, '2026-12-01 12:00:00')"
-        ))  # fmt: skip
+        insert_rows(
+            connection, "users",
+            dict(id=1, platform="telegram", platform_user_id="7", display_name="Ann", reply_with_text=True,
+                 created_at="2026-12-01 10:00:00"),
+            dict(id=3, platform="discord", platform_user_id="9", display_name="Bob", reply_with_text=False,
+                 created_at="2026-12-01 11:00:00"),
+            dict(id=5, platform="telegram", platform_user_id="8", display_name="Forgotten", reply_with_text=True,
+                 created_at="2026-12-01 12:00:00"),
+        )  # fmt: skip
         connection.execute(text("DELETE FROM users WHERE id = 5"))  # /forget: their number is never given again
-        connection.execute(text(
-            "INSERT INTO voices (id, owner_id, name, reference_audio, reference_seconds, transcript, created_at)"
-            " VALUES (1, 1, 'me', x'4f676753', 4.0, 'hello', '2026-12-01 10:00:00')"
-        ))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO turns (id, user_id, scope, role, text, addressed, created_at) VALUES"
-            " (1, 1, 'chat', 'user', 'hi', 1, '2026-12-01 10:00:01'),"
-            " (2, 1, 'chat', 'assistant', 'hello', 1, '2026-12-01 10:00:02'),"
-            " (5, 3, 'chan', 'user', 'to Ann', 0, '2026-12-01 10:00:03')"
-        ))  # fmt: skip
-        connection.execute(text("INSERT INTO user_voice_choices (user_id, scope, voice_id) VALUES (1, '', 1)"))
-        connection.execute(text("INSERT INTO scope_settings (scope, listen_mode) VALUES ('chan', 'off')"))
+        insert_rows(connection, "voices", dict(id=1, owner_id=1, name="me", reference_audio=b"OggS",
+                                               reference_seconds=4.0, transcript="hello",
+                                               created_at="2026-12-01 10:00:00"))  # fmt: skip
+        insert_rows(
+            connection, "turns",
+            dict(id=1, user_id=1, scope="chat", role="user", text="hi", addressed=True,
+                 created_at="2026-12-01 10:00:01"),
+            dict(id=2, user_id=1, scope="chat", role="assistant", text="hello", addressed=True,
+                 created_at="2026-12-01 10:00:02"),
+            dict(id=5, user_id=3, scope="chan", role="user", text="to Ann", addressed=False,
+                 created_at="2026-12-01 10:00:03"),
+        )  # fmt: skip
+        insert_rows(connection, "user_voice_choices", dict(user_id=1, scope="", voice_id=1))
+        insert_rows(connection, "scope_settings", dict(scope="chan", listen_mode="off"))
     upgrade(database_url)
     store = Store(open_database(database_url))
     ann, bob = store.find_user("telegram", "7"), store.find_user("discord", "9")
@@ -193,7 +215,8 @@ def test_upgrading_0003_makes_each_account_a_person_and_keeps_every_row(database
         assert "person_id" not in {column["name"] for column in inspect(engine).get_columns("users")}
 
 
-def test_sqlite_runs_in_wal_mode_with_foreign_keys(database_url: str) -> None:
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    database_url = f"sqlite:///{tmp_path / 'alan.db'}"
     upgrade(database_url)
     with create_db_engine(database_url).connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
@@ -315,6 +338,18 @@ def test_a_forgotten_users_id_is_never_given_to_someone_else(store: Store) -> No
     ann = store.user("telegram", "1")
     store.forget_user(ann.id)
     assert store.user("telegram", "2").id != ann.id
+
+
+def test_text_with_a_nul_character_is_kept_without_it_on_postgresql(store: Store) -> None:
+    # PostgreSQL's text can't hold one (SQLite's can): an LLM's reply or a display name with one must still be kept.
+    ann = store.user("telegram", "1", "Ann\x00Lee")
+    turn = store.add_turn(ann.id, "chat", "assistant", "Hello\x00 there.", audio=b"Og\x00gS")
+    [kept] = store.recent_turns(ann.id, "chat")
+    found = store.find_user("telegram", "1")
+    assert found is not None and kept.id == turn.id and kept.audio == b"Og\x00gS"  # bytes stay as they are
+    assert (kept.text, found.display_name) in (("Hello\x00 there.", "Ann\x00Lee"), ("Hello there.", "AnnLee"))
+    sqlite = store.sessions.kw["bind"].dialect.name == "sqlite"
+    assert ("\x00" in kept.text) is sqlite
 
 
 def test_updating_a_turn_that_was_deleted_meanwhile_is_harmless(store: Store) -> None:

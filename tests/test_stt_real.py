@@ -34,6 +34,7 @@ from tests.real_whisper import (
     word_error_rate,
 )
 
+
 @pytest.fixture(autouse=True)
 def same_sampling_every_run() -> None:
     """Whisper's temperature fallback samples: seeded, a test hears the same words whatever ran before it."""

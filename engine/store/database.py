@@ -1,8 +1,10 @@
-"""Opening the database: SQLite in WAL mode with foreign keys enforced, and schema upgrades via Alembic.
+"""Opening the database: SQLite in WAL mode with foreign keys enforced (the embedded default), or PostgreSQL for
+several processes (`postgres.py`), and schema upgrades via Alembic.
 
-The database holds people's words and voices, so its folder is the owner's alone (0700) and its files too
-(0600): SQLite gives the `-wal` and `-shm` files the main file's permission bits, so it is enough to create the
-main file owner-only before SQLite opens it, and to tighten what an older version left readable.
+The database holds people's words and voices, so a SQLite database's folder is the owner's alone (0700) and its
+files too (0600): SQLite gives the `-wal` and `-shm` files the main file's permission bits, so it is enough to
+create the main file owner-only before SQLite opens it, and to tighten what an older version left readable.
+(A PostgreSQL server's files are the server's: its data directory is 0700 to the postgres user already.)
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from engine.store.postgres import create_postgres_engine
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,15 @@ def _set_sqlite_pragmas(dbapi_connection, _record, *, foreign_keys: bool, busy_t
 
 
 def create_db_engine(url: str, *, foreign_keys: bool = True, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
-    """An engine for `url`; for SQLite, creates the file owner-only and sets WAL mode and foreign keys."""
+    """An engine for `url`; for SQLite, creates the file owner-only and sets WAL mode and foreign keys; for
+    PostgreSQL, serializable transactions and a pool fit for several processes, waiting `busy_timeout_s` for a
+    lock as SQLite does (foreign keys are always enforced there)."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            # No driver named: psycopg, which aLAN installs, rather than SQLAlchemy's default (psycopg2).
+            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        return create_postgres_engine(url, lock_timeout_s=busy_timeout_s)
     # Parameters stay out of error messages and logs: they are what people said.
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, hide_parameters=True)

@@ -3,7 +3,7 @@ their older conversation. Each operation is one transaction, guarded like the re
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import case, delete, func, select, update
@@ -30,14 +30,14 @@ class MemoryStore:
         sessions: sessionmaker[Session],
         *,
         retry_delays: tuple[float, ...] = RETRY_DELAYS_S,
-        erase: Callable[[], None] = lambda: None,
+        erase: Callable[[Collection[str] | None], None] = lambda _tables: None,
     ) -> None:
         self.sessions = sessions
         self.retry_delays = retry_delays
         self._erase = erase  # the store's: takes deleted rows off the disk (the write-ahead log included)
 
-    def _erase_deleted_pages(self) -> None:
-        self._erase()
+    def _erase_deleted_pages(self, tables: Collection[str] | None = None) -> None:
+        self._erase(tables)
 
     @guarded("I couldn't look at what I remember")
     def person(self, person_id: int) -> Person | None:
@@ -59,14 +59,14 @@ class MemoryStore:
         with self.sessions.begin() as session:
             session.execute(update(Person).where(Person.id == person_id).values(memory_enabled=enabled))
 
-    @erasing_deleted_pages
+    @erasing_deleted_pages("memories")
     @guarded("I couldn't forget that")
     def delete(self, person_id: int, memory_ids: Sequence[int]) -> int:
         with self.sessions.begin() as session:
             statement = delete(Memory).where(Memory.person_id == person_id, Memory.id.in_(memory_ids))
             return session.execute(statement).rowcount or 0
 
-    @erasing_deleted_pages
+    @erasing_deleted_pages("memories", "people")  # people: the summary's old version
     @guarded("I couldn't forget that")
     def clear(self, person_id: int) -> int:
         """Every fact and the summary go; memory stays on or off as it was."""

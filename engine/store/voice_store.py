@@ -3,7 +3,7 @@ speaks where. A mixin of `Store`: each method is one short, guarded transaction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 
 from sqlalchemy import ScalarSelect, delete, select
@@ -28,7 +28,7 @@ class VoiceStore:
     sessions: sessionmaker[Session]
     retry_delays: tuple[float, ...]
 
-    def _erase_deleted_pages(self) -> None:
+    def _erase_deleted_pages(self, tables: Collection[str] | None = None) -> None:
         raise NotImplementedError
 
     # Voices --------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ class VoiceStore:
                 raise VoiceNameTakenError(new_name)
             voice.name = new_name
 
-    @erasing_deleted_pages
+    @erasing_deleted_pages("voices", "user_voice_choices", "scope_voices")
     @guarded("I couldn't delete the voice")
     def delete_voice(self, voice_id: int) -> None:
         with self.sessions.begin() as session:
