@@ -243,6 +243,8 @@ class MemoryKeeper:
             (person_id, _, _), exchanges = self._waiting.popitem(last=False)
             try:
                 await self._remember(person_id, exchanges)
+            except StorageUnavailableError as error:  # the database is down: the store has said why, once
+                log.warning("memory: extraction for person %s skipped: %s", person_id, error.detail)
             except Exception:  # whatever it was, memory is never worth a failed turn or a dead worker
                 log.exception("memory: extraction for person %s failed", person_id)
 
