@@ -183,6 +183,19 @@ def test_processes_starting_at_once_on_an_empty_database_migrate_it_once(postgre
     assert current_revision(create_db_engine(postgres_url)) == head_revision()
 
 
+def test_a_process_waits_for_another_ones_migration_however_long_it_takes(postgres_url: str) -> None:
+    from engine.store.postgres import lock_migrations
+
+    engine = create_db_engine(postgres_url)  # row locks in a turn wait 5 s at most ...
+    with engine.connect() as connection, connection.begin():
+        assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "5s"
+        lock_migrations(connection)
+        assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "0"  # ... the migration lock for ever
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SHOW lock_timeout").scalar() == "5s"  # only for that transaction
+    engine.dispose()
+
+
 def test_transactions_are_serializable_and_wait_for_a_lock_only_briefly(postgres_url: str) -> None:
     store = Store(open_database(postgres_url, busy_timeout_s=0.25))
     with store.sessions() as session:

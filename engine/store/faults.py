@@ -134,7 +134,12 @@ def diagnose(error: DBAPIError) -> Fault:
 def _postgres_fault(error: DBAPIError) -> Fault:
     state = sqlstate(error.orig)
     if state is not None:
-        return _POSTGRES.get(state) or _POSTGRES.get(state[:2]) or FAILING
+        fault = _POSTGRES.get(state) or _POSTGRES.get(state[:2]) or FAILING
+        if error.statement is None and fault.retry != GIVE_UP and state not in ("40001", "40P01"):
+            # It failed at COMMIT (no statement): whether that commit happened is unknown, so it is not run again
+            # (nothing is ever stored twice), except for a conflict, which PostgreSQL reports with nothing kept.
+            return Fault(fault.problem, fault.fix)
+        return fault
     if not isinstance(error, OperationalError):
         return FAILING
     # No SQLSTATE: the client lost the server. Connecting failed (nothing ran), or a statement failed (the

@@ -109,6 +109,9 @@ def lock_migrations(connection: Connection) -> None:
     """Inside a migration's transaction: one aLAN process migrates, the others wait for it to commit and then find
     the schema already at their revision. Held until the transaction ends; the connection must read committed
     data (a serializable one would keep the schema it saw before the wait)."""
+    # However long the other process's migration takes: the connection's lock_timeout (seconds, for row locks in a
+    # turn) would otherwise give up on the advisory lock too, and fail this process's start-up.
+    connection.execute(text("SET LOCAL lock_timeout = 0"))
     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
 
 
@@ -128,7 +131,8 @@ def vacuum_deleted_rows(engine: Engine, tables: list[str]) -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             present = set(inspect(connection).get_table_names())  # one missing table would fail them all
             names = [preparer.quote(table) for table in tables if table in present]
-            connection.exec_driver_sql(f"VACUUM (INDEX_CLEANUP ON) {', '.join(names)}")
+            if names:  # no names would VACUUM the whole database
+                connection.exec_driver_sql(f"VACUUM (INDEX_CLEANUP ON) {', '.join(names)}")
     except DBAPIError as error:
         log.warning("after a deletion, VACUUM of the deleted rows failed (%s): autovacuum will remove them later",
                     error.orig)  # fmt: skip
