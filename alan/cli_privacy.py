@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from alan.cli_common import console
-from alan.cli_engine import conversation_or_exit, local_participant, run_or_exit
+from alan.cli_engine import closing, conversation_or_exit, local_participant, run_or_exit
 
 
 def forget(
@@ -26,5 +26,6 @@ def forget(
     ):
         console.print("Nothing was deleted.")
         raise typer.Exit(1)
-    run_or_exit(conversation.forget(who))
+    # Closed after: a speech service (ALAN_SPEECH_URL) must hear the forget request before this process ends.
+    run_or_exit(closing(conversation, conversation.forget(who)))
     console.print("Done: your voices, our conversations, what I remembered and your settings are deleted.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import urllib.error
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from alan.database_check import database_problem, open_failure
 from alan.platforms import token_instructions
@@ -176,28 +178,35 @@ def check_tts_model(settings: Settings) -> Check:
 
 def _check_speech_service(settings: Settings, name: str) -> Check:
     """ALAN_SPEECH_URL: the speech service answers, with its model loaded, and speaks with this process's model."""
-    url = settings.speech_url
+    from engine.tts.remote import without_credentials
+
+    url, shown = settings.speech_url, without_credentials(settings.speech_url)
     fix = "Start it on the GPU node with `alan speech serve`, or unset ALAN_SPEECH_URL to speak in this process."
+    parts = urlsplit(url)
+    request = urllib.request.Request(f"{shown}/info")
+    if parts.username is not None:  # as the bots send them (aiohttp reads them from the URL): HTTP basic auth
+        login = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        request.add_header("Authorization", "Basic " + base64.b64encode(login).decode())
     try:
-        with urllib.request.urlopen(f"{url}/info", timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=10) as answer:
             info = json.load(answer)
     except urllib.error.HTTPError as error:  # 503: the replica is up, its model is not (the body says why)
         try:
             message = str(json.load(error).get("message", error))
         except ValueError:
             message = str(error)
-        return Check(name, Status.FAILED, f"the speech service at {url} can't speak: {message}", fix)
+        return Check(name, Status.FAILED, f"the speech service at {shown} can't speak: {message}", fix)
     except (OSError, ValueError) as error:
-        return Check(name, Status.FAILED, f"the speech service at {url} is not reachable ({error})", fix)
+        return Check(name, Status.FAILED, f"the speech service at {shown} is not reachable ({error})", fix)
     expected = f"{settings.tts_backend}:{settings.tts_model}"
     if info.get("tag") != expected:
         return Check(
             name,
             Status.FAILED,
-            f"the speech service at {url} speaks with {info.get('tag')!r}, this process expects {expected!r}",
+            f"the speech service at {shown} speaks with {info.get('tag')!r}, this process expects {expected!r}",
             "Give this process the same ALAN_TTS_BACKEND and ALAN_TTS_MODEL as the speech service.",
         )
-    return Check(name, Status.OK, f"the speech service at {url} speaks with {expected}")
+    return Check(name, Status.OK, f"the speech service at {shown} speaks with {expected}")
 
 
 def _check_csm_model(settings: Settings, name: str) -> Check:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -34,12 +34,25 @@ log = logging.getLogger(__name__)
 MAX_ENCODE_BYTES = 10 * 60 * 48_000 * 4
 
 _served: SpeechSynthesizer | None = None
+# Tells the other replicas to forget too (see speech_deployment.py); None where this process is the only one.
+_share_forget: Callable[[str | None], Awaitable[None]] | None = None
+_forgotten = 0  # forget requests applied here: from callers, and from other replicas
 
 
-def serve_synthesizer(synthesizer: SpeechSynthesizer | None) -> None:
-    """Make `synthesizer` the one this process's API speaks with (None: none, every request answers 503)."""
-    global _served
-    _served = synthesizer
+def serve_synthesizer(
+    synthesizer: SpeechSynthesizer | None, share_forget: Callable[[str | None], Awaitable[None]] | None = None
+) -> None:
+    """Make `synthesizer` the one this process's API speaks with (None: none, every request answers 503);
+    `share_forget` passes a forget request on to the other replicas."""
+    global _served, _share_forget, _forgotten
+    _served, _share_forget, _forgotten = synthesizer, share_forget, 0
+
+
+def apply_forget(voice_key: str | None) -> None:
+    """Drop what this replica caches of a deleted voice (None: of everyone), and count it."""
+    global _forgotten
+    _synthesizer().forget(voice_key)
+    _forgotten += 1
 
 
 def _synthesizer() -> SpeechSynthesizer:
@@ -71,7 +84,7 @@ async def info() -> Response:
     except TtsUnavailableError as error:
         return _failure(error)
     # Which replica answered: the operator's way to match a bot's log line to a replica's.
-    replica = {"host": socket.gethostname(), "pid": os.getpid()}
+    replica = {"host": socket.gethostname(), "pid": os.getpid(), "forgotten": _forgotten}
     return JSONResponse({"tag": synthesizer.tag, "capabilities": asdict(synthesizer.capabilities), "replica": replica})
 
 
@@ -148,7 +161,9 @@ async def forget(request: Request) -> Response:
         key = body.get("voice_key") if isinstance(body, dict) else None
         if key is not None and not isinstance(key, str):
             raise wire.WireError("voice_key must be a string or null")
-        _synthesizer().forget(key)
+        apply_forget(key)
+        if _share_forget is not None:
+            await _share_forget(key)  # answered once every replica will drop it too
     except (wire.WireError, TtsUnavailableError) as error:
         return _failure(error)
     return Response(status_code=204)
@@ -163,4 +178,12 @@ def speech_api() -> FastAPI:
     api.add_api_route("/reference", reference, methods=["POST"])
     api.add_api_route("/stream", stream, methods=["POST"])
     api.add_api_route("/forget", forget, methods=["POST"])
+    api.add_exception_handler(Exception, _unexpected)
     return api
+
+
+async def _unexpected(request: Request, error: Exception) -> Response:
+    """Anything else a synthesizer raised (out of GPU memory, a payload of another model): the protocol's failure
+    answer, so the caller reads what went wrong, not a bare 500 page."""
+    log.exception("speech request %s failed", request.url.path)
+    return _failure(error)

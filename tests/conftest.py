@@ -60,7 +60,9 @@ SETTING_VARIABLES = (
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No aLAN variable set and a working directory without a `.env`: settings start from their defaults."""
     for name in SETTING_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+        # Set first, so that the removal is recorded: a variable a command sets (HF_TOKEN from `.env`) goes after.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -58,6 +58,7 @@ def speech_url(tiny_csm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "PYTHONUNBUFFERED": "1",
     }
     command = [sys.executable, "-m", "alan.cli", "speech", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--replicas", "2"]  # two replicas on the CPU: a forget request must reach both
     process = subprocess.Popen(
         command, cwd=workdir, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -77,10 +78,12 @@ def speech_url(tiny_csm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     finally:
         process.send_signal(signal.SIGTERM)  # it stops its application and its local cluster
         try:
-            process.wait(60)
+            stopped = process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+            pytest.fail("`alan speech serve` did not stop on SIGTERM")
+        assert stopped == 0, "".join(seen)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +114,24 @@ def test_a_turn_from_a_bot_process_is_spoken_by_the_ray_replica(
     assert "aLAN: Hello there." in result.output and "first_audio_s" in result.output
     assert "unavailable" not in result.output.lower()
     assert len(decode_audio(clean_env / "reply.ogg", CSM_RATE)) > 0
+
+
+def test_a_forget_request_reaches_every_replica(speech_url: str) -> None:
+    """/forget is routed to one replica; the others learn it from the ledger at their next health check (10 s)."""
+    request = urllib.request.Request(
+        f"{speech_url}/forget", data=b'{"voice_key": "voice-gone"}', headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.status == 204
+    forgotten: dict[int, int] = {}
+    deadline = time.monotonic() + 90
+    while len([pid for pid, count in forgotten.items() if count >= 1]) < 2:
+        assert time.monotonic() < deadline, f"not every replica applied the forget request: {forgotten}"
+        with urllib.request.urlopen(f"{speech_url}/info", timeout=60) as answer:
+            replica = json.load(answer)["replica"]
+        forgotten[replica["pid"]] = replica["forgotten"]
+        time.sleep(0.5)
+    assert len(forgotten) == 2 and all(count == 1 for count in forgotten.values())  # each applied it once
 
 
 async def test_a_replica_that_dies_mid_sentence_leaves_the_answer_in_text(

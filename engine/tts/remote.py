@@ -17,6 +17,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
@@ -36,6 +37,15 @@ NEXT_CHUNK_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 120.0  # encode, fit, reference: one model call each
 
 
+def without_credentials(url: str) -> str:
+    """`url` without a user name or password, to show (the service may sit behind a proxy that asks for them)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
+
+
 class RemoteSynthesizer:
     """`SpeechSynthesizer` over HTTP. `local` is the same backend and model as the service's, built, not loaded."""
 
@@ -48,6 +58,7 @@ class RemoteSynthesizer:
         next_chunk_timeout: float = NEXT_CHUNK_TIMEOUT_S,
     ) -> None:
         self.url = url.rstrip("/")
+        self.shown_url = without_credentials(self.url)  # for messages and logs: a password in the URL stays out
         self.tag = local.tag
         self.capabilities = local.capabilities
         self.first_audio_timeout = first_audio_timeout
@@ -64,10 +75,12 @@ class RemoteSynthesizer:
         return self._session
 
     def unavailable(self, what: str, error: BaseException | str) -> TtsUnavailableError:
+        # Checked again on the next call: the service may come back, or be redeployed with another model.
+        self._checked = False
         detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}".rstrip(": ")
         return TtsUnavailableError(
-            f"The speech service at {self.url} {what} ({detail}). Start it on the GPU node with `alan speech serve`, "
-            "or unset ALAN_SPEECH_URL to speak in this process; `alan doctor` checks it."
+            f"The speech service at {self.shown_url} {what} ({detail}). Start it on the GPU node with "
+            "`alan speech serve`, or unset ALAN_SPEECH_URL to speak in this process; `alan doctor` checks it."
         )
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -75,12 +88,18 @@ class RemoteSynthesizer:
         timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
         try:
             async with self._http().request(method, f"{self.url}{path}", timeout=timeout, **kwargs) as response:
-                status = response.status
-                body = await response.json(content_type=None) if status != 204 else None
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:  # ValueError: not JSON
+                status, text = response.status, await response.text()
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise self.unavailable("can't be reached", error) from error
+        try:
+            body = json.loads(text) if text else None
+        except ValueError:  # not the service's own answer: a proxy's error page, say
+            raise self.unavailable("answered with something else", f"HTTP {status}: {text[:200]}") from None
         if status >= 400:
-            raise wire.failure_error(body, self.url)  # SpeechTooLongError for the person, or unavailable
+            error = wire.failure_error(body, self.shown_url)  # SpeechTooLongError for the person, or unavailable
+            if isinstance(error, TtsUnavailableError):
+                self._checked = False
+            raise error
         return body
 
     async def load(self) -> None:
@@ -90,12 +109,12 @@ class RemoteSynthesizer:
         served = info.get("tag") if isinstance(info, dict) else None
         if served != self.tag:
             raise TtsUnavailableError(
-                f"The speech service at {self.url} speaks with {served!r}, but this process is set up for "
+                f"The speech service at {self.shown_url} speaks with {served!r}, but this process is set up for "
                 f"{self.tag!r}: give both the same ALAN_TTS_BACKEND and ALAN_TTS_MODEL (stored speech is tagged "
                 "with its model, and a model only ever reads its own)."
             )
         self._checked = True
-        log.info("speech service at %s ready (%s)", self.url, served)
+        log.info("speech service at %s ready (%s)", self.shown_url, served)
 
     async def encode(self, audio: np.ndarray, sample_rate: int) -> SpeechPayload | None:
         await self.load()
@@ -147,7 +166,10 @@ class RemoteSynthesizer:
 
     async def aclose(self) -> None:
         if self._pending:
-            await asyncio.wait(self._pending, timeout=5.0)
+            _, late = await asyncio.wait(self._pending, timeout=5.0)
+            for task in late:  # the service is not answering: give up on them, not on closing
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         await self._local.aclose()
@@ -186,8 +208,11 @@ class RemoteSynthesisStream:
             ) as response:
                 try:
                     if response.status != 200:
-                        failure = await response.json(content_type=None)
-                        raise _ServiceAnsweredError(wire.failure_error(failure, synthesizer.url))
+                        try:
+                            failure = await response.json(content_type=None)
+                        except ValueError:  # not the service's own answer: a proxy's error page, say
+                            failure = {"message": f"HTTP {response.status}: {(await response.text())[:200]}"}
+                        raise _ServiceAnsweredError(wire.failure_error(failure, synthesizer.shown_url))
                     wait = synthesizer.first_audio_timeout
                     while True:
                         kind, body = await self._record(response.content, wait)
@@ -200,7 +225,7 @@ class RemoteSynthesisStream:
                             self._payload = wire.payload_from_json(json.loads(body))
                             return
                         elif kind == wire.FAILURE:
-                            raise _ServiceAnsweredError(wire.failure_error(json.loads(body), synthesizer.url))
+                            raise _ServiceAnsweredError(wire.failure_error(json.loads(body), synthesizer.shown_url))
                         else:
                             raise wire.WireError(f"a record of kind {kind!r}")
                 finally:
@@ -213,10 +238,11 @@ class RemoteSynthesisStream:
         except asyncio.IncompleteReadError as error:
             log.warning("the speech service's stream broke off after %d samples", self._received)
             raise synthesizer.unavailable("stopped mid-sentence (its replica may have died)", error) from error
+        except (aiohttp.ClientError, OSError, ValueError) as error:  # ValueError: WireError, bad JSON
+            # Before TimeoutError: aiohttp's connect timeout is both, and is "not reached", not "went quiet".
+            raise synthesizer.unavailable("failed mid-sentence", error) from error
         except TimeoutError as error:
             raise synthesizer.unavailable("went quiet mid-sentence", "no audio in time") from error
-        except (aiohttp.ClientError, OSError, ValueError) as error:  # ValueError: WireError, bad JSON
-            raise synthesizer.unavailable("failed mid-sentence", error) from error
 
     @staticmethod
     async def _record(content: aiohttp.StreamReader, wait: float) -> tuple[bytes, bytes]:

@@ -113,7 +113,7 @@ def failure_body(error: BaseException) -> dict[str, str]:
         return {"kind": TOO_LONG, "message": str(error)}
     if isinstance(error, TtsUnavailableError):
         return {"kind": UNAVAILABLE, "message": str(error)}
-    if isinstance(error, WireError):
+    if isinstance(error, ValueError):  # WireError, or a payload of another model: the caller's mistake
         return {"kind": BAD_REQUEST, "message": str(error)}
     return {"kind": UNAVAILABLE, "message": f"the speech service failed ({type(error).__name__}: {error})"}
 
