@@ -14,7 +14,6 @@ import asyncio
 import logging
 import re
 
-from aiohttp import web
 from telegram import Message, MessageEntity, Update
 from telegram.constants import ChatType
 from telegram.error import InvalidToken, NetworkError
@@ -34,11 +33,12 @@ from alan.settings import Settings
 from bot.telegram.clone import CloneFlow
 from bot.telegram.commands import COMMANDS, Commands
 from bot.telegram.common import TelegramOptions, TelegramServices, participant, say_quietly
+from bot.telegram.lane_services import LaneServices
 from bot.telegram.media import NOT_AUDIO, UNSUPPORTED, check_before_download, download, find_audio
 from bot.telegram.recovery import follow_up_unanswered
 from bot.telegram.send import chat_action, with_retries
 from bot.telegram.turn import answer_turn
-from bot.telegram.webhook import start_webhook
+from bot.telegram.webhook import Webhook, start_webhook
 from engine.conversation import Conversation
 from engine.errors import TurnError
 
@@ -300,10 +300,12 @@ async def serve(
     options: TelegramOptions | None = None,
 ) -> None:
     """Run the Telegram bot until cancelled, its turns taking their go from `scheduler` (shared with the others)."""
-    services = TelegramServices(settings, conversation, options or TelegramOptions(), scheduler)
+    # By webhook, several processes may serve one bot: the updates go through the shared inbox (`chat_lanes`).
+    kind = LaneServices if settings.telegram_webhook_url else TelegramServices
+    services = kind(settings, conversation, options or TelegramOptions(), scheduler)
     application = build_application(settings, services)
     await _initialize(application, services.options)
-    webhook: web.AppRunner | None = None
+    webhook: Webhook | None = None
     try:
         try:
             await with_retries(
@@ -312,11 +314,12 @@ async def serve(
         except Exception as error:
             log.warning("could not register the Telegram command menu: %s", error)
         await application.start()
-        # Before the first update is taken: a follow-up goes ahead of anything new from its chat.
-        await follow_up_unanswered(application.bot, services)
-        if settings.telegram_webhook_url:
-            webhook = await start_webhook(application, settings, ALLOWED_UPDATES, services.options.retry)
+        if isinstance(services, LaneServices):
+            # It follows up what was left unanswered itself, chat by chat, where no other process is answering.
+            webhook = await start_webhook(application, services, settings, ALLOWED_UPDATES, services.options.retry)
         else:
+            # Before the first update is taken: a follow-up goes ahead of anything new from its chat.
+            await follow_up_unanswered(application.bot, services)
             assert application.updater is not None
             await application.updater.start_polling(
                 timeout=services.options.poll_timeout_s,
@@ -347,7 +350,7 @@ async def _initialize(application: Application, options: TelegramOptions) -> Non
             delay = min(delay * 2, 60.0)
 
 
-async def _stop(application: Application, services: TelegramServices, webhook: web.AppRunner | None) -> None:
+async def _stop(application: Application, services: TelegramServices, webhook: Webhook | None) -> None:
     if webhook is not None:
         await webhook.cleanup()
     if application.updater is not None and application.updater.running:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -206,3 +207,42 @@ class LinkAttempt(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer, default=0)
     since: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class InboxUpdate(Base):
+    """An update a chat platform delivered (a Telegram webhook POST), kept from its arrival until it is handled, so
+    that one received is never lost, whichever process received it and whichever handles it (`engine.store.inbox`).
+
+    Handled, it becomes a tombstone: `payload` and `sender` (what a person said, and who) are cleared at once and
+    only `update_id` stays, for a day, so that a delivery the platform retries is recognised and handled once.
+    """
+
+    __tablename__ = "inbox_updates"
+    __table_args__ = (
+        UniqueConstraint("platform", "update_id"),
+        # What is waiting (handled_at IS NULL), chat by chat in update order; also old tombstones, for purging.
+        Index("ix_inbox_updates_waiting", "platform", "handled_at", "chat", "update_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(32))
+    update_id: Mapped[int] = mapped_column(BigInteger)  # the platform's own, increasing number
+    # Its chat's key (one chat's updates are handled in order, by one process at a time); opaque here.
+    chat: Mapped[str] = mapped_column(String(128))
+    sender: Mapped[str | None] = mapped_column(String(64))  # the platform user id, for `/forget`
+    payload: Mapped[str | None] = mapped_column(Text)  # the update as delivered (JSON); NULL once handled
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When a turn began for it (its words may be stored from then on): tells a process taking over what was done.
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    handled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ChatClaim(Base):
+    """Which process handles a chat's updates now: one at a time, for as long as its lease is renewed."""
+
+    __tablename__ = "chat_claims"
+
+    platform: Mapped[str] = mapped_column(String(32), primary_key=True)
+    chat: Mapped[str] = mapped_column(String(128), primary_key=True)  # a chat's key, or a job's ("#…")
+    owner: Mapped[str] = mapped_column(String(200))  # the process: host, port, pid and a random part
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import delete, func, or_, select
@@ -17,7 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from engine.speech_synthesizer import SpeechPayload
 from engine.store.database import truncate_wal
 from engine.store.faults import RETRY_DELAYS_S, erasing_deleted_pages, guarded
-from engine.store.models import Person, ScopeSetting, Turn, User, Voice
+from engine.store.inbox import forget_senders
+from engine.store.models import Base, Person, ScopeSetting, Turn, User, Voice
+from engine.store.postgres import vacuum_deleted_rows
 from engine.store.voice_store import EVERYWHERE, VoiceStore
 
 __all__ = ["EVERYWHERE", "Store"]
@@ -80,11 +83,12 @@ class Store(VoiceStore):
             user = session.get_one(User, user_id)
             user.reply_with_text = enabled
 
-    @erasing_deleted_pages
+    @erasing_deleted_pages()  # every table: the person's rows are everywhere
     @guarded("I couldn't delete your data")
     def forget_user(self, user_id: int) -> None:
         """Delete the person this account belongs to, every account of theirs (a linked one too) and, through ON
-        DELETE CASCADE, every voice, turn, choice, memory and code of theirs.
+        DELETE CASCADE, every voice, turn, choice, memory and code of theirs; and their updates still waiting in
+        the inbox.
 
         A house voice (aLAN's first reply in a scope) goes too when they were the only one talking there: in a
         private chat it is a reply made for them alone.
@@ -103,15 +107,21 @@ class Store(VoiceStore):
             solo = [scope for scope in scopes if scope not in shared]
             if solo:
                 session.execute(delete(Voice).where(Voice.owner_id.is_(None), Voice.house_scope.in_(solo)))
+            forget_senders(session, person_id)  # their messages still waiting in the inbox (no cascade: no FK)
             session.execute(delete(Person).where(Person.id == person_id))
 
-    def _erase_deleted_pages(self) -> None:
-        """Take deleted rows off the disk now, not at the next clean shutdown.
+    def _erase_deleted_pages(self, tables: Collection[str] | None = None) -> None:
+        """Take deleted rows (in `tables`, or anywhere) off the disk now, not at the next clean shutdown.
 
         `secure_delete` zeroes deleted rows in the pages it writes, but with WAL those pages go to the log first,
         and the log keeps the rows' earlier versions. A TRUNCATE checkpoint copies the log into the database
-        (whose old pages are overwritten) and cuts the log to zero bytes.
+        (whose old pages are overwritten) and cuts the log to zero bytes. On PostgreSQL, what can be done is a
+        VACUUM of the tables (see `vacuum_deleted_rows` for what it does and doesn't).
         """
+        engine = self.sessions.kw["bind"]
+        if engine.dialect.name == "postgresql":
+            vacuum_deleted_rows(engine, list(tables or (table.name for table in Base.metadata.sorted_tables)))
+            return
         for delay in (*WAL_TRUNCATE_DELAYS_S, None):
             try:
                 with self.sessions() as session:
@@ -250,7 +260,7 @@ class Store(VoiceStore):
         # max() keeps the first of equals, and `counts` is in newest-first order.
         return max(counts, key=counts.__getitem__) if counts else None
 
-    @erasing_deleted_pages
+    @erasing_deleted_pages("turns")
     @guarded("I couldn't clear our conversation")
     def clear_conversation(self, user_id: int, scope: str | None = None) -> int:
         """Delete this user's turns (in one scope, or everywhere); voices stay. Returns how many."""
@@ -260,7 +270,7 @@ class Store(VoiceStore):
                 statement = statement.where(Turn.scope == scope)
             return session.execute(statement).rowcount or 0
 
-    @erasing_deleted_pages
+    @erasing_deleted_pages("turns")
     @guarded("I couldn't clear this conversation")
     def clear_scope(self, scope: str) -> int:
         """Delete everyone's turns in this scope (a group's `/reset`); voices and settings stay. Returns how many."""
