@@ -42,7 +42,7 @@ from telegram.ext import Application
 from bot.restart_followup import pending_turns
 from bot.telegram.common import PLATFORM
 from bot.telegram.lane_services import CURRENT, LaneServices, Work
-from bot.telegram.recovery import _follow_up as follow_up_turn  # the one-turn follow-up, as after a restart
+from bot.telegram.recovery import follow_up_turn  # the one-turn follow-up, as after a restart
 from engine.conversation import PendingTurn
 from engine.store.inbox import Inbox, Waiting
 

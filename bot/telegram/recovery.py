@@ -37,11 +37,11 @@ async def follow_up_unanswered(bot: Bot, services: TelegramServices) -> int:
     log.info("Telegram: %d turn(s) were left unanswered before this start", len(pending))
     for turn in pending:
         # Spawned now: each takes its chat's place in the queue before the first new update can.
-        services.spawn(_follow_up(bot, services, turn, now), name=f"follow-up-{turn.turn_id}")
+        services.spawn(follow_up_turn(bot, services, turn, now), name=f"follow-up-{turn.turn_id}")
     return len(pending)
 
 
-async def _follow_up(bot: Bot, services: TelegramServices, turn: PendingTurn, now: dt.datetime) -> None:
+async def follow_up_turn(bot: Bot, services: TelegramServices, turn: PendingTurn, now: dt.datetime) -> None:
     chat_id = int(turn.who.scope)  # a Telegram scope is its chat id (see `participant`)
     if chat_id < 0:  # a group's (Telegram's group ids are negative): one conversation shared by everyone in it
         turn = dataclasses.replace(turn, who=dataclasses.replace(turn.who, shared=True))
