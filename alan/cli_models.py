@@ -81,7 +81,7 @@ def _llm_part(settings: Settings) -> Outcome:
         TransferSpeedColumn,
     )
 
-    from alan.model_download import PullProgress, prepare_llm
+    from alan.llm_pull import PullProgress, prepare_llm
 
     console.print(
         f"[bold]Language model:[/bold] {escape(settings.llm_model)} ({settings.llm_backend})", highlight=False

@@ -2,8 +2,7 @@
 
 The speech models come from the Hugging Face Hub through `huggingface_hub.snapshot_download` (its progress bars,
 its cache), with the file patterns the loaders read (`engine.model_files`), so what is fetched here is exactly what
-a load finds. The chat model is pulled by the LLM server where its API can (Ollama's pull API, progress streamed);
-an OpenAI-compatible API can't pull, so there the model is only checked. Every failure becomes one `Outcome` whose
+a load finds. The chat model is alan/llm_pull.py's. Every failure becomes one `Outcome` whose
 message says the fix; nothing here raises for the hub's, the disk's or the server's errors, and the Hugging Face
 token is only ever handed to `huggingface_hub`, never shown.
 """
@@ -16,7 +15,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from alan.settings import Settings
 from engine.model_files import (
@@ -28,9 +26,6 @@ from engine.model_files import (
     missing_in_folder,
     whisper_model,
 )
-
-if TYPE_CHECKING:
-    from engine.chat_model import LlmStatus
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +47,6 @@ class Outcome:
 
     ok: bool
     message: str
-
-
-@dataclass(frozen=True)
-class PullProgress:
-    """One line of an LLM server's pull: what it is doing, and for a layer being downloaded, how far it is."""
-
-    status: str
-    digest: str | None = None
-    total: int | None = None
-    completed: int | None = None
 
 
 def human_size(size: int) -> str:
@@ -293,79 +278,6 @@ def failure_message(model: HubModel, error: BaseException, size: int | None = No
             return f"Hugging Face answered {cause.response.status_code} for {repo} ({said}): try again later."
     detail = (str(error).strip().splitlines() or [""])[0]
     return f"Couldn't download {repo} ({type(error).__name__}: {detail})."
-
-
-# --- the chat model -----------------------------------------------------------------------------------------------
-
-
-def prepare_llm(settings: Settings, on_progress: Callable[[PullProgress], None]) -> Outcome:
-    """Have the LLM server hold ALAN_LLM_MODEL: Ollama pulls it (progress to `on_progress`); other servers are
-    only checked, with how to load it there when they lack it."""
-    import asyncio
-
-    from engine.llm import make_chat_model
-
-    async def check() -> LlmStatus:
-        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else None
-        chat = make_chat_model(settings.llm_backend, settings.llm_model, settings.llm_url, api_key=key)
-        try:
-            return await chat.check()
-        finally:
-            await chat.aclose()
-
-    status = asyncio.run(check())
-    if status.ok:
-        return Outcome(True, status.message)
-    if not status.reachable:
-        return Outcome(False, status.message)
-    if settings.llm_backend == "ollama":
-        return _ollama_pull(settings, on_progress)
-    if settings.llm_backend == "openai":
-        model = settings.llm_model
-        return Outcome(
-            False,
-            f"{status.message} An OpenAI-compatible API can't pull models: load {model} on that server (vLLM: "
-            f"`vllm serve {model}`; llama.cpp: `llama-server -m FILE.gguf --alias {model}`; LM Studio: "
-            f"`lms load {model}`; Ollama's /v1: `ollama pull {model}`), then run `alan models download` again.",
-        )
-    return Outcome(False, status.message)
-
-
-def _ollama_pull(settings: Settings, on_progress: Callable[[PullProgress], None]) -> Outcome:
-    import httpx
-    import ollama
-
-    from engine.llm.prompt import without_credentials
-
-    model, shown = settings.llm_model, without_credentials(settings.ollama_host)
-    last = ""
-    # No read timeout: a layer of several GB streams for as long as it takes, with a progress line every moment.
-    with ollama.Client(host=settings.ollama_host, timeout=httpx.Timeout(None, connect=5.0)) as client:
-        try:
-            for part in client.pull(model, stream=True):
-                last = part.status or ""
-                on_progress(PullProgress(last, part.digest, part.total, part.completed))
-        except ollama.ResponseError as error:
-            unknown = "does not exist" in error.error or "not found" in error.error
-            fix = (
-                "Check the name on https://ollama.com/library, or set ALAN_LLM_MODEL to one that `ollama list` shows"
-                if unknown
-                else "Check the Ollama server's log"
-            )
-            return Outcome(False, f"Ollama at {shown} couldn't pull {model}: {error.error}. {fix}.")
-        except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError):
-            return Outcome(
-                False, f"Cannot reach Ollama at {shown}: start it with `ollama serve` (or the Ollama app), {AGAIN}."
-            )
-        except httpx.HTTPError as error:
-            return Outcome(
-                False,
-                f"Lost the connection to Ollama at {shown} while it pulled {model} ({type(error).__name__}): "
-                f"{AGAIN.removeprefix('then ')}; Ollama goes on from where it stopped.",
-            )
-    if last != "success":
-        return Outcome(False, f"Ollama at {shown} stopped pulling {model} at “{last}”: {AGAIN.removeprefix('then ')}.")
-    return Outcome(True, f"Ollama at {shown} pulled {model}")
 
 
 # --- at start-up --------------------------------------------------------------------------------------------------

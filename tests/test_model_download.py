@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from alan.cli import app
-from alan.model_download import PullProgress, missing_speech_models, prepare_llm, warn_missing_models
+from alan.llm_pull import PullProgress, prepare_llm
+from alan.model_download import missing_speech_models, warn_missing_models
 from alan.settings import load_settings
 from engine.model_files import cached_path, csm_model, whisper_model
 from tests.conftest import fake_ollama_in_thread
