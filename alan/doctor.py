@@ -18,7 +18,7 @@ from alan.platforms import token_instructions
 from alan.settings import Settings
 
 if TYPE_CHECKING:
-    from engine.llm import LlmStatus
+    pass
 
 
 class Status(enum.Enum):
@@ -66,18 +66,10 @@ def check_llm(settings: Settings) -> Check:
     """The chosen chat backend (ALAN_LLM_BACKEND): reachable, and serving ALAN_LLM_MODEL."""
     import asyncio
 
-    from engine.llm import make_chat_model
-
-    async def ask() -> LlmStatus:
-        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else None
-        chat = make_chat_model(settings.llm_backend, settings.llm_model, settings.llm_url, api_key=key)
-        try:
-            return await chat.check()
-        finally:
-            await chat.aclose()
+    from alan.engine_factory import chat_model_status
 
     name = f"llm ({settings.llm_backend})"
-    status = asyncio.run(ask())
+    status = asyncio.run(chat_model_status(settings))
     if status.ok:
         return Check(name, Status.OK, status.message)
     # The message already says what is wrong and how to fix it.
@@ -178,7 +170,7 @@ def check_tts_model(settings: Settings) -> Check:
 
 def _check_speech_service(settings: Settings, name: str) -> Check:
     """ALAN_SPEECH_URL: the speech service answers, with its model loaded, and speaks with this process's model."""
-    from engine.tts.remote import without_credentials
+    from engine.urls import without_credentials
 
     url, shown = settings.speech_url, without_credentials(settings.speech_url)
     fix = "Start it on the GPU node with `alan speech serve`, or unset ALAN_SPEECH_URL to speak in this process."

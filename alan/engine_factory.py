@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alan.database_check import open_database_or_explain
 from alan.settings import Settings
-from engine.chat_model import ChatModel
+from engine.chat_model import ChatModel, LlmStatus
 from engine.conversation import Conversation
 from engine.llm import make_chat_model
 from engine.speech_synthesizer import SpeechSynthesizer, SynthesizerOptions
@@ -18,6 +18,15 @@ def build_chat_model(settings: Settings) -> ChatModel:
     """The chat model ALAN_LLM_BACKEND names (the backends are listed in engine.llm.CHAT_BACKENDS)."""
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else None
     return make_chat_model(settings.llm_backend, settings.llm_model, settings.llm_url, api_key=key)
+
+
+async def chat_model_status(settings: Settings) -> LlmStatus:
+    """Whether the chat backend is reachable and serves ALAN_LLM_MODEL (`alan doctor`, `alan models download`)."""
+    chat = build_chat_model(settings)
+    try:
+        return await chat.check()
+    finally:
+        await chat.aclose()
 
 
 def synthesizer_options(settings: Settings) -> SynthesizerOptions:

@@ -11,7 +11,7 @@ from alan.model_download import AGAIN, Outcome
 from alan.settings import Settings
 
 if TYPE_CHECKING:
-    from engine.chat_model import LlmStatus
+    pass
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,9 @@ def prepare_llm(settings: Settings, on_progress: Callable[[PullProgress], None])
     only checked, with how to load it there when they lack it."""
     import asyncio
 
-    from engine.llm import make_chat_model
+    from alan.engine_factory import chat_model_status
 
-    async def check() -> LlmStatus:
-        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key is not None else None
-        chat = make_chat_model(settings.llm_backend, settings.llm_model, settings.llm_url, api_key=key)
-        try:
-            return await chat.check()
-        finally:
-            await chat.aclose()
-
-    status = asyncio.run(check())
+    status = asyncio.run(chat_model_status(settings))
     if status.ok:
         return Outcome(True, status.message)
     if not status.reachable:
@@ -61,7 +53,7 @@ def _ollama_pull(settings: Settings, on_progress: Callable[[PullProgress], None]
     import httpx
     import ollama
 
-    from engine.llm.prompt import without_credentials
+    from engine.urls import without_credentials
 
     model, shown = settings.llm_model, without_credentials(settings.ollama_host)
     last = ""

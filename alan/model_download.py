@@ -81,7 +81,7 @@ def stt_target(settings: Settings) -> HubModel | Outcome:
 
 def tts_target(settings: Settings, *, speech_node: bool = False) -> HubModel | Outcome:
     """The speech synthesis model to fetch, or the outcome when this machine needs none or it can't be fetched."""
-    from engine.llm.prompt import without_credentials
+    from engine.urls import without_credentials
 
     if settings.tts_backend == "tone":
         return Outcome(True, "the tone synthesizer (ALAN_TTS_BACKEND=tone) needs no model")

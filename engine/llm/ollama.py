@@ -27,8 +27,8 @@ from engine.llm.prompt import (
     SYSTEM_PROMPT,
     TEMPERATURE,
     PromptedChat,
-    without_credentials,
 )
+from engine.urls import without_credentials
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Self
-from urllib.parse import urlsplit, urlunsplit
 
 from engine.chat_model import ChatMessage
 
@@ -97,16 +96,6 @@ def build_messages(
         else:
             messages.append({"role": message.role, "content": message.content})
     return messages
-
-
-def without_credentials(url: str) -> str:
-    """The URL as messages and logs may show it: any user:password taken out."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class PromptedChat:

@@ -17,13 +17,13 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
 
 from engine.errors import TtsUnavailableError
 from engine.speech_synthesizer import AudioChunk, ContextTurn, SpeechPayload, SpeechSynthesizer, VoicePrompt
+from engine.urls import without_credentials
 
 from . import remote_wire as wire
 
@@ -35,15 +35,6 @@ FIRST_AUDIO_TIMEOUT_S = 180.0
 # Then chunks come every fraction of a second; a minute without one means the replica is gone.
 NEXT_CHUNK_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 120.0  # encode, fit, reference: one model call each
-
-
-def without_credentials(url: str) -> str:
-    """`url` without a user name or password, to show (the service may sit behind a proxy that asks for them)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
 
 
 class RemoteSynthesizer:
