@@ -15,7 +15,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +25,8 @@ import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Connection, make_url
+
+from tests.fakes.local_server import free_port
 
 URL_VARIABLE = "ALAN_TEST_POSTGRES_URL"
 INSTALL = (
@@ -105,12 +106,6 @@ def bin_dir() -> Path:
     raise PostgresMissingError(INSTALL)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextlib.contextmanager
 def throwaway_server(**settings: str) -> Iterator[PostgresServer]:
     """A PostgreSQL server of our own for as long as the block runs, then stopped and deleted.
@@ -129,7 +124,7 @@ def throwaway_server(**settings: str) -> Iterator[PostgresServer]:
         shutil.chown(folder, "postgres", "postgres")
         shutil.chown(folder / "password", "postgres", "postgres")
     data = folder / "data"
-    port = _free_port()
+    port = free_port()
     server = PostgresServer(
         URL.create("postgresql+psycopg", ROLE, password, "127.0.0.1", port, "postgres"), data, binaries, run_as
     )

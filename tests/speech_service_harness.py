@@ -4,7 +4,6 @@ tests; the Ray Serve deployment serves the same API (tests/test_speech_ray.py)."
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,12 +12,7 @@ import uvicorn
 
 from alan.speech_api import serve_synthesizer, speech_api
 from engine.speech_synthesizer import SpeechSynthesizer
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.fakes.local_server import free_port
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from engine.conversation import Conversation
 from engine.store.repository import Store
 from tests.discord_gateway import FakeDiscord, shard_of, user_payload
 from tests.fakes.ollama_server import FakeOllama
+from tests.test_telegram import eventually
 
 TOKEN = "not-a-real-token"
 GUILD_0 = (1_000_000_000 << 22) + 7  # on shard 0 of 2
@@ -67,13 +68,6 @@ def process(shard: int) -> Settings:
     return settings(discord_shards=str(shard), discord_shard_count=2)
 
 
-async def until(condition: Callable[[], object], within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
 @contextlib.asynccontextmanager
 async def running(settings: Settings, conversation: Conversation, name: str) -> AsyncIterator[AlanBot]:
     """A bot process, as `serve` starts it, until it is ready (every server of its shards streamed in)."""
@@ -87,7 +81,7 @@ async def running(settings: Settings, conversation: Conversation, name: str) -> 
     bot._connection.guild_ready_timeout = 0.05  # how long discord.py waits for more servers before READY (2 s)
     started = asyncio.create_task(bot.start(TOKEN))
     try:
-        await until(lambda: bot.is_ready() or started.done())
+        await eventually(lambda: bot.is_ready() or started.done())
         if started.done():
             started.result()  # a failed start fails the test with its own error
         yield bot
@@ -123,7 +117,7 @@ async def test_each_process_identifies_as_its_shard_and_has_only_its_servers(
         # Joining voice starts with a voice state sent on the connection of the server's shard.
         await guild.change_voice_state(channel=discord.Object(id=VOICE_1))
         shard_1 = next(c for c in discord_api.connections if c.shard == (1, 2))
-        await until(lambda: shard_1.received)
+        await eventually(lambda: shard_1.received)
         assert shard_1.received[0]["op"] == 4 and int(shard_1.received[0]["d"]["guild_id"]) == GUILD_1
         assert all(not c.received for c in discord_api.connections if c is not shard_1)
 
@@ -167,18 +161,18 @@ async def test_a_mention_is_answered_only_by_the_process_running_its_servers_sha
         ollama.script("Lima.")
         delivered = await discord_api.user_message(CHANNEL_1, BOB, f"{MENTION} capital of Peru?", guild_id=GUILD_1)
         assert [(c.agent, c.shard) for c in delivered] == [("process-1", (1, 2))]
-        await until(lambda: discord_api.posted_in(CHANNEL_1))
+        await eventually(lambda: discord_api.posted_in(CHANNEL_1))
         assert discord_api.posted_in(CHANNEL_1) == [("process-1", "Lima.")]
 
         ollama.script("Paris.")
         delivered = await discord_api.user_message(CHANNEL_0, ANN, f"{MENTION} capital of France?", guild_id=GUILD_0)
         assert [c.agent for c in delivered] == ["process-0"]
-        await until(lambda: discord_api.posted_in(CHANNEL_0))
+        await eventually(lambda: discord_api.posted_in(CHANNEL_0))
 
         ollama.script("Rome.")  # a direct message: Discord sends those on shard 0 only
         delivered = await discord_api.user_message(DM, CID, f"{MENTION} capital of Italy?")
         assert [c.agent for c in delivered] == ["process-0"]
-        await until(lambda: discord_api.posted_in(DM))
+        await eventually(lambda: discord_api.posted_in(DM))
 
     assert discord_api.posted_in(CHANNEL_0) == [("process-0", "Paris.")]
     assert discord_api.posted_in(DM) == [("process-0", "Rome.")]

@@ -19,15 +19,9 @@ from alan import app as alan_app
 from alan.cli import app
 from alan.health import Heartbeat, check_heartbeat, clear_heartbeat, heartbeat_path, write_heartbeat
 from alan.settings import load_settings
+from tests.test_telegram import eventually
 
 runner = CliRunner()
-
-
-async def until(condition: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 # The check ---------------------------------------------------------------------------------------------------------
@@ -125,9 +119,9 @@ def test_clearing_removes_this_hosts_heartbeat_only(tmp_path: Path) -> None:
 
 async def test_the_heartbeat_beats_until_stopped_then_is_gone(tmp_path: Path) -> None:
     heartbeat = Heartbeat(tmp_path, interval_s=0.05).start()
-    await until(heartbeat.path.exists)
+    await eventually(heartbeat.path.exists)
     first = json.loads(heartbeat.path.read_text())["time"]
-    await until(lambda: json.loads(heartbeat.path.read_text())["time"] > first)
+    await eventually(lambda: json.loads(heartbeat.path.read_text())["time"] > first)
     await heartbeat.stop()
     assert not heartbeat.path.exists()  # stopped on purpose: no heartbeat, rather than one going stale
     await asyncio.sleep(0.15)
@@ -137,7 +131,7 @@ async def test_the_heartbeat_beats_until_stopped_then_is_gone(tmp_path: Path) ->
 async def test_a_blocked_event_loop_lets_the_heartbeat_go_stale(tmp_path: Path) -> None:
     heartbeat = Heartbeat(tmp_path, interval_s=0.05).start()
     try:
-        await until(heartbeat.path.exists)
+        await eventually(heartbeat.path.exists)
         time.sleep(0.6)  # a blocking call on the loop: nothing else runs meanwhile  # noqa: ASYNC251
         assert not check_heartbeat(tmp_path, max_age_s=0.4).healthy
         await asyncio.sleep(0.15)  # the loop runs again: so do the beats
@@ -159,7 +153,7 @@ async def test_a_heartbeat_that_cant_be_written_is_said_once_and_beats_again_whe
             warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
             assert len(warnings) == 1 and "Can't write the heartbeat" in warnings[0].getMessage()
             blocked.unlink()
-            await until(heartbeat.path.exists)
+            await eventually(heartbeat.path.exists)
             assert any("written again" in record.getMessage() for record in caplog.records)
         finally:
             await heartbeat.stop()
@@ -234,7 +228,7 @@ def test_alan_run_beats_while_serving_and_not_with_an_old_processs_beat_while_lo
         return conversation
 
     async def serve(settings: object, conversation: object, scheduler: object) -> None:
-        await until(lambda: heartbeat_path(data).exists())
+        await eventually(lambda: heartbeat_path(data).exists())
         seen["serving"] = check_heartbeat(data, max_age_s=2).healthy
         seen["pid"] = json.loads(heartbeat_path(data).read_text())["pid"]
         seen["mode"] = stat.S_IMODE(heartbeat_path(data).stat().st_mode)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from typer.testing import CliRunner
 
 from alan.cli import app
 from engine.llm import ChatMessage, OpenAIChat
+from tests.fakes.local_server import free_port
 
 pytestmark = pytest.mark.real_llm
 
@@ -44,10 +44,6 @@ def gemma_file() -> Path:
     return gemma.assemble()  # joins the four parts once (checked by sha256), then reuses the file
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

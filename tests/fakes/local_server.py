@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Self, TypeVar
 
 from aiohttp import web
+
+
+def free_port() -> int:
+    """A port nothing listens on at the moment (for a server started elsewhere, or one that must be absent)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class LocalServer:
