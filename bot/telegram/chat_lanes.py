@@ -6,17 +6,20 @@ of one chat can land on two processes. What they share is the database (`engine.
 - The process that receives an update stores it in the inbox, then Telegram gets its 200: an update received is
   never lost, even if the process dies before handling it.
 - A chat is handled by one process at a time: the one holding its claim, a lease renewed every `lease_s / 3`
-  while it has the chat's updates in flight, given up as soon as it has none. The receiving process claims an
-  unclaimed chat and hands the update on at once; if another process holds the chat, the update waits in the
-  inbox for that owner, which takes it when one of the chat's updates finishes, or at its next poll
-  (`poll_s`). In one process the `TurnScheduler` keeps the order of what it was handed, as with long polling.
+  while it has the chat's updates in flight (`chat_leases`), given up as soon as it has none. The claim is taken
+  again (so confirmed) each time updates are handed on: a process whose lease lapsed unnoticed hands on nothing.
+  The receiving process claims an unclaimed chat and hands the update on at once; if another process holds the
+  chat, the update waits in the inbox for that owner, which takes it when one of the chat's updates finishes, or
+  at its next poll (`poll_s`). In one process the `TurnScheduler` keeps the order of what it was handed, as with
+  long polling.
 - A process that dies stops renewing: once its lease lapses (`lease_s`) any other takes the chat, and the
   updates left with it. One whose turn had begun (`LaneServices` notes when) may have stored its words: if so,
   the stored turn is followed up as after a restart (answered, or the person told it was lost), and the update
   is not handled twice; if not, it is handled as new. A restarted process takes its dead predecessor's chats at
   once (it listens where it did: see `release_predecessors`).
 - A handled update is cleared from the inbox at once (what a person said goes; its number stays a day, so that
-  Telegram retrying a delivery gets it handled once). `/forget` drops a person's updates still waiting.
+  Telegram retrying a delivery gets it handled once). `/forget` drops a person's updates still waiting, and
+  a turn whose update it dropped while it waited in line does not run.
 
 Order is update_id order among the updates a process finds waiting; an update that reaches the inbox after a
 later one of its chat was handed on (Telegram delivering over several connections at once) is still handled,
@@ -32,14 +35,16 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from telegram import Update
 from telegram.ext import Application
 
 from bot.restart_followup import pending_turns
+from bot.telegram.chat_leases import Lane, LeaseKeeper
+from bot.telegram.chat_leases import now_utc as _now
 from bot.telegram.common import PLATFORM
 from bot.telegram.lane_services import CURRENT, LaneServices, Work
 from bot.telegram.recovery import follow_up_turn  # the one-turn follow-up, as after a restart
@@ -90,23 +95,6 @@ def lane_key(update: Update) -> tuple[str, str | None]:
     return f"update:{update.update_id}", None
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class _Lane:
-    """A chat this process is serving or about to: its claim, and the updates (and follow-ups) in flight."""
-
-    chat: str
-    held: bool = False
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    handed: dict[int, int] = field(default_factory=dict)  # inbox row id → update_id, handed on and not done
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    last_update_id: int = 0
-    followed_up: bool = False  # the turns left unanswered here were followed up under this claim
-
-
 class ChatLanes:
     """The chats this process holds, fed from the inbox in order. `receive` stores; `open` starts serving."""
 
@@ -118,8 +106,8 @@ class ChatLanes:
         self.inbox = inbox
         self.owner = owner  # this process, in the claims: host, port, pid and a random part
         self.options = options
-        self._lease = timedelta(seconds=options.lease_s)
-        self._lanes: dict[str, _Lane] = {}
+        self._lanes: dict[str, Lane] = {}
+        self.leases = LeaseKeeper(inbox, owner, self._lanes, options.lease_s, options.renew_every_s)
         self._background: set[asyncio.Task[Any]] = set()
         self._poller: asyncio.Task[None] | None = None
         self._open = False
@@ -144,7 +132,7 @@ class ChatLanes:
     async def serve_chat(self, chat: str) -> None:
         """Claim the chat if needed, hand on its updates waiting in order, and let it go when nothing is left."""
         while True:
-            lane = self._lanes.setdefault(chat, _Lane(chat))
+            lane = self._lanes.setdefault(chat, Lane(chat))
             async with lane.lock:
                 if self._lanes.get(chat) is not lane:
                     continue  # let go while this waited for the lock: serve it afresh
@@ -156,26 +144,35 @@ class ChatLanes:
                     del self._lanes[chat]
                 return
 
-    async def _serve(self, lane: _Lane) -> None:
+    async def _serve(self, lane: Lane) -> None:
         if self._stopping:
             return
-        if not lane.held:
-            if not await asyncio.to_thread(self.inbox.claim, PLATFORM, lane.chat, self.owner, _now(), self._lease):
-                return  # another process's: its owner takes what waits
-            lane.held = True
-            if self._stopping:
-                return  # taken as this process stopped: `stop` lets it go with the others
+        # Claimed even when held: the lease may have lapsed unnoticed (renewals stalled) and the chat gone to
+        # another process. The claim tells, and extends the lease if it is still ours.
+        held = lane.held
+        if not await self.leases.claim(lane):
+            if held:
+                lane.lose()
+                if lane.tasks:
+                    log.error("chat %s was taken over by another process while this one still had it in flight",
+                              lane.chat)  # fmt: skip
+            return  # another process's: its owner takes what waits
+        if self._stopping:
+            return  # taken as this process stopped: `stop` lets it go with the others
         waiting = [row for row in await asyncio.to_thread(self.inbox.waiting, PLATFORM, lane.chat)
                    if row.id not in lane.handed]  # fmt: skip
         settled = await self._settle_leftovers(lane, waiting)
-        for row in waiting:
-            if row.id not in settled:
-                self._hand_on(lane, row)
+        if self.leases.fresh(lane):  # reading and settling may have been slow: no hand-out on a stale lease
+            for row in waiting:
+                if row.id not in settled:
+                    self._hand_on(lane, row)
+        elif len(settled) < len(waiting):
+            log.warning("chat %s: its lease was not confirmed in time; its updates wait for the next claim", lane.chat)
         if not lane.tasks:
             await asyncio.to_thread(self.inbox.release, PLATFORM, [lane.chat], self.owner)
             lane.held = False
 
-    async def _settle_leftovers(self, lane: _Lane, waiting: list[Waiting]) -> set[int]:
+    async def _settle_leftovers(self, lane: Lane, waiting: list[Waiting]) -> set[int]:
         """Updates whose turn a stopped process had begun: those whose words it stored are done (their stored
         turn is followed up instead, first); the others are handled as new. Returns the ids now done."""
         begun = [row for row in waiting if row.started_at is not None]
@@ -199,7 +196,7 @@ class ChatLanes:
             await asyncio.to_thread(self.inbox.done, row_id, _now())
         return stored
 
-    def _follow_up(self, lane: _Lane, turns: list[PendingTurn], now: datetime) -> None:
+    def _follow_up(self, lane: Lane, turns: list[PendingTurn], now: datetime) -> None:
         """Start following up the chat's turns left unanswered: each takes its place in line at once, ahead of
         the updates handed on after it."""
         lane.followed_up = True
@@ -207,7 +204,7 @@ class ChatLanes:
             coroutine = follow_up_turn(self.application.bot, self.services, turn, now)
             self._start(lane, coroutine, f"follow-up-{turn.turn_id}")
 
-    def _hand_on(self, lane: _Lane, row: Waiting) -> None:
+    def _hand_on(self, lane: Lane, row: Waiting) -> None:
         """Handle one update in a task of its own; tasks started in order take their place in line in order."""
         try:
             update = Update.de_json(json.loads(row.payload), self.application.bot)
@@ -225,7 +222,7 @@ class ChatLanes:
         context.run(CURRENT.set, work)
         self._start(lane, self._handle(lane, work, update), f"telegram-update-{row.update_id}", context)
 
-    async def _handle(self, lane: _Lane, work: Work, update: Update) -> None:
+    async def _handle(self, lane: Lane, work: Work, update: Update) -> None:
         await self.application.process_update(update)  # every handler guarded: it logs and answers failures
         await work.settled()
         try:
@@ -235,20 +232,22 @@ class ChatLanes:
                       "again", work.update_id, error)  # fmt: skip
         lane.handed.pop(work.row_id, None)
 
-    async def _mark_started(self, row_id: int) -> None:
+    async def _mark_started(self, row_id: int) -> bool:
+        """Note that the update's turn begins; False when its row is gone (`/forget` dropped it meanwhile)."""
         try:
-            await asyncio.to_thread(self.inbox.mark_started, row_id, _now())
+            return await asyncio.to_thread(self.inbox.mark_started, row_id, _now())
         except Exception as error:  # the turn goes on: only a takeover after a crash would know less
             log.warning("could not note in the inbox that a turn began (%s)", error)
+            return True
 
     def _start(
-        self, lane: _Lane, coroutine: Coroutine[Any, Any, None], name: str, context: contextvars.Context | None = None
+        self, lane: Lane, coroutine: Coroutine[Any, Any, None], name: str, context: contextvars.Context | None = None
     ) -> None:
         task = asyncio.create_task(coroutine, name=name, context=context)
         lane.tasks.add(task)
         task.add_done_callback(lambda done: self._finished(lane, done))
 
-    def _finished(self, lane: _Lane, task: asyncio.Task[None]) -> None:
+    def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
         lane.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("handling a Telegram update failed", exc_info=task.exception())
@@ -280,32 +279,28 @@ class ChatLanes:
             by_chat[turn.who.scope].append(turn)
         count = 0
         for chat, turns in by_chat.items():
-            lane = self._lanes.setdefault(chat, _Lane(chat))
+            lane = self._lanes.setdefault(chat, Lane(chat))
             async with lane.lock:
-                if not lane.held:
-                    claimed = await asyncio.to_thread(self.inbox.claim, PLATFORM, chat, self.owner, now, self._lease)
-                    if not claimed:
-                        log.info("chat %s is another process's now: it answers what is left there", chat)
-                        continue
-                    lane.held = True
+                if not await self.leases.claim(lane):
+                    log.info("chat %s is another process's now: it answers what is left there", chat)
+                    continue
                 self._follow_up(lane, turns, now)
                 count += len(turns)
         log.info("Telegram: %d turn(s) were left unanswered before this start", count)
+        self.leases.start()  # the chats claimed here are held from now on
         return count
 
     def open(self) -> None:
         """Serve: what was received so far at the first poll, what comes next as it comes."""
         self._open = True
+        self.leases.start()
         self._poller = asyncio.create_task(self._poll(), name="telegram-inbox-poll")
 
     async def _poll(self) -> None:
-        renewed = purged = time.monotonic()
+        purged = time.monotonic() - PURGE_EVERY_S  # the first purge at once: a process may not run for long
         failing = False
         while True:
             try:
-                if time.monotonic() - renewed >= self.options.renew_every_s:
-                    await self._renew()
-                    renewed = time.monotonic()
                 self._serve_waiting(await asyncio.to_thread(self.inbox.chats_to_serve, PLATFORM, self.owner, _now()))
                 if time.monotonic() - purged >= PURGE_EVERY_S:
                     await asyncio.to_thread(self.inbox.purge, PLATFORM, _now())
@@ -322,22 +317,12 @@ class ChatLanes:
     def _serve_waiting(self, waiting: dict[str, int]) -> None:
         for chat, count in waiting.items():
             lane = self._lanes.get(chat)
-            if lane is not None and lane.held and count <= len(lane.handed):
-                continue  # all of it in flight here already
+            if lane is not None and (lane.lock.locked() or (lane.held and count <= len(lane.handed))):
+                continue  # being served (during a database stall they would pile up), or all in flight here
             self._spawn(self.serve_chat(chat), f"telegram-lane-{chat}")
         for chat, lane in self._lanes.items():
             if lane.held and not lane.tasks and chat not in waiting and not lane.lock.locked():
                 self._spawn(self.serve_chat(chat), f"telegram-lane-{chat}")  # idle (a release failed): let it go
-
-    async def _renew(self) -> None:
-        held = [chat for chat, lane in self._lanes.items() if lane.held]
-        kept = await asyncio.to_thread(self.inbox.renew, PLATFORM, held, self.owner, _now(), self._lease)
-        for chat in set(held) - kept:
-            # This process stalled past its lease and another took the chat: what is in flight here finishes,
-            # nothing more is handed on from here.
-            log.error("chat %s was taken over by another process while this one still had it in flight", chat)
-            if (lane := self._lanes.get(chat)) is not None:
-                lane.held = False
 
     async def stop(self) -> None:
         """Stop serving: updates in flight get `stop_grace_s` to finish, the rest stay in the inbox for the next
@@ -347,7 +332,22 @@ class ChatLanes:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
-        # Not cancelled: a claim being taken in a thread would be taken anyway, after the release below. They hand
+        try:
+            await self._finish_in_flight()
+            try:
+                # Every claim of this process, also one taken by a `serve_chat` cancelled before it noted it.
+                await asyncio.to_thread(self.inbox.release, PLATFORM, None, self.owner)
+            except Exception as error:
+                log.warning("could not let this process's chats go (%s): others take them when the leases lapse",
+                            error)  # fmt: skip
+        finally:
+            # Renewed until now: a lease lapsing during the grace would let another process answer the same turn.
+            await self.leases.stop()
+        self._lanes.clear()
+
+    async def _finish_in_flight(self) -> None:
+        """Give what is running `stop_grace_s` to finish (in the background, then in the lanes); cancel the rest."""
+        # Not cancelled first: a claim being taken in a thread would be taken anyway, after the release. They hand
         # nothing on now, and each is a few short transactions.
         if self._background:
             _, late = await asyncio.wait(self._background, timeout=self.options.stop_grace_s)
@@ -362,9 +362,3 @@ class ChatLanes:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        try:
-            # Every claim of this process, also one taken by a `serve_chat` cancelled before it noted it.
-            await asyncio.to_thread(self.inbox.release, PLATFORM, None, self.owner)
-        except Exception as error:
-            log.warning("could not let this process's chats go (%s): others take them when the leases lapse", error)
-        self._lanes.clear()

@@ -107,9 +107,13 @@ class Inbox:
             return {chat: count for chat, count in rows}
 
     @guarded("I couldn't note that a turn began")
-    def mark_started(self, row_id: int, now: datetime) -> None:
+    def mark_started(self, row_id: int, now: datetime) -> bool:
+        """Note that the update's turn begins; False when the row is gone (`/forget` dropped it): the turn must not
+        run, or it would store the forgotten person's words again."""
         with self.sessions.begin() as session:
-            session.execute(update(InboxUpdate).where(InboxUpdate.id == row_id).values(started_at=now))
+            statement = update(InboxUpdate).where(InboxUpdate.id == row_id).values(started_at=now)
+            # RETURNING rather than rowcount, which psycopg may leave at -1.
+            return session.execute(statement.returning(InboxUpdate.id)).first() is not None
 
     @guarded("I couldn't note that a message was handled")
     def done(self, row_id: int, now: datetime) -> None:
@@ -221,10 +225,16 @@ class Inbox:
 
 
 def forget_senders(session: Session, person_id: int) -> None:
-    """Within `/forget`'s transaction: drop the updates still waiting from any account of the person, so that
-    nothing of theirs is handled (and stored) after they were forgotten."""
+    """Within `/forget`'s transaction: drop the updates of any account of the person, so that nothing of theirs is
+    handled (and stored) after they were forgotten: those still waiting anywhere (by sender), and every row of
+    their private chat, handled ones too (`done` clears the sender, not the chat, which names them).
+
+    A private chat's key is the person's own id, or `user:<id>` for updates without a chat (`chat_lanes.lane_key`).
+    Telegram's group chats have negative ids, so no group's key is a person's id."""
     accounts = session.execute(select(User.platform, User.platform_user_id).where(User.person_id == person_id)).all()
     for platform, platform_user_id in accounts:
-        session.execute(
-            delete(InboxUpdate).where(InboxUpdate.platform == platform, InboxUpdate.sender == platform_user_id)
+        theirs = or_(
+            InboxUpdate.sender == platform_user_id,
+            InboxUpdate.chat.in_([platform_user_id, f"user:{platform_user_id}"]),
         )
+        session.execute(delete(InboxUpdate).where(InboxUpdate.platform == platform, theirs))
