@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,10 @@ if TYPE_CHECKING:
     from tests.fakes.ollama_server import FakeOllama
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Started in the background by a shell without job control, the tests inherit SIGINT ignored, and so would the
+# `alan run` processes they start and stop with SIGINT (Ctrl+C): restored here, the children get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 SETTING_VARIABLES = (
