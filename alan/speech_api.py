@@ -78,11 +78,8 @@ async def _json(request: Request) -> Any:
 
 async def info() -> Response:
     """What this replica speaks with; loads the model first, so a healthy answer means it can speak."""
-    try:
-        synthesizer = _synthesizer()
-        await synthesizer.load()
-    except TtsUnavailableError as error:
-        return _failure(error)
+    synthesizer = _synthesizer()
+    await synthesizer.load()
     # Which replica answered: the operator's way to match a bot's log line to a replica's.
     replica = {"host": socket.gethostname(), "pid": os.getpid(), "forgotten": _forgotten}
     return JSONResponse({"tag": synthesizer.tag, "capabilities": asdict(synthesizer.capabilities), "replica": replica})
@@ -90,47 +87,35 @@ async def info() -> Response:
 
 async def encode(request: Request, rate: int) -> Response:
     """The payload of a clip (float32 samples at `rate` Hz in the body)."""
-    try:
-        if not 8_000 <= rate <= 192_000:
-            raise wire.WireError(f"a sample rate of {rate} Hz")
-        body = await request.body()
-        if len(body) % 4 or len(body) > MAX_ENCODE_BYTES:
-            raise wire.WireError(f"{len(body)} bytes are not float32 samples of a clip this service takes")
-        payload = await _synthesizer().encode(np.frombuffer(body, dtype="<f4").copy(), rate)
-    except (wire.WireError, TtsUnavailableError) as error:
-        return _failure(error)
+    if not 8_000 <= rate <= 192_000:
+        raise wire.WireError(f"a sample rate of {rate} Hz")
+    body = await request.body()
+    if len(body) % 4 or len(body) > MAX_ENCODE_BYTES:
+        raise wire.WireError(f"{len(body)} bytes are not float32 samples of a clip this service takes")
+    payload = await _synthesizer().encode(np.frombuffer(body, dtype="<f4").copy(), rate)
     return JSONResponse({"payload": wire.payload_to_json(payload)})
 
 
 async def fit(request: Request) -> Response:
     """How many of the newest context turns fit with the voice and the text."""
-    try:
-        text, voice, context = wire.read_speech_request(await _json(request))
-        kept = await _synthesizer().fit_context(voice, context, text)
-    except (wire.WireError, TtsUnavailableError, SpeechTooLongError) as error:
-        return _failure(error)
+    text, voice, context = wire.read_speech_request(await _json(request))
+    kept = await _synthesizer().fit_context(voice, context, text)
     return JSONResponse({"kept": len(kept)})
 
 
 async def reference(request: Request) -> Response:
     """The longest reference clip that leaves room for a reply, for this transcript."""
-    try:
-        body = await _json(request)
-        if not isinstance(body, dict) or not isinstance(body.get("transcript"), str):
-            raise wire.WireError("a transcript is needed")
-        seconds = await _synthesizer().max_reference_seconds(body["transcript"])
-    except (wire.WireError, TtsUnavailableError, SpeechTooLongError) as error:
-        return _failure(error)
+    body = await _json(request)
+    if not isinstance(body, dict) or not isinstance(body.get("transcript"), str):
+        raise wire.WireError("a transcript is needed")
+    seconds = await _synthesizer().max_reference_seconds(body["transcript"])
     return JSONResponse({"seconds": seconds})
 
 
 async def stream(request: Request) -> Response:
     """Speak a text: audio records as they are made, then the payload of what was said (see remote_wire)."""
-    try:
-        text, voice, context = wire.read_speech_request(await _json(request))
-        synthesizer = _synthesizer()
-    except (wire.WireError, TtsUnavailableError) as error:
-        return _failure(error)
+    text, voice, context = wire.read_speech_request(await _json(request))
+    synthesizer = _synthesizer()
 
     async def records() -> AsyncIterator[bytes]:
         # Problems once speaking has begun can only go in the stream: the status line has already gone out. If the
@@ -156,16 +141,13 @@ async def stream(request: Request) -> Response:
 
 async def forget(request: Request) -> Response:
     """Drop what this replica caches of a deleted voice (`voice_key` null: of everyone)."""
-    try:
-        body = await _json(request)
-        key = body.get("voice_key") if isinstance(body, dict) else None
-        if key is not None and not isinstance(key, str):
-            raise wire.WireError("voice_key must be a string or null")
-        apply_forget(key)
-        if _share_forget is not None:
-            await _share_forget(key)  # answered once every replica will drop it too
-    except (wire.WireError, TtsUnavailableError) as error:
-        return _failure(error)
+    body = await _json(request)
+    key = body.get("voice_key") if isinstance(body, dict) else None
+    if key is not None and not isinstance(key, str):
+        raise wire.WireError("voice_key must be a string or null")
+    apply_forget(key)
+    if _share_forget is not None:
+        await _share_forget(key)  # answered once every replica will drop it too
     return Response(status_code=204)
 
 
@@ -178,8 +160,16 @@ def speech_api() -> FastAPI:
     api.add_api_route("/reference", reference, methods=["POST"])
     api.add_api_route("/stream", stream, methods=["POST"])
     api.add_api_route("/forget", forget, methods=["POST"])
+    # Every endpoint's failures are answered here, in the protocol's words (remote_wire.failure_body): the ones a
+    # request can meet (a malformed request, a text too long, no model) without a traceback in the log.
+    for expected in (wire.WireError, SpeechTooLongError, TtsUnavailableError):
+        api.add_exception_handler(expected, _expected)
     api.add_exception_handler(Exception, _unexpected)
     return api
+
+
+async def _expected(request: Request, error: Exception) -> Response:
+    return _failure(error)
 
 
 async def _unexpected(request: Request, error: Exception) -> Response:

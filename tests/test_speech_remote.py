@@ -282,3 +282,22 @@ def test_doctor_checks_the_speech_service_and_its_model(tone_url: str, clean_env
     assert other.status is Status.FAILED and "ALAN_TTS_MODEL" in other.fix
     gone = check_tts_model(load_settings(speech_url=f"http://127.0.0.1:{free_port()}/speech", tts_backend="tone"))
     assert gone.status is Status.FAILED and "alan speech serve" in gone.fix
+
+
+class NoModel(ToneSynthesizer):
+    """A synthesizer whose model can't load (weights missing, a gated repository): what a replica then answers."""
+
+    async def load(self) -> None:
+        raise TtsUnavailableError("Could not load the model: accept its licence and set HF_TOKEN.")
+
+
+async def test_a_replica_whose_model_cant_load_passes_on_the_operators_fix() -> None:
+    with speech_service(NoModel()) as url:
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/info") as response:
+            assert response.status == 503 and (await response.json())["kind"] == wire.UNAVAILABLE
+        remote = RemoteSynthesizer(url, ToneSynthesizer())
+        try:
+            with pytest.raises(TtsUnavailableError, match="set HF_TOKEN"):
+                await remote.load()
+        finally:
+            await remote.aclose()
