@@ -17,6 +17,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ INSTALL = (
 DATABASES = ("sqlite", "postgresql")
 ROLE = "alan_test"
 START_TIMEOUT_S = 60
+DROP_TIMEOUT_S = 30
 
 
 class PostgresMissingError(RuntimeError):
@@ -79,9 +81,22 @@ class PostgresServer:
         try:
             yield DatabaseUrl(self.url.set(database=name).render_as_string(hide_password=False))
         finally:
-            with self.admin() as admin:
-                # FORCE: an engine a test left open must not keep its database alive (PostgreSQL ≥ 13).
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        # FORCE: an engine a test left open must not keep its database alive (PostgreSQL ≥ 13). It also has to end
+        # an autovacuum worker busy there (likely after a test's mass delete), which PostgreSQL refuses a role
+        # outside pg_signal_backend: .ci/run grants it; elsewhere the worker is waited out, it takes moments.
+        deadline = time.monotonic() + DROP_TIMEOUT_S
+        while True:
+            try:
+                with self.admin() as admin:
+                    admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                return
+            except psycopg.errors.InsufficientPrivilege:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def pg_ctl(self, action: str, *args: str) -> None:
         """Run pg_ctl on our own server: start, stop, restart (what some fault tests are about)."""
