@@ -20,7 +20,7 @@ from bot.telegram.chat_lanes import ChatLanes, LaneOptions
 from bot.telegram.chat_leases import Lane, LeaseKeeper
 from bot.telegram.common import PLATFORM
 from engine.store.database import create_db_engine, downgrade, upgrade
-from engine.store.inbox import Inbox
+from engine.store.inbox import Begun, Inbox
 from engine.store.models import InboxUpdate
 from engine.store.repository import Store
 from tests.postgres import DATABASES, database_url_for
@@ -130,14 +130,25 @@ def test_forget_drops_the_persons_updates_waiting_and_every_row_of_their_private
     assert sorted(left) == [("discord", 4), (PLATFORM, 3), (PLATFORM, 7), (PLATFORM, 8)]
 
 
-def test_a_turn_beginning_learns_whether_its_update_is_still_in_the_inbox(inbox: Inbox, store: Store) -> None:
+def test_a_turn_begins_only_while_its_update_waits_in_a_chat_this_process_holds(inbox: Inbox, store: Store) -> None:
     ann = store.user(PLATFORM, "1001", "Ann")
     inbox.add(PLATFORM, 1, "1001", "1001", "{}", NOW)
-    row = inbox.waiting(PLATFORM, "1001")[0]
-    assert inbox.mark_started(row.id, NOW)
-    assert inbox.waiting(PLATFORM, "1001")[0].started_at == NOW
+    inbox.add(PLATFORM, 2, "1001", "1001", "{}", NOW)
+    first, second = inbox.waiting(PLATFORM, "1001")
+    assert inbox.mark_started(first.id, "a", NOW) is Begun.ELSEWHERE  # nobody's chat: handed on by no claim
+    assert inbox.claim(PLATFORM, "1001", "a", NOW, LEASE)
+    assert inbox.mark_started(first.id, "b", NOW) is Begun.ELSEWHERE  # a's
+    assert inbox.mark_started(first.id, "a", NOW) is Begun.YES
+    assert [row.started_at for row in inbox.waiting(PLATFORM, "1001")] == [NOW, None]
+    # a's lease lapsed as the second waited in line: it doesn't begin, taken over or not, and keeps waiting.
+    later = NOW + LEASE + timedelta(seconds=1)
+    assert inbox.mark_started(second.id, "a", later) is Begun.ELSEWHERE
+    assert inbox.claim(PLATFORM, "1001", "b", later, LEASE)
+    assert inbox.mark_started(second.id, "a", later) is Begun.ELSEWHERE
+    assert [row.started_at for row in inbox.waiting(PLATFORM, "1001")] == [NOW, None]
+    assert inbox.mark_started(second.id, "b", later) is Begun.YES
     store.forget_user(ann.id)  # handed on, waiting in line, when Ann said /forget
-    assert not inbox.mark_started(row.id, NOW)
+    assert inbox.mark_started(second.id, "b", later) is Begun.FORGOTTEN
 
 
 # The leases a process keeps on its chats ------------------------------------------------------------------------

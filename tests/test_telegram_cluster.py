@@ -40,13 +40,13 @@ from bot.telegram.webhook import SECRET_HEADER, derived_secret
 from engine.conversation import Conversation
 from engine.llm import OllamaChat
 from engine.store.database import open_database
-from engine.store.inbox import Inbox
+from engine.store.inbox import Begun, Inbox
 from engine.store.models import ChatClaim, InboxUpdate, Turn
 from engine.store.repository import Store
 from engine.tts.tone import ToneSynthesizer
 from tests.engine_harness import LLM_MODEL
 from tests.fakes.ollama_server import FakeOllama
-from tests.fakes.telegram_server import TOKEN, FakeTelegram
+from tests.fakes.telegram_server import BOT_USERNAME, TOKEN, FakeTelegram
 from tests.fakes.telegram_webhook_info import FakeTelegramWithWebhookInfo
 from tests.postgres import DATABASES, database_url_for
 from tests.test_telegram import FAST, eventually
@@ -287,7 +287,7 @@ async def test_when_a_dead_processs_lease_lapses_the_other_takes_over_its_chat(
     for update in (one, two):
         assert inbox.add(PLATFORM, update["update_id"], str(ANN["id"]), str(ANN["id"]), json.dumps(update), now)
     assert inbox.claim(PLATFORM, str(ANN["id"]), DEAD, now, timedelta(seconds=SHORT_LEASE_S))
-    inbox.mark_started(inbox.waiting(PLATFORM, str(ANN["id"]))[0].id, now)
+    assert inbox.mark_started(inbox.waiting(PLATFORM, str(ANN["id"]))[0].id, DEAD, now) is Begun.YES
     ann = store.user(PLATFORM, str(ANN["id"]), "Ann")
     store.add_turn(ann.id, str(ANN["id"]), "user", "one")
     ollama.script("Answer one, late.")
@@ -421,6 +421,64 @@ async def test_an_update_in_line_when_its_sender_is_forgotten_is_not_handled(
     with store.sessions() as session:  # ... nor its words stored again
         assert "two" not in session.scalars(select(Turn.text)).all()
     assert not [row for row in rows(store) if row.payload is not None]
+
+
+async def test_updates_in_line_when_the_chat_is_taken_over_are_left_to_its_holder_then_answered_once_in_order(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.telegram")
+    a = await cluster.start(conversation)
+    chat = cluster.telegram.private_chat(ANN)
+    for answer, delay in (("one", 2.0), ("two", 0.0), ("three", 0.0)):
+        ollama.script(f"Answer {answer}.", first_delay=delay)
+    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
+    assert await cluster.post(a, cluster.update(chat, ANN, "three")) == 200
+    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
+    # a's lease lapsed unnoticed as they waited (a stalled), and another process took the chat for a minute.
+    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
+    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
+
+    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # what had begun finishes ...
+    await eventually(lambda: sum("it is not handled here" in message for message in caplog.messages) == 2)
+    assert said_in(cluster, ANN["id"]) == ["Answer one."] and len(ollama.chat_requests) == 1  # ... nothing more
+    handled, *waiting = rows(store)
+    assert handled.payload is None
+    assert [(row.payload is not None, row.started_at) for row in waiting] == [(True, None), (True, None)]
+
+    # The other process stops without having handled them: a takes the chat again, and with it what waits.
+    Inbox(store.sessions).release(PLATFORM, [str(ANN["id"])], other)
+    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], count=3, within=30)
+    assert said_in(cluster, ANN["id"]) == ["Answer one.", "Answer two.", "Answer three."]
+    assert users_words(ollama) == [["one"], ["one", "two"], ["one", "two", "three"]]
+    await eventually(lambda: [row.payload for row in rows(store)] == [None, None, None])
+
+
+async def test_a_group_message_in_line_when_its_sender_is_forgotten_is_not_kept(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.telegram")
+    a = await cluster.start(conversation)
+    group = cluster.telegram.group_chat(-100800)
+    ollama.script("Hello, Ann.", first_delay=3.0)
+    assert await cluster.post(a, cluster.update(group, BOB, "morning all")) == 200  # kept: Bob is known
+    await eventually(lambda: store.find_user(PLATFORM, str(BOB["id"])) is not None)
+    assert await cluster.post(a, cluster.update(group, ANN, f"@{BOT_USERNAME} hello")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    # Bob's next words, not for aLAN, wait in line behind the answer to Ann when he says /forget elsewhere.
+    assert await cluster.post(a, cluster.update(group, BOB, "my new address is 12 Elm Street")) == 200
+    await asyncio.sleep(0.5)  # handed on at once: in line
+    bob = store.find_user(PLATFORM, str(BOB["id"]))
+    assert bob is not None
+    store.forget_user(bob.id)
+
+    await cluster.telegram.wait_for("sendVoice", chat_id=group["id"], within=30)
+    await eventually(lambda: not claims(store), within=30)  # all done: the chat let go
+    assert any("was forgotten (/forget) before its turn began" in message for message in caplog.messages)
+    with store.sessions() as session:
+        assert not [text for text in session.scalars(select(Turn.text)).all() if "Elm" in text or "morning" in text]
+    assert not [row for row in rows(store) if row.payload is not None or row.sender is not None]
 
 
 async def test_a_process_drops_the_numbers_of_updates_handled_over_a_day_ago_as_it_starts(

@@ -32,7 +32,7 @@ from alan.scheduler import SchedulerFullError, TurnScheduler
 from alan.settings import Settings
 from bot.telegram.clone import CloneFlow
 from bot.telegram.commands import COMMANDS, Commands
-from bot.telegram.common import TelegramOptions, TelegramServices, participant, say_quietly
+from bot.telegram.common import TelegramOptions, TelegramServices, UpdateDropped, participant, say_quietly
 from bot.telegram.lane_services import LaneServices
 from bot.telegram.media import NOT_AUDIO, UNSUPPORTED, check_before_download, download, find_audio
 from bot.telegram.recovery import follow_up_unanswered
@@ -191,6 +191,7 @@ class Router:
             return  # a photo, a sticker: nothing to keep
 
         async def keep() -> None:
+            await services.may_store()  # its sender may have been forgotten while it waited in line
             if attachment is None:
                 await services.conversation.overhear(who, text=message.text)
                 return
@@ -211,6 +212,8 @@ class Router:
                 await keep()
             except TurnError as error:
                 log.info("a message in group %s was not kept in its conversation: %s", message.chat_id, error)
+            except UpdateDropped as dropped:
+                log.info("%s: a message in group %s is not kept here", dropped, message.chat_id)
             except Exception:
                 log.exception("keeping a message of group %s in its conversation failed", message.chat_id)
 

@@ -19,7 +19,9 @@ of one chat can land on two processes. What they share is the database (`engine.
   once (it listens where it did: see `release_predecessors`).
 - A handled update is cleared from the inbox at once (what a person said goes; its number stays a day, so that
   Telegram retrying a delivery gets it handled once). `/forget` drops a person's updates still waiting, and
-  a turn whose update it dropped while it waited in line does not run.
+  a turn (or a group message being kept) whose update it dropped while it waited in line does not run.
+- A turn begins only while its chat's lease is still this process's (`_begin`): one that waited in line past a
+  lease lost unnoticed is left in the inbox, with those after it, for the chat's holder to hand on in order.
 
 Order is update_id order among the updates a process finds waiting; an update that reaches the inbox after a
 later one of its chat was handed on (Telegram delivering over several connections at once) is still handled,
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import json
 import logging
 import time
@@ -49,7 +52,7 @@ from bot.telegram.common import PLATFORM
 from bot.telegram.lane_services import CURRENT, LaneServices, Work
 from bot.telegram.recovery import follow_up_turn  # the one-turn follow-up, as after a restart
 from engine.conversation import PendingTurn
-from engine.store.inbox import Inbox, Waiting
+from engine.store.inbox import Begun, Inbox, Waiting
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +220,7 @@ class ChatLanes:
                      row.update_id, lane.chat)  # fmt: skip
         lane.last_update_id = max(lane.last_update_id, row.update_id)
         lane.handed[row.id] = row.update_id
-        work = Work(row.id, row.update_id, self._mark_started)
+        work = Work(row.id, row.update_id, functools.partial(self._begin, lane, lane.tenure))
         context = contextvars.copy_context()
         context.run(CURRENT.set, work)
         self._start(lane, self._handle(lane, work, update), f"telegram-update-{row.update_id}", context)
@@ -225,6 +228,9 @@ class ChatLanes:
     async def _handle(self, lane: Lane, work: Work, update: Update) -> None:
         await self.application.process_update(update)  # every handler guarded: it logs and answers failures
         await work.settled()
+        if work.left_for_another:
+            lane.handed.pop(work.row_id, None)  # still waiting in the inbox: the chat's holder hands it on
+            return
         try:
             await asyncio.to_thread(self.inbox.done, work.row_id, _now())
         except Exception as error:
@@ -232,13 +238,26 @@ class ChatLanes:
                       "again", work.update_id, error)  # fmt: skip
         lane.handed.pop(work.row_id, None)
 
-    async def _mark_started(self, row_id: int) -> bool:
-        """Note that the update's turn begins; False when its row is gone (`/forget` dropped it meanwhile)."""
+    async def _begin(self, lane: Lane, tenure: int, row_id: int) -> Begun:
+        """Note that the update's turn begins, if the chat is still this process's (see `Inbox.mark_started`).
+
+        A turn waits in line behind the chat's others, minutes at times: the lease that was fresh when it was
+        handed on may have lapsed since, and the chat gone to another process that hands the same update on.
+        Once one update finds that, the chat is lost here: the updates handed on after it don't begin either,
+        and are handed on again, in order, by the chat's next holder (this process too, if it claims it again).
+        """
+        if lane.tenure != tenure:
+            return Begun.ELSEWHERE
         try:
-            return await asyncio.to_thread(self.inbox.mark_started, row_id, _now())
+            begun = await asyncio.to_thread(self.inbox.mark_started, row_id, self.owner, _now())
         except Exception as error:  # the turn goes on: only a takeover after a crash would know less
             log.warning("could not note in the inbox that a turn began (%s)", error)
-            return True
+            return Begun.YES
+        if begun is Begun.ELSEWHERE and lane.tenure == tenure:
+            log.warning("chat %s: its lease lapsed while a turn waited in line; its updates are left to the inbox",
+                        lane.chat)  # fmt: skip
+            lane.lose()
+        return begun
 
     def _start(
         self, lane: Lane, coroutine: Coroutine[Any, Any, None], name: str, context: contextvars.Context | None = None

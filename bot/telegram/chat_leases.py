@@ -39,11 +39,14 @@ class Lane:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     last_update_id: int = 0
     followed_up: bool = False  # the turns left unanswered here were followed up under this claim
+    tenure: int = 0  # counts the claims lost: work handed on under an earlier one must not begin
 
     def lose(self) -> None:
-        """Another process has the chat now: what is in flight finishes here, nothing more is handed on."""
+        """Another process may have the chat now: what has begun finishes here; nothing more is handed on, and
+        nothing handed on begins (it stays in the inbox for the chat's next holder, in order)."""
         self.held = False
         self.followed_up = False  # a later claim follows up afresh what was left then
+        self.tenure += 1
 
 
 class LeaseKeeper:

@@ -38,6 +38,10 @@ TELEGRAM_TROUBLE = "Sorry, I couldn't get my answer through Telegram. Please try
 WAITING = "I'm still answering an earlier message; yours is in the queue ({count} waiting). I'll get to it soon."
 
 
+class UpdateDropped(Exception):  # noqa: N818 (not an error: a decision, logged and kept quiet)
+    """An update's turn (or kept message) must not run, and is dropped without a word (`LaneServices`)."""
+
+
 @dataclass(frozen=True)
 class TelegramOptions:
     """Tunables with production defaults; tests shorten the waits."""
@@ -121,6 +125,10 @@ class TelegramServices:
             return None
         await query.answer()
         return answer, user, Replier(context.bot, prompt.chat_id, None, self.options.retry)
+
+    async def may_store(self) -> None:
+        """Called as a turn, or a group message being kept, gets its go: before anything of it is stored. Raises
+        `UpdateDropped` when it must not run (webhook mode: see `LaneServices`); here nothing stops it."""
 
     async def in_turn(self, chat_id: int, replier: Replier, job: Callable[[], Awaitable[T]]) -> T:
         """Run `job` in this chat's place in the scheduler (raises `SchedulerFullError`, a message for the user)."""

@@ -14,6 +14,7 @@ number and a JSON text.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,14 @@ class Waiting:
     sender: str | None
     payload: str
     started_at: datetime | None  # a turn began for it (in a process that then died, if nobody has it now)
+
+
+class Begun(enum.Enum):
+    """What `mark_started` found as an update's turn was about to begin."""
+
+    YES = "yes"  # noted: the turn runs
+    FORGOTTEN = "forgotten"  # the row is gone (`/forget`): the turn is dropped
+    ELSEWHERE = "elsewhere"  # the chat's lease is not this process's now: the row waits for the chat's holder
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -107,13 +116,25 @@ class Inbox:
             return {chat: count for chat, count in rows}
 
     @guarded("I couldn't note that a turn began")
-    def mark_started(self, row_id: int, now: datetime) -> bool:
-        """Note that the update's turn begins; False when the row is gone (`/forget` dropped it): the turn must not
-        run, or it would store the forgotten person's words again."""
+    def mark_started(self, row_id: int, owner: str, now: datetime) -> Begun:
+        """Note that the update's turn begins, if its chat is still `owner`'s, under a lease that runs.
+
+        Anything else and the turn must not run: a row gone was dropped by `/forget` (the turn would store the
+        forgotten person's words again); a chat whose lease lapsed may be another process's, which hands the row on
+        again (it stays waiting, not begun), and both would answer it."""
         with self.sessions.begin() as session:
-            statement = update(InboxUpdate).where(InboxUpdate.id == row_id).values(started_at=now)
+            ours = (
+                select(ChatClaim.chat)
+                .where(ChatClaim.platform == InboxUpdate.platform, ChatClaim.chat == InboxUpdate.chat)
+                .where(ChatClaim.owner == owner, ChatClaim.lease_until > now)
+                .exists()
+            )
+            statement = update(InboxUpdate).where(InboxUpdate.id == row_id, ours).values(started_at=now)
             # RETURNING rather than rowcount, which psycopg may leave at -1.
-            return session.execute(statement.returning(InboxUpdate.id)).first() is not None
+            if session.execute(statement.returning(InboxUpdate.id)).first() is not None:
+                return Begun.YES
+            present = session.scalar(select(InboxUpdate.id).where(InboxUpdate.id == row_id))
+            return Begun.FORGOTTEN if present is None else Begun.ELSEWHERE
 
     @guarded("I couldn't note that a message was handled")
     def done(self, row_id: int, now: datetime) -> None:
