@@ -246,6 +246,29 @@ async def test_the_poll_starts_no_second_serve_of_a_chat_being_served() -> None:
         assert not lanes._background
 
 
+class KeepingServices:
+    """What `ChatLanes` asks the services: whether a chat has a step kept in memory here (a /clone under way)."""
+
+    def __init__(self) -> None:
+        self.kept: set[str] = set()
+
+    def keeps_state(self, chat: str) -> bool:
+        return chat in self.kept
+
+
+async def test_an_idle_chat_is_kept_while_a_step_of_it_is_in_memory_here_and_let_go_once_that_ends() -> None:
+    services = KeepingServices()
+    lanes = ChatLanes(None, services, StubInbox(), "me", LaneOptions())  # type: ignore[arg-type]
+    lanes._lanes["1"] = Lane("1", held=True, confirmed=time.monotonic())
+    services.kept.add("1")  # a /clone waits for its clip
+    lanes._serve_waiting({})
+    assert not lanes._background
+    services.kept.clear()  # done, cancelled or expired: the next poll lets the chat go
+    lanes._serve_waiting({})
+    assert [task.get_name() for task in lanes._background] == ["telegram-lane-1"]
+    await asyncio.gather(*lanes._background, return_exceptions=True)
+
+
 # The migration --------------------------------------------------------------------------------------------------
 
 

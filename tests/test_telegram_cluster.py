@@ -44,12 +44,15 @@ from engine.store.inbox import Begun, Inbox
 from engine.store.models import ChatClaim, InboxUpdate, Turn
 from engine.store.repository import Store
 from engine.tts.tone import ToneSynthesizer
+from engine.voices import CONSENT_STATEMENT
+from tests.conftest import espeak_ogg
 from tests.engine_harness import LLM_MODEL
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.telegram_server import BOT_USERNAME, TOKEN, FakeTelegram
 from tests.fakes.telegram_webhook_info import FakeTelegramWithWebhookInfo
 from tests.postgres import DATABASES, database_url_for
 from tests.test_telegram import FAST, eventually
+from tests.test_telegram_clone import CLIP, button
 
 ANN = {"id": 1001, "is_bot": False, "first_name": "Ann"}
 BOB = {"id": 2002, "is_bot": False, "first_name": "Bob"}
@@ -134,9 +137,16 @@ class Cluster:
         with contextlib.suppress(asyncio.CancelledError):
             await node.task
 
-    def update(self, chat: dict[str, Any], user: dict[str, Any], text: str) -> dict[str, Any]:
+    def update(
+        self, chat: dict[str, Any], user: dict[str, Any], text: str | None = None, **content: Any
+    ) -> dict[str, Any]:
         self.telegram.add_chat(chat)
-        return {"update_id": next(self.update_ids), "message": self.telegram.message(chat, user, text=text)}
+        message = self.telegram.message(chat, user, text=text, **content)
+        return {"update_id": next(self.update_ids), "message": message}
+
+    def press(self, user: dict[str, Any], message: dict[str, Any], data: str) -> dict[str, Any]:
+        """The update of `user` pressing the inline button with `data` under `message`."""
+        return {"update_id": next(self.update_ids), "callback_query": self.telegram.callback_query(user, message, data)}
 
     async def post(self, node: Node, update: dict[str, Any]) -> int:
         async with self.http.post(node.url, json=update, headers={SECRET_HEADER: derived_secret(TOKEN)}) as response:
@@ -479,6 +489,34 @@ async def test_a_group_message_in_line_when_its_sender_is_forgotten_is_not_kept(
     with store.sessions() as session:
         assert not [text for text in session.scalars(select(Turn.text)).all() if "Elm" in text or "morning" in text]
     assert not [row for row in rows(store) if row.payload is not None or row.sender is not None]
+
+
+async def test_a_clone_in_progress_keeps_its_chat_with_one_process_wherever_its_next_steps_are_posted(
+    cluster: Cluster, conversation: Conversation, other_conversation: Conversation, ollama: FakeOllama,
+    store: Store, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The clone's steps are kept in the memory of the process that started it: the chat stays with it until done."""
+    a = await cluster.start(conversation)
+    b = await cluster.start(other_conversation)
+    chat, telegram = cluster.telegram.private_chat(ANN), cluster.telegram
+    assert await cluster.post(a, cluster.update(chat, ANN, "/clone Ann's voice")) == 200
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Send me a voice note" in call.text)
+    await asyncio.sleep(1.0)  # polls of a: nothing in flight, yet a keeps the chat while the clone waits for a clip
+    assert a.owns(claims(store)[str(ANN["id"])])
+
+    # Every next step reaches the other process: each waits in the inbox for a, which has the clone.
+    note = telegram.voice(espeak_ogg(CLIP, tmp_path), duration=6)
+    assert await cluster.post(b, cluster.update(chat, ANN, voice=note)) == 200
+    [heard] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "what I heard" in call.text)
+    assert await cluster.post(b, cluster.press(ANN, heard.result, button(heard, "That's right"))) == 200
+    [consent] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: CONSENT_STATEMENT in c.text)
+    assert await cluster.post(b, cluster.press(ANN, consent.result, button(consent, "I confirm"))) == 200
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Saved “Ann's voice”" in call.text)
+    ann = store.find_user(PLATFORM, str(ANN["id"]))
+    assert ann is not None and [voice.name for voice in store.voices_of(ann.id)] == ["Ann's voice"]
+    assert ollama.chat_requests == [] and telegram.sent("sendVoice") == []  # the clip was no conversation turn
+    assert not [call for call in telegram.sent("answerCallbackQuery") if call.params.get("text")]  # no "expired"
+    await eventually(lambda: not claims(store), within=30)  # done: the chat let go
 
 
 async def test_a_process_drops_the_numbers_of_updates_handled_over_a_day_ago_as_it_starts(

@@ -6,7 +6,8 @@ of one chat can land on two processes. What they share is the database (`engine.
 - The process that receives an update stores it in the inbox, then Telegram gets its 200: an update received is
   never lost, even if the process dies before handling it.
 - A chat is handled by one process at a time: the one holding its claim, a lease renewed every `lease_s / 3`
-  while it has the chat's updates in flight (`chat_leases`), given up as soon as it has none. The claim is taken
+  while it has the chat's updates in flight (`chat_leases`), or keeps a step of it in memory (a /clone waiting
+  for its clip or its consent: `TelegramServices.keeps_state`), given up as soon as it has neither. The claim is taken
   again (so confirmed) each time updates are handed on: a process whose lease lapsed unnoticed hands on nothing.
   The receiving process claims an unclaimed chat and hands the update on at once; if another process holds the
   chat, the update waits in the inbox for that owner, which takes it when one of the chat's updates finishes, or
@@ -171,7 +172,7 @@ class ChatLanes:
                     self._hand_on(lane, row)
         elif len(settled) < len(waiting):
             log.warning("chat %s: its lease was not confirmed in time; its updates wait for the next claim", lane.chat)
-        if not lane.tasks:
+        if not lane.tasks and not self.services.keeps_state(lane.chat):
             await asyncio.to_thread(self.inbox.release, PLATFORM, [lane.chat], self.owner)
             lane.held = False
 
@@ -340,8 +341,10 @@ class ChatLanes:
                 continue  # being served (during a database stall they would pile up), or all in flight here
             self._spawn(self.serve_chat(chat), f"telegram-lane-{chat}")
         for chat, lane in self._lanes.items():
-            if lane.held and not lane.tasks and chat not in waiting and not lane.lock.locked():
-                self._spawn(self.serve_chat(chat), f"telegram-lane-{chat}")  # idle (a release failed): let it go
+            idle = lane.held and not lane.tasks and chat not in waiting and not lane.lock.locked()
+            if idle and not self.services.keeps_state(chat):
+                # Let it go: a release failed, or the step kept in memory here (a /clone) ended or expired.
+                self._spawn(self.serve_chat(chat), f"telegram-lane-{chat}")
 
     async def stop(self) -> None:
         """Stop serving: updates in flight get `stop_grace_s` to finish, the rest stay in the inbox for the next

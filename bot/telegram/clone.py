@@ -6,7 +6,8 @@
       → voice saved under NAME (default "my voice") and made active.
 
 CSM copies a voice best when the transcript is exactly what is said, hence the check. The state lives in
-memory per (chat, user) and expires after `clone_timeout_s`: a restart only means starting again.
+memory per (chat, user) and expires after `clone_timeout_s`: a restart only means starting again. By webhook,
+with several processes, the chat stays with the process that keeps it until then (`TelegramServices.keeps_state`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class CloneFlow:
         self.services = services
         self._sessions: dict[tuple[int, int], CloneSession] = {}
         self._saved: deque[str] = deque(maxlen=100)  # tokens of sessions consented to, for double taps
+        services.keeps_state_with(self.in_progress)
 
     # --- state ---
 
@@ -74,6 +76,11 @@ class CloneFlow:
         for key in [key for key, session in self._sessions.items() if session.expires < now]:
             del self._sessions[key]
         return self._sessions.get((chat_id, user_id))
+
+    def in_progress(self, chat: str) -> bool:
+        """Whether someone's clone in this chat is under way (the chat as `chat_lanes.lane_key` names it)."""
+        now = time.monotonic()
+        return any(str(chat_id) == chat and s.expires >= now for (chat_id, _), s in self._sessions.items())
 
     def forget_user(self, user_id: int) -> None:
         for key in [key for key in self._sessions if key[1] == user_id]:

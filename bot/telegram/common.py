@@ -90,6 +90,16 @@ class TelegramServices:
         )
         self.max_bytes = download_limit(settings.telegram_api_url, settings.max_audio_bytes)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._state_keepers: list[Callable[[str], bool]] = []
+
+    def keeps_state_with(self, keeper: Callable[[str], bool]) -> None:
+        """Register what tells whether a chat has a step in progress kept in this process's memory (a /clone
+        waiting for its clip): by webhook, such a chat stays with this process until it is done (`chat_lanes`)."""
+        self._state_keepers.append(keeper)
+
+    def keeps_state(self, chat: str) -> bool:
+        """Whether this process keeps something of `chat` in memory now (its key as `chat_lanes.lane_key` has it)."""
+        return any(keeper(chat) for keeper in self._state_keepers)
 
     def replier(self, bot: Bot, message: Message) -> Replier:
         """Replies to `message`, in its chat."""

@@ -124,8 +124,11 @@ class FakeTelegram(LocalServer):
 
     def press(self, user: dict[str, Any], message: dict[str, Any], data: str) -> None:
         """Queue a callback query: `user` pressed the inline button with `data` under `message`."""
-        query = {"id": f"cb-{len(self.calls)}", "from": user, "chat_instance": "1", "message": message, "data": data}
-        self.push({"callback_query": query})
+        self.push({"callback_query": self.callback_query(user, message, data)})
+
+    def callback_query(self, user: dict[str, Any], message: dict[str, Any], data: str) -> dict[str, Any]:
+        """The CallbackQuery Telegram sends when `user` presses the inline button with `data` under `message`."""
+        return {"id": f"cb-{len(self.calls)}", "from": user, "chat_instance": "1", "message": message, "data": data}
 
     @staticmethod
     def private_chat(user: dict[str, Any]) -> dict[str, Any]:
