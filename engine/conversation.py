@@ -260,7 +260,8 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings,
         messages = history.messages()
         situation = group_context(user.display_name, self.bot_name, name_them=name_them) if history.shared else None
         # Only the speaking person's memory, in a group too.
-        situation = "\n\n".join(part for part in (situation, await self._recall(user, who)) if part) or None
+        recollection = await self._recall(user, who)
+        situation = "\n\n".join(part for part in (situation, recollection.text) if part) or None
         finished = False
         try:
             try:
@@ -324,7 +325,7 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings,
             turn_id = await self._memory.store_reply(user.id, who.scope, reply, complete=finished, spoken=speaking)
         if finished and turn_id is not None:
             timings["total_s"] = time.perf_counter() - started
-            self._leave_to_remember(user, who, said, reply.text)  # in the background, after the answer
+            self._leave_to_remember(user, who, said, reply.text, recollection)  # in the background, after the answer
             yield TurnFinished(reply.text, turn_id, timings)
 
     @staticmethod

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from engine.errors import BadInputError
-from engine.memory import MAX_FACTS, Exchange, MemoryKeeper
+from engine.memory import MAX_FACTS, Exchange, MemoryKeeper, Recollection
 from engine.participant import Participant
 from engine.store.models import User
 from engine.store.repository import Store
@@ -49,13 +49,16 @@ class ConversationMemory:
     async def _user(self, who: Participant) -> User:
         raise NotImplementedError
 
-    async def _recall(self, user: User, who: Participant) -> str | None:
+    async def _recall(self, user: User, who: Participant) -> Recollection:
         """What the LLM is told it remembers of this person (only theirs, in a group too, and there no summary)."""
         return await self._keeper.recall(user.person_id, shared=who.shared)
 
-    def _leave_to_remember(self, user: User, who: Participant, said: str, answer: str) -> None:
+    def _leave_to_remember(
+        self, user: User, who: Participant, said: str, answer: str, recollection: Recollection
+    ) -> None:
+        name = user.display_name or "the person"
         self._keeper.after_turn(
-            Exchange(user.person_id, user.display_name or "the person", who.platform, who.scope, said, answer)
+            Exchange(user.person_id, name, who.platform, who.scope, said, answer, recollection.epoch)
         )
 
     async def memory_settled(self) -> None:

@@ -103,6 +103,17 @@ class Exchange:
     scope: str
     said: str
     answer: str
+    # The person's `memory_epoch` as the turn began (None: not known then): a clear or switch since, in any
+    # process, and it is not remembered.
+    epoch: int | None = None
+
+
+@dataclass(frozen=True)
+class Recollection:
+    """What a turn is told it remembers of the person (None: nothing), and their `memory_epoch` as it was read."""
+
+    text: str | None = None
+    epoch: int | None = None
 
 
 def _key(text: str) -> str:
@@ -159,13 +170,12 @@ class MemoryKeeper:
         self._idle = asyncio.Event()
         self._idle.set()
         self._worker: asyncio.Task[None] | None = None
-        # Bumped by `forget_pending`: an extraction under way for an older generation writes nothing.
-        self._generation: dict[int, int] = {}
 
     # -- the turn's side: one read, one queueing --------------------------------------------------------
 
-    async def recall(self, person_id: int, *, shared: bool = False) -> str | None:
-        """What to tell the LLM it remembers of this person, within `MEMORY_CHARS`; None if nothing (or no store).
+    async def recall(self, person_id: int, *, shared: bool = False) -> Recollection:
+        """What to tell the LLM it remembers of this person, within `MEMORY_CHARS` (None if nothing, or no store),
+        and their memory's epoch, for what the turn leaves to remember (`Exchange.epoch`).
 
         In a shared conversation (a group) only their facts: the summary covers their private chats too, and what
         was said there is not for the room.
@@ -174,10 +184,12 @@ class MemoryKeeper:
             person = await asyncio.to_thread(self.store.person, person_id)
             facts = await asyncio.to_thread(self.store.facts, person_id) if person is not None else []
         except StorageUnavailableError:
-            return None  # logged by the store; the turn goes on without memory
-        summary = None if person is None or shared else (person.summary or "")[:SUMMARY_CHARS] or None
-        if person is None or not (facts or summary):
-            return None
+            return Recollection()  # logged by the store; the turn goes on without memory
+        if person is None:
+            return Recollection()
+        summary = None if shared else (person.summary or "")[:SUMMARY_CHARS] or None
+        if not (facts or summary):
+            return Recollection(None, person.memory_epoch)
         summary_line = f"{SUMMARY_HEADING} {summary}" if summary else ""
         budget = MEMORY_CHARS - len(FACTS_HEADING) - len(summary_line)
         lines: list[str] = []
@@ -194,7 +206,7 @@ class MemoryKeeper:
             parts.append(summary_line)
         with contextlib.suppress(StorageUnavailableError):
             await asyncio.to_thread(self.store.used, ids)
-        return "\n".join(parts)
+        return Recollection("\n".join(parts), person.memory_epoch)
 
     def after_turn(self, exchange: Exchange) -> None:
         """Queue an answered turn for extraction (returns at once). The oldest waiting is dropped when full."""
@@ -213,11 +225,12 @@ class MemoryKeeper:
             self._worker = asyncio.create_task(self._work(), name="memory")
 
     def forget_pending(self, person_id: int) -> None:
-        """Drop what waits to be remembered of this person, and what is being extracted now (`/memory clear`,
-        `/memory off`): the facts they asked to lose must not come back from a turn before they asked."""
+        """Drop what waits here to be remembered of this person (`/memory clear`, `off`, `/forget`) at once.
+
+        What a turn before that left to remember, here or in another process, and what is being extracted now,
+        would write nothing anyway: the person's `memory_epoch` moved on (see `_remember`)."""
         for key in [key for key in self._waiting if key[0] == person_id]:
             del self._waiting[key]
-        self._generation[person_id] = self._generation.get(person_id, 0) + 1
 
     async def settled(self) -> None:
         """Return once nothing waits for extraction and nothing is being extracted (the CLI waits for this)."""
@@ -249,10 +262,14 @@ class MemoryKeeper:
                 log.exception("memory: extraction for person %s failed", person_id)
 
     async def _remember(self, person_id: int, exchanges: list[Exchange]) -> None:
-        generation = self._generation.get(person_id, 0)
         person = await asyncio.to_thread(self.store.person, person_id)
         if person is None or not person.memory_enabled:
             return  # forgotten meanwhile, or memory off: nothing is extracted
+        epoch = person.memory_epoch
+        exchanges = [exchange for exchange in exchanges if exchange.epoch in (None, epoch)]
+        if not exchanges:
+            log.info("memory: person %s cleared or switched memory since those turns; nothing extracted", person_id)
+            return
         facts = await asyncio.to_thread(self.store.facts, person_id)
         exchanges = _within_budget(exchanges)
         last = exchanges[-1]
@@ -265,15 +282,14 @@ class MemoryKeeper:
         except (StructuredOutputError, LlmUnavailableError) as error:
             log.warning("memory: nothing remembered from %d turn(s): %s", len(exchanges), error)
             return
-        if self._generation.get(person_id, 0) != generation:
-            log.info("memory: person %s cleared or paused memory meanwhile; nothing written", person_id)
-            return
         if changes:
             applied, let_go = await asyncio.to_thread(
-                lambda: self.store.apply(person_id, changes, platform=last.platform, scope=last.scope, cap=MAX_FACTS)
+                lambda: self.store.apply(
+                    person_id, changes, platform=last.platform, scope=last.scope, cap=MAX_FACTS, epoch=epoch
+                )
             )
             log.info("memory: %d change(s) for person %s (%d let go at the cap)", applied, person_id, let_go)
-        await self._summarise(person_id, last.name, person.summary, generation)
+        await self._summarise(person_id, last.name, person.summary, epoch)
 
     def _extraction_messages(
         self, name: str, facts: Sequence[Memory], exchanges: Sequence[Exchange]
@@ -285,7 +301,7 @@ class MemoryKeeper:
             ChatMessage("user", f"Known facts:\n{known}\n\nNew conversation:\n{talk}"),
         ]
 
-    async def _summarise(self, person_id: int, name: str, summary: str | None, generation: int) -> None:
+    async def _summarise(self, person_id: int, name: str, summary: str | None, epoch: int) -> None:
         turns: list[Turn] = await asyncio.to_thread(
             self.store.turns_to_summarise, person_id, self.history_turns, SUMMARY_BATCH * 4
         )
@@ -302,10 +318,8 @@ class MemoryKeeper:
             log.warning("memory: the summary was not updated: %s", error)
             return
         text = " ".join(str(raw.get("summary") or "").split())[:SUMMARY_CHARS]
-        if self._generation.get(person_id, 0) != generation:
-            return  # cleared or paused while the model wrote it
-        if text:
-            await asyncio.to_thread(self.store.set_summary, person_id, text, turns[-1].id)
+        if text:  # not kept if memory was cleared or switched while the model wrote it
+            await asyncio.to_thread(lambda: self.store.set_summary(person_id, text, turns[-1].id, epoch=epoch))
 
 
 def _within_budget(exchanges: list[Exchange]) -> list[Exchange]:

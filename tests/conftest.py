@@ -250,19 +250,35 @@ def store(database_url: str):  # type: ignore[no-untyped-def]
     return Store(open_database(database_url))
 
 
-@pytest.fixture
-async def conversation(store, whisper, ollama):  # type: ignore[no-untyped-def]
-    """The real conversation engine on the tone synthesizer (no torch model: the platforms' tests are about the
-    platforms), the tiny Whisper, a migrated database and the fake Ollama."""
+def _tone_conversation(store, whisper, ollama):  # type: ignore[no-untyped-def]
     from engine.conversation import Conversation
     from engine.llm import OllamaChat
     from engine.tts.tone import ToneSynthesizer
     from tests.engine_harness import LLM_MODEL
 
     llm = OllamaChat(LLM_MODEL, ollama.host, first_token_timeout=30, token_timeout=30)
-    made = Conversation(store, whisper, ToneSynthesizer(), llm, max_audio_seconds=60, max_audio_bytes=20 * 1024 * 1024)
+    return Conversation(store, whisper, ToneSynthesizer(), llm, max_audio_seconds=60, max_audio_bytes=20 * 1024 * 1024)
+
+
+@pytest.fixture
+async def conversation(store, whisper, ollama):  # type: ignore[no-untyped-def]
+    """The real conversation engine on the tone synthesizer (no torch model: the platforms' tests are about the
+    platforms), the tiny Whisper, a migrated database and the fake Ollama."""
+    made = _tone_conversation(store, whisper, ollama)
     yield made
     await made._keeper.aclose()  # a memory extraction still under way ends with the test, not with its loop
+
+
+@pytest.fixture
+async def other_conversation(database_url: str, whisper, ollama):  # type: ignore[no-untyped-def]
+    """A second process's engine beside `conversation`: its own store, connections and memory worker on the same
+    database, as two aLAN processes sharing PostgreSQL have."""
+    from engine.store.database import open_database
+    from engine.store.repository import Store
+
+    made = _tone_conversation(Store(open_database(database_url)), whisper, ollama)
+    yield made
+    await made._keeper.aclose()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alan.cli import app
+from engine.store.database import head_revision
 from tests.conftest import fake_ollama_in_thread
 
 runner = CliRunner()
@@ -37,7 +38,7 @@ def test_db_upgrade_creates_the_database_in_the_data_dir(clean_env: Path, monkey
     monkeypatch.setenv("ALAN_DATA_DIR", str(clean_env / "store"))
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "revision 0005" in result.output
+    assert f"revision {head_revision()}" in result.output
     assert (clean_env / "store" / "alan.db").is_file()
 
 
@@ -80,7 +81,7 @@ def test_doctor_says_when_the_schema_is_current(clean_env: Path, monkeypatch: py
     monkeypatch.setenv("COLUMNS", "250")
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     result = runner.invoke(app, ["doctor", "--skip", "ollama", "--skip", "stt", "--skip", "tts"])
-    assert "schema at revision 0005 (current)" in result.output
+    assert f"schema at revision {head_revision()} (current)" in result.output
 
 
 def test_run_exits_non_zero_when_no_platform_can_run(

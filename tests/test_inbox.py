@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.telegram.chat_lanes import ChatLanes, LaneOptions
@@ -21,6 +21,7 @@ from bot.telegram.chat_leases import Lane, LeaseKeeper
 from bot.telegram.common import PLATFORM
 from engine.store.database import create_db_engine, downgrade, upgrade
 from engine.store.inbox import Begun, Inbox
+from engine.store.memories import MemoryStore
 from engine.store.models import InboxUpdate
 from engine.store.repository import Store
 from tests.postgres import DATABASES, database_url_for
@@ -272,12 +273,26 @@ async def test_an_idle_chat_is_kept_while_a_step_of_it_is_in_memory_here_and_let
 # The migration --------------------------------------------------------------------------------------------------
 
 
+def an_account_of_old(sessions: sessionmaker[Session]) -> int:
+    """Ann, as a process of an earlier schema wrote her (the ORM speaks the newest): her account's id."""
+    with sessions.begin() as session:
+        values = {"yes": True, "now": NOW}
+        session.execute(text("INSERT INTO people (memory_enabled, created_at) VALUES (:yes, :now)"), values)
+        person = session.scalar(text("SELECT max(id) FROM people"))
+        session.execute(
+            text("INSERT INTO users (person_id, platform, platform_user_id, display_name, reply_with_text, created_at) "
+                 "VALUES (:person, :platform, '1001', 'Ann', :yes, :now)"),
+            {"person": person, "platform": PLATFORM, "yes": True, "now": NOW},
+        )  # fmt: skip
+        return int(session.scalar(text("SELECT max(id) FROM users")))
+
+
 def test_migration_0005_adds_the_inbox_and_the_claims_and_takes_them_away_again(database_url: str) -> None:
     upgrade(database_url, "0004")
     sessions: sessionmaker[Session] = sessionmaker(create_db_engine(database_url))
     store = Store(sessions)
-    ann = store.user(PLATFORM, "1001", "Ann")
-    store.add_turn(ann.id, "1001", "user", "kept through it all")
+    ann = an_account_of_old(sessions)
+    store.add_turn(ann, "1001", "user", "kept through it all")
     upgrade(database_url, "0005")
     inbox = Inbox(sessions)
     assert inbox.add(PLATFORM, 2**40, "1001", "1001", "{}", NOW)  # Telegram's update ids are 64-bit
@@ -286,6 +301,27 @@ def test_migration_0005_adds_the_inbox_and_the_claims_and_takes_them_away_again(
     with sessions() as session:
         tables = set(session.get_bind().dialect.get_table_names(session.connection()))  # type: ignore[attr-defined]
     assert not {"inbox_updates", "chat_claims"} & tables
-    assert [turn.text for turn in store.recent_turns(ann.id, "1001")] == ["kept through it all"]
+    assert [turn.text for turn in store.recent_turns(ann, "1001")] == ["kept through it all"]
     upgrade(database_url)
     assert Inbox(sessions).waiting(PLATFORM, "1001") == []
+
+
+def test_migration_0006_adds_the_memory_epoch_and_takes_it_away_again(database_url: str) -> None:
+    upgrade(database_url, "0005")
+    sessions: sessionmaker[Session] = sessionmaker(create_db_engine(database_url))
+    store = Store(sessions)
+    an_account_of_old(sessions)
+    upgrade(database_url, "0006")
+    ann = store.find_user(PLATFORM, "1001")
+    assert ann is not None
+    memory = MemoryStore(sessions)
+    person = memory.person(ann.person_id)
+    assert person is not None and person.memory_epoch == 0  # every existing person starts at 0
+    memory.clear(ann.person_id)
+    assert memory.person(ann.person_id).memory_epoch == 1  # type: ignore[union-attr]
+    downgrade(database_url, "0005")
+    with sessions() as session:
+        columns = {column["name"] for column in inspect(session.connection()).get_columns("people")}
+    assert "memory_epoch" not in columns and {"memory_enabled", "summary"} <= columns
+    assert store.find_user(PLATFORM, "1001") is not None  # nothing else went with it
+    upgrade(database_url)

@@ -207,3 +207,50 @@ async def test_clearing_while_a_turn_is_being_remembered_keeps_it_cleared(
     await conversation.clear_memory(ANN)
     await conversation.memory_settled()
     assert (await conversation.memory(ANN)).facts == []
+
+
+# Two processes on one database: the clear is answered by one, the turns were remembered by the other.
+
+
+async def test_clearing_in_another_process_while_a_turn_is_being_remembered_here_keeps_it_cleared(
+    conversation: Conversation, other_conversation: Conversation, ollama: FakeOllama
+) -> None:
+    ollama.script_json(changes(("add", 0, "They hate mornings.")), first_delay=0.5)
+    [_ async for _ in conversation.turn(ANN, text="I hate mornings.", speak=False)]
+    await asyncio.sleep(0.1)  # the extraction is under way here (the model takes its time)
+    assert await other_conversation.clear_memory(ANN) == 0  # `/memory clear`, answered by the other process
+    await conversation.memory_settled()
+    assert (await conversation.memory(ANN)).facts == []
+    assert len(ollama.json_requests) == 1
+
+
+async def test_a_turn_before_a_clear_in_another_process_is_not_remembered_even_when_its_extraction_starts_after(
+    conversation: Conversation, other_conversation: Conversation, ollama: FakeOllama
+) -> None:
+    ollama.script_json(changes(("add", 0, "They hate mornings.")), first_delay=0.5)
+    ollama.script_json(changes(("add", 0, "They drink tea.")))
+    [_ async for _ in conversation.turn(ANN, text="I hate mornings.", speak=False)]
+    await asyncio.sleep(0.1)  # the first turn's extraction is under way: the second's waits for the worker
+    [_ async for _ in conversation.turn(ANN, text="I drink tea.", speak=False)]
+    await other_conversation.clear_memory(ANN)
+    await conversation.memory_settled()
+    assert (await conversation.memory(ANN)).facts == []
+    assert len(ollama.json_requests) == 1  # the second turn, said before the clear, was not even sent to the model
+
+    # What is said after the clear is remembered as before.
+    await talk(conversation, ANN, "I drink tea.")
+    assert [fact.text for fact in (await conversation.memory(ANN)).facts] == ["They drink tea."]
+
+
+async def test_memory_switched_off_and_on_in_another_process_drops_what_was_said_before(
+    conversation: Conversation, other_conversation: Conversation, ollama: FakeOllama, store: Store
+) -> None:
+    ollama.script_json(changes(("add", 0, "They hate mornings.")), first_delay=0.5)
+    [_ async for _ in conversation.turn(ANN, text="I hate mornings.", speak=False)]
+    await asyncio.sleep(0.1)
+    await other_conversation.set_memory_enabled(ANN, False)
+    await other_conversation.set_memory_enabled(ANN, True)  # on again before the extraction here ends
+    await conversation.memory_settled()
+    assert (await conversation.memory(ANN)).facts == []
+    with store.sessions() as session:
+        assert session.scalar(select(Person.memory_epoch)) == 2

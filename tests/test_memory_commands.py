@@ -50,7 +50,7 @@ def remember(store: Store, platform: str, user_id: str, scope: str, *facts: str)
     """Facts in place as if extracted from a turn `user_id` had on `platform` in `scope`."""
     person = store.user(platform, user_id).person_id
     changes = [FactChange("add", fact) for fact in facts]
-    MemoryStore(store.sessions).apply(person, changes, platform=platform, scope=scope, cap=MAX_FACTS)
+    MemoryStore(store.sessions).apply(person, changes, platform=platform, scope=scope, cap=MAX_FACTS, epoch=0)
 
 
 def button(call: Call, label_part: str) -> str:

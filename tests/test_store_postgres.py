@@ -136,9 +136,10 @@ def test_the_memory_cap_holds_when_two_processes_add_facts_at_once(postgres_url:
     cap = 5
     memories = [MemoryStore(store.sessions) for store in stores]
     batches = [[FactChange("add", f"fact {side}-{n}") for n in range(4)] for side in range(2)]
+    options = {"platform": "telegram", "scope": "c", "cap": cap, "epoch": 0}
     for _ in range(3):
         results = at_once([
-            lambda memory=memory, batch=batch: memory.apply(person, batch, platform="telegram", scope="c", cap=cap)
+            lambda memory=memory, batch=batch: memory.apply(person, batch, **options)
             for memory, batch in zip(memories, batches, strict=True)
         ])  # fmt: skip
         assert not [result for result in results if isinstance(result, BaseException)], results

@@ -38,12 +38,9 @@ from bot.telegram.chat_lanes import lane_key
 from bot.telegram.common import PLATFORM
 from bot.telegram.webhook import SECRET_HEADER, derived_secret
 from engine.conversation import Conversation
-from engine.llm import OllamaChat
-from engine.store.database import open_database
 from engine.store.inbox import Begun, Inbox
 from engine.store.models import ChatClaim, InboxUpdate, Turn
 from engine.store.repository import Store
-from engine.tts.tone import ToneSynthesizer
 from engine.voices import CONSENT_STATEMENT
 from tests.conftest import espeak_ogg
 from tests.engine_harness import LLM_MODEL
@@ -68,16 +65,6 @@ SHORT_LEASE_S = 6.0
 def database_url(request: pytest.FixtureRequest) -> str:
     """Every test here runs on SQLite and on PostgreSQL, each time on a new, empty database."""
     return database_url_for(request)
-
-
-@pytest.fixture
-async def other_conversation(database_url: str, whisper, ollama: FakeOllama) -> AsyncIterator[Conversation]:  # type: ignore[no-untyped-def]
-    """A second process's engine: its own store and connections on the same database (see conftest's)."""
-    llm = OllamaChat(LLM_MODEL, ollama.host, first_token_timeout=30, token_timeout=30)
-    made = Conversation(Store(open_database(database_url)), whisper, ToneSynthesizer(), llm,
-                        max_audio_seconds=60, max_audio_bytes=20 * 1024 * 1024)  # fmt: skip
-    yield made
-    await made._keeper.aclose()
 
 
 @dataclass

@@ -57,7 +57,11 @@ class MemoryStore:
     @guarded("I couldn't change that setting")
     def set_enabled(self, person_id: int, enabled: bool) -> None:
         with self.sessions.begin() as session:
-            session.execute(update(Person).where(Person.id == person_id).values(memory_enabled=enabled))
+            session.execute(
+                update(Person)
+                .where(Person.id == person_id)
+                .values(memory_enabled=enabled, memory_epoch=Person.memory_epoch + 1)
+            )
 
     @erasing_deleted_pages("memories")
     @guarded("I couldn't forget that")
@@ -72,7 +76,9 @@ class MemoryStore:
         """Every fact and the summary go; memory stays on or off as it was."""
         with self.sessions.begin() as session:
             deleted = session.execute(delete(Memory).where(Memory.person_id == person_id)).rowcount or 0
-            session.execute(update(Person).where(Person.id == person_id).values(summary=None))
+            session.execute(
+                update(Person).where(Person.id == person_id).values(summary=None, memory_epoch=Person.memory_epoch + 1)
+            )
             return deleted
 
     @guarded("I couldn't keep that in mind")
@@ -86,15 +92,16 @@ class MemoryStore:
 
     @guarded("I couldn't keep that in mind")
     def apply(
-        self, person_id: int, changes: Sequence[FactChange], *, platform: str, scope: str, cap: int
+        self, person_id: int, changes: Sequence[FactChange], *, platform: str, scope: str, cap: int, epoch: int
     ) -> tuple[int, int]:
         """Apply reconciled changes in one transaction, then keep at most `cap` facts, letting the longest unused
-        go, earlier ones before those just added. Nothing is written for a person deleted meanwhile (/forget) or with
-        memory turned off. Returns (changes applied, facts let go)."""
+        go, earlier ones before those just added. Nothing is written for a person deleted meanwhile (/forget), with
+        memory turned off, or whose memory was cleared or switched since `epoch` (their `memory_epoch` when the
+        extraction began). Returns (changes applied, facts let go)."""
         now = utcnow()
         with self.sessions.begin() as session:
             person = session.get(Person, person_id)
-            if person is None or not person.memory_enabled:
+            if person is None or not person.memory_enabled or person.memory_epoch != epoch:
                 return 0, 0
             applied = 0
             added: list[Memory] = []
@@ -148,11 +155,11 @@ class MemoryStore:
             return list(session.scalars(query.order_by(Turn.id).limit(limit)).all())
 
     @guarded("I couldn't keep that in mind")
-    def set_summary(self, person_id: int, summary: str, through: int) -> None:
-        """Keep the new summary, unless memory was turned off meanwhile."""
+    def set_summary(self, person_id: int, summary: str, through: int, *, epoch: int) -> None:
+        """Keep the new summary, unless memory was turned off, cleared or switched since `epoch` (see `apply`)."""
         with self.sessions.begin() as session:
             session.execute(
                 update(Person)
-                .where(Person.id == person_id, Person.memory_enabled)
+                .where(Person.id == person_id, Person.memory_enabled, Person.memory_epoch == epoch)
                 .values(summary=summary, summary_through=through)
             )

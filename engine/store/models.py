@@ -53,6 +53,9 @@ class Person(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     # `/memory off`: nothing new is remembered (what was is kept, and still used, until cleared).
     memory_enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default="1")
+    # Bumped by `/memory clear`, `off` and `on`: what a turn before that left to remember is not written (the
+    # extraction may run in another process, which knows nothing else of the clear).
+    memory_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # What was said with them before the LLM's window, in a few sentences, kept up to date in the background.
     summary: Mapped[str | None] = mapped_column(Text)
     summary_through: Mapped[int | None] = mapped_column(Integer)  # the newest turn id the summary covers
