@@ -96,6 +96,11 @@ class Conversation(ConversationVoices, ConversationResume, ConversationSettings,
         self.max_audio_bytes = max_audio_bytes
         self.bot_name = bot_name  # what people call aLAN: the LLM is told, in a group
 
+    @property
+    def store(self) -> Store:
+        """Where the conversation is kept; a platform's own tables (Telegram's inbox) share its connections."""
+        return self._store
+
     async def load_models(self, *, hearing_too: bool = True) -> None:
         """Load the speech models now rather than on first use; raises `ServiceUnavailableError` if one can't load."""
         if hearing_too:

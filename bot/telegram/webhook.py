@@ -32,8 +32,6 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from aiohttp import web
-from sqlalchemy import Engine
-from sqlalchemy.orm import sessionmaker
 from telegram import Bot, Update
 from telegram.ext import Application
 
@@ -43,7 +41,6 @@ from bot.telegram.chat_lanes import ChatLanes, lane_options
 from bot.telegram.common import PLATFORM
 from bot.telegram.lane_services import LaneServices
 from bot.telegram.send import RetryPolicy, with_retries
-from engine.store.database import create_db_engine
 from engine.store.inbox import Inbox
 
 log = logging.getLogger(__name__)
@@ -89,17 +86,15 @@ def webhook_secret(settings: Settings) -> str:
 
 @dataclass
 class Webhook:
-    """The running webhook: its HTTP server, the chats it serves, its database engine."""
+    """The running webhook: its HTTP server and the chats it serves."""
 
     runner: web.AppRunner
     lanes: ChatLanes
-    engine: Engine
 
     async def cleanup(self) -> None:
         """Stop receiving (Telegram's next POSTs go to the other processes, or wait), then stop serving."""
         await self.runner.cleanup()
         await self.lanes.stop()
-        self.engine.dispose()
 
 
 async def start_webhook(
@@ -116,8 +111,9 @@ async def start_webhook(
     url = settings.telegram_webhook_url
     path = urlsplit(url).path or "/"
     port = settings.telegram_webhook_port
-    engine = create_db_engine(settings.resolved_database_url)
-    inbox = Inbox(sessionmaker(engine, expire_on_commit=False))
+    # The conversation's connections: a second pool per process would halve how many processes PostgreSQL serves.
+    store = services.conversation.store
+    inbox = Inbox(store.sessions, retry_delays=store.retry_delays)
     # Host and port first: a process listening there now proves the one before it there is gone.
     here = f"{socket.gethostname()}:{port}:"
     owner = f"{here}{os.getpid()}:{secrets.token_hex(3)}"
@@ -148,7 +144,7 @@ async def start_webhook(
     app.router.add_post(path, receive)
     runner = web.AppRunner(app, shutdown_timeout=1.0)
     await runner.setup()
-    webhook = Webhook(runner, lanes, engine)
+    webhook = Webhook(runner, lanes)
     try:
         await web.TCPSite(runner, listen, port).start()
         log.info("Telegram webhook listening on port %d at %s; in the inbox as %s", port, path, owner)
