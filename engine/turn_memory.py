@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
@@ -130,7 +130,7 @@ class TurnMemory:
         # A reply cut short keeps only the sentences that were spoken, so the LLM later knows what was heard.
         interrupted = not complete and reply.spoken
         text = " ".join(sentence.text for sentence in reply.spoken) if interrupted else reply.text
-        payloads = [sentence.payload for sentence in reply.spoken if sentence.payload is not None]
+        payloads = [sentence.payload for sentence in await self._with_payloads(reply.spoken)]
 
         def write() -> Turn:
             audio = None
@@ -140,7 +140,8 @@ class TurnMemory:
             elif reply.spoken:
                 samples = np.concatenate([sentence.audio for sentence in reply.spoken])
                 audio = encode_ogg_opus(samples, reply.spoken[0].sample_rate) if samples.size else None
-            speech = self.tts.join(payloads) if len(payloads) == len(reply.spoken) else None
+            known = [payload for payload in payloads if payload is not None]
+            speech = self.tts.join(known) if known and len(known) == len(reply.spoken) else None
             return self.store.add_turn(user_id, scope, "assistant", text, audio=audio, speech=speech)
 
         try:
@@ -151,6 +152,23 @@ class TurnMemory:
             return None
         except StorageUnavailableError as error:  # they heard it; it won't be in the history the LLM sees next time
             raise error.saying("I couldn't keep my answer in our conversation") from error
+
+    async def _with_payloads(self, spoken: list[SpokenSentence]) -> list[SpokenSentence]:
+        """The sentences, each with its payload. A sentence cut short by the listener on a synthesizer that can't
+        tell what was heard of it (the speech service makes the payload of whole sentences) has none: what was
+        heard is encoded instead, as a person's words are, so the reply keeps its place in the spoken context."""
+        if not self.tts.capabilities.uses_context or all(sentence.payload is not None for sentence in spoken):
+            return spoken
+        complete: list[SpokenSentence] = []
+        for sentence in spoken:
+            if sentence.payload is None and sentence.audio.size:
+                try:
+                    sentence = replace(sentence, payload=await self.tts.encode(sentence.audio, sentence.sample_rate))
+                except TtsUnavailableError as error:  # the reply is kept, only not as context for the voice
+                    log.info("an interrupted sentence's audio could not be encoded: %s", error)
+                    return spoken
+            complete.append(sentence)
+        return complete
 
     async def make_house_voice(self, scope: str, reply: ReplyDraft) -> None:
         """Keep the first sentence of the first reply in a voiceless scope as that scope's voice."""

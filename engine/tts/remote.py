@@ -245,7 +245,8 @@ class RemoteSynthesisStream:
 
     def spoken(self, samples: int) -> SpeechPayload | None:
         # The service sends the payload of the whole sentence once it is spoken. A sentence the listener cut short
-        # keeps none (the service only knows what it made, not what was heard): the history keeps its text.
+        # gets none here (the service only knows what it made, not what was heard): the conversation encodes the
+        # audio that was heard instead (`TurnMemory.store_reply`).
         if self._payload is None or samples <= 0 or samples < self._received:
             return None
         return self._payload
