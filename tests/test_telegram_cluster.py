@@ -1,181 +1,49 @@
-"""Several aLAN processes behind one Telegram webhook URL, sharing the database: one chat's updates in order.
-
-Two "processes" are two real `serve()`s in this test's event loop, each with its own python-telegram-bot
-Application, turn scheduler, conversation engine and database connections, listening on its own port; what
-they share is the database (SQLite, and PostgreSQL), the fake Bot API server and the fake Ollama, as processes
-behind a load balancer share PostgreSQL, Telegram and the LLM server. The test is the load balancer: it POSTs
-each update, with Telegram's secret header, to the process it picks.
-
-A process that dies without a word is the database state it leaves behind (its claim, its inbox rows, the words it
-stored), written with the same store operations a process uses; one that stops is a `serve()` cancelled.
+"""Several aLAN processes behind one Telegram webhook URL, sharing the database: one chat's updates in order,
+whichever process each reaches; a retried delivery handled once; a process that stops, dies or restarts taken
+over without an answer lost or given twice; the shared secret. The cluster: tests/telegram_cluster_harness.py.
+What waits in line when a chat changes hands or its sender is forgotten: tests/test_telegram_cluster_handover.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from itertools import count
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
-from sqlalchemy import select
 from telegram import Update
 
-from alan.settings import Settings
-from bot.telegram.app import serve
 from bot.telegram.chat_lanes import lane_key
 from bot.telegram.common import PLATFORM
 from bot.telegram.webhook import SECRET_HEADER, derived_secret
 from engine.conversation import Conversation
 from engine.store.inbox import Begun, Inbox
-from engine.store.models import ChatClaim, InboxUpdate, Turn
 from engine.store.repository import Store
-from engine.voices import CONSENT_STATEMENT
-from tests.conftest import espeak_ogg
 from tests.engine_harness import LLM_MODEL
 from tests.fakes.ollama_server import FakeOllama
-from tests.fakes.telegram_server import BOT_USERNAME, TOKEN, FakeTelegram
-from tests.fakes.telegram_webhook_info import FakeTelegramWithWebhookInfo
-from tests.postgres import DATABASES, database_url_for
-from tests.test_telegram import FAST, eventually
-from tests.test_telegram_clone import CLIP, button
-
-ANN = {"id": 1001, "is_bot": False, "first_name": "Ann"}
-BOB = {"id": 2002, "is_bot": False, "first_name": "Bob"}
-HOOK = "https://alan.example.org/telegram/hook"
-# Short: a process stopping mid-turn leaves it to the others at once rather than after FAST's 20 s.
-OPTIONS = replace(FAST, stop_grace_s=0.2)
-DEAD = "gone-host:8443:4242:abcdef"  # a process that died: it renews nothing
-# A lease the tests wait out, once: long enough not to lapse early on a loaded machine (a slow start, a slow post).
-SHORT_LEASE_S = 6.0
-
-
-@pytest.fixture(params=DATABASES)
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Every test here runs on SQLite and on PostgreSQL, each time on a new, empty database."""
-    return database_url_for(request)
-
-
-@dataclass
-class Node:
-    """One aLAN process of the cluster."""
-
-    port: int
-    task: asyncio.Task[None] | None  # None: a process of its own (`alan run`)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/telegram/hook"
-
-    def owns(self, owner: str) -> bool:
-        return owner.startswith(f"{socket.gethostname()}:{self.port}:")
-
-
-class Cluster:
-    """Starts processes on one database and one fake Telegram, and posts updates to them as a load balancer."""
-
-    def __init__(self, telegram: FakeTelegram, database_url: str, ports: Callable[[], int]) -> None:
-        self.telegram = telegram
-        self.database_url = database_url
-        self.ports = ports
-        self.nodes: list[Node] = []
-        self.update_ids = count(500)
-        self.http = aiohttp.ClientSession()
-        self._starts = 0
-
-    async def start(self, conversation: Conversation, *, port: int | None = None) -> Node:
-        """A process, returned once it serves (it has set the webhook, or found it set)."""
-        port = port or self.ports()
-        config = Settings(
-            _env_file=None,  # type: ignore[call-arg]
-            telegram_token=TOKEN, telegram_api_url=self.telegram.api_url, database_url=self.database_url,
-            telegram_allowed_users="", telegram_webhook_url=HOOK, telegram_webhook_port=port,
-            telegram_webhook_secret=None,  # each derives it from the token: the same in all of them
-        )  # fmt: skip
-        node = Node(port, asyncio.create_task(serve(config, conversation, options=OPTIONS)))
-        self.nodes.append(node)
-        self._starts += 1
-        # Each start ends with one of these: setWebhook by the first, getWebhookInfo (found set) by the others.
-        registered = lambda: len(self.telegram.received("setWebhook")) + len(self.telegram.received("getWebhookInfo"))  # noqa: E731
-        await self.telegram.wait_until(lambda: registered() >= self._starts or node.task.done(), within=30)
-        if node.task.done():
-            node.task.result()  # serve() failed: show why
-        return node
-
-    def started_elsewhere(self) -> None:
-        """A process started outside (`alan run`) has registered: the next start waits for one more."""
-        self._starts += 1
-
-    async def stop(self, node: Node) -> None:
-        if node.task is None:
-            return
-        node.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await node.task
-
-    def update(
-        self, chat: dict[str, Any], user: dict[str, Any], text: str | None = None, **content: Any
-    ) -> dict[str, Any]:
-        self.telegram.add_chat(chat)
-        message = self.telegram.message(chat, user, text=text, **content)
-        return {"update_id": next(self.update_ids), "message": message}
-
-    def press(self, user: dict[str, Any], message: dict[str, Any], data: str) -> dict[str, Any]:
-        """The update of `user` pressing the inline button with `data` under `message`."""
-        return {"update_id": next(self.update_ids), "callback_query": self.telegram.callback_query(user, message, data)}
-
-    async def post(self, node: Node, update: dict[str, Any]) -> int:
-        async with self.http.post(node.url, json=update, headers={SECRET_HEADER: derived_secret(TOKEN)}) as response:
-            return response.status
-
-    async def close(self) -> None:
-        for node in self.nodes:
-            await self.stop(node)
-        await self.http.close()
-
-
-@pytest.fixture
-async def cluster(
-    database_url: str, store: Store, unused_tcp_port_factory: Callable[[], int]
-) -> AsyncIterator[Cluster]:
-    async with FakeTelegramWithWebhookInfo() as telegram:
-        made = Cluster(telegram, database_url, unused_tcp_port_factory)
-        try:
-            yield made
-        finally:
-            await made.close()
-
-
-def said_in(cluster: Cluster, chat_id: int) -> list[str]:
-    return [call.params["caption"] for call in cluster.telegram.sent("sendVoice", chat_id)]
-
-
-def users_words(ollama: FakeOllama) -> list[list[str]]:
-    """What the person had said, as each LLM request shows it: the history, then the words being answered."""
-    return [[m["content"] for m in request["messages"] if m["role"] == "user"] for request in ollama.chat_requests]
-
-
-def rows(store: Store) -> list[InboxUpdate]:
-    with store.sessions() as session:
-        return list(session.scalars(select(InboxUpdate).order_by(InboxUpdate.update_id)))
-
-
-def claims(store: Store) -> dict[str, str]:
-    with store.sessions() as session:
-        held = session.scalars(select(ChatClaim)).all()
-        return {claim.chat: claim.owner for claim in held if not claim.chat.startswith("#")}  # "#…": not chats
-
+from tests.fakes.telegram_server import TOKEN, FakeTelegram
+from tests.telegram_cluster_harness import (  # noqa: F401 (a_cluster, every_database: the fixtures)
+    ANN,
+    BOB,
+    DEAD,
+    HOOK,
+    OPTIONS,
+    SHORT_LEASE_S,
+    Cluster,
+    Node,
+    a_cluster,
+    claims,
+    every_database,
+    rows,
+    said_in,
+    users_words,
+)
+from tests.test_telegram import eventually
 
 # The cluster end to end ----------------------------------------------------------------------------------------
 
@@ -370,140 +238,6 @@ async def test_a_process_starting_leaves_alone_a_turn_another_process_is_answeri
     await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], count=2)
     assert said_in(cluster, ANN["id"]) == ["Answer one.", "Answer two."]
     assert users_words(ollama) == [["one"], ["one", "two"]]
-
-
-async def test_a_process_whose_lapsed_lease_another_took_hands_on_nothing_more_of_the_chat(
-    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.ERROR, logger="bot.telegram.chat_lanes")
-    a = await cluster.start(conversation)
-    chat = cluster.telegram.private_chat(ANN)
-    ollama.script("Answer one.", first_delay=2.0)
-    ollama.script("Never heard: the chat is another process's now.")
-    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
-    # a's renewals stalled (a slow database) past its lease, and another process took the chat: a claim as seen a
-    # minute on, when a's lease has lapsed, for a lease running a minute from now.
-    later = datetime.now(UTC) + timedelta(seconds=60)
-    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), "other-host:8443:1:ff", later, timedelta(0))
-    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200  # a learns it lost the chat ...
-
-    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # ... and finishes what it had
-    await asyncio.sleep(1.0)  # polls of a: none hands "two" on
-    assert said_in(cluster, ANN["id"]) == ["Answer one."] and len(ollama.chat_requests) == 1
-    handled, waiting = rows(store)
-    assert handled.payload is None and waiting.payload is not None and waiting.started_at is None  # left for its owner
-    assert f"chat {ANN['id']} was taken over by another process while this one still had it in flight" in (
-        caplog.messages
-    )
-
-
-async def test_an_update_in_line_when_its_sender_is_forgotten_is_not_handled(
-    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store
-) -> None:
-    a = await cluster.start(conversation)
-    chat = cluster.telegram.private_chat(ANN)
-    ollama.script("Answer one.", first_delay=2.0)
-    ollama.script("Never heard: Ann was forgotten.")
-    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
-    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
-    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], within=30)  # "two" in line: Ann told so
-    ann = store.find_user(PLATFORM, str(ANN["id"]))
-    assert ann is not None
-    store.forget_user(ann.id)  # `/forget`, from another chat of hers, as "two" waits
-
-    await eventually(lambda: not claims(store), within=30)  # all done: the chat let go
-    assert len(ollama.chat_requests) == 1  # "two" never answered ...
-    with store.sessions() as session:  # ... nor its words stored again
-        assert "two" not in session.scalars(select(Turn.text)).all()
-    assert not [row for row in rows(store) if row.payload is not None]
-
-
-async def test_updates_in_line_when_the_chat_is_taken_over_are_left_to_its_holder_then_answered_once_in_order(
-    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="bot.telegram")
-    a = await cluster.start(conversation)
-    chat = cluster.telegram.private_chat(ANN)
-    for answer, delay in (("one", 2.0), ("two", 0.0), ("three", 0.0)):
-        ollama.script(f"Answer {answer}.", first_delay=delay)
-    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
-    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
-    assert await cluster.post(a, cluster.update(chat, ANN, "three")) == 200
-    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
-    # a's lease lapsed unnoticed as they waited (a stalled), and another process took the chat for a minute.
-    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
-    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
-
-    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # what had begun finishes ...
-    await eventually(lambda: sum("it is not handled here" in message for message in caplog.messages) == 2)
-    assert said_in(cluster, ANN["id"]) == ["Answer one."] and len(ollama.chat_requests) == 1  # ... nothing more
-    handled, *waiting = rows(store)
-    assert handled.payload is None
-    assert [(row.payload is not None, row.started_at) for row in waiting] == [(True, None), (True, None)]
-
-    # The other process stops without having handled them: a takes the chat again, and with it what waits.
-    Inbox(store.sessions).release(PLATFORM, [str(ANN["id"])], other)
-    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], count=3, within=30)
-    assert said_in(cluster, ANN["id"]) == ["Answer one.", "Answer two.", "Answer three."]
-    assert users_words(ollama) == [["one"], ["one", "two"], ["one", "two", "three"]]
-    await eventually(lambda: [row.payload for row in rows(store)] == [None, None, None])
-
-
-async def test_a_group_message_in_line_when_its_sender_is_forgotten_is_not_kept(
-    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="bot.telegram")
-    a = await cluster.start(conversation)
-    group = cluster.telegram.group_chat(-100800)
-    ollama.script("Hello, Ann.", first_delay=3.0)
-    assert await cluster.post(a, cluster.update(group, BOB, "morning all")) == 200  # kept: Bob is known
-    await eventually(lambda: store.find_user(PLATFORM, str(BOB["id"])) is not None)
-    assert await cluster.post(a, cluster.update(group, ANN, f"@{BOT_USERNAME} hello")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
-    # Bob's next words, not for aLAN, wait in line behind the answer to Ann when he says /forget elsewhere.
-    assert await cluster.post(a, cluster.update(group, BOB, "my new address is 12 Elm Street")) == 200
-    await asyncio.sleep(0.5)  # handed on at once: in line
-    bob = store.find_user(PLATFORM, str(BOB["id"]))
-    assert bob is not None
-    store.forget_user(bob.id)
-
-    await cluster.telegram.wait_for("sendVoice", chat_id=group["id"], within=30)
-    await eventually(lambda: not claims(store), within=30)  # all done: the chat let go
-    assert any("was forgotten (/forget) before its turn began" in message for message in caplog.messages)
-    with store.sessions() as session:
-        assert not [text for text in session.scalars(select(Turn.text)).all() if "Elm" in text or "morning" in text]
-    assert not [row for row in rows(store) if row.payload is not None or row.sender is not None]
-
-
-async def test_a_clone_in_progress_keeps_its_chat_with_one_process_wherever_its_next_steps_are_posted(
-    cluster: Cluster, conversation: Conversation, other_conversation: Conversation, ollama: FakeOllama,
-    store: Store, tmp_path: Path,
-) -> None:  # fmt: skip
-    """The clone's steps are kept in the memory of the process that started it: the chat stays with it until done."""
-    a = await cluster.start(conversation)
-    b = await cluster.start(other_conversation)
-    chat, telegram = cluster.telegram.private_chat(ANN), cluster.telegram
-    assert await cluster.post(a, cluster.update(chat, ANN, "/clone Ann's voice")) == 200
-    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Send me a voice note" in call.text)
-    await asyncio.sleep(1.0)  # polls of a: nothing in flight, yet a keeps the chat while the clone waits for a clip
-    assert a.owns(claims(store)[str(ANN["id"])])
-
-    # Every next step reaches the other process: each waits in the inbox for a, which has the clone.
-    note = telegram.voice(espeak_ogg(CLIP, tmp_path), duration=6)
-    assert await cluster.post(b, cluster.update(chat, ANN, voice=note)) == 200
-    [heard] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "what I heard" in call.text)
-    assert await cluster.post(b, cluster.press(ANN, heard.result, button(heard, "That's right"))) == 200
-    [consent] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: CONSENT_STATEMENT in c.text)
-    assert await cluster.post(b, cluster.press(ANN, consent.result, button(consent, "I confirm"))) == 200
-    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Saved “Ann's voice”" in call.text)
-    ann = store.find_user(PLATFORM, str(ANN["id"]))
-    assert ann is not None and [voice.name for voice in store.voices_of(ann.id)] == ["Ann's voice"]
-    assert ollama.chat_requests == [] and telegram.sent("sendVoice") == []  # the clip was no conversation turn
-    assert not [call for call in telegram.sent("answerCallbackQuery") if call.params.get("text")]  # no "expired"
-    await eventually(lambda: not claims(store), within=30)  # done: the chat let go
 
 
 async def test_a_process_drops_the_numbers_of_updates_handled_over_a_day_ago_as_it_starts(

@@ -1,0 +1,179 @@
+"""What waits in line in a Telegram chat served by several aLAN processes (tests/telegram_cluster_harness.py) when
+the chat changes hands or its sender is forgotten: a process whose lease lapsed hands on, and begins, nothing more
+of the chat (what it had waits for the chat's holder, in order); a turn or a kept group message of a person who
+said /forget meanwhile is dropped; a /clone under way keeps its chat with the process that has its steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bot.telegram.common import PLATFORM
+from engine.conversation import Conversation
+from engine.store.inbox import Inbox
+from engine.store.models import Turn
+from engine.store.repository import Store
+from engine.voices import CONSENT_STATEMENT
+from tests.conftest import espeak_ogg
+from tests.fakes.ollama_server import FakeOllama
+from tests.fakes.telegram_server import BOT_USERNAME
+from tests.telegram_cluster_harness import (  # noqa: F401 (a_cluster, every_database: the fixtures)
+    ANN,
+    BOB,
+    DEAD,
+    HOOK,
+    OPTIONS,
+    SHORT_LEASE_S,
+    Cluster,
+    Node,
+    a_cluster,
+    claims,
+    every_database,
+    rows,
+    said_in,
+    users_words,
+)
+from tests.test_telegram import eventually
+from tests.test_telegram_clone import CLIP, button
+
+# What waits in line when a chat changes hands ----------------------------------------------------------------
+
+
+async def test_a_process_whose_lapsed_lease_another_took_hands_on_nothing_more_of_the_chat(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="bot.telegram.chat_lanes")
+    a = await cluster.start(conversation)
+    chat = cluster.telegram.private_chat(ANN)
+    ollama.script("Answer one.", first_delay=2.0)
+    ollama.script("Never heard: the chat is another process's now.")
+    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    # a's renewals stalled (a slow database) past its lease, and another process took the chat: a claim as seen a
+    # minute on, when a's lease has lapsed, for a lease running a minute from now.
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), "other-host:8443:1:ff", later, timedelta(0))
+    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200  # a learns it lost the chat ...
+
+    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # ... and finishes what it had
+    await asyncio.sleep(1.0)  # polls of a: none hands "two" on
+    assert said_in(cluster, ANN["id"]) == ["Answer one."] and len(ollama.chat_requests) == 1
+    handled, waiting = rows(store)
+    assert handled.payload is None and waiting.payload is not None and waiting.started_at is None  # left for its owner
+    assert f"chat {ANN['id']} was taken over by another process while this one still had it in flight" in (
+        caplog.messages
+    )
+
+
+async def test_an_update_in_line_when_its_sender_is_forgotten_is_not_handled(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store
+) -> None:
+    a = await cluster.start(conversation)
+    chat = cluster.telegram.private_chat(ANN)
+    ollama.script("Answer one.", first_delay=2.0)
+    ollama.script("Never heard: Ann was forgotten.")
+    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
+    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], within=30)  # "two" in line: Ann told so
+    ann = store.find_user(PLATFORM, str(ANN["id"]))
+    assert ann is not None
+    store.forget_user(ann.id)  # `/forget`, from another chat of hers, as "two" waits
+
+    await eventually(lambda: not claims(store), within=30)  # all done: the chat let go
+    assert len(ollama.chat_requests) == 1  # "two" never answered ...
+    with store.sessions() as session:  # ... nor its words stored again
+        assert "two" not in session.scalars(select(Turn.text)).all()
+    assert not [row for row in rows(store) if row.payload is not None]
+
+
+async def test_updates_in_line_when_the_chat_is_taken_over_are_left_to_its_holder_then_answered_once_in_order(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.telegram")
+    a = await cluster.start(conversation)
+    chat = cluster.telegram.private_chat(ANN)
+    for answer, delay in (("one", 2.0), ("two", 0.0), ("three", 0.0)):
+        ollama.script(f"Answer {answer}.", first_delay=delay)
+    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
+    assert await cluster.post(a, cluster.update(chat, ANN, "three")) == 200
+    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
+    # a's lease lapsed unnoticed as they waited (a stalled), and another process took the chat for a minute.
+    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
+    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
+
+    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # what had begun finishes ...
+    await eventually(lambda: sum("it is not handled here" in message for message in caplog.messages) == 2)
+    assert said_in(cluster, ANN["id"]) == ["Answer one."] and len(ollama.chat_requests) == 1  # ... nothing more
+    handled, *waiting = rows(store)
+    assert handled.payload is None
+    assert [(row.payload is not None, row.started_at) for row in waiting] == [(True, None), (True, None)]
+
+    # The other process stops without having handled them: a takes the chat again, and with it what waits.
+    Inbox(store.sessions).release(PLATFORM, [str(ANN["id"])], other)
+    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], count=3, within=30)
+    assert said_in(cluster, ANN["id"]) == ["Answer one.", "Answer two.", "Answer three."]
+    assert users_words(ollama) == [["one"], ["one", "two"], ["one", "two", "three"]]
+    await eventually(lambda: [row.payload for row in rows(store)] == [None, None, None])
+
+
+async def test_a_group_message_in_line_when_its_sender_is_forgotten_is_not_kept(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.telegram")
+    a = await cluster.start(conversation)
+    group = cluster.telegram.group_chat(-100800)
+    ollama.script("Hello, Ann.", first_delay=3.0)
+    assert await cluster.post(a, cluster.update(group, BOB, "morning all")) == 200  # kept: Bob is known
+    await eventually(lambda: store.find_user(PLATFORM, str(BOB["id"])) is not None)
+    assert await cluster.post(a, cluster.update(group, ANN, f"@{BOT_USERNAME} hello")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    # Bob's next words, not for aLAN, wait in line behind the answer to Ann when he says /forget elsewhere.
+    assert await cluster.post(a, cluster.update(group, BOB, "my new address is 12 Elm Street")) == 200
+    await asyncio.sleep(0.5)  # handed on at once: in line
+    bob = store.find_user(PLATFORM, str(BOB["id"]))
+    assert bob is not None
+    store.forget_user(bob.id)
+
+    await cluster.telegram.wait_for("sendVoice", chat_id=group["id"], within=30)
+    await eventually(lambda: not claims(store), within=30)  # all done: the chat let go
+    assert any("was forgotten (/forget) before its turn began" in message for message in caplog.messages)
+    with store.sessions() as session:
+        assert not [text for text in session.scalars(select(Turn.text)).all() if "Elm" in text or "morning" in text]
+    assert not [row for row in rows(store) if row.payload is not None or row.sender is not None]
+
+
+async def test_a_clone_in_progress_keeps_its_chat_with_one_process_wherever_its_next_steps_are_posted(
+    cluster: Cluster, conversation: Conversation, other_conversation: Conversation, ollama: FakeOllama,
+    store: Store, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The clone's steps are kept in the memory of the process that started it: the chat stays with it until done."""
+    a = await cluster.start(conversation)
+    b = await cluster.start(other_conversation)
+    chat, telegram = cluster.telegram.private_chat(ANN), cluster.telegram
+    assert await cluster.post(a, cluster.update(chat, ANN, "/clone Ann's voice")) == 200
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Send me a voice note" in call.text)
+    await asyncio.sleep(1.0)  # polls of a: nothing in flight, yet a keeps the chat while the clone waits for a clip
+    assert a.owns(claims(store)[str(ANN["id"])])
+
+    # Every next step reaches the other process: each waits in the inbox for a, which has the clone.
+    note = telegram.voice(espeak_ogg(CLIP, tmp_path), duration=6)
+    assert await cluster.post(b, cluster.update(chat, ANN, voice=note)) == 200
+    [heard] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "what I heard" in call.text)
+    assert await cluster.post(b, cluster.press(ANN, heard.result, button(heard, "That's right"))) == 200
+    [consent] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: CONSENT_STATEMENT in c.text)
+    assert await cluster.post(b, cluster.press(ANN, consent.result, button(consent, "I confirm"))) == 200
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Saved “Ann's voice”" in call.text)
+    ann = store.find_user(PLATFORM, str(ANN["id"]))
+    assert ann is not None and [voice.name for voice in store.voices_of(ann.id)] == ["Ann's voice"]
+    assert ollama.chat_requests == [] and telegram.sent("sendVoice") == []  # the clip was no conversation turn
+    assert not [call for call in telegram.sent("answerCallbackQuery") if call.params.get("text")]  # no "expired"
+    await eventually(lambda: not claims(store), within=30)  # done: the chat let go
