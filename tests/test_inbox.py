@@ -1,6 +1,6 @@
 """The shared inbox and the chat claims (`engine.store.inbox`), on SQLite and PostgreSQL; the leases a process keeps
 on its chats (`bot.telegram.chat_leases`); and the migration that adds them. The cluster of processes using them
-end to end is tests/test_telegram_cluster.py."""
+end to end is tests/test_telegram_cluster*.py."""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from engine.errors import SpeechTooLongError, TtsUnavailableError
+from engine.participant import Participant
 from engine.speech_synthesizer import ContextTurn, SpeechPayload, SynthesizerOptions, VoicePrompt
 from engine.tts import remote_wire as wire
 from engine.tts.codes import SAMPLES_PER_FRAME
@@ -118,67 +119,63 @@ async def test_a_text_too_long_is_the_persons_message_not_an_outage(csm_url: str
         await remote.aclose()
 
 
-async def test_a_conversation_speaks_through_the_service(
-    csm_url: str, tiny_csm_dir: Path, store, whisper, ollama
-) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+async def served(csm_url: str, tiny_csm_dir: Path, store, whisper, ollama):  # type: ignore[no-untyped-def]
+    """The real conversation engine speaking through the service (the tiny CSM behind it), and its client."""
     from engine.conversation import Conversation
-    from engine.events import ReplySentence, SpeechChunk, SpeechUnavailable, TurnFinished
     from engine.llm import OllamaChat
-    from engine.participant import Participant
     from tests.engine_harness import LLM_MODEL
 
     remote = csm_client(csm_url, tiny_csm_dir)
     llm = OllamaChat(LLM_MODEL, ollama.host, first_token_timeout=30, token_timeout=30)
     conversation = Conversation(store, whisper, remote, llm, max_audio_seconds=60, max_audio_bytes=20 * 1024**2)
-    ann = Participant("telegram", "1", "telegram:1", "Ann")
     try:
-        for said in ("Hi there.", "How are you?"):
-            ollama.script("Hello.", " Nice to hear you.")
-            events = [event async for event in conversation.turn(ann, text=said, speak=True)]
-            assert not [e for e in events if isinstance(e, SpeechUnavailable)]
-            assert [e.text for e in events if isinstance(e, ReplySentence)] == ["Hello.", "Nice to hear you."]
-            assert sum(e.audio.size for e in events if isinstance(e, SpeechChunk)) > 0
-            assert [e for e in events if isinstance(e, TurnFinished)]
-        # aLAN's replies were kept with the served model's codes, so the next turn hears them as context.
-        kept = store.recent_turns(store.user("telegram", "1").id, "telegram:1")
-        assert [turn.speech_model for turn in kept if turn.role == "assistant"] == [remote.tag, remote.tag]
+        yield conversation, remote
     finally:
         await conversation._keeper.aclose()
         await remote.aclose()
+
+
+ANN = Participant("telegram", "1", "telegram:1", "Ann")
+
+
+async def test_a_conversation_speaks_through_the_service(served, store, ollama) -> None:  # type: ignore[no-untyped-def]
+    from engine.events import ReplySentence, SpeechChunk, SpeechUnavailable, TurnFinished
+
+    conversation, remote = served
+    for said in ("Hi there.", "How are you?"):
+        ollama.script("Hello.", " Nice to hear you.")
+        events = [event async for event in conversation.turn(ANN, text=said, speak=True)]
+        assert not [e for e in events if isinstance(e, SpeechUnavailable)]
+        assert [e.text for e in events if isinstance(e, ReplySentence)] == ["Hello.", "Nice to hear you."]
+        assert sum(e.audio.size for e in events if isinstance(e, SpeechChunk)) > 0
+        assert [e for e in events if isinstance(e, TurnFinished)]
+    # aLAN's replies were kept with the served model's codes, so the next turn hears them as context.
+    kept = store.recent_turns(store.user("telegram", "1").id, "telegram:1")
+    assert [turn.speech_model for turn in kept if turn.role == "assistant"] == [remote.tag, remote.tag]
 
 
 async def test_a_reply_cut_short_through_the_service_keeps_what_was_heard_as_context(
-    csm_url: str, tiny_csm_dir: Path, tiny_speech, store, whisper, ollama
+    served, tiny_speech, store, ollama
 ) -> None:  # type: ignore[no-untyped-def]
-    from engine.conversation import Conversation
     from engine.events import SpeechChunk
-    from engine.llm import OllamaChat
-    from engine.participant import Participant
-    from tests.engine_harness import LLM_MODEL
 
-    remote = csm_client(csm_url, tiny_csm_dir)
-    llm = OllamaChat(LLM_MODEL, ollama.host, first_token_timeout=30, token_timeout=30)
-    conversation = Conversation(store, whisper, remote, llm, max_audio_seconds=60, max_audio_bytes=20 * 1024**2)
-    ann = Participant("telegram", "1", "telegram:1", "Ann")
-    try:
-        ollama.script("Hello there, this is a rather long first sentence.", " And a second one.")
-        turn = conversation.turn(ann, text="Hi.", speak=True)
-        heard = 0
-        async for event in turn:
-            if isinstance(event, SpeechChunk):
-                heard = event.audio.size
-                break  # Ann talks over it: the rest of the reply is never made
-        await turn.aclose()
-        assert heard > 0
-        [reply] = [t for t in store.recent_turns(store.user("telegram", "1").id, "telegram:1") if t.role == "assistant"]
-        # The service only makes the payload of whole sentences: what Ann heard was encoded instead, as her own words
-        # are, so the reply's voice is in the next turn's context.
-        assert reply.speech_model == remote.tag and reply.speech
-        assert reply.text == "Hello there, this is a rather long first sentence."
-        assert len(reply.speech) == heard // SAMPLES_PER_FRAME * tiny_speech.num_codebooks * 2  # a row per frame heard
-    finally:
-        await conversation._keeper.aclose()
-        await remote.aclose()
+    conversation, remote = served
+    ollama.script("Hello there, this is a rather long first sentence.", " And a second one.")
+    turn = conversation.turn(ANN, text="Hi.", speak=True)
+    heard = 0
+    async for event in turn:
+        if isinstance(event, SpeechChunk):
+            heard = event.audio.size
+            break  # Ann talks over it: the rest of the reply is never made
+    await turn.aclose()
+    assert heard > 0
+    [reply] = [t for t in store.recent_turns(store.user("telegram", "1").id, "telegram:1") if t.role == "assistant"]
+    # The service only makes the payload of whole sentences: what Ann heard was encoded instead, as her own words
+    # are, so the reply's voice is in the next turn's context.
+    assert reply.speech_model == remote.tag and reply.speech
+    assert reply.text == "Hello there, this is a rather long first sentence."
+    assert len(reply.speech) == heard // SAMPLES_PER_FRAME * tiny_speech.num_codebooks * 2  # a row per frame heard
 
 
 # Failures: each is "the voice is unavailable", with the operator's fix, never a hang --------------------------

@@ -24,26 +24,27 @@ from bot.telegram.webhook import SECRET_HEADER, derived_secret
 from engine.conversation import Conversation
 from engine.store.inbox import Begun, Inbox
 from engine.store.repository import Store
+from tests import telegram_cluster_harness as harness
 from tests.engine_harness import LLM_MODEL
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.telegram_server import TOKEN, FakeTelegram
-from tests.telegram_cluster_harness import (  # noqa: F401 (a_cluster, every_database: the fixtures)
+from tests.telegram_cluster_harness import (
     ANN,
     BOB,
     DEAD,
     HOOK,
-    OPTIONS,
     SHORT_LEASE_S,
     Cluster,
     Node,
-    a_cluster,
     claims,
-    every_database,
     rows,
     said_in,
     users_words,
 )
 from tests.test_telegram import eventually
+
+# The shared fixtures (see tests/telegram_cluster_harness.py).
+a_cluster, every_database = harness.a_cluster, harness.every_database
 
 # The cluster end to end ----------------------------------------------------------------------------------------
 

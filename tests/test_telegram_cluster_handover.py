@@ -20,27 +20,24 @@ from engine.store.inbox import Inbox
 from engine.store.models import Turn
 from engine.store.repository import Store
 from engine.voices import CONSENT_STATEMENT
+from tests import telegram_cluster_harness as harness
 from tests.conftest import espeak_ogg
 from tests.fakes.ollama_server import FakeOllama
 from tests.fakes.telegram_server import BOT_USERNAME
-from tests.telegram_cluster_harness import (  # noqa: F401 (a_cluster, every_database: the fixtures)
+from tests.telegram_cluster_harness import (
     ANN,
     BOB,
-    DEAD,
-    HOOK,
-    OPTIONS,
-    SHORT_LEASE_S,
     Cluster,
-    Node,
-    a_cluster,
     claims,
-    every_database,
     rows,
     said_in,
     users_words,
 )
 from tests.test_telegram import eventually
 from tests.test_telegram_clone import CLIP, button
+
+# The shared fixtures (see tests/telegram_cluster_harness.py).
+a_cluster, every_database = harness.a_cluster, harness.every_database
 
 # What waits in line when a chat changes hands ----------------------------------------------------------------
 
