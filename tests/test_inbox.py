@@ -148,6 +148,12 @@ def test_a_turn_begins_only_while_its_update_waits_in_a_chat_this_process_holds(
     assert inbox.mark_started(second.id, "a", later) is Begun.ELSEWHERE
     assert [row.started_at for row in inbox.waiting(PLATFORM, "1001")] == [NOW, None]
     assert inbox.mark_started(second.id, "b", later) is Begun.YES
+    # A row begun, or handled, by another process while a stalled one still had it in line begins there no more.
+    assert inbox.mark_started(second.id, "b", later) is Begun.ELSEWHERE
+    inbox.done(first.id, later)
+    assert inbox.mark_started(first.id, "b", later) is Begun.ELSEWHERE
+    inbox.unstart([second.id])  # its process died before storing anything: handed on as new
+    assert inbox.mark_started(second.id, "b", later) is Begun.YES
     store.forget_user(ann.id)  # handed on, waiting in line, when Ann said /forget
     assert inbox.mark_started(second.id, "b", later) is Begun.FORGOTTEN
 
@@ -172,6 +178,12 @@ class StubInbox:
 
     def release(self, platform: str, chats: list[str] | None, owner: str) -> None:
         self.released_at = time.monotonic()
+
+    def claim(self, platform: str, chat: str, owner: str, now: datetime, lease: timedelta) -> bool:
+        return True
+
+    def waiting(self, platform: str, chat: str) -> list[Any]:
+        return []
 
 
 def keeper(stub: StubInbox, *lanes: Lane, lease_s: float = 30.0) -> LeaseKeeper:
@@ -258,16 +270,18 @@ class KeepingServices:
 
 
 async def test_an_idle_chat_is_kept_while_a_step_of_it_is_in_memory_here_and_let_go_once_that_ends() -> None:
-    services = KeepingServices()
-    lanes = ChatLanes(None, services, StubInbox(), "me", LaneOptions())  # type: ignore[arg-type]
+    services, stub = KeepingServices(), StubInbox()
+    lanes = ChatLanes(None, services, stub, "me", LaneOptions())  # type: ignore[arg-type]
     lanes._lanes["1"] = Lane("1", held=True, confirmed=time.monotonic())
     services.kept.add("1")  # a /clone waits for its clip
     lanes._serve_waiting({})
     assert not lanes._background
+    await lanes.serve_chat("1")  # served (its last update done, say): kept all the same
+    assert stub.released_at is None and lanes._lanes["1"].held
     services.kept.clear()  # done, cancelled or expired: the next poll lets the chat go
     lanes._serve_waiting({})
-    assert [task.get_name() for task in lanes._background] == ["telegram-lane-1"]
-    await asyncio.gather(*lanes._background, return_exceptions=True)
+    await asyncio.gather(*lanes._background)
+    assert stub.released_at is not None and "1" not in lanes._lanes
 
 
 # The migration --------------------------------------------------------------------------------------------------

@@ -122,6 +122,35 @@ async def test_updates_in_line_when_the_chat_is_taken_over_are_left_to_its_holde
     await eventually(lambda: [row.payload for row in rows(store)] == [None, None, None])
 
 
+async def test_an_update_another_process_answered_while_it_waited_here_is_not_answered_again(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.telegram")
+    a = await cluster.start(conversation)
+    chat, inbox = cluster.telegram.private_chat(ANN), Inbox(store.sessions)
+    for answer, delay in (("one", 4.0), ("three", 0.0), ("four", 0.0)):
+        ollama.script(f"Answer {answer}.", first_delay=delay)
+    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
+    assert await cluster.post(a, cluster.update(chat, ANN, "three")) == 200
+    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
+    # a stalled past its lease: another process took the chat, answered "two", and let the chat go, all before
+    # a noticed anything. Then "four" reaches a, which claims the chat, free again.
+    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
+    assert inbox.claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
+    inbox.done(rows(store)[1].id, datetime.now(UTC))  # "two", in update order
+    inbox.release(PLATFORM, [str(ANN["id"])], other)
+    assert await cluster.post(a, cluster.update(chat, ANN, "four")) == 200
+
+    await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], count=3, within=30)
+    await asyncio.sleep(1.0)  # nothing more comes
+    assert said_in(cluster, ANN["id"]) == ["Answer one.", "Answer three.", "Answer four."]
+    assert users_words(ollama) == [["one"], ["one", "three"], ["one", "three", "four"]]
+    assert any("its lease lapsed while a turn waited in line" in message for message in caplog.messages)
+    await eventually(lambda: [row.payload for row in rows(store)] == [None] * 4)
+
+
 async def test_a_group_message_in_line_when_its_sender_is_forgotten_is_not_kept(
     cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:

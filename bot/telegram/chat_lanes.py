@@ -163,6 +163,8 @@ class ChatLanes:
             return  # another process's: its owner takes what waits
         if self._stopping:
             return  # taken as this process stopped: `stop` lets it go with the others
+        if lane.draining:
+            return  # its last old update to let go serves the chat again (see `_finished`)
         waiting = [row for row in await asyncio.to_thread(self.inbox.waiting, PLATFORM, lane.chat)
                    if row.id not in lane.handed]  # fmt: skip
         settled = await self._settle_leftovers(lane, waiting)
@@ -198,6 +200,7 @@ class ChatLanes:
             self._follow_up(lane, turns, now)
         for row_id in stored:
             await asyncio.to_thread(self.inbox.done, row_id, _now())
+        await asyncio.to_thread(self.inbox.unstart, [row.id for row in begun if row.id not in stored])
         return stored
 
     def _follow_up(self, lane: Lane, turns: list[PendingTurn], now: datetime) -> None:
@@ -220,7 +223,7 @@ class ChatLanes:
             log.info("update %d of chat %s arrived after a later one had been handed on: it is answered late",
                      row.update_id, lane.chat)  # fmt: skip
         lane.last_update_id = max(lane.last_update_id, row.update_id)
-        lane.handed[row.id] = row.update_id
+        lane.handed[row.id] = lane.tenure
         work = Work(row.id, row.update_id, functools.partial(self._begin, lane, lane.tenure))
         context = contextvars.copy_context()
         context.run(CURRENT.set, work)
@@ -251,12 +254,16 @@ class ChatLanes:
             return Begun.ELSEWHERE
         try:
             begun = await asyncio.to_thread(self.inbox.mark_started, row_id, self.owner, _now())
-        except Exception as error:  # the turn goes on: only a takeover after a crash would know less
-            log.warning("could not note in the inbox that a turn began (%s)", error)
-            return Begun.YES
+        except Exception as error:
+            # The lease, renewed on its own, still vouches for the chat: the turn goes on (only a takeover after a
+            # crash would know less). Past that, another process may be answering it.
+            fresh = lane.tenure == tenure and self.leases.fresh(lane)
+            log.warning("could not note in the inbox that a turn began (%s); %s", error,
+                        "it goes on" if fresh else "it waits, with the chat's lease unconfirmed")  # fmt: skip
+            return Begun.YES if fresh else Begun.ELSEWHERE
         if begun is Begun.ELSEWHERE and lane.tenure == tenure:
-            log.warning("chat %s: its lease lapsed while a turn waited in line; its updates are left to the inbox",
-                        lane.chat)  # fmt: skip
+            log.warning("chat %s: its lease lapsed while a turn waited in line (another process may have answered "
+                        "it); its updates are left to the inbox", lane.chat)  # fmt: skip
             lane.lose()
         return begun
 

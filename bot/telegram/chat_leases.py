@@ -35,7 +35,7 @@ class Lane:
     held: bool = False
     confirmed: float = float("-inf")  # time.monotonic() when a claim or renewal that succeeded began
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    handed: dict[int, int] = field(default_factory=dict)  # inbox row id → update_id, handed on and not done
+    handed: dict[int, int] = field(default_factory=dict)  # inbox row id → the tenure it was handed on under
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     last_update_id: int = 0
     followed_up: bool = False  # the turns left unanswered here were followed up under this claim
@@ -47,6 +47,13 @@ class Lane:
         self.held = False
         self.followed_up = False  # a later claim follows up afresh what was left then
         self.tenure += 1
+        self.last_update_id = 0  # what is handed on again is in order of its own, not late
+
+    @property
+    def draining(self) -> bool:
+        """Work handed on under a claim lost since is still in flight here: nothing is handed on until it has let
+        go of its updates (each is handed on again, in order with those after it)."""
+        return any(tenure != self.tenure for tenure in self.handed.values())
 
 
 class LeaseKeeper:

@@ -49,7 +49,7 @@ class Begun(enum.Enum):
 
     YES = "yes"  # noted: the turn runs
     FORGOTTEN = "forgotten"  # the row is gone (`/forget`): the turn is dropped
-    ELSEWHERE = "elsewhere"  # the chat's lease is not this process's now: the row waits for the chat's holder
+    ELSEWHERE = "elsewhere"  # not this process's: the chat's lease is another's, or another took the row meanwhile
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -121,7 +121,8 @@ class Inbox:
 
         Anything else and the turn must not run: a row gone was dropped by `/forget` (the turn would store the
         forgotten person's words again); a chat whose lease lapsed may be another process's, which hands the row on
-        again (it stays waiting, not begun), and both would answer it."""
+        again (it stays waiting, not begun), and both would answer it; a row handled or begun meanwhile was
+        another process's while this one stalled."""
         with self.sessions.begin() as session:
             ours = (
                 select(ChatClaim.chat)
@@ -129,12 +130,24 @@ class Inbox:
                 .where(ChatClaim.owner == owner, ChatClaim.lease_until > now)
                 .exists()
             )
-            statement = update(InboxUpdate).where(InboxUpdate.id == row_id, ours).values(started_at=now)
+            # Waiting, never begun: a row another process handled, or began (and died: it is `_settle_leftovers`'
+            # to say), while this process stalled would otherwise be answered twice.
+            fresh = InboxUpdate.handled_at.is_(None) & InboxUpdate.started_at.is_(None)
+            statement = update(InboxUpdate).where(InboxUpdate.id == row_id, fresh, ours).values(started_at=now)
             # RETURNING rather than rowcount, which psycopg may leave at -1.
             if session.execute(statement.returning(InboxUpdate.id)).first() is not None:
                 return Begun.YES
             present = session.scalar(select(InboxUpdate.id).where(InboxUpdate.id == row_id))
             return Begun.FORGOTTEN if present is None else Begun.ELSEWHERE
+
+    @guarded("I couldn't take over a message")
+    def unstart(self, row_ids: Iterable[int]) -> None:
+        """Clear the note that turns began for these updates: a process that died began them without storing
+        anything, and they are handed on as new (`mark_started` begins only rows never begun)."""
+        row_ids = list(row_ids)
+        if row_ids:
+            with self.sessions.begin() as session:
+                session.execute(update(InboxUpdate).where(InboxUpdate.id.in_(row_ids)).values(started_at=None))
 
     @guarded("I couldn't note that a message was handled")
     def done(self, row_id: int, now: datetime) -> None:
