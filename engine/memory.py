@@ -103,8 +103,8 @@ class Exchange:
     scope: str
     said: str
     answer: str
-    # The person's `memory_epoch` as the turn began (None: not known then): a clear or switch since, in any
-    # process, and it is not remembered.
+    # The person's `memory_epoch` as the turn began (None: not known then, and not remembered): a clear or switch
+    # since, in any process, and it is not remembered.
     epoch: int | None = None
 
 
@@ -266,7 +266,8 @@ class MemoryKeeper:
         if person is None or not person.memory_enabled:
             return  # forgotten meanwhile, or memory off: nothing is extracted
         epoch = person.memory_epoch
-        exchanges = [exchange for exchange in exchanges if exchange.epoch in (None, epoch)]
+        # An epoch not known (the database failed as the turn began) may be from before a clear: not remembered.
+        exchanges = [exchange for exchange in exchanges if exchange.epoch == epoch]
         if not exchanges:
             log.info("memory: person %s cleared or switched memory since those turns; nothing extracted", person_id)
             return

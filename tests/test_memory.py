@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from engine.conversation import Conversation, Participant
 from engine.errors import BadInputError
 from engine.memory import EXTRACTION_SCHEMA, MAX_FACTS, SUMMARY_BATCH, reconcile
-from engine.store.memories import FactChange
+from engine.store.database import open_database
+from engine.store.memories import FactChange, MemoryStore
 from engine.store.models import Memory, Person, Turn, User
 from engine.store.repository import Store
 from tests.fakes.ollama_server import FakeOllama
@@ -254,3 +257,45 @@ async def test_memory_switched_off_and_on_in_another_process_drops_what_was_said
     assert (await conversation.memory(ANN)).facts == []
     with store.sessions() as session:
         assert session.scalar(select(Person.memory_epoch)) == 2
+
+
+def test_after_a_clear_or_a_switch_the_summary_folds_in_only_what_is_said_from_then_on(store: Store) -> None:
+    memory = MemoryStore(store.sessions)
+    ann = store.user("telegram", "1", "Ann")
+    for n in range(30):
+        store.add_turn(ann.id, "chat-1", "user", f"secret {n}")
+    assert [turn.text for turn in memory.turns_to_summarise(ann.person_id, 10, 100)][:1] == ["secret 0"]
+    memory.clear(ann.person_id)
+    assert memory.turns_to_summarise(ann.person_id, 10, 100) == []  # nothing said before the clear
+    for n in range(12):
+        store.add_turn(ann.id, "chat-1", "user", f"new {n}")
+    assert [turn.text for turn in memory.turns_to_summarise(ann.person_id, 10, 100)] == ["new 0", "new 1"]
+    memory.set_enabled(ann.person_id, False)
+    for n in range(3):
+        store.add_turn(ann.id, "chat-1", "user", f"while off {n}")
+    memory.set_enabled(ann.person_id, True)
+    assert memory.turns_to_summarise(ann.person_id, 10, 100) == []  # nor before, nor while memory was off
+
+
+def test_a_clear_that_commits_while_facts_are_written_is_never_undone_by_them(store: Store, database_url: str) -> None:
+    memory, other = MemoryStore(store.sessions), MemoryStore(open_database(database_url))  # another process
+    person = store.user("telegram", "1", "Ann").person_id
+    engine = store.sessions.kw["bind"]
+    clearing: list[threading.Thread] = []
+
+    def clear_meanwhile(connection, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        # Right after the writing transaction's first look at the person: the other process clears.
+        if not clearing and "people" in statement.lower():
+            clearing.append(threading.Thread(target=other.clear, args=(person,)))
+            clearing[0].start()
+            time.sleep(0.3)  # time enough to commit, unless the write holds it back
+
+    event.listen(engine, "after_cursor_execute", clear_meanwhile)
+    try:
+        memory.apply(person, [FactChange("add", "They hate mornings.")], platform="telegram", scope="chat-1",
+                     cap=MAX_FACTS, epoch=0)  # fmt: skip
+    finally:
+        event.remove(engine, "after_cursor_execute", clear_meanwhile)
+    clearing[0].join(30)
+    assert memory.facts(person) == []
+    assert memory.person(person).memory_epoch == 1  # type: ignore[union-attr]

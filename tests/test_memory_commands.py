@@ -50,7 +50,9 @@ def remember(store: Store, platform: str, user_id: str, scope: str, *facts: str)
     """Facts in place as if extracted from a turn `user_id` had on `platform` in `scope`."""
     person = store.user(platform, user_id).person_id
     changes = [FactChange("add", fact) for fact in facts]
-    MemoryStore(store.sessions).apply(person, changes, platform=platform, scope=scope, cap=MAX_FACTS, epoch=0)
+    memory = MemoryStore(store.sessions)
+    epoch = memory.person(person).memory_epoch  # type: ignore[union-attr]
+    assert memory.apply(person, changes, platform=platform, scope=scope, cap=MAX_FACTS, epoch=epoch)[0] == len(facts)
 
 
 def button(call: Call, label_part: str) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import Update, case, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from engine.store.faults import RETRY_DELAYS_S, erasing_deleted_pages, guarded
@@ -56,12 +56,22 @@ class MemoryStore:
 
     @guarded("I couldn't change that setting")
     def set_enabled(self, person_id: int, enabled: bool) -> None:
+        """`/memory off` or `on`: either way nothing said before is remembered after it (see `_new_epoch`)."""
         with self.sessions.begin() as session:
-            session.execute(
-                update(Person)
-                .where(Person.id == person_id)
-                .values(memory_enabled=enabled, memory_epoch=Person.memory_epoch + 1)
-            )
+            session.execute(self._new_epoch(person_id).values(memory_enabled=enabled))
+
+    @staticmethod
+    def _new_epoch(person_id: int) -> Update:
+        """The person's memory starts afresh from here: an extraction of earlier turns, under way in any process,
+        writes nothing (`memory_epoch`), and the summary folds in only turns said from now on (`summary_through`
+        moves to their newest turn)."""
+        accounts = select(User.id).where(User.person_id == person_id).scalar_subquery()
+        newest = select(func.max(Turn.id)).where(Turn.user_id.in_(accounts)).scalar_subquery()
+        return (
+            update(Person)
+            .where(Person.id == person_id)
+            .values(memory_epoch=Person.memory_epoch + 1, summary_through=func.coalesce(newest, Person.summary_through))
+        )
 
     @erasing_deleted_pages("memories")
     @guarded("I couldn't forget that")
@@ -76,9 +86,7 @@ class MemoryStore:
         """Every fact and the summary go; memory stays on or off as it was."""
         with self.sessions.begin() as session:
             deleted = session.execute(delete(Memory).where(Memory.person_id == person_id)).rowcount or 0
-            session.execute(
-                update(Person).where(Person.id == person_id).values(summary=None, memory_epoch=Person.memory_epoch + 1)
-            )
+            session.execute(self._new_epoch(person_id).values(summary=None))
             return deleted
 
     @guarded("I couldn't keep that in mind")
@@ -100,8 +108,11 @@ class MemoryStore:
         extraction began). Returns (changes applied, facts let go)."""
         now = utcnow()
         with self.sessions.begin() as session:
-            person = session.get(Person, person_id)
-            if person is None or not person.memory_enabled or person.memory_epoch != epoch:
+            # A write first, that matches only while the epoch holds: on SQLite it takes the write lock, so a clear
+            # can't commit between this check and the changes (PostgreSQL's serializable transactions would fail
+            # and retry instead).
+            still = update(Person).where(Person.id == person_id, Person.memory_enabled, Person.memory_epoch == epoch)
+            if session.execute(still.values(memory_epoch=epoch).returning(Person.id)).first() is None:
                 return 0, 0
             applied = 0
             added: list[Memory] = []
