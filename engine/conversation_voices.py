@@ -6,17 +6,25 @@ voice library and its way of finding the person.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING
 
+from engine.errors import BadInputError
 from engine.participant import Participant
-from engine.store.repository import EVERYWHERE
+from engine.store.repository import EVERYWHERE, Store
 from engine.voices import CloneDraft, VoiceInfo, VoiceLibrary
 
 if TYPE_CHECKING:
     from engine.store.models import User, Voice
 
+log = logging.getLogger(__name__)
+
+FORGOTTEN_DURING_CLONE = "You asked me to forget you while this clone was under way, so I didn't keep the voice."
+
 
 class ConversationVoices:
+    _store: Store
     _voices: VoiceLibrary
 
     async def _user(self, who: Participant) -> User:
@@ -50,8 +58,23 @@ class ConversationVoices:
         """Step one of cloning: the clip decoded, trimmed, checked and (without `transcript`) transcribed."""
         return await self._voices.prepare(clip, transcript)
 
-    async def save_clone(self, who: Participant, name: str, draft: CloneDraft, transcript: str) -> VoiceInfo:
-        """Step two, after the person confirmed the transcript and consented: the voice, now theirs everywhere."""
+    async def clone_owner(self, who: Participant) -> int:
+        """The account a clone is begun for (made now if new), for `save_clone(owner=…)`."""
+        return (await self._user(who)).id
+
+    async def save_clone(
+        self, who: Participant, name: str, draft: CloneDraft, transcript: str, *, owner: int | None = None
+    ) -> VoiceInfo:
+        """Step two, after the person confirmed the transcript and consented: the voice, now theirs everywhere.
+
+        With `owner` (`clone_owner` as the clone began) nothing is saved once that account is gone: `/forget`,
+        answered meanwhile (perhaps by another aLAN process, which knew nothing of the clip), covers the clip too.
+        """
+        if owner is not None:
+            found = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
+            if found is None or found.id != owner:  # ids are never reused: a new account is someone new to us
+                log.info("a clone begun before its account was forgotten was not saved")
+                raise BadInputError(FORGOTTEN_DURING_CLONE)
         user = await self._user(who)
         voice = await self._voices.save(user.id, name, draft, transcript)
         return await self._info(who, voice)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from alan.cli import app
 from alan.cli_engine import local_participant
 from engine.conversation import Conversation, Participant
-from engine.errors import NoSpeechError
+from engine.errors import BadInputError, NoSpeechError
 from engine.events import ReplySentence
 from engine.store.database import open_database
 from engine.store.repository import Store
@@ -158,6 +158,21 @@ def test_reset_and_deleting_a_voice_on_postgresql_vacuum_too(postgres_url: str) 
         started = connection.execute(text("SELECT clock_timestamp()")).scalar()
     assert store.clear_conversation(ann.id) == 0  # nothing deleted: nothing to vacuum
     assert vacuumed_since(engine, started) == set()
+
+
+async def test_a_clone_under_way_when_its_person_is_forgotten_elsewhere_is_not_saved(
+    conversation: Conversation, other_conversation: Conversation, store: Store, tmp_path: Path
+) -> None:
+    ann = Participant("telegram", "1001", "1001", "Ann")
+    owner = await conversation.clone_owner(ann)  # /clone here ...
+    clip = espeak_ogg("This is my voice. I am reading a few sentences so that you can learn how I sound.", tmp_path)
+    draft = await conversation.prepare_clone(clip, PHRASE)
+    assert await other_conversation.forget(ann)  # ... /forget answered by another process, before the consent
+    with pytest.raises(BadInputError, match="forget you"):
+        await conversation.save_clone(ann, "mine", draft, PHRASE, owner=owner)
+    assert store.find_user("telegram", "1001") is None  # not made anew to hold the voice
+    with store.sessions() as session:
+        assert session.scalar(text("SELECT count(*) FROM voices")) == 0
 
 
 @pytest.fixture

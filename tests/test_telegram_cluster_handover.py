@@ -203,3 +203,34 @@ async def test_a_clone_in_progress_keeps_its_chat_with_one_process_wherever_its_
     assert ollama.chat_requests == [] and telegram.sent("sendVoice") == []  # the clip was no conversation turn
     assert not [call for call in telegram.sent("answerCallbackQuery") if call.params.get("text")]  # no "expired"
     await eventually(lambda: not claims(store), within=30)  # done: the chat let go
+
+
+async def test_a_consent_waiting_in_line_when_the_chat_is_lost_is_kept_for_when_it_is_handled_again(
+    cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, tmp_path: Path
+) -> None:
+    a = await cluster.start(conversation)
+    chat, telegram, inbox = cluster.telegram.private_chat(ANN), cluster.telegram, Inbox(store.sessions)
+    clip = telegram.message(chat, ANN, voice=telegram.voice(espeak_ogg(CLIP, tmp_path), duration=6))
+    assert await cluster.post(a, cluster.update(chat, ANN, "/clone", reply_to_message=clip)) == 200
+    [heard] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "what I heard" in call.text)
+    assert await cluster.post(a, cluster.press(ANN, heard.result, button(heard, "That's right"))) == 200
+    [consent] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda c: CONSENT_STATEMENT in c.text)
+    # Ann says something meanwhile (a turn, slow to answer); her consent waits in line behind it ...
+    ollama.script("Sure.", first_delay=3.0)
+    assert await cluster.post(a, cluster.update(chat, ANN, "one moment")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    assert await cluster.post(a, cluster.press(ANN, consent.result, button(consent, "I confirm"))) == 200
+    await telegram.wait_for("editMessageText", chat_id=ANN["id"], where=lambda call: "Consent recorded" in call.text)
+    # ... when a's lease lapses and another process takes the chat: the saving doesn't begin here.
+    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
+    assert inbox.claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
+    await telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # the turn that had begun ends
+    await asyncio.sleep(1.0)  # polls of a: the consent is not handed on again while the chat is the other's
+    ann = store.find_user(PLATFORM, str(ANN["id"]))
+    assert ann is not None and store.voices_of(ann.id) == []
+
+    # The other process lets the chat go without handling it: a handles the consent again, and the voice is saved.
+    inbox.release(PLATFORM, [str(ANN["id"])], other)
+    await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Saved “my voice”" in call.text)
+    assert [voice.name for voice in store.voices_of(ann.id)] == ["my voice"]
+    assert not [call for call in telegram.sent("answerCallbackQuery") if call.params.get("text")]  # no "expired"

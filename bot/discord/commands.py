@@ -199,6 +199,7 @@ class AlanCommands(commands.Cog):
             await say(interaction, problem)
             return
         try:
+            account = await self.conversation.clone_owner(caller(interaction))
             clip = await audio.read()
             draft = await self.conversation.prepare_clone(clip, given)  # a given transcript skips Whisper
         except TurnError as error:
@@ -217,7 +218,7 @@ class AlanCommands(commands.Cog):
             return
         view = CloneView(
             self.conversation, caller(interaction), interaction.user.id, draft, draft.transcript,
-            voice_name_for(name, audio.filename),
+            voice_name_for(name, audio.filename), account,
         )  # fmt: skip
         await say(interaction, view.preview(), view=view)
 

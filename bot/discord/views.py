@@ -80,10 +80,11 @@ class CloneView(OwnerOnlyView):
     """The /clone preview: Confirm stores the voice (with the consent statement), Edit fixes the transcript."""
 
     def __init__(self, conversation: Conversation, who: Participant, owner_id: int, draft: CloneDraft,
-                 transcript: str, name: str) -> None:  # fmt: skip
+                 transcript: str, name: str, account: int | None = None) -> None:  # fmt: skip
         super().__init__(owner_id)
         self.conversation = conversation
         self.who = who
+        self.account = account  # the account the clone was begun for: gone (/forget) by Confirm, nothing is saved
         self.draft = draft
         self.transcript = transcript
         self.name = name
@@ -102,7 +103,9 @@ class CloneView(OwnerOnlyView):
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
         await interaction.response.edit_message(content="Saving your voice…", view=None)
         try:
-            saved = await self.conversation.save_clone(self.who, self.name, self.draft, self.transcript)
+            saved = await self.conversation.save_clone(
+                self.who, self.name, self.draft, self.transcript, owner=self.account
+            )
         except TurnError as error:
             hint = " Run /clone again with another name." if isinstance(error, VoiceNameTakenError) else ""
             await self.finish(interaction, f"{error}{hint}")

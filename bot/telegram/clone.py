@@ -12,6 +12,7 @@ with several processes, the chat stays with the process that keeps it until then
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import secrets
@@ -25,6 +26,7 @@ from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
 from bot.telegram.common import TelegramServices, participant
+from bot.telegram.lane_services import ChatLostError
 from bot.telegram.media import NOT_AUDIO, download, find_audio
 from bot.telegram.send import Replier, chat_action
 from engine.errors import BadInputError, TurnError, VoiceNameTakenError
@@ -56,6 +58,7 @@ class CloneSession:
     stage: Literal["clip", "transcript", "consent"] = "clip"
     draft: CloneDraft | None = None
     transcript: str | None = None
+    owner: int | None = None  # the account it was begun for (`Conversation.clone_owner`)
 
 
 def _buttons(*rows: tuple[str, str]) -> InlineKeyboardMarkup:
@@ -112,6 +115,7 @@ class CloneFlow:
             raise BadInputError(f"You already have a voice called “{name}”: choose another name, or see /voices.")
         expires = time.monotonic() + self.services.options.clone_timeout_s
         session = CloneSession(user.id, secrets.token_hex(4), name, expires)
+        session.owner = await self.services.conversation.clone_owner(who)
         self._sessions[(message.chat_id, user.id)] = session
         replied = message.reply_to_message
         if find_audio(replied) is not None:
@@ -256,7 +260,7 @@ class CloneFlow:
             ):
                 name = session.name or await self._free_name(who)
                 try:
-                    await services.conversation.save_clone(who, name, draft, transcript)
+                    await services.conversation.save_clone(who, name, draft, transcript, owner=session.owner)
                 except VoiceNameTakenError as error:
                     raise BadInputError(f"{error} Start again with /clone and another name.") from error
                 return name
@@ -266,6 +270,13 @@ class CloneFlow:
         except TurnError as error:
             await replier.text(f"{error} Start again with /clone when you're ready.")
             return
+        except ChatLostError:
+            # Its update waits in the inbox to be handled again, by whichever process holds the chat next (this
+            # one, most likely: see `keeps_state`): the consent stays pending for that, rather than "expired".
+            self._sessions.setdefault((replier.chat_id, session.user_id), session)
+            with contextlib.suppress(ValueError):
+                self._saved.remove(session.token)
+            raise
         await replier.text(f"Saved “{name}”. From now on I answer you in this voice. Use /voices to switch.")
 
     async def _free_name(self, who: Participant) -> str:
