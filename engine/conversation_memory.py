@@ -96,5 +96,5 @@ class ConversationMemory:
     async def set_memory_enabled(self, who: Participant, enabled: bool) -> None:
         """`/memory off`: nothing new is remembered until `on` (what is remembered stays until cleared)."""
         user = await self._user(who)
-        self._keeper.forget_pending(user.person_id)  # off: nothing more; on: nothing said while it was off
-        await asyncio.to_thread(self._keeper.store.set_enabled, user.person_id, enabled)
+        if await asyncio.to_thread(self._keeper.store.set_enabled, user.person_id, enabled):
+            self._keeper.forget_pending(user.person_id)  # off: nothing more; on: nothing said while it was off

@@ -36,9 +36,10 @@ class ConversationVoices:
         return self._voices.max_upload_bytes
 
     async def voices(self, who: Participant) -> list[VoiceInfo]:
-        """The person's voices by name, each with whether it speaks to them here."""
-        user = await self._user(who)
-        return await self._voices.listing(user.id, who.scope)
+        """The person's voices by name, each with whether it speaks to them here (asking stores nothing: someone
+        unknown, or forgotten, has none)."""
+        user = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
+        return [] if user is None else await self._voices.listing(user.id, who.scope)
 
     async def use_voice(self, who: Participant, name: str, *, for_everyone_in: str | None = None) -> VoiceInfo:
         """Speak to this person with their voice `name` everywhere; or, with `for_everyone_in` (a scope such as
@@ -70,12 +71,14 @@ class ConversationVoices:
         With `owner` (`clone_owner` as the clone began) nothing is saved once that account is gone: `/forget`,
         answered meanwhile (perhaps by another aLAN process, which knew nothing of the clip), covers the clip too.
         """
-        if owner is not None:
+        if owner is None:
+            user = await self._user(who)
+        else:
             found = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
             if found is None or found.id != owner:  # ids are never reused: a new account is someone new to us
                 log.info("a clone begun before its account was forgotten was not saved")
                 raise BadInputError(FORGOTTEN_DURING_CLONE)
-        user = await self._user(who)
+            user = found  # not `_user`: a /forget landing now must not have it made anew
         voice = await self._voices.save(user.id, name, draft, transcript)
         return await self._info(who, voice)
 

@@ -269,7 +269,8 @@ class MemoryKeeper:
         # An epoch not known (the database failed as the turn began) may be from before a clear: not remembered.
         exchanges = [exchange for exchange in exchanges if exchange.epoch == epoch]
         if not exchanges:
-            log.info("memory: person %s cleared or switched memory since those turns; nothing extracted", person_id)
+            log.info("memory: turns of person %s from before a clear or switch of memory (or whose start couldn't "
+                     "be read) are not remembered", person_id)  # fmt: skip
             return
         facts = await asyncio.to_thread(self.store.facts, person_id)
         exchanges = _within_budget(exchanges)

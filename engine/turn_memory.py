@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 SPOKEN_CONTEXT_TURNS = 8
 # The first reply in a scope without any voice becomes that scope's voice if it is at least this long.
 MIN_HOUSE_VOICE_SECONDS = 1.5
+# Encoding what was heard of a reply cut short (see `_encode_what_was_heard`): the next turn may wait on it.
+ENCODE_HEARD_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class TurnMemory:
         # A reply cut short keeps only the sentences that were spoken, so the LLM later knows what was heard.
         interrupted = not complete and reply.spoken
         text = " ".join(sentence.text for sentence in reply.spoken) if interrupted else reply.text
-        payloads = [sentence.payload for sentence in await self._with_payloads(reply.spoken)]
+        payloads = [sentence.payload for sentence in reply.spoken]
 
         def write() -> Turn:
             audio = None
@@ -145,30 +147,38 @@ class TurnMemory:
             return self.store.add_turn(user_id, scope, "assistant", text, audio=audio, speech=speech)
 
         try:
-            return (await asyncio.to_thread(write)).id
+            turn = await asyncio.to_thread(write)
         except IntegrityError:
             # The user asked to be forgotten while this reply was being made: there is no one to store it for.
             log.info("user %s was deleted during a reply; the reply is not stored", user_id)
             return None
         except StorageUnavailableError as error:  # they heard it; it won't be in the history the LLM sees next time
             raise error.saying("I couldn't keep my answer in our conversation") from error
+        if spoken and turn.speech is None:
+            await self._encode_what_was_heard(turn.id, reply.spoken)
+        return turn.id
 
-    async def _with_payloads(self, spoken: list[SpokenSentence]) -> list[SpokenSentence]:
-        """The sentences, each with its payload. A sentence cut short by the listener on a synthesizer that can't
-        tell what was heard of it (the speech service makes the payload of whole sentences) has none: what was
-        heard is encoded instead, as a person's words are, so the reply keeps its place in the spoken context."""
-        if not self.tts.capabilities.uses_context or all(sentence.payload is not None for sentence in spoken):
-            return spoken
-        complete: list[SpokenSentence] = []
-        for sentence in spoken:
-            if sentence.payload is None and sentence.audio.size:
-                try:
-                    sentence = replace(sentence, payload=await self.tts.encode(sentence.audio, sentence.sample_rate))
-                except TtsUnavailableError as error:  # the reply is kept, only not as context for the voice
-                    log.info("an interrupted sentence's audio could not be encoded: %s", error)
-                    return spoken
-            complete.append(sentence)
-        return complete
+    async def _encode_what_was_heard(self, turn_id: int, sentences: list[SpokenSentence]) -> None:
+        """Give a stored reply the payload it lacks for the spoken context: a synthesizer that can't tell what was
+        heard of a sentence the listener cut short (the speech service makes the payload of whole sentences) gives
+        none, so the audio heard is encoded, as a person's words are. After the reply is stored, and bounded in
+        time: failing costs the next turns this reply's voice as context, nothing else."""
+        if not self.tts.capabilities.uses_context or not sentences:
+            return
+        if not any(sentence.payload is None and sentence.audio.size for sentence in sentences):
+            return  # nothing to add (or a sentence without audio: no whole payload to make)
+        try:
+            async with asyncio.timeout(ENCODE_HEARD_TIMEOUT_S):
+                payloads = [
+                    sentence.payload or await self.tts.encode(sentence.audio, sentence.sample_rate)
+                    for sentence in sentences
+                ]
+            known = [payload for payload in payloads if payload is not None]
+            joined = self.tts.join(known) if len(known) == len(sentences) else None
+            if joined is not None and not await asyncio.to_thread(self.store.set_turn_speech, turn_id, joined):
+                log.info("reply %s was deleted (/reset or /forget) while what was heard of it was encoded", turn_id)
+        except Exception as error:  # the voice failing, slow, or the database: the reply is stored all the same
+            log.info("what was heard of an interrupted reply was not kept as the voice's context: %s", error)
 
     async def make_house_voice(self, scope: str, reply: ReplyDraft) -> None:
         """Keep the first sentence of the first reply in a voiceless scope as that scope's voice."""

@@ -152,7 +152,9 @@ def test_a_turn_begins_only_while_its_update_waits_in_a_chat_this_process_holds(
     assert inbox.mark_started(second.id, "b", later) is Begun.ELSEWHERE
     inbox.done(first.id, later)
     assert inbox.mark_started(first.id, "b", later) is Begun.ELSEWHERE
-    inbox.unstart([second.id])  # its process died before storing anything: handed on as new
+    inbox.unstart([second.id], "a", later)  # not a's chat now: b's note stays
+    assert inbox.mark_started(second.id, "b", later) is Begun.ELSEWHERE
+    inbox.unstart([second.id], "b", later)  # its process died before storing anything: handed on as new
     assert inbox.mark_started(second.id, "b", later) is Begun.YES
     store.forget_user(ann.id)  # handed on, waiting in line, when Ann said /forget
     assert inbox.mark_started(second.id, "b", later) is Begun.FORGOTTEN
@@ -184,6 +186,9 @@ class StubInbox:
 
     def waiting(self, platform: str, chat: str) -> list[Any]:
         return []
+
+    def mark_started(self, row_id: int, owner: str, now: datetime) -> Begun:
+        raise RuntimeError("the database is down")
 
 
 def keeper(stub: StubInbox, *lanes: Lane, lease_s: float = 30.0) -> LeaseKeeper:
@@ -257,6 +262,18 @@ async def test_the_poll_starts_no_second_serve_of_a_chat_being_served() -> None:
     async with lane.lock:  # being served: a database stall would pile serves up behind it
         lanes._serve_waiting({"1": 1})
         assert not lanes._background
+
+
+async def test_a_turn_whose_start_cant_be_noted_goes_on_only_under_a_fresh_lease_never_ahead_of_one_before() -> None:
+    lanes = ChatLanes(None, None, StubInbox(), "me", LaneOptions(lease_s=0.4))  # type: ignore[arg-type]
+    fresh = Lane("1", held=True, confirmed=time.monotonic())
+    assert await lanes._begin(fresh, fresh.tenure, 1) is Begun.YES  # the lease vouches for the chat
+    stale = Lane("2", held=True, confirmed=time.monotonic() - 1.0)  # not confirmed for longer than the lease
+    handed_under = stale.tenure
+    assert await lanes._begin(stale, handed_under, 2) is Begun.ELSEWHERE  # waits in the inbox ...
+    assert not stale.held
+    stale.confirmed = time.monotonic()  # ... and the next, handed on under the same claim, doesn't begin before it,
+    assert await lanes._begin(stale, handed_under, 3) is Begun.ELSEWHERE  # even once the database answers again
 
 
 class KeepingServices:

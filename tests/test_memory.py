@@ -273,8 +273,13 @@ def test_after_a_clear_or_a_switch_the_summary_folds_in_only_what_is_said_from_t
     memory.set_enabled(ann.person_id, False)
     for n in range(3):
         store.add_turn(ann.id, "chat-1", "user", f"while off {n}")
-    memory.set_enabled(ann.person_id, True)
+    assert memory.set_enabled(ann.person_id, True)
     assert memory.turns_to_summarise(ann.person_id, 10, 100) == []  # nor before, nor while memory was off
+    for n in range(12):
+        store.add_turn(ann.id, "chat-1", "user", f"on again {n}")
+    assert not memory.set_enabled(ann.person_id, True)  # `on` once more: not a switch, nothing moves
+    assert [turn.text for turn in memory.turns_to_summarise(ann.person_id, 10, 100)] == ["on again 0", "on again 1"]
+    assert memory.person(ann.person_id).memory_epoch == 3  # type: ignore[union-attr]
 
 
 def test_a_clear_that_commits_while_facts_are_written_is_never_undone_by_them(store: Store, database_url: str) -> None:

@@ -200,7 +200,8 @@ class ChatLanes:
             self._follow_up(lane, turns, now)
         for row_id in stored:
             await asyncio.to_thread(self.inbox.done, row_id, _now())
-        await asyncio.to_thread(self.inbox.unstart, [row.id for row in begun if row.id not in stored])
+        as_new = [row.id for row in begun if row.id not in stored]
+        await asyncio.to_thread(self.inbox.unstart, as_new, self.owner, _now())
         return stored
 
     def _follow_up(self, lane: Lane, turns: list[PendingTurn], now: datetime) -> None:
@@ -230,17 +231,19 @@ class ChatLanes:
         self._start(lane, self._handle(lane, work, update), f"telegram-update-{row.update_id}", context)
 
     async def _handle(self, lane: Lane, work: Work, update: Update) -> None:
-        await self.application.process_update(update)  # every handler guarded: it logs and answers failures
-        await work.settled()
-        if work.left_for_another:
-            lane.handed.pop(work.row_id, None)  # still waiting in the inbox: the chat's holder hands it on
-            return
         try:
-            await asyncio.to_thread(self.inbox.done, work.row_id, _now())
-        except Exception as error:
-            log.error("update %d was handled but could not be cleared from the inbox (%s): it may be handled "
-                      "again", work.update_id, error)  # fmt: skip
-        lane.handed.pop(work.row_id, None)
+            await self.application.process_update(update)  # every handler guarded: it logs and answers failures
+            await work.settled()
+            if work.left_for_another:
+                return  # still waiting in the inbox: the chat's holder hands it on
+            try:
+                await asyncio.to_thread(self.inbox.done, work.row_id, _now())
+            except Exception as error:
+                log.error("update %d was handled but could not be cleared from the inbox (%s): it may be handled "
+                          "again", work.update_id, error)  # fmt: skip
+        finally:
+            # However it ended: an entry left behind would hold the chat here, draining, for good.
+            lane.handed.pop(work.row_id, None)
 
     async def _begin(self, lane: Lane, tenure: int, row_id: int) -> Begun:
         """Note that the update's turn begins, if the chat is still this process's (see `Inbox.mark_started`).
@@ -257,10 +260,15 @@ class ChatLanes:
         except Exception as error:
             # The lease, renewed on its own, still vouches for the chat: the turn goes on (only a takeover after a
             # crash would know less). Past that, another process may be answering it.
-            fresh = lane.tenure == tenure and self.leases.fresh(lane)
-            log.warning("could not note in the inbox that a turn began (%s); %s", error,
-                        "it goes on" if fresh else "it waits, with the chat's lease unconfirmed")  # fmt: skip
-            return Begun.YES if fresh else Begun.ELSEWHERE
+            if lane.tenure != tenure:
+                return Begun.ELSEWHERE
+            if self.leases.fresh(lane):
+                log.warning("could not note in the inbox that a turn began (%s); it goes on", error)
+                return Begun.YES
+            log.warning("could not note in the inbox that a turn began (%s), and the chat's lease is unconfirmed: "
+                        "its updates are left to the inbox", error)  # fmt: skip
+            lane.lose()  # as if lost: those after it must not begin before it
+            return Begun.ELSEWHERE
         if begun is Begun.ELSEWHERE and lane.tenure == tenure:
             log.warning("chat %s: its lease lapsed while a turn waited in line (another process may have answered "
                         "it); its updates are left to the inbox", lane.chat)  # fmt: skip

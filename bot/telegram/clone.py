@@ -12,6 +12,7 @@ with several processes, the chat stays with the process that keeps it until then
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -25,11 +26,11 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
-from bot.telegram.common import TelegramServices, participant
+from bot.telegram.common import PLATFORM, TelegramServices, answer_press, participant
 from bot.telegram.lane_services import ChatLostError
 from bot.telegram.media import NOT_AUDIO, download, find_audio
 from bot.telegram.send import Replier, chat_action
-from engine.errors import BadInputError, TurnError, VoiceNameTakenError
+from engine.errors import BadInputError, StorageUnavailableError, TurnError, VoiceNameTakenError
 from engine.participant import Participant
 from engine.visible_text import visible_text
 from engine.voices import CONSENT_STATEMENT, EMPTY_TRANSCRIPT, MAX_UPLOAD_SECONDS, CloneDraft, check_voice_name
@@ -218,33 +219,33 @@ class CloneFlow:
         session = next((s for s in self._sessions.values() if s.token == token), None)
         if session is None or self.session(prompt.chat_id, session.user_id) is not session:
             if token in self._saved:  # a second tap on the consent button, already at work
-                await query.answer()
+                await answer_press(query)
             else:
-                await query.answer(EXPIRED, show_alert=True)
+                await answer_press(query, EXPIRED, show_alert=True)
             return
         if query.from_user.id != session.user_id:
-            await query.answer(NOT_YOURS, show_alert=True)
+            await answer_press(query, NOT_YOURS, show_alert=True)
             return
         # The state changes before anything is awaited, so that a double tap finds it done and is ignored.
         replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
         if action == "cancel":
             del self._sessions[(prompt.chat_id, session.user_id)]  # pressed again, it has expired
-            await query.answer()
+            await answer_press(query)
             await replier.edit(prompt, "Cancelled: no voice was saved.")
         elif action == "ok" and session.stage == "transcript" and session.draft is not None:
             session.transcript, session.stage = session.draft.transcript, "consent"
-            await query.answer()
+            await answer_press(query)
             await replier.edit(prompt, f"Transcript confirmed:\n\n“{session.transcript.strip()}”")
             await self._ask_consent(replier, session)
         elif action == "consent" and session.stage == "consent":
             del self._sessions[(prompt.chat_id, session.user_id)]  # one save per consent, even if pressed twice
             self._saved.append(session.token)
-            await query.answer()
+            await answer_press(query)
             await replier.edit(prompt, f"Consent recorded:\n\n“{CONSENT_STATEMENT}”")
             await self._save(update, context, replier, session)
         else:
             log.debug("ignored clone button %s at stage %s", action, session.stage)
-            await query.answer()
+            await answer_press(query)
 
     async def _save(
         self, update: Update, context: ContextTypes.DEFAULT_TYPE, replier: Replier, session: CloneSession
@@ -273,11 +274,21 @@ class CloneFlow:
         except ChatLostError:
             # Its update waits in the inbox to be handled again, by whichever process holds the chat next (this
             # one, most likely: see `keeps_state`): the consent stays pending for that, rather than "expired".
-            self._sessions.setdefault((replier.chat_id, session.user_id), session)
-            with contextlib.suppress(ValueError):
-                self._saved.remove(session.token)
+            # Not if the person was forgotten meanwhile: their clip is not kept in memory one moment more.
+            if await self._still_theirs(session):
+                self._sessions.setdefault((replier.chat_id, session.user_id), session)
+                with contextlib.suppress(ValueError):
+                    self._saved.remove(session.token)
             raise
         await replier.text(f"Saved “{name}”. From now on I answer you in this voice. Use /voices to switch.")
+
+    async def _still_theirs(self, session: CloneSession) -> bool:
+        """Whether the account the clone was begun for is still there (no /forget since, in any process)."""
+        try:
+            found = await asyncio.to_thread(self.services.conversation.store.find_user, PLATFORM, str(session.user_id))
+        except StorageUnavailableError:
+            return False
+        return found is not None and found.id == session.owner
 
     async def _free_name(self, who: Participant) -> str:
         taken = {voice.name for voice in await self.services.conversation.voices(who)}

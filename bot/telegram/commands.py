@@ -9,7 +9,7 @@ from telegram import BotCommand, InlineKeyboardButton, InlineKeyboardMarkup, Mes
 from telegram.ext import ContextTypes
 
 from bot.telegram.clone import CloneFlow
-from bot.telegram.common import TelegramServices, participant
+from bot.telegram.common import TelegramServices, answer_press, participant
 from bot.telegram.link_commands import LinkCommands
 from bot.telegram.memory_commands import MemoryCommands
 from bot.telegram.send import Replier
@@ -176,7 +176,7 @@ class Commands:
         elif kind == "link":
             await self.links.on_button(update, context, rest)
         else:
-            await query.answer("This button has expired.", show_alert=True)
+            await answer_press(query, "This button has expired.", show_alert=True)
 
     async def _choose_voice(
         self, update: Update, context: ContextTypes.DEFAULT_TYPE, menu: Message, voice_id: int
@@ -186,10 +186,10 @@ class Commands:
         who = participant(user, menu.chat)
         voice = next((v for v in await self.services.conversation.voices(who) if v.id == voice_id), None)
         if voice is None:
-            await query.answer("That isn't one of your voices (or it was deleted).", show_alert=True)
+            await answer_press(query, "That isn't one of your voices (or it was deleted).", show_alert=True)
             return
         await self.services.conversation.use_voice(who, voice.name)
-        await query.answer(f"Now speaking as “{voice.name}”")
+        await answer_press(query, f"Now speaking as “{voice.name}”")
         text, markup = await self._voice_menu(update, menu)
         await Replier(context.bot, menu.chat_id, None, self.services.options.retry).edit(menu, text, markup=markup)
 

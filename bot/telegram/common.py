@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
-from telegram import Bot, Chat, Message, Update, User
+from telegram import Bot, CallbackQuery, Chat, Message, Update, User
 from telegram.constants import ChatType
-from telegram.error import TelegramError
+from telegram.error import BadRequest, TelegramError
 from telegram.ext import ContextTypes
 
 from alan.scheduler import SchedulerFullError, TurnScheduler
@@ -36,6 +36,16 @@ PLATFORM = "telegram"
 APOLOGY = "Sorry, something went wrong on my side while answering that. Please try again in a moment."
 TELEGRAM_TROUBLE = "Sorry, I couldn't get my answer through Telegram. Please try again in a moment."
 WAITING = "I'm still answering an earlier message; yours is in the queue ({count} waiting). I'll get to it soon."
+
+
+async def answer_press(query: CallbackQuery, text: str | None = None, *, show_alert: bool = False) -> None:
+    """Answer a button press. Telegram takes an answer only once, within about 15 s: a press handled again later
+    (its update kept in the inbox through a restart or a takeover) can't be answered any more, and is acted on all
+    the same; that refusal is only logged."""
+    try:
+        await query.answer(text, show_alert=show_alert)
+    except BadRequest as error:
+        log.info("a button press could no longer be answered (%s); it is handled anyway", error)
 
 
 class UpdateDropped(Exception):  # noqa: N818 (not an error: a decision, logged and kept quiet)
@@ -131,9 +141,9 @@ class TelegramServices:
         assert query is not None and user is not None
         answer, _, uid = rest.partition(":")
         if uid != str(user.id):
-            await query.answer("Only the person who asked can answer this.", show_alert=True)
+            await answer_press(query, "Only the person who asked can answer this.", show_alert=True)
             return None
-        await query.answer()
+        await answer_press(query)
         return answer, user, Replier(context.bot, prompt.chat_id, None, self.options.retry)
 
     async def may_store(self) -> None:

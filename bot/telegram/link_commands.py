@@ -13,7 +13,7 @@ from telegram.constants import ChatType
 from telegram.ext import ContextTypes
 
 from bot.link_text import code_message, linked_message, offer_message, status_line, unlinked_message
-from bot.telegram.common import TelegramServices, participant
+from bot.telegram.common import TelegramServices, answer_press, participant
 from bot.telegram.send import Replier
 from engine.errors import TurnError
 from engine.store.links import normalise
@@ -74,19 +74,19 @@ class LinkCommands:
         assert query is not None and user is not None
         prompt = query.message
         if not isinstance(prompt, Message) or prompt.chat.type != ChatType.PRIVATE:
-            await query.answer("This button has expired.", show_alert=True)
+            await answer_press(query, "This button has expired.", show_alert=True)
             return
         answer, _, code = rest.partition(":")
         replier = Replier(context.bot, prompt.chat_id, None, self.services.options.retry)
         if answer != "yes":
-            await query.answer()
+            await answer_press(query)
             await replier.edit(prompt, "Nothing was linked.")
             return
         try:
             account = await self.services.conversation.link(participant(user, prompt.chat), code)
         except TurnError as error:  # expired meanwhile, used, or too many tries: said where the button was
-            await query.answer()
+            await answer_press(query)
             await replier.edit(prompt, str(error))
             return
-        await query.answer("Linked")
+        await answer_press(query, "Linked")
         await replier.edit(prompt, linked_message(account))

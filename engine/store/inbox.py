@@ -56,6 +56,16 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite's come back naive
 
 
+def _held_by(owner: str, now: datetime) -> Any:
+    """For a statement on `inbox_updates`: the row's chat is `owner`'s, under a lease that runs at `now`."""
+    return (
+        select(ChatClaim.chat)
+        .where(ChatClaim.platform == InboxUpdate.platform, ChatClaim.chat == InboxUpdate.chat)
+        .where(ChatClaim.owner == owner, ChatClaim.lease_until > now)
+        .exists()
+    )
+
+
 def _insert(session: Session, table: type[Any]) -> Any:
     """The dialect's INSERT, which has ON CONFLICT: SQLite's and PostgreSQL's spell it the same."""
     name = session.get_bind().dialect.name
@@ -124,12 +134,7 @@ class Inbox:
         again (it stays waiting, not begun), and both would answer it; a row handled or begun meanwhile was
         another process's while this one stalled."""
         with self.sessions.begin() as session:
-            ours = (
-                select(ChatClaim.chat)
-                .where(ChatClaim.platform == InboxUpdate.platform, ChatClaim.chat == InboxUpdate.chat)
-                .where(ChatClaim.owner == owner, ChatClaim.lease_until > now)
-                .exists()
-            )
+            ours = _held_by(owner, now)
             # Waiting, never begun: a row another process handled, or began (and died: it is `_settle_leftovers`'
             # to say), while this process stalled would otherwise be answered twice.
             fresh = InboxUpdate.handled_at.is_(None) & InboxUpdate.started_at.is_(None)
@@ -141,13 +146,15 @@ class Inbox:
             return Begun.FORGOTTEN if present is None else Begun.ELSEWHERE
 
     @guarded("I couldn't take over a message")
-    def unstart(self, row_ids: Iterable[int]) -> None:
-        """Clear the note that turns began for these updates: a process that died began them without storing
-        anything, and they are handed on as new (`mark_started` begins only rows never begun)."""
+    def unstart(self, row_ids: Iterable[int], owner: str, now: datetime) -> None:
+        """Clear the note that turns began for these updates, waiting in a chat `owner` holds: a process that died
+        began them without storing anything, and they are handed on as new (`mark_started` begins only rows never
+        begun). Only while the lease runs: had another process taken the chat meanwhile, the note may be its own."""
         row_ids = list(row_ids)
         if row_ids:
             with self.sessions.begin() as session:
-                session.execute(update(InboxUpdate).where(InboxUpdate.id.in_(row_ids)).values(started_at=None))
+                waiting = InboxUpdate.id.in_(row_ids) & InboxUpdate.handled_at.is_(None)
+                session.execute(update(InboxUpdate).where(waiting, _held_by(owner, now)).values(started_at=None))
 
     @guarded("I couldn't note that a message was handled")
     def done(self, row_id: int, now: datetime) -> None:

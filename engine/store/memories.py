@@ -55,10 +55,12 @@ class MemoryStore:
             )
 
     @guarded("I couldn't change that setting")
-    def set_enabled(self, person_id: int, enabled: bool) -> None:
-        """`/memory off` or `on`: either way nothing said before is remembered after it (see `_new_epoch`)."""
+    def set_enabled(self, person_id: int, enabled: bool) -> bool:
+        """`/memory off` or `on`: either way nothing said before is remembered after it (see `_new_epoch`). Asked
+        for what already is, nothing changes (what waits to be remembered still is): returns whether it switched."""
         with self.sessions.begin() as session:
-            session.execute(self._new_epoch(person_id).values(memory_enabled=enabled))
+            switch = self._new_epoch(person_id).where(Person.memory_enabled != enabled)
+            return session.execute(switch.values(memory_enabled=enabled).returning(Person.id)).first() is not None
 
     @staticmethod
     def _new_epoch(person_id: int) -> Update:

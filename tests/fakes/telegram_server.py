@@ -55,6 +55,8 @@ class FakeTelegram(LocalServer):
         self.webhook: dict[str, str] | None = None
         self._updates: list[dict[str, Any]] = []
         self._update_ids = itertools.count(1)
+        self._query_ids = itertools.count(1)
+        self._answered: set[str] = set()  # callback queries answered: Telegram takes one answer each
         self._message_ids: dict[int, itertools.count[int]] = defaultdict(lambda: itertools.count(1000))
         self._chats: dict[int, dict[str, Any]] = {}
         self._failures: dict[str, deque[Failure]] = defaultdict(deque)
@@ -128,7 +130,8 @@ class FakeTelegram(LocalServer):
 
     def callback_query(self, user: dict[str, Any], message: dict[str, Any], data: str) -> dict[str, Any]:
         """The CallbackQuery Telegram sends when `user` presses the inline button with `data` under `message`."""
-        return {"id": f"cb-{len(self.calls)}", "from": user, "chat_instance": "1", "message": message, "data": data}
+        query_id = f"cb-{next(self._query_ids)}"
+        return {"id": query_id, "from": user, "chat_instance": "1", "message": message, "data": data}
 
     @staticmethod
     def private_chat(user: dict[str, Any]) -> dict[str, Any]:
@@ -294,7 +297,14 @@ class FakeTelegram(LocalServer):
     async def _m_setMyCommands(self, call: Call) -> bool:
         return True
 
-    _m_sendChatAction = _m_answerCallbackQuery = _m_deleteMessage = _m_setMyCommands
+    _m_sendChatAction = _m_deleteMessage = _m_setMyCommands
+
+    async def _m_answerCallbackQuery(self, call: Call) -> bool:
+        query_id = str(call.params.get("callback_query_id", ""))
+        if query_id in self._answered:  # as Telegram: once, and not long after the press
+            raise ApiError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        self._answered.add(query_id)
+        return True
 
     async def _m_getFile(self, call: Call) -> dict[str, Any]:
         file_id = call.params.get("file_id", "")
