@@ -170,6 +170,7 @@ async def test_a_clone_under_way_when_its_person_is_forgotten_elsewhere_is_not_s
     assert await other_conversation.forget(ann)  # ... /forget answered by another process, before the consent
     with pytest.raises(BadInputError, match="forget you"):
         await conversation.save_clone(ann, "mine", draft, PHRASE, owner=owner)
+    assert await conversation.voices(ann) == []  # asking stores nothing either
     assert store.find_user("telegram", "1001") is None  # not made anew to hold the voice
     with store.sessions() as session:
         assert session.scalar(text("SELECT count(*) FROM voices")) == 0
