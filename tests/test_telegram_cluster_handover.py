@@ -10,6 +10,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -28,6 +29,7 @@ from tests.telegram_cluster_harness import (
     ANN,
     BOB,
     Cluster,
+    Node,
     claims,
     rows,
     said_in,
@@ -42,6 +44,37 @@ a_cluster, every_database = harness.a_cluster, harness.every_database
 # What waits in line when a chat changes hands ----------------------------------------------------------------
 
 
+OTHER = "other-host:8443:1:ff"  # the process that takes the chat over
+
+
+def taken_over(store: Store) -> None:
+    """The chat's lease lapsed unnoticed (its process's renewals stalled: a slow database) and another process took
+    the chat: a claim as seen a minute on, when the lease has lapsed, for a lease running a minute from now."""
+    later = datetime.now(UTC) + timedelta(seconds=60)
+    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), OTHER, later, timedelta(0))
+
+
+def let_go(store: Store) -> None:
+    """The other process stops without having handled what waits: the chat is free again."""
+    Inbox(store.sessions).release(PLATFORM, [str(ANN["id"])], OTHER)
+
+
+async def two_in_line_behind_a_slow_answer(
+    cluster: Cluster, node: Node, ollama: FakeOllama, answers: tuple[str, str, str], delay: float
+) -> dict[str, Any]:
+    """Ann's "one" being answered slowly by `node`, "two" and "three" in line behind it (she is told so): her chat.
+    The fake LLM's answers are scripted for `answers`, the first taking `delay`."""
+    chat = cluster.telegram.private_chat(ANN)
+    for answer, first_delay in zip(answers, (delay, 0.0, 0.0), strict=True):
+        ollama.script(f"Answer {answer}.", first_delay=first_delay)
+    assert await cluster.post(node, cluster.update(chat, ANN, "one")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    assert await cluster.post(node, cluster.update(chat, ANN, "two")) == 200
+    assert await cluster.post(node, cluster.update(chat, ANN, "three")) == 200
+    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
+    return chat
+
+
 async def test_a_process_whose_lapsed_lease_another_took_hands_on_nothing_more_of_the_chat(
     cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -52,10 +85,7 @@ async def test_a_process_whose_lapsed_lease_another_took_hands_on_nothing_more_o
     ollama.script("Never heard: the chat is another process's now.")
     assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
     await eventually(lambda: ollama.chat_requests, within=30)
-    # a's renewals stalled (a slow database) past its lease, and another process took the chat: a claim as seen a
-    # minute on, when a's lease has lapsed, for a lease running a minute from now.
-    later = datetime.now(UTC) + timedelta(seconds=60)
-    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), "other-host:8443:1:ff", later, timedelta(0))
+    taken_over(store)  # a's renewals stalled past its lease
     assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200  # a learns it lost the chat ...
 
     await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # ... and finishes what it had
@@ -95,17 +125,8 @@ async def test_updates_in_line_when_the_chat_is_taken_over_are_left_to_its_holde
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.telegram")
     a = await cluster.start(conversation)
-    chat = cluster.telegram.private_chat(ANN)
-    for answer, delay in (("one", 2.0), ("two", 0.0), ("three", 0.0)):
-        ollama.script(f"Answer {answer}.", first_delay=delay)
-    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
-    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
-    assert await cluster.post(a, cluster.update(chat, ANN, "three")) == 200
-    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
-    # a's lease lapsed unnoticed as they waited (a stalled), and another process took the chat for a minute.
-    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
-    assert Inbox(store.sessions).claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
+    await two_in_line_behind_a_slow_answer(cluster, a, ollama, ("one", "two", "three"), delay=2.0)
+    taken_over(store)  # as they waited
 
     await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # what had begun finishes ...
     await eventually(lambda: sum("it is not handled here" in message for message in caplog.messages) == 2)
@@ -114,8 +135,7 @@ async def test_updates_in_line_when_the_chat_is_taken_over_are_left_to_its_holde
     assert handled.payload is None
     assert [(row.payload is not None, row.started_at) for row in waiting] == [(True, None), (True, None)]
 
-    # The other process stops without having handled them: a takes the chat again, and with it what waits.
-    Inbox(store.sessions).release(PLATFORM, [str(ANN["id"])], other)
+    let_go(store)  # a takes the chat again, and with it what waits
     await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], count=3, within=30)
     assert said_in(cluster, ANN["id"]) == ["Answer one.", "Answer two.", "Answer three."]
     assert users_words(ollama) == [["one"], ["one", "two"], ["one", "two", "three"]]
@@ -127,20 +147,12 @@ async def test_an_update_another_process_answered_while_it_waited_here_is_not_an
 ) -> None:
     caplog.set_level(logging.INFO, logger="bot.telegram")
     a = await cluster.start(conversation)
-    chat, inbox = cluster.telegram.private_chat(ANN), Inbox(store.sessions)
-    for answer, delay in (("one", 4.0), ("three", 0.0), ("four", 0.0)):
-        ollama.script(f"Answer {answer}.", first_delay=delay)
-    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
-    assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
-    assert await cluster.post(a, cluster.update(chat, ANN, "three")) == 200
-    await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
+    chat = await two_in_line_behind_a_slow_answer(cluster, a, ollama, ("one", "three", "four"), delay=4.0)
     # a stalled past its lease: another process took the chat, answered "two", and let the chat go, all before
     # a noticed anything. Then "four" reaches a, which claims the chat, free again.
-    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
-    assert inbox.claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
-    inbox.done(rows(store)[1].id, datetime.now(UTC))  # "two", in update order
-    inbox.release(PLATFORM, [str(ANN["id"])], other)
+    taken_over(store)
+    Inbox(store.sessions).done(rows(store)[1].id, datetime.now(UTC))  # "two", in update order
+    let_go(store)
     assert await cluster.post(a, cluster.update(chat, ANN, "four")) == 200
 
     await cluster.telegram.wait_for("sendVoice", chat_id=ANN["id"], count=3, within=30)
@@ -209,7 +221,7 @@ async def test_a_consent_waiting_in_line_when_the_chat_is_lost_is_kept_for_when_
     cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store, tmp_path: Path
 ) -> None:
     a = await cluster.start(conversation)
-    chat, telegram, inbox = cluster.telegram.private_chat(ANN), cluster.telegram, Inbox(store.sessions)
+    chat, telegram = cluster.telegram.private_chat(ANN), cluster.telegram
     clip = telegram.message(chat, ANN, voice=telegram.voice(espeak_ogg(CLIP, tmp_path), duration=6))
     assert await cluster.post(a, cluster.update(chat, ANN, "/clone", reply_to_message=clip)) == 200
     [heard] = await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "what I heard" in call.text)
@@ -222,15 +234,14 @@ async def test_a_consent_waiting_in_line_when_the_chat_is_lost_is_kept_for_when_
     assert await cluster.post(a, cluster.press(ANN, consent.result, button(consent, "I confirm"))) == 200
     await telegram.wait_for("editMessageText", chat_id=ANN["id"], where=lambda call: "Consent recorded" in call.text)
     # ... when a's lease lapses and another process takes the chat: the saving doesn't begin here.
-    other, later = "other-host:8443:1:ff", datetime.now(UTC) + timedelta(seconds=60)
-    assert inbox.claim(PLATFORM, str(ANN["id"]), other, later, timedelta(0))
+    taken_over(store)
     await telegram.wait_for("sendVoice", chat_id=ANN["id"], within=30)  # the turn that had begun ends
     await asyncio.sleep(1.0)  # polls of a: the consent is not handed on again while the chat is the other's
     ann = store.find_user(PLATFORM, str(ANN["id"]))
     assert ann is not None and store.voices_of(ann.id) == []
 
     # The other process lets the chat go without handling it: a handles the consent again, and the voice is saved.
-    inbox.release(PLATFORM, [str(ANN["id"])], other)
+    let_go(store)
     await telegram.wait_for("sendMessage", chat_id=ANN["id"], where=lambda call: "Saved “my voice”" in call.text)
     assert [voice.name for voice in store.voices_of(ann.id)] == ["my voice"]
     assert not [call for call in telegram.sent("answerCallbackQuery") if call.params.get("text")]  # no "expired"
