@@ -74,13 +74,22 @@ class ConversationVoices:
         if owner is None:
             user = await self._user(who)
         else:
-            found = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
-            if found is None or found.id != owner:  # ids are never reused: a new account is someone new to us
+            # Not `_user`: a /forget landing now must not have the account made anew.
+            found = await self._clone_owner_account(who, owner)
+            if found is None:
                 log.info("a clone begun before its account was forgotten was not saved")
                 raise BadInputError(FORGOTTEN_DURING_CLONE)
-            user = found  # not `_user`: a /forget landing now must not have it made anew
+            user = found
         voice = await self._voices.save(user.id, name, draft, transcript)
         return await self._info(who, voice)
+
+    async def still_clone_owner(self, who: Participant, owner: int) -> bool:
+        """Whether `who` is still the account a clone was begun for (`clone_owner`): no /forget since, anywhere."""
+        return await self._clone_owner_account(who, owner) is not None
+
+    async def _clone_owner_account(self, who: Participant, owner: int) -> User | None:
+        found = await asyncio.to_thread(self._store.find_user, who.platform, who.user_id)
+        return found if found is not None and found.id == owner else None  # ids are never reused: a new one is new
 
     async def rename_voice(self, who: Participant, name: str, new_name: str) -> VoiceInfo:
         user = await self._user(who)

@@ -142,8 +142,7 @@ class TurnMemory:
             elif reply.spoken:
                 samples = np.concatenate([sentence.audio for sentence in reply.spoken])
                 audio = encode_ogg_opus(samples, reply.spoken[0].sample_rate) if samples.size else None
-            known = [payload for payload in payloads if payload is not None]
-            speech = self.tts.join(known) if known and len(known) == len(reply.spoken) else None
+            speech = self._whole(payloads)
             return self.store.add_turn(user_id, scope, "assistant", text, audio=audio, speech=speech)
 
         try:
@@ -163,7 +162,7 @@ class TurnMemory:
         heard of a sentence the listener cut short (the speech service makes the payload of whole sentences) gives
         none, so the audio heard is encoded, as a person's words are. After the reply is stored, and bounded in
         time: failing costs the next turns this reply's voice as context, nothing else."""
-        if not self.tts.capabilities.uses_context or not sentences:
+        if not self.tts.capabilities.uses_context:
             return
         if not any(sentence.payload is None and sentence.audio.size for sentence in sentences):
             return  # nothing to add (or a sentence without audio: no whole payload to make)
@@ -173,12 +172,17 @@ class TurnMemory:
                     sentence.payload or await self.tts.encode(sentence.audio, sentence.sample_rate)
                     for sentence in sentences
                 ]
-            known = [payload for payload in payloads if payload is not None]
-            joined = self.tts.join(known) if len(known) == len(sentences) else None
+            joined = self._whole(payloads)
             if joined is not None and not await asyncio.to_thread(self.store.set_turn_speech, turn_id, joined):
                 log.info("reply %s was deleted (/reset or /forget) while what was heard of it was encoded", turn_id)
         except Exception as error:  # the voice failing, slow, or the database: the reply is stored all the same
             log.info("what was heard of an interrupted reply was not kept as the voice's context: %s", error)
+
+    def _whole(self, payloads: list[SpeechPayload | None]) -> SpeechPayload | None:
+        """The reply's payload, its sentences' joined; None unless every sentence has one (or there are none)."""
+        if not payloads or any(payload is None for payload in payloads):
+            return None
+        return self.tts.join([payload for payload in payloads if payload is not None])
 
     async def make_house_voice(self, scope: str, reply: ReplyDraft) -> None:
         """Keep the first sentence of the first reply in a voiceless scope as that scope's voice."""

@@ -12,7 +12,6 @@ with several processes, the chat stays with the process that keeps it until then
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -26,7 +25,7 @@ from telegram import InlineKeyboardButton, InlineKeyboardMarkup, Message, Update
 from telegram.constants import ChatAction, ChatType
 from telegram.ext import ContextTypes
 
-from bot.telegram.common import PLATFORM, TelegramServices, answer_press, participant
+from bot.telegram.common import TelegramServices, answer_press, participant
 from bot.telegram.lane_services import ChatLostError
 from bot.telegram.media import NOT_AUDIO, download, find_audio
 from bot.telegram.send import Replier, chat_action
@@ -275,20 +274,21 @@ class CloneFlow:
             # Its update waits in the inbox to be handled again, by whichever process holds the chat next (this
             # one, most likely: see `keeps_state`): the consent stays pending for that, rather than "expired".
             # Not if the person was forgotten meanwhile: their clip is not kept in memory one moment more.
-            if await self._still_theirs(session):
+            if await self._still_theirs(who, session):
                 self._sessions.setdefault((replier.chat_id, session.user_id), session)
                 with contextlib.suppress(ValueError):
                     self._saved.remove(session.token)
             raise
         await replier.text(f"Saved “{name}”. From now on I answer you in this voice. Use /voices to switch.")
 
-    async def _still_theirs(self, session: CloneSession) -> bool:
+    async def _still_theirs(self, who: Participant, session: CloneSession) -> bool:
         """Whether the account the clone was begun for is still there (no /forget since, in any process)."""
+        if session.owner is None:
+            return False
         try:
-            found = await asyncio.to_thread(self.services.conversation.store.find_user, PLATFORM, str(session.user_id))
+            return await self.services.conversation.still_clone_owner(who, session.owner)
         except StorageUnavailableError:
             return False
-        return found is not None and found.id == session.owner
 
     async def _free_name(self, who: Participant) -> str:
         taken = {voice.name for voice in await self.services.conversation.voices(who)}

@@ -113,8 +113,8 @@ class MemoryStore:
             # A write first, that matches only while the epoch holds: on SQLite it takes the write lock, so a clear
             # can't commit between this check and the changes (PostgreSQL's serializable transactions would fail
             # and retry instead).
-            still = update(Person).where(Person.id == person_id, Person.memory_enabled, Person.memory_epoch == epoch)
-            if session.execute(still.values(memory_epoch=epoch).returning(Person.id)).first() is None:
+            lock = self._epoch_holds(person_id, epoch).values(memory_epoch=epoch)
+            if session.execute(lock.returning(Person.id)).first() is None:
                 return 0, 0
             applied = 0
             added: list[Memory] = []
@@ -171,8 +171,9 @@ class MemoryStore:
     def set_summary(self, person_id: int, summary: str, through: int, *, epoch: int) -> None:
         """Keep the new summary, unless memory was turned off, cleared or switched since `epoch` (see `apply`)."""
         with self.sessions.begin() as session:
-            session.execute(
-                update(Person)
-                .where(Person.id == person_id, Person.memory_enabled, Person.memory_epoch == epoch)
-                .values(summary=summary, summary_through=through)
-            )
+            session.execute(self._epoch_holds(person_id, epoch).values(summary=summary, summary_through=through))
+
+    @staticmethod
+    def _epoch_holds(person_id: int, epoch: int) -> Update:
+        """An update of the person that matches only while memory is on and still at `epoch` (see `_new_epoch`)."""
+        return update(Person).where(Person.id == person_id, Person.memory_enabled, Person.memory_epoch == epoch)
