@@ -59,16 +59,25 @@ def let_go(store: Store) -> None:
     Inbox(store.sessions).release(PLATFORM, [str(ANN["id"])], OTHER)
 
 
+async def one_being_answered(
+    cluster: Cluster, node: Node, ollama: FakeOllama, *answers: str, delay: float
+) -> dict[str, Any]:
+    """Ann's "one" being answered by `node`, slowly (`delay`): her chat. The fake LLM answers with `answers`, in
+    order, the first to "one"."""
+    chat = cluster.telegram.private_chat(ANN)
+    for index, answer in enumerate(answers):
+        ollama.script(answer, first_delay=delay if index == 0 else 0.0)
+    assert await cluster.post(node, cluster.update(chat, ANN, "one")) == 200
+    await eventually(lambda: ollama.chat_requests, within=30)
+    return chat
+
+
 async def two_in_line_behind_a_slow_answer(
     cluster: Cluster, node: Node, ollama: FakeOllama, answers: tuple[str, str, str], delay: float
 ) -> dict[str, Any]:
     """Ann's "one" being answered slowly by `node`, "two" and "three" in line behind it (she is told so): her chat.
     The fake LLM's answers are scripted for `answers`, the first taking `delay`."""
-    chat = cluster.telegram.private_chat(ANN)
-    for answer, first_delay in zip(answers, (delay, 0.0, 0.0), strict=True):
-        ollama.script(f"Answer {answer}.", first_delay=first_delay)
-    assert await cluster.post(node, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
+    chat = await one_being_answered(cluster, node, ollama, *(f"Answer {answer}." for answer in answers), delay=delay)
     assert await cluster.post(node, cluster.update(chat, ANN, "two")) == 200
     assert await cluster.post(node, cluster.update(chat, ANN, "three")) == 200
     await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], count=2, within=30)  # both in line
@@ -80,11 +89,9 @@ async def test_a_process_whose_lapsed_lease_another_took_hands_on_nothing_more_o
 ) -> None:
     caplog.set_level(logging.ERROR, logger="bot.telegram.chat_lanes")
     a = await cluster.start(conversation)
-    chat = cluster.telegram.private_chat(ANN)
-    ollama.script("Answer one.", first_delay=2.0)
-    ollama.script("Never heard: the chat is another process's now.")
-    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
+    chat = await one_being_answered(
+        cluster, a, ollama, "Answer one.", "Never heard: the chat is another process's now.", delay=2.0
+    )
     taken_over(store)  # a's renewals stalled past its lease
     assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200  # a learns it lost the chat ...
 
@@ -102,11 +109,7 @@ async def test_an_update_in_line_when_its_sender_is_forgotten_is_not_handled(
     cluster: Cluster, conversation: Conversation, ollama: FakeOllama, store: Store
 ) -> None:
     a = await cluster.start(conversation)
-    chat = cluster.telegram.private_chat(ANN)
-    ollama.script("Answer one.", first_delay=2.0)
-    ollama.script("Never heard: Ann was forgotten.")
-    assert await cluster.post(a, cluster.update(chat, ANN, "one")) == 200
-    await eventually(lambda: ollama.chat_requests, within=30)
+    chat = await one_being_answered(cluster, a, ollama, "Answer one.", "Never heard: Ann was forgotten.", delay=2.0)
     assert await cluster.post(a, cluster.update(chat, ANN, "two")) == 200
     await cluster.telegram.wait_for("sendMessage", chat_id=ANN["id"], within=30)  # "two" in line: Ann told so
     ann = store.find_user(PLATFORM, str(ANN["id"]))
